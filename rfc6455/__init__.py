@@ -1,0 +1,57 @@
+"""rfc6455: a strict, fast WebSocket (RFC 6455) implementation in pure Python.
+
+A sans-I/O core (``Protocol``, ``frames``, ``handshake``, ``http11``) and a thin
+asyncio adapter (``serve``, ``connect``, ``Connection``).
+"""
+
+from __future__ import annotations
+
+from .aio import Connection, Server, connect, serve
+from .exceptions import (
+    ConnectionClosed,
+    ConnectionClosedError,
+    ConnectionClosedOK,
+    HandshakeError,
+    InvalidPayloadData,
+    InvalidRequest,
+    InvalidResponse,
+    InvalidState,
+    PayloadTooBig,
+    ProtocolError,
+    WebSocketError,
+)
+from .frames import Close, CloseCode, Frame, Opcode
+from .http11 import Headers, Request, Response
+from .limits import Limits
+from .protocol import Ping, Pong, Protocol, Side, State
+
+__all__ = [
+    "Close",
+    "CloseCode",
+    "Connection",
+    "ConnectionClosed",
+    "ConnectionClosedError",
+    "ConnectionClosedOK",
+    "Frame",
+    "HandshakeError",
+    "Headers",
+    "InvalidPayloadData",
+    "InvalidRequest",
+    "InvalidResponse",
+    "InvalidState",
+    "Limits",
+    "Opcode",
+    "PayloadTooBig",
+    "Ping",
+    "Pong",
+    "Protocol",
+    "ProtocolError",
+    "Request",
+    "Response",
+    "Server",
+    "Side",
+    "State",
+    "WebSocketError",
+    "connect",
+    "serve",
+]

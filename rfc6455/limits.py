@@ -1,0 +1,40 @@
+"""Size caps and timeouts, in one place, each with the reason for its default."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Limits"]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Limits applied to one connection.
+
+    Every size is in bytes and every time in seconds; ``None`` turns a limit off.
+    """
+
+    # A chat message is small; 1 MiB is the usual default of WebSocket servers
+    # (websockets, aiohttp's 4 MiB is the exception) and bounds what one hostile
+    # client can make the server buffer.
+    max_size: int | None = 2**20
+    # Outgoing messages larger than this are sent as several frames
+    # (RFC 6455 §5.4); None sends every message as one frame.
+    max_frame_size: int | None = None
+    # HTTP/1.1 request line and each header line: 8 KiB is what nginx and
+    # h11 accept by default; longer lines are answered 414 / 431.
+    max_line: int = 8192
+    # More header lines than this are answered 431; browsers send about 15.
+    max_headers: int = 128
+    # The opening handshake must complete within this time (slowloris guard).
+    open_timeout: float | None = 10.0
+    # How long to wait for the peer's close frame and TCP close (RFC 6455 §7.1.1).
+    close_timeout: float | None = 10.0
+    # Keepalive: a ping every ping_interval; no pong within ping_timeout fails
+    # the connection with 1011. 20 s stays below the 30-60 s idle timeouts of
+    # common proxies and NAT tables.
+    ping_interval: float | None = 20.0
+    ping_timeout: float | None = 20.0
+    # Wait for the transport to drain only once this many bytes are queued
+    # (asyncio's own default high-water mark is 64 KiB).
+    write_limit: int = 2**16

@@ -1,0 +1,439 @@
+"""The sans-I/O WebSocket state machine (RFC 6455 §5-§7), for both roles.
+
+A :class:`Protocol` owns no socket, clock or task. Bytes go in, events and
+bytes come out::
+
+    proto.receive_data(chunk)        # or proto.receive_eof()
+    for event in proto.events_received():
+        ...                          # str, bytes, Ping, Pong, Close or ProtocolError
+    for data in proto.data_to_send():
+        if data:
+            transport.write(data)
+        else:
+            transport.write_eof()    # b"" asks for a half-close
+
+A ``ProtocolError`` event ends the input: once the application has handled the
+events before it, it calls ``proto.fail(error.close_code, str(error))``.
+
+The opening handshake happens before a Protocol exists: see ``http11`` and
+``handshake``. Timers (close timeout, keepalive) belong to the I/O layer, which
+asks :meth:`Protocol.close_expected` when to start one.
+"""
+
+from __future__ import annotations
+
+import codecs
+from dataclasses import dataclass
+from enum import Enum, IntEnum
+
+from .exceptions import InvalidPayloadData, InvalidState, ProtocolError
+from .frames import (
+    EXTERNAL_CLOSE_CODES,
+    Close,
+    CloseCode,
+    Opcode,
+    frame_header,
+    parse_header,
+    serialize_frame,
+)
+from .masking import apply_mask
+from .typing import BytesLike
+
+__all__ = ["Event", "Ping", "Pong", "Protocol", "Side", "State"]
+
+# Payloads larger than this are written after their header instead of being
+# copied into one buffer with it: one more write() beats copying the payload.
+_COPY_LIMIT = 16384
+
+_Utf8Decoder = codecs.getincrementaldecoder("utf-8")
+
+
+class Side(Enum):
+    """Which end of the connection this protocol plays."""
+
+    SERVER = "server"
+    CLIENT = "client"
+
+
+class State(IntEnum):
+    """Connection states after the opening handshake (RFC 6455 §7)."""
+
+    OPEN = 1
+    CLOSING = 2
+    CLOSED = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """A ping was received; the protocol has already queued the pong (RFC 6455 §5.5.2)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """A pong was received (RFC 6455 §5.5.3)."""
+
+    data: bytes
+
+
+# A message is delivered as str (text) or bytes (binary), a close as a Close.
+# A ProtocolError is always the last event: the peer broke the protocol and the
+# connection must be failed with ``fail(error.close_code, str(error))``.
+Event = str | bytes | Ping | Pong | Close | ProtocolError
+
+
+class Protocol:
+    """A WebSocket connection after the opening handshake, without I/O.
+
+    Args:
+        side: ``Side.SERVER`` or ``Side.CLIENT``; decides the masking rules
+            (RFC 6455 §5.1) and who closes TCP first (§7.1.1).
+        max_size: largest incoming message in bytes, or None for no limit.
+        max_frame_size: outgoing messages larger than this are fragmented
+            (§5.4), or None to send each message as one frame.
+    """
+
+    def __init__(
+        self,
+        side: Side,
+        *,
+        max_size: int | None = 2**20,
+        max_frame_size: int | None = None,
+    ) -> None:
+        if max_frame_size is not None and max_frame_size < 1:
+            raise ValueError("max_frame_size must be at least 1")
+        self.side = side
+        self.max_size = max_size
+        self.max_frame_size = max_frame_size
+        self.state = State.OPEN
+        # RFC 6455 §5.1: clients mask, servers don't, and each side checks the other.
+        self._mask = side is Side.CLIENT
+        self._expect_mask = side is Side.SERVER
+        self._buffer = bytearray()
+        self._events: list[Event] = []
+        self._output: list[bytes] = []
+        # The data message being reassembled: opcode 0 when none (§5.4).
+        self._message_opcode = 0
+        self._message_parts: list[bytes] | list[str] = []
+        self._message_size = 0
+        self._decoder: codecs.IncrementalDecoder | None = None
+        # The data frame whose payload is still arriving.
+        self._frame_length = 0
+        self._frame_remaining = 0
+        self._frame_fin = False
+        self._frame_mask: bytes | None = None
+        self._discarding = False
+        self.close_rcvd: Close | None = None
+        self.close_sent: Close | None = None
+        self.eof_sent = False
+
+    # Receiving
+
+    def receive_data(self, data: BytesLike) -> None:
+        """Feed bytes received from the network."""
+        if self._discarding or not data:
+            return
+        buffer = self._buffer
+        buffer += data
+        pos = 0
+        try:
+            pos = self._parse(buffer)
+        except ProtocolError as exc:
+            # RFC 6455 §7.1.7: stop processing input at once. The error is the
+            # last event, so the application can act on the messages before it
+            # (e.g. echo them) before failing the connection with its code.
+            self._events.append(exc)
+            self._discarding = True
+            buffer.clear()
+        else:
+            del buffer[:pos]
+
+    def _parse(self, buffer: bytearray) -> int:
+        """Consume every complete frame, and partial data-frame payloads, in ``buffer``.
+
+        Returns:
+            How many bytes were consumed.
+        """
+        pos = 0
+        end = len(buffer)
+        while not self._discarding:
+            if self._frame_remaining:
+                if pos == end:
+                    break
+                pos = self._consume_payload(buffer, pos)
+                continue
+            max_size = self.max_size
+            if max_size is not None:
+                max_size -= self._message_size
+            header = parse_header(buffer, pos, mask=self._expect_mask, max_size=max_size)
+            if header is None:
+                break
+            opcode = header.opcode
+            start = header.payload_start
+            stop = start + header.length
+            if stop <= end and (
+                opcode >= 0x8
+                or (header.fin and not self._message_opcode and opcode is not Opcode.CONT)
+            ):
+                # Fast path: a whole control frame or unfragmented message is here.
+                payload = buffer[start:stop]
+                data = (
+                    bytes(payload)
+                    if header.mask_key is None
+                    else apply_mask(payload, header.mask_key)
+                )
+                pos = stop
+                if opcode is Opcode.TEXT:
+                    try:
+                        self._events.append(data.decode())
+                    except UnicodeDecodeError as exc:
+                        raise InvalidPayloadData("invalid UTF-8 in text message") from exc
+                elif opcode is Opcode.BINARY:
+                    self._events.append(data)
+                else:
+                    self._receive_control(opcode, data)
+            elif opcode >= 0x8:
+                break  # Control frames are short: wait for the whole of it.
+            else:
+                # A fragment, or a frame still arriving: its payload is taken as
+                # it comes (even when empty, since it may end the message).
+                self._start_frame(opcode, header.fin, header.length, header.mask_key)
+                pos = self._consume_payload(buffer, start)
+        return pos
+
+    def _start_frame(self, opcode: Opcode, fin: bool, length: int, mask: bytes | None) -> None:
+        """Begin a data frame that starts or continues a message (RFC 6455 §5.4)."""
+        if opcode is Opcode.CONT:
+            if not self._message_opcode:
+                raise ProtocolError("unexpected continuation frame")
+        else:
+            if self._message_opcode:
+                raise ProtocolError("expected a continuation frame")
+            self._message_opcode = opcode
+            self._message_parts = []
+            self._decoder = _Utf8Decoder() if opcode is Opcode.TEXT else None
+        self._message_size += length
+        self._frame_length = length
+        self._frame_remaining = length
+        self._frame_fin = fin
+        self._frame_mask = mask
+
+    def _consume_payload(self, buffer: bytearray, pos: int) -> int:
+        """Take what has arrived of the current data frame's payload.
+
+        Text is checked as it arrives, so a message whose beginning is already
+        invalid UTF-8 fails without waiting for the rest (RFC 6455 §8.1).
+        """
+        take = min(self._frame_remaining, len(buffer) - pos)
+        chunk = buffer[pos : pos + take]
+        mask = self._frame_mask
+        if mask is not None:
+            # The key applies from the frame's first payload byte: rotate it by
+            # the number of bytes already consumed (RFC 6455 §5.3).
+            offset = (self._frame_length - self._frame_remaining) % 4
+            data = apply_mask(chunk, mask[offset:] + mask[:offset])
+        else:
+            data = bytes(chunk)
+        self._frame_remaining -= take
+        final = self._frame_fin and not self._frame_remaining
+        decoder = self._decoder
+        if decoder is not None:
+            try:
+                text = decoder.decode(data, final)
+            except UnicodeDecodeError as exc:
+                raise InvalidPayloadData("invalid UTF-8 in text message") from exc
+            self._message_parts.append(text)  # type: ignore[arg-type]
+        else:
+            self._message_parts.append(data)  # type: ignore[arg-type]
+        if final:
+            parts = self._message_parts
+            message: str | bytes = (
+                "".join(parts)  # type: ignore[arg-type]
+                if decoder is not None
+                else b"".join(parts)  # type: ignore[arg-type]
+            )
+            self._events.append(message)
+            self._message_opcode = 0
+            self._message_parts = []
+            self._message_size = 0
+            self._decoder = None
+        if not self._frame_remaining:
+            self._frame_mask = None
+        return pos + take
+
+    def _receive_control(self, opcode: Opcode, data: bytes) -> None:
+        """Handle a ping, pong or close frame (RFC 6455 §5.5)."""
+        if opcode is Opcode.PING:
+            self._events.append(Ping(data))
+            # RFC 6455 §5.5.2: "Upon receipt of a Ping frame, an endpoint MUST
+            # send a Pong frame in response, unless it already received a Close
+            # frame." We also stay quiet once we have sent ours.
+            if self.state is State.OPEN:
+                self._output.append(serialize_frame(Opcode.PONG, data, mask=self._mask))
+        elif opcode is Opcode.PONG:
+            self._events.append(Pong(data))
+        else:
+            close = Close.parse(data)
+            self.close_rcvd = close
+            self._events.append(close)
+            if self.state is State.OPEN:
+                # RFC 6455 §5.5.1: answer with a close frame; echoing the code
+                # (but not the reason) tells the peer which close we confirm.
+                self._send_close(Close(close.code))
+            # RFC 6455 §5.5.1: nothing may follow a close frame.
+            self._discarding = True
+            self._buffer.clear()
+            # RFC 6455 §7.1.1: the server closes TCP first once both close
+            # frames have crossed; the client waits for it.
+            if self.side is Side.SERVER:
+                self.send_eof()
+
+    def receive_eof(self) -> None:
+        """The peer closed its side of TCP (RFC 6455 §7.1.1)."""
+        if self.state is State.CLOSED:
+            return
+        self.state = State.CLOSED
+        self._discarding = True
+        self._buffer.clear()
+        # A client answers the server's TCP close with its own (§7.1.1).
+        if not self.eof_sent:
+            self.send_eof()
+
+    def events_received(self) -> list[Event]:
+        """Return the events received since the last call, oldest first."""
+        events = self._events
+        self._events = []
+        return events
+
+    # Sending
+
+    def data_to_send(self) -> list[bytes]:
+        """Return the bytes to write since the last call; ``b""`` asks to close TCP."""
+        output = self._output
+        self._output = []
+        return output
+
+    def send_text(self, data: str | BytesLike) -> None:
+        """Send a text message; ``bytes`` must already be UTF-8 (RFC 6455 §5.6)."""
+        self._send_message(Opcode.TEXT, data.encode() if isinstance(data, str) else data)
+
+    def send_binary(self, data: BytesLike) -> None:
+        """Send a binary message (RFC 6455 §5.6)."""
+        self._send_message(Opcode.BINARY, data)
+
+    def _send_message(self, opcode: Opcode, data: BytesLike) -> None:
+        self._check_open()
+        size = self.max_frame_size
+        if size is None or len(data) <= size:
+            self._send_frame(opcode, data, fin=True)
+            return
+        # RFC 6455 §5.4: the first fragment carries the opcode, the rest are
+        # continuations; text may be split inside a code point.
+        view = memoryview(data)
+        last = len(data) - size
+        for offset in range(0, len(data), size):
+            self._send_frame(
+                opcode if offset == 0 else Opcode.CONT,
+                view[offset : offset + size],
+                fin=offset >= last,
+            )
+
+    def _send_frame(self, opcode: Opcode, data: BytesLike, *, fin: bool) -> None:
+        if not self._mask and len(data) > _COPY_LIMIT:
+            self._output.append(frame_header(opcode, len(data), fin=fin))
+            self._output.append(data if isinstance(data, bytes) else bytes(data))
+        else:
+            self._output.append(serialize_frame(opcode, data, fin=fin, mask=self._mask))
+
+    def send_encoded(self, frame: bytes) -> None:
+        """Send a frame encoded with :func:`frames.serialize_frame` ahead of time.
+
+        A server that sends one message to many clients encodes it once; only
+        unmasked (server) frames can be shared, since a client masks each frame
+        with its own key.
+        """
+        if self._mask:
+            raise InvalidState("a client cannot share encoded frames: each one is masked")
+        self._check_open()
+        self._output.append(frame)
+
+    def send_ping(self, data: BytesLike = b"") -> None:
+        """Send a ping (RFC 6455 §5.5.2); at most 125 bytes."""
+        self._send_control(Opcode.PING, data)
+
+    def send_pong(self, data: BytesLike = b"") -> None:
+        """Send an unsolicited pong, e.g. as a heartbeat (RFC 6455 §5.5.3)."""
+        self._send_control(Opcode.PONG, data)
+
+    def _send_control(self, opcode: Opcode, data: BytesLike) -> None:
+        if len(data) > 125:
+            raise ValueError("control frame payload over 125 bytes")
+        self._check_open()
+        self._output.append(serialize_frame(opcode, data, mask=self._mask))
+
+    def send_close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        """Start the closing handshake (RFC 6455 §7.1.2).
+
+        Raises:
+            ValueError: the code may not be sent (§7.4) or the reason is over 123 bytes.
+            InvalidState: a close frame was already sent or received.
+        """
+        if not (code in EXTERNAL_CLOSE_CODES or 3000 <= code < 5000):
+            raise ValueError(f"close code {code} may not be sent")
+        if len(reason.encode()) > 123:
+            raise ValueError("close reason over 123 bytes")
+        self._check_open()
+        self._send_close(Close(code, reason))
+
+    def _send_close(self, close: Close) -> None:
+        self._output.append(serialize_frame(Opcode.CLOSE, close.serialize(), mask=self._mask))
+        self.close_sent = close
+        self.state = State.CLOSING
+
+    def send_eof(self) -> None:
+        """Half-close TCP: queue the ``b""`` marker for the I/O layer."""
+        if not self.eof_sent:
+            self.eof_sent = True
+            self._output.append(b"")
+
+    def fail(self, code: int, reason: str = "") -> None:
+        """_Fail the WebSocket Connection_ (RFC 6455 §7.1.7).
+
+        Sends a close frame with ``code`` if none was sent, stops processing
+        input ("An endpoint MUST NOT continue to attempt to process data ...
+        after being instructed to _Fail the WebSocket Connection_") and, as a
+        server, closes TCP.
+        """
+        if self.state is State.OPEN:
+            # Reasons are short by design; keep the close frame within 125 bytes.
+            self._send_close(Close(code, reason.encode()[:123].decode(errors="ignore")))
+        self._discarding = True
+        if self.side is Side.SERVER:
+            self.send_eof()
+
+    def close_expected(self) -> bool:
+        """Whether the peer should close TCP soon, so a close timer should run.
+
+        True once a close frame was sent or the connection failed: the I/O
+        layer waits ``close_timeout`` for the peer, then aborts (§7.1.1).
+        """
+        return self.state is not State.OPEN
+
+    # State
+
+    @property
+    def close_code(self) -> int:
+        """The code the peer sent: 1005 for none, 1006 without a close frame (§7.1.5)."""
+        if self.close_rcvd is None:
+            return CloseCode.ABNORMAL_CLOSURE
+        return self.close_rcvd.code
+
+    @property
+    def close_reason(self) -> str:
+        """The reason the peer sent, or "" (RFC 6455 §7.1.6)."""
+        return "" if self.close_rcvd is None else self.close_rcvd.reason
+
+    def _check_open(self) -> None:
+        if self.state is not State.OPEN:
+            raise InvalidState(f"connection is {self.state.name}")
