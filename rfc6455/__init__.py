@@ -6,7 +6,7 @@ asyncio adapter (``serve``, ``connect``, ``Connection``).
 
 from __future__ import annotations
 
-from .aio import Connection, Server, connect, serve
+from .aio import Connection, Server, broadcast, connect, serve
 from .exceptions import (
     ConnectionClosed,
     ConnectionClosedError,
@@ -52,6 +52,7 @@ __all__ = [
     "Side",
     "State",
     "WebSocketError",
+    "broadcast",
     "connect",
     "serve",
 ]

@@ -160,12 +160,20 @@ class Connection:
             raise TypeError(f"message must be str or bytes-like, not {type(message).__name__}")
         await self._flush_and_drain()
 
-    async def send_encoded(self, frame: bytes) -> None:
-        """Send a frame encoded once for many connections (server side only)."""
+    def send_encoded(self, frame: bytes) -> None:
+        """Write a frame encoded once for many connections, without waiting.
+
+        Server side only (see :func:`rfc6455.broadcast`). It never waits for
+        the transport to drain: watch :meth:`write_buffer_size` to find peers
+        that do not keep up.
+
+        Raises:
+            ConnectionClosed: a close frame was already sent or received.
+        """
         if self.protocol.state is not State.OPEN:
             raise self._closed_exception()
         self.protocol.send_encoded(frame)
-        await self._flush_and_drain()
+        self._flush()
 
     def write_buffer_size(self) -> int:
         """How many bytes are waiting in the transport to be sent."""

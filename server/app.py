@@ -1,0 +1,105 @@
+"""The composition root: wire the store, the queue, the manager and the server; run; shut down."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+import rfc6455
+
+from .handler import ChatHandler, echo
+from .manager import ConnectionManager
+from .persistence import PersistenceQueue
+from .settings import Settings
+from .web import ECHO_PATH, Router
+
+__all__ = ["App", "run"]
+
+logger = logging.getLogger("server")
+
+
+class App:
+    """One chat server: start it, then stop it gracefully."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.manager = ConnectionManager()
+        self.queue = PersistenceQueue(
+            settings.db_path,
+            capacity=settings.queue_capacity,
+            batch_size=settings.batch_size,
+            policy=settings.retry,
+        )
+        self.chat = ChatHandler(self.manager, self.queue, settings.welcome)
+        self.router = Router(settings.web_root, self.health)
+        self.server: rfc6455.Server | None = None
+
+    def health(self) -> dict[str, object]:
+        """The figures ``GET /healthz`` reports."""
+        return {
+            "connections": len(self.manager),
+            "queueDepth": self.queue.depth,
+            "persisted": self.queue.persisted,
+            "deadLettered": self.queue.dead_lettered,
+        }
+
+    async def _dispatch(self, connection: rfc6455.Connection) -> None:
+        assert connection.request is not None
+        if connection.request.path == ECHO_PATH:
+            await echo(connection)
+        else:
+            await self.chat(connection)
+
+    async def start(self) -> int:
+        """Open the database and start listening; returns the port."""
+        await self.queue.start()
+        settings = self.settings
+        self.server = await rfc6455.serve(
+            self._dispatch,
+            settings.host,
+            settings.port,
+            process_request=self.router,
+            limits=settings.limits,
+        )
+        port = self.server.port
+        host = f"[{settings.host}]" if ":" in settings.host else settings.host
+        logger.info("listening: open http://%s:%d/ (WebSocket ws://%s:%d/)", host, port, host, port)
+        return port
+
+    async def stop(self) -> None:
+        """Stop accepting, close clients with 1001, then drain the queue into the database.
+
+        Each of the two phases is bounded by ``shutdown_timeout``.
+        """
+        # Each phase gets the whole timeout: a slow client must not leave the
+        # queue without time to drain.
+        timeout = self.settings.shutdown_timeout
+        if self.server is not None:
+            await self.server.close(rfc6455.CloseCode.GOING_AWAY, "server shutting down", timeout)
+        await self.queue.stop(timeout)
+        logger.info(
+            "stopped: %d messages persisted, %d dead-lettered",
+            self.queue.persisted,
+            self.queue.dead_lettered,
+        )
+
+
+async def run(settings: Settings) -> int:
+    """Run until SIGINT or SIGTERM, then shut down gracefully; returns the exit status."""
+    app = App(settings)
+    await app.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+        logger.info("shutting down")
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(signum)
+        await app.stop()
+    return 0

@@ -1,0 +1,234 @@
+"""Command line: flags and environment variables to Settings, then ``app.run``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import math
+import os
+import sqlite3
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from rfc6455 import Limits
+
+from .app import run
+from .retry import RetryPolicy
+from .settings import Settings
+
+__all__ = ["main", "parse_args"]
+
+_DEFAULTS = Settings()
+_LIMITS = Limits()
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line on stderr and exit status 2, instead of the usage text."""
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _int_range(low: int, high: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"{value} is out of range: must be {bounds}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a number of seconds >= 0")
+    return value
+
+
+def _optional(value: float) -> float | None:
+    """0 turns a limit off."""
+    return value or None
+
+
+def _option(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    env: str,
+    default: object,
+    help: str,
+    **kwargs: object,
+) -> None:
+    """Add a flag whose default comes from ``env``; argparse checks both the same way."""
+    parser.add_argument(
+        flag,
+        default=os.environ.get(env, str(default)),
+        help=f"{help} (env {env}; default: %(default)s)",
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="python -m server",
+        description="WebSocket chat server (RFC 6455, pure Python). "
+        "Every option can also be set by the environment variable named in its help.",
+    )
+    _option(parser, "--host", "CHAT_HOST", _DEFAULTS.host, "address to listen on")
+    _option(
+        parser,
+        "--port",
+        "CHAT_PORT",
+        _DEFAULTS.port,
+        "TCP port, 0 for any free one",
+        type=_int_range(0, 65535),
+    )
+    _option(
+        parser, "--db", "CHAT_DB", _DEFAULTS.db_path, "SQLite database file; its folder is created"
+    )
+    _option(
+        parser,
+        "--log-level",
+        "CHAT_LOG_LEVEL",
+        _DEFAULTS.log_level,
+        "log level",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+    )
+    _option(
+        parser,
+        "--retry-attempts",
+        "CHAT_RETRY_ATTEMPTS",
+        _DEFAULTS.retry.attempts,
+        "attempts to write a batch before it is dead-lettered",
+        type=_int_range(1),
+    )
+    _option(
+        parser,
+        "--retry-delay",
+        "CHAT_RETRY_DELAY",
+        _DEFAULTS.retry.base_delay,
+        "seconds; failed attempt n waits n x this delay",
+        type=_seconds,
+    )
+    _option(
+        parser,
+        "--queue-capacity",
+        "CHAT_QUEUE_CAPACITY",
+        _DEFAULTS.queue_capacity,
+        "messages waiting for the database before senders are slowed down",
+        type=_int_range(1),
+    )
+    _option(
+        parser,
+        "--batch-size",
+        "CHAT_BATCH_SIZE",
+        _DEFAULTS.batch_size,
+        "messages written per transaction",
+        type=_int_range(1),
+    )
+    _option(
+        parser,
+        "--shutdown-timeout",
+        "CHAT_SHUTDOWN_TIMEOUT",
+        _DEFAULTS.shutdown_timeout,
+        "seconds to close clients, and again to drain the queue, on SIGINT/SIGTERM",
+        type=_seconds,
+    )
+    _option(
+        parser,
+        "--max-message-size",
+        "CHAT_MAX_MESSAGE_SIZE",
+        _LIMITS.max_size,
+        "largest message in bytes, 0 for no limit (larger ones close with 1009)",
+        type=_int_range(0),
+    )
+    _option(
+        parser,
+        "--ping-interval",
+        "CHAT_PING_INTERVAL",
+        _LIMITS.ping_interval,
+        "seconds between keepalive pings, 0 to turn them off",
+        type=_seconds,
+    )
+    _option(
+        parser,
+        "--ping-timeout",
+        "CHAT_PING_TIMEOUT",
+        _LIMITS.ping_timeout,
+        "seconds to wait for a pong before closing with 1011, 0 to wait forever",
+        type=_seconds,
+    )
+    _option(
+        parser,
+        "--open-timeout",
+        "CHAT_OPEN_TIMEOUT",
+        _LIMITS.open_timeout,
+        "seconds a client has to complete the opening handshake",
+        type=_seconds,
+    )
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Settings:
+    """Build Settings from ``argv`` and the environment; exits with status 2 on a bad value."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    db_path = Path(args.db)
+    try:
+        _check_writable(db_path.parent)
+    except OSError as exc:
+        parser.error(f"--db: cannot write to {db_path.parent}: {exc.strerror or exc}")
+    limits = Limits(
+        max_size=args.max_message_size or None,
+        ping_interval=_optional(args.ping_interval),
+        ping_timeout=_optional(args.ping_timeout),
+        open_timeout=_optional(args.open_timeout),
+    )
+    return Settings(
+        host=args.host,
+        port=args.port,
+        db_path=db_path,
+        log_level=args.log_level,
+        retry=RetryPolicy(attempts=args.retry_attempts, base_delay=args.retry_delay),
+        queue_capacity=args.queue_capacity,
+        batch_size=args.batch_size,
+        shutdown_timeout=args.shutdown_timeout,
+        limits=limits,
+    )
+
+
+def _check_writable(folder: Path) -> None:
+    """Create the database folder and prove a file can be written in it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=folder):
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m server``."""
+    settings = parse_args(argv)
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return asyncio.run(run(settings))
+    except OSError as exc:
+        # The port is taken, or the host is not an address of this machine.
+        print(f"python -m server: error: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except sqlite3.Error as exc:
+        print(f"python -m server: error: cannot open {settings.db_path}: {exc}", file=sys.stderr)
+        return 2

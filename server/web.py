@@ -1,0 +1,105 @@
+"""Plain HTTP on the WebSocket port: the web client's files and ``/healthz``.
+
+Requests that ask for a WebSocket upgrade on a known path go on to the
+handshake; everything else is answered here, before any upgrade.
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+from collections.abc import Callable, Mapping
+from pathlib import Path, PurePosixPath
+from urllib.parse import unquote
+
+from rfc6455 import Headers, Request, Response
+from rfc6455.handshake import is_upgrade, reject
+
+__all__ = ["CHAT_PATH", "ECHO_PATH", "Router"]
+
+CHAT_PATH = "/"
+ECHO_PATH = "/echo"
+
+# Types of the files the web client ships; anything else is served as bytes.
+_CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+}
+
+
+class Router:
+    """The ``process_request`` hook of the server.
+
+    Args:
+        web_root: the folder whose files are served (``web_client/``).
+        health: returns the figures ``/healthz`` reports.
+        websocket_paths: the paths that accept a WebSocket upgrade.
+    """
+
+    def __init__(
+        self,
+        web_root: Path,
+        health: Callable[[], Mapping[str, object]],
+        websocket_paths: frozenset[str] = frozenset({CHAT_PATH, ECHO_PATH}),
+    ) -> None:
+        self.web_root = web_root.resolve()
+        self.health = health
+        self.websocket_paths = websocket_paths
+
+    def __call__(self, request: Request) -> Response | None:
+        """None lets a WebSocket upgrade go on; any other request gets its answer."""
+        if is_upgrade(request):
+            if request.path in self.websocket_paths:
+                return None
+            return reject(404, f"no WebSocket endpoint at {request.path}")
+        if request.method not in ("GET", "HEAD"):
+            return reject(405, "only GET and HEAD are served", (("Allow", "GET, HEAD"),))
+        if request.path == "/healthz":
+            response = _response(
+                200, "application/json", json.dumps({"status": "ok", **self.health()}).encode()
+            )
+        else:
+            response = self._static(request.path)
+        if request.method == "HEAD":
+            return Response(response.status, response.reason, response.headers)
+        return response
+
+    def _static(self, path: str) -> Response:
+        """A file under ``web_root``; ``..``, absolute and hidden paths are refused."""
+        relative = PurePosixPath(unquote(path).lstrip("/") or "index.html")
+        if (
+            "\\" in str(relative)
+            or "\x00" in str(relative)
+            or any(part in ("..", "") or part.startswith(".") for part in relative.parts)
+        ):
+            return reject(404, "not found")
+        file = self.web_root.joinpath(*relative.parts)
+        try:
+            # The resolved path must stay inside the web root (no symlink escapes).
+            resolved = file.resolve(strict=True)
+            resolved.relative_to(self.web_root)
+            body = resolved.read_bytes()
+        except (OSError, ValueError):
+            return reject(404, "not found")
+        content_type = _CONTENT_TYPES.get(resolved.suffix) or (
+            mimetypes.guess_type(resolved.name)[0] or "application/octet-stream"
+        )
+        return _response(200, content_type, body)
+
+
+def _response(status: int, content_type: str, body: bytes) -> Response:
+    headers = Headers(
+        [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-cache"),
+            ("X-Content-Type-Options", "nosniff"),
+            ("Connection", "close"),
+        ]
+    )
+    return Response(status, "OK", headers, body)

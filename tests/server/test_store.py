@@ -1,0 +1,258 @@
+"""Tests for server.store on real SQLite files: schema, atomic batches, reads, reopening."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from server.store import MessageRecord, Store
+
+
+def record(n: int, connection_id: str = "c1") -> MessageRecord:
+    return MessageRecord.create(connection_id, f"message {n}")
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "data" / "messages.db"
+
+
+@pytest.fixture
+def store(db: Path) -> Iterator[Store]:
+    db.parent.mkdir()
+    with Store(db) as store:
+        yield store
+
+
+def rows(db: Path) -> list[tuple[int, str, str, str, str]]:
+    """Read the table through an independent connection."""
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute("SELECT * FROM messages ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+# MessageRecord
+
+
+def test_record_create_uses_one_utc_instant() -> None:
+    now = datetime(2024, 2, 29, 23, 59, 58, 123456, tzinfo=timezone(timedelta(hours=2)))
+    rec = MessageRecord.create("c1", "hi", now=now)
+    assert rec == MessageRecord(
+        "c1", "hi", "2024-02-29 21:59:58", "2024-02-29T21:59:58.123456+00:00"
+    )
+    assert rec.id is None
+
+
+def test_record_create_defaults_to_now() -> None:
+    before = datetime.now(UTC).replace(microsecond=0)
+    rec = MessageRecord.create("c1", "hi")
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}", rec.timestamp)
+    created = datetime.fromisoformat(rec.created_at)
+    assert created.utcoffset() == timedelta(0)
+    assert created >= before
+    assert rec.timestamp == created.strftime("%Y-%m-%d %H:%M:%S")
+
+
+# Schema
+
+
+def test_schema(store: Store, db: Path) -> None:
+    conn = sqlite3.connect(db)
+    try:
+        columns = conn.execute("PRAGMA table_info(messages)").fetchall()
+        (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'messages'").fetchone()
+        (journal_mode,) = conn.execute("PRAGMA journal_mode").fetchone()
+    finally:
+        conn.close()
+    # (name, type, notnull, primary key)
+    assert [(c[1], c[2], c[3], c[5]) for c in columns] == [
+        ("id", "INTEGER", 0, 1),
+        ("connection_id", "TEXT", 1, 0),
+        ("message", "TEXT", 1, 0),
+        ("timestamp", "TEXT", 1, 0),
+        ("created_at", "TEXT", 1, 0),
+    ]
+    assert "AUTOINCREMENT" in sql
+    assert journal_mode == "wal"
+
+
+def test_reopening_an_existing_database_keeps_its_messages(db: Path) -> None:
+    db.parent.mkdir()
+    with Store(db) as store:
+        store.insert_many([record(1), record(2)])
+    with Store(db) as store:
+        assert [r.message for r in store.last(10)] == ["message 1", "message 2"]
+
+
+def test_missing_folder_fails_to_open(db: Path) -> None:
+    with pytest.raises(sqlite3.OperationalError, match="unable to open"):
+        Store(db)
+
+
+# insert_many
+
+
+def test_insert_many_assigns_ids_in_order(store: Store, db: Path) -> None:
+    records = [record(n, f"c{n % 3}") for n in range(10)]
+    store.insert_many(records)
+    stored = rows(db)
+    assert [row[0] for row in stored] == list(range(1, 11))
+    assert [MessageRecord(*row[1:]) for row in stored] == records
+
+
+def test_insert_many_of_nothing_is_a_no_op(store: Store) -> None:
+    store.insert_many([])
+    assert store.count() == 0
+
+
+def test_insert_many_is_all_or_nothing(store: Store, db: Path) -> None:
+    store.insert_many([record(0)])
+    bad = MessageRecord("c1", None, "2024-01-01 00:00:00", "2024-01-01T00:00:00+00:00")  # type: ignore[arg-type]
+    with pytest.raises(sqlite3.IntegrityError, match="NOT NULL"):
+        store.insert_many([record(1), record(2), bad, record(3)])
+    assert [row[2] for row in rows(db)] == ["message 0"]
+    # The store is still usable after the failed transaction.
+    store.insert_many([record(4)])
+    assert [row[2] for row in rows(db)] == ["message 0", "message 4"]
+
+
+def test_insert_many_fails_fast_when_locked(store: Store, db: Path) -> None:
+    other = sqlite3.connect(db, isolation_level=None)
+    try:
+        other.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            store.insert_many([record(1)])
+        # WAL: readers are not blocked by the other connection's write lock.
+        assert store.count() == 0
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+    store.insert_many([record(2)])
+    assert store.count() == 1
+
+
+TEXTS = [
+    "",
+    "quotes \" and ' and \\ backslashes",
+    "line\nbreaks\r\nand\ttabs",
+    "emoji 🎉👩‍💻 and accents éàü, 中文",
+    "<script>alert('x')</script>",
+    "nul \x00 inside",
+    "x" * 100_000,
+]
+
+
+def test_any_text_round_trips(store: Store) -> None:
+    store.insert_many([MessageRecord.create("c1", text) for text in TEXTS])
+    assert [r.message for r in store.last(len(TEXTS))] == TEXTS
+
+
+# Reads
+
+
+def test_last_returns_the_last_n_oldest_first(store: Store) -> None:
+    store.insert_many([record(n) for n in range(1, 8)])
+    last = store.last(3)
+    assert [r.message for r in last] == ["message 5", "message 6", "message 7"]
+    assert [r.id for r in last] == [5, 6, 7]
+    assert len(store.last(100)) == 7
+    assert store.last(0) == []
+    assert store.last(-1) == []
+
+
+def test_last_of_an_empty_table(store: Store) -> None:
+    assert store.last(5) == []
+
+
+def test_after_returns_later_messages_in_order(store: Store) -> None:
+    store.insert_many([record(n) for n in range(1, 11)])
+    after = store.after(4, 3)
+    assert [r.id for r in after] == [5, 6, 7]
+    assert [r.message for r in after] == ["message 5", "message 6", "message 7"]
+    assert [r.id for r in store.after(0, 100)] == list(range(1, 11))
+    assert [r.id for r in store.after(8, 100)] == [9, 10]
+    assert store.after(10, 100) == []
+    assert store.after(0, 0) == []
+
+
+def test_count(store: Store) -> None:
+    assert store.count() == 0
+    store.insert_many([record(n) for n in range(5)])
+    store.insert_many([record(n) for n in range(3)])
+    assert store.count() == 8
+
+
+# Reopening after the database went away
+
+
+def test_reopens_after_the_folder_is_removed_and_recreated(store: Store, db: Path) -> None:
+    store.insert_many([record(1)])
+    shutil.rmtree(db.parent)
+    # An open connection would keep writing into the unlinked file without any error.
+    with pytest.raises(sqlite3.OperationalError, match="unable to open"):
+        store.insert_many([record(2)])
+    with pytest.raises(sqlite3.OperationalError, match="unable to open"):
+        store.count()
+    db.parent.mkdir()
+    store.insert_many([record(3)])
+    assert [row[2] for row in rows(db)] == ["message 3"]
+    assert [r.message for r in store.last(10)] == ["message 3"]
+
+
+def test_reopens_after_the_file_is_removed(store: Store, db: Path) -> None:
+    store.insert_many([record(1)])
+    for path in db.parent.iterdir():
+        path.unlink()
+    store.insert_many([record(2)])
+    assert [row[2] for row in rows(db)] == ["message 2"]
+
+
+def test_reopens_after_a_directory_replaced_the_file(store: Store, db: Path) -> None:
+    store.insert_many([record(1)])
+    for path in db.parent.iterdir():
+        path.unlink()
+    db.mkdir()  # even root cannot open a directory as a database
+    with pytest.raises(sqlite3.OperationalError, match="unable to open"):
+        store.insert_many([record(2)])
+    db.rmdir()
+    store.insert_many([record(3)])
+    assert [row[2] for row in rows(db)] == ["message 3"]
+
+
+def test_recreates_a_dropped_table(store: Store, db: Path) -> None:
+    store.insert_many([record(1)])
+    other = sqlite3.connect(db)
+    try:
+        other.execute("DROP TABLE messages")
+    finally:
+        other.close()
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        store.count()
+    store.insert_many([record(2)])  # the reopened connection created the schema again
+    assert [r.message for r in store.last(10)] == ["message 2"]
+
+
+def test_a_file_that_is_not_a_database_fails_to_open(db: Path) -> None:
+    db.parent.mkdir()
+    db.write_bytes(b"this is not an SQLite database, just some text" * 100)
+    with pytest.raises(sqlite3.DatabaseError, match="not a database"):
+        Store(db)
+
+
+def test_close_is_idempotent_and_final(db: Path) -> None:
+    db.parent.mkdir()
+    store = Store(db)
+    store.close()
+    store.close()
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        store.insert_many([record(1)])
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        store.last(1)
