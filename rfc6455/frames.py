@@ -26,6 +26,7 @@ __all__ = [
     "FrameHeader",
     "Opcode",
     "frame_header",
+    "is_valid_close_code",
     "parse_frame",
     "parse_header",
     "serialize_frame",
@@ -78,6 +79,12 @@ class CloseCode(IntEnum):
 EXTERNAL_CLOSE_CODES = frozenset(
     {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
 )
+
+
+def is_valid_close_code(code: int) -> bool:
+    """Whether ``code`` may appear in a close frame (RFC 6455 §7.4.1, §7.4.2)."""
+    return code in EXTERNAL_CLOSE_CODES or 3000 <= code < 5000
+
 
 _pack_H = struct.Struct("!BBH").pack
 _pack_Q = struct.Struct("!BBQ").pack
@@ -260,7 +267,7 @@ class Close:
         if len(data) == 1:
             raise ProtocolError("close frame with a 1-byte payload")
         (code,) = _unpack_H(data, 0)
-        if not (code in EXTERNAL_CLOSE_CODES or 3000 <= code < 5000):
+        if not is_valid_close_code(code):
             raise ProtocolError(f"invalid close code {code}")
         try:
             # RFC 6455 §5.5.1: the reason is UTF-8; invalid data is a 1007 (§8.1).

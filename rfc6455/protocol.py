@@ -28,11 +28,11 @@ from enum import Enum, IntEnum
 
 from .exceptions import InvalidPayloadData, InvalidState, ProtocolError
 from .frames import (
-    EXTERNAL_CLOSE_CODES,
     Close,
     CloseCode,
     Opcode,
     frame_header,
+    is_valid_close_code,
     parse_header,
     serialize_frame,
 )
@@ -243,6 +243,11 @@ class Protocol:
                 text = decoder.decode(data, final)
             except UnicodeDecodeError as exc:
                 raise InvalidPayloadData("invalid UTF-8 in text message") from exc
+            # CPython's decoder waits for a third byte before refusing ED A0-BF,
+            # the start of a UTF-16 surrogate, which is never valid UTF-8.
+            pending = decoder.getstate()[0]
+            if len(pending) == 2 and pending[0] == 0xED and pending[1] >= 0xA0:
+                raise InvalidPayloadData("invalid UTF-8 in text message")
             self._message_parts.append(text)  # type: ignore[arg-type]
         else:
             self._message_parts.append(data)  # type: ignore[arg-type]
@@ -379,7 +384,7 @@ class Protocol:
             ValueError: the code may not be sent (§7.4) or the reason is over 123 bytes.
             InvalidState: a close frame was already sent or received.
         """
-        if not (code in EXTERNAL_CLOSE_CODES or 3000 <= code < 5000):
+        if not is_valid_close_code(code):
             raise ValueError(f"close code {code} may not be sent")
         if len(reason.encode()) > 123:
             raise ValueError("close reason over 123 bytes")
@@ -404,7 +409,12 @@ class Protocol:
         input ("An endpoint MUST NOT continue to attempt to process data ...
         after being instructed to _Fail the WebSocket Connection_") and, as a
         server, closes TCP.
+
+        Raises:
+            ValueError: ``code`` may not be sent in a close frame (§7.4).
         """
+        if not is_valid_close_code(code):
+            raise ValueError(f"close code {code} may not be sent")
         if self.state is State.OPEN:
             # Reasons are short by design; keep the close frame within 125 bytes.
             self._send_close(Close(code, reason.encode()[:123].decode(errors="ignore")))
