@@ -126,9 +126,8 @@ class Connection:
             finally:
                 self._recv_waiter = None
         message = self._messages.popleft()
-        resumed = self._reading_resumed
-        if resumed is not None and not resumed.done() and len(self._messages) < _MAX_QUEUE // 2:
-            resumed.set_result(None)
+        if len(self._messages) < _MAX_QUEUE // 2:
+            self._resume_reading()
         return message
 
     def __aiter__(self) -> AsyncIterator[Data]:
@@ -229,6 +228,8 @@ class Connection:
     def abort(self) -> None:
         """Drop the TCP connection at once, without a closing handshake."""
         self._transport.abort()
+        # A reader task paused on a full queue must wake up to see the EOF.
+        self._resume_reading()
 
     async def __aenter__(self) -> Connection:
         return self
@@ -252,7 +253,12 @@ class Connection:
                 if data:
                     protocol.receive_data(data)
                     self._process_events()
-                    if len(self._messages) >= _MAX_QUEUE:
+                    # Once closing, read on to the EOF: nothing else ends the task.
+                    if (
+                        len(self._messages) >= _MAX_QUEUE
+                        and not protocol.close_expected()
+                        and not self._transport.is_closing()
+                    ):
                         await self._pause_reading()
                 if protocol.state is State.CLOSED:
                     break
@@ -293,13 +299,24 @@ class Connection:
         waiter = self._recv_waiter
         if messages and waiter is not None and not waiter.done():
             waiter.set_result(None)
+        if self._pending_failure is not None:
+            # A waiting recv() runs first (its wake-up is already scheduled),
+            # but a handler that is not reading must not hold the failure back.
+            self._loop.call_soon(self._fail_if_pending)
         self._flush()
 
     def _fail_if_pending(self) -> None:
         error = self._pending_failure
         if error is not None:
             self._pending_failure = None
-            self.fail(error.close_code, str(error))
+            # Not self.fail(): _process_events already logged this failure.
+            self.protocol.fail(error.close_code, str(error))
+            self._flush()
+
+    def _resume_reading(self) -> None:
+        resumed = self._reading_resumed
+        if resumed is not None and not resumed.done():
+            resumed.set_result(None)
 
     async def _pause_reading(self) -> None:
         """Stop reading until recv() has taken half of the queued messages."""
@@ -334,13 +351,15 @@ class Connection:
             else:
                 writer.close()  # TLS cannot half-close.
         if self._close_timer is None and self.protocol.close_expected():
+            # The peer's close frame and EOF must be read even if the queue is full.
+            self._resume_reading()
             timeout = self.limits.close_timeout
             if timeout is not None:
                 self._close_timer = self._loop.call_later(timeout, self._close_timed_out)
 
     def _close_timed_out(self) -> None:
         self.logger.debug("closing handshake timed out, dropping the connection")
-        self._transport.abort()
+        self.abort()
 
     async def _flush_and_drain(self) -> None:
         self._flush()

@@ -71,6 +71,11 @@ class Server:
             connection = await self._handshake(reader, writer)
             if connection is not None:
                 await self._run_handler(connection)
+        except asyncio.CancelledError:
+            # Server.close() cancels handlers that outlive its timeout. End this
+            # task normally: on Python 3.11, asyncio's done callback for it calls
+            # task.exception(), which raises CancelledError in the event loop.
+            writer.transport.abort()
         finally:
             self._tasks.discard(task)
 
@@ -88,8 +93,18 @@ class Server:
                     writer.close()
                     return None
                 request = dataclasses.replace(request, remote_address=remote)
-                response = await self._respond(request)
-                writer.write(response.serialize())
+                try:
+                    response = await self._respond(request)
+                    head = response.serialize()
+                except InvalidRequest:
+                    raise
+                except Exception:
+                    # A bug in the process_request hook or in the Response it
+                    # returned: answer 500 rather than leak it to the event loop.
+                    logger.exception("process_request failed for %s", _peer(remote))
+                    response = reject(500, "internal server error")
+                    head = response.serialize()
+                writer.write(head)
                 if response.status != 101:
                     await writer.drain()
                     writer.close()

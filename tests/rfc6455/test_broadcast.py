@@ -1,0 +1,32 @@
+"""Tests for rfc6455.aio.broadcast over real loopback sockets."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from rfc6455 import Connection, broadcast
+from tests.rfc6455.conftest import GUARD, Net
+
+pytestmark = pytest.mark.usefixtures("loop_errors")
+
+
+async def test_broadcast_skips_closed_connections(net: Net) -> None:
+    accepted: asyncio.Queue[Connection] = asyncio.Queue()
+
+    async def handler(ws: Connection) -> None:
+        accepted.put_nowait(ws)
+        await ws.wait_closed()
+
+    server = await net.serve(handler)
+    clients = [await net.connect(server) for _ in range(3)]
+    async with asyncio.timeout(GUARD):
+        connections = [await accepted.get() for _ in clients]
+    await clients[0].close()
+    await connections[0].wait_closed()
+    assert broadcast(connections, "to all") == 2
+    assert broadcast(connections, b"\x00\x01") == 2
+    for client in clients[1:]:
+        assert await client.recv() == "to all"
+        assert await client.recv() == b"\x00\x01"

@@ -1,0 +1,579 @@
+"""Tests for rfc6455.aio.server: the opening handshake over real sockets, the
+process_request hook, handlers and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Any
+
+import pytest
+
+import rfc6455
+from rfc6455 import (
+    Connection,
+    ConnectionClosedError,
+    ConnectionClosedOK,
+    Headers,
+    Request,
+    Response,
+)
+from rfc6455.aio.connection import _address, _peer
+from rfc6455.handshake import reject
+from tests.rfc6455.conftest import (
+    ACCEPT,
+    GUARD,
+    HOST,
+    KEY,
+    Net,
+    close_payload,
+    info_lines,
+    random_key,
+    upgrade_request,
+    wait_until,
+)
+
+pytestmark = pytest.mark.usefixtures("loop_errors")
+
+
+class Spy:
+    """A handler that records the connections it was given."""
+
+    def __init__(self) -> None:
+        self.connections: list[Connection] = []
+        self.started = asyncio.Event()
+
+    async def __call__(self, ws: Connection) -> None:
+        self.connections.append(ws)
+        self.started.set()
+        async for message in ws:
+            await ws.send(message)
+
+
+# The opening handshake (RFC 6455 §4.2)
+
+
+async def test_accept_example_of_section_1_3(net: Net) -> None:
+    server = await net.serve()
+    raw = await net.raw(server)
+    await raw.send(upgrade_request(key=KEY))
+    reply = await raw.read_reply()
+    assert reply.status == 101
+    assert reply.headers["sec-websocket-accept"] == ACCEPT
+    assert reply.headers["upgrade"].lower() == "websocket"
+    assert reply.headers["connection"].lower() == "upgrade"
+    assert reply.body == b""
+    # The connection is open: an unfragmented masked "Hello" (§5.7) comes back unmasked.
+    await raw.send(b"\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58")
+    assert await raw.reader.readexactly(7) == b"\x81\x05Hello"
+
+
+async def test_accept_token_lists_and_case(net: Net) -> None:
+    server = await net.serve()
+    raw = await net.raw(server)
+    request = upgrade_request(
+        replace={"Upgrade": "WebSocket", "Connection": "keep-alive, UPGRADE"}, key=random_key()
+    )
+    reply = await raw.handshake(request)
+    assert reply.status == 101
+
+
+async def test_frames_sent_with_the_request_are_received(net: Net) -> None:
+    server = await net.serve()
+    raw = await net.raw(server)
+    # The first frame arrives in the same segment as the request head.
+    await raw.send(upgrade_request() + b"\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58")
+    assert (await raw.read_reply()).status == 101
+    assert await raw.reader.readexactly(7) == b"\x81\x05Hello"
+
+
+def _header_lines(count: int) -> list[tuple[str, str]]:
+    return [(f"X-Filler-{i}", "x") for i in range(count)]
+
+
+# (request, expected status, an expected header or None)
+HANDSHAKE_FAILURES: dict[str, tuple[bytes, int, tuple[str, str] | None]] = {
+    "method_post": (upgrade_request(method="POST"), 405, ("allow", "GET")),
+    "http_1_0": (upgrade_request(version="HTTP/1.0"), 400, None),
+    "missing_host": (upgrade_request(drop=["Host"]), 400, None),
+    "bad_host": (upgrade_request(replace={"Host": "a b"}), 400, None),
+    "missing_upgrade": (upgrade_request(drop=["Upgrade"]), 400, None),
+    "bad_upgrade": (upgrade_request(replace={"Upgrade": "h2c"}), 400, None),
+    "connection_without_upgrade": (
+        upgrade_request(replace={"Connection": "keep-alive"}),
+        400,
+        None,
+    ),
+    "missing_key": (upgrade_request(drop=["Sec-WebSocket-Key"]), 400, None),
+    "key_not_base64": (upgrade_request(key="not base64 at all!"), 400, None),
+    "key_not_16_bytes": (
+        upgrade_request(key=base64.b64encode(b"fifteen bytes!!").decode()),
+        400,
+        None,
+    ),
+    "missing_version": (upgrade_request(drop=["Sec-WebSocket-Version"]), 400, None),
+    "version_8": (
+        upgrade_request(replace={"Sec-WebSocket-Version": "8"}),
+        426,
+        ("sec-websocket-version", "13"),
+    ),
+    "request_line_over_8_kib": (upgrade_request("/" + "a" * 8200), 414, None),
+    "header_line_over_8_kib": (upgrade_request(extra=[("X-Long", "a" * 8200)]), 431, None),
+    "129_headers": (upgrade_request(extra=_header_lines(129 - 5)), 431, None),
+    "http_2_0": (upgrade_request(version="HTTP/2.0"), 505, None),
+}
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "header"),
+    list(HANDSHAKE_FAILURES.values()),
+    ids=list(HANDSHAKE_FAILURES),
+)
+async def test_handshake_failure(
+    net: Net,
+    log: pytest.LogCaptureFixture,
+    request_bytes: bytes,
+    status: int,
+    header: tuple[str, str] | None,
+) -> None:
+    spy = Spy()
+    server = await net.serve(spy)
+    raw = await net.raw(server)
+    await raw.send(request_bytes)
+    reply = await raw.read_reply()
+    assert reply.status == status
+    if header is not None:
+        assert reply.headers[header[0]] == header[1]
+    assert reply.headers["content-type"] == "text/plain; charset=utf-8"
+    # A one-line reason as the body.
+    body = reply.body.decode()
+    assert body.endswith("\n")
+    assert body.count("\n") == 1
+    assert len(body) > 1
+    # Then the server closes the connection without running the handler.
+    assert await raw.at_eof()
+    assert not spy.connections
+    lines = info_lines(log)
+    assert len(lines) == 1
+    assert lines[0].startswith(f"refused {HOST}:")
+    assert f"{status} " in lines[0]
+
+
+async def test_128_headers_are_accepted(net: Net) -> None:
+    server = await net.serve()
+    raw = await net.raw(server)
+    reply = await raw.handshake(upgrade_request(extra=_header_lines(128 - 5)))
+    assert reply.status == 101
+
+
+async def test_no_request_within_open_timeout_drops_the_connection(
+    net: Net, log: pytest.LogCaptureFixture
+) -> None:
+    spy = Spy()
+    server = await net.serve(spy, open_timeout=0.2)
+    raw = await net.raw(server)
+    await raw.send(upgrade_request()[:20])  # a request that never completes
+    # Dropped without an HTTP reply; an abort may surface as a reset.
+    await raw.at_eof()
+    assert not spy.connections
+    assert info_lines(log) == [
+        f"dropped {HOST}:{raw.local_address[1]}: no complete request within 0.2 s"
+    ]
+
+
+async def test_silent_client_is_dropped_after_open_timeout(net: Net) -> None:
+    server = await net.serve(open_timeout=0.2)
+    raw = await net.raw(server)
+    await raw.at_eof()
+
+
+async def test_client_closing_before_the_request_ends(
+    net: Net, log: pytest.LogCaptureFixture
+) -> None:
+    spy = Spy()
+    server = await net.serve(spy)
+    raw = await net.raw(server)
+    await raw.send(upgrade_request()[:20])
+    raw.writer.write_eof()
+    assert await raw.at_eof()
+    assert not spy.connections
+    assert info_lines(log) == []
+
+
+async def test_client_reset_during_the_handshake(net: Net, log: pytest.LogCaptureFixture) -> None:
+    spy = Spy()
+    server = await net.serve(spy, open_timeout=GUARD)
+    raw = await net.raw(server)
+    await raw.send(upgrade_request()[:20])
+    raw.reset()
+    await wait_until(lambda: not server._tasks)
+    assert not spy.connections
+    assert info_lines(log) == []
+
+
+# Subprotocols and extensions (RFC 6455 §4.2.2)
+
+
+async def test_server_picks_its_preferred_subprotocol(net: Net) -> None:
+    spy = Spy()
+    server = await net.serve(spy, subprotocols=["chat.v2", "chat.v1"])
+    raw = await net.raw(server)
+    request = upgrade_request(extra=[("Sec-WebSocket-Protocol", "chat.v1, chat.v2")])
+    reply = await raw.handshake(request)
+    assert reply.headers["sec-websocket-protocol"] == "chat.v2"
+    async with asyncio.timeout(GUARD):
+        await spy.started.wait()
+    assert spy.connections[0].subprotocol == "chat.v2"
+
+
+async def test_no_subprotocol_without_overlap(net: Net) -> None:
+    spy = Spy()
+    server = await net.serve(spy, subprotocols=["chat.v2"])
+    raw = await net.raw(server)
+    reply = await raw.handshake(upgrade_request(extra=[("Sec-WebSocket-Protocol", "other")]))
+    assert "sec-websocket-protocol" not in reply.headers
+    async with asyncio.timeout(GUARD):
+        await spy.started.wait()
+    assert spy.connections[0].subprotocol is None
+
+
+async def test_subprotocol_through_connect(net: Net) -> None:
+    spy = Spy()
+    server = await net.serve(spy, subprotocols=["b", "a"])
+    client = await net.connect(server, subprotocols=["a", "b"])
+    assert client.subprotocol == "b"
+    async with asyncio.timeout(GUARD):
+        await spy.started.wait()
+    assert spy.connections[0].subprotocol == "b"
+
+
+async def test_unknown_extensions_are_not_accepted(net: Net) -> None:
+    server = await net.serve()
+    raw = await net.raw(server)
+    offer = "permessage-deflate; client_max_window_bits, x-unknown-extension"
+    reply = await raw.handshake(upgrade_request(extra=[("Sec-WebSocket-Extensions", offer)]))
+    assert "sec-websocket-extensions" not in reply.headers
+    # No extension means RSV1 stays reserved: a frame with it fails the connection.
+    await raw.send(b"\xc1\x80" + b"\x00" * 4)
+    assert (await raw.read_close()).close_code == 1002
+
+
+# The process_request hook
+
+
+async def test_process_request_sees_the_request(net: Net) -> None:
+    seen: list[Request] = []
+
+    def hook(request: Request) -> None:
+        seen.append(request)
+
+    spy = Spy()
+    server = await net.serve(spy, process_request=hook)
+    raw = await net.raw(server)
+    await raw.handshake(upgrade_request("/chat/room?name=a%20b&x=1", extra=[("X-Token", "t0k")]))
+    (request,) = seen
+    assert request.method == "GET"
+    assert request.path == "/chat/room"
+    assert request.query == "name=a%20b&x=1"
+    assert request.headers.get("x-token") == "t0k"
+    assert request.headers.get("Sec-WebSocket-Key") == KEY
+    assert request.remote_address == raw.local_address
+    async with asyncio.timeout(GUARD):
+        await spy.started.wait()
+    assert spy.connections[0].request == request
+
+
+async def test_process_request_refuses_with_403(net: Net, log: pytest.LogCaptureFixture) -> None:
+    def hook(request: Request) -> Response:
+        return reject(403, "no token")
+
+    spy = Spy()
+    server = await net.serve(spy, process_request=hook)
+    raw = await net.raw(server)
+    await raw.send(upgrade_request())
+    reply = await raw.read_reply()
+    assert reply.status == 403
+    assert reply.body == b"no token\n"
+    assert await raw.at_eof()
+    assert not spy.connections
+
+
+async def test_async_process_request_refuses(net: Net) -> None:
+    async def hook(request: Request) -> Response | None:
+        await asyncio.sleep(0)
+        if request.headers.get("Authorization") != "Bearer good":
+            return reject(401, "who are you?", [("WWW-Authenticate", "Bearer")])
+        return None
+
+    spy = Spy()
+    server = await net.serve(spy, process_request=hook)
+    refused = await net.raw(server)
+    await refused.send(upgrade_request())
+    reply = await refused.read_reply()
+    assert reply.status == 401
+    assert reply.headers["www-authenticate"] == "Bearer"
+    assert await refused.at_eof()
+    accepted = await net.raw(server)
+    await accepted.handshake(upgrade_request(extra=[("Authorization", "Bearer good")]))
+    async with asyncio.timeout(GUARD):
+        await spy.started.wait()
+
+
+async def test_process_request_answers_plain_http(net: Net) -> None:
+    def hook(request: Request) -> Response | None:
+        if request.path == "/health":
+            return Response(200, "OK", Headers([("Content-Type", "text/plain")]), b"ok\n")
+        return None
+
+    spy = Spy()
+    server = await net.serve(spy, process_request=hook)
+    raw = await net.raw(server)
+    await raw.send(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    reply = await raw.read_reply()
+    assert reply.status == 200
+    assert reply.headers["content-type"] == "text/plain"
+    assert reply.body == b"ok\n"
+    assert await raw.at_eof()
+    assert not spy.connections
+
+
+async def test_plain_get_without_hook_is_refused(net: Net) -> None:
+    server = await net.serve()
+    raw = await net.raw(server)
+    await raw.send(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert (await raw.read_reply()).status == 400
+    assert await raw.at_eof()
+
+
+async def test_process_request_that_raises_gives_500(
+    net: Net, log: pytest.LogCaptureFixture
+) -> None:
+    def hook(request: Request) -> Response | None:
+        raise RuntimeError("bug in the hook")
+
+    spy = Spy()
+    server = await net.serve(spy, process_request=hook)
+    raw = await net.raw(server)
+    await raw.send(upgrade_request())
+    reply = await raw.read_reply()
+    assert reply.status == 500
+    assert await raw.at_eof()
+    assert not spy.connections
+    assert info_lines(log) == [f"process_request failed for {HOST}:{raw.local_address[1]}"]
+
+
+async def test_process_request_returning_an_invalid_response_gives_500(net: Net) -> None:
+    def hook(request: Request) -> Response | None:
+        return Response(200, "OK", Headers([("X-Bad", "line\r\nbreak")]))
+
+    server = await net.serve(process_request=hook)
+    raw = await net.raw(server)
+    await raw.send(upgrade_request())
+    assert (await raw.read_reply()).status == 500
+    assert await raw.at_eof()
+
+
+# Handlers
+
+
+async def test_handler_that_raises_closes_with_1011(
+    net: Net, log: pytest.LogCaptureFixture
+) -> None:
+    async def handler(ws: Connection) -> None:
+        await ws.recv()
+        raise RuntimeError("bug in the handler")
+
+    server = await net.serve(handler)
+    client = await net.connect(server)
+    await client.send("hi")
+    with pytest.raises(ConnectionClosedError) as info:
+        await client.recv()
+    assert info.value.code == 1011
+    await client.wait_closed()
+    assert client.close_code == 1011
+    records = [r for r in log.records if r.name.startswith("rfc6455")]
+    assert len(records) == 1
+    assert records[0].getMessage().startswith("handler failed for 127.0.0.1:")
+    assert records[0].exc_info is not None
+
+
+async def test_handler_return_closes_with_1000(net: Net) -> None:
+    async def handler(ws: Connection) -> None:
+        await ws.send("bye")
+
+    server = await net.serve(handler)
+    client = await net.connect(server)
+    assert await client.recv() == "bye"
+    with pytest.raises(ConnectionClosedOK) as info:
+        await client.recv()
+    assert info.value.code == 1000
+
+
+async def test_handler_stopped_by_connection_closed_is_not_an_error(
+    net: Net, log: pytest.LogCaptureFixture
+) -> None:
+    done = asyncio.Event()
+
+    async def handler(ws: Connection) -> None:
+        try:
+            while True:
+                await ws.recv()
+        finally:
+            done.set()
+
+    server = await net.serve(handler)
+    client = await net.connect(server)
+    client.abort()
+    async with asyncio.timeout(GUARD):
+        await done.wait()
+    await wait_until(lambda: not server.connections)
+    assert info_lines(log) == []
+
+
+# Graceful shutdown
+
+
+async def test_close_closes_connections_with_1001_and_waits_for_handlers(net: Net) -> None:
+    finished: list[int | None] = []
+
+    async def handler(ws: Connection) -> None:
+        async for message in ws:
+            await ws.send(message)
+        await asyncio.sleep(0)  # some clean-up after the last message
+        finished.append(ws.close_code)
+
+    server = await net.serve(handler)
+    clients = [await net.connect(server) for _ in range(3)]
+    for client in clients:
+        await client.send("ready?")
+        assert await client.recv() == "ready?"
+    assert len(server.connections) == 3
+    await server.close()
+    # Every handler ended before close() returned; each saw its client's answer.
+    assert finished == [1001, 1001, 1001]
+    assert not server.connections
+    for client in clients:
+        with pytest.raises(ConnectionClosedOK) as info:
+            await client.recv()
+        assert info.value.code == 1001
+        assert info.value.reason == "server shutting down"
+
+
+async def test_close_cancels_handlers_after_the_timeout(net: Net) -> None:
+    cancelled = asyncio.Event()
+    started = asyncio.Event()
+
+    async def handler(ws: Connection) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()  # ignores the close
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    server = await net.serve(handler)
+    client = await net.connect(server)
+    async with asyncio.timeout(GUARD):
+        await started.wait()
+    await server.close(timeout=0.2)
+    assert cancelled.is_set()
+    await client.wait_closed()
+    assert client.close_code == 1001
+
+
+async def test_close_refuses_new_connections(net: Net) -> None:
+    release = asyncio.Event()
+
+    async def handler(ws: Connection) -> None:
+        await release.wait()
+
+    server = await net.serve(handler)
+    port = server.port
+    client = await net.connect(server)
+    # A TCP connection accepted before the shutdown, whose request comes after it.
+    late = await net.raw(server)
+    await wait_until(lambda: len(server._tasks) == 2)
+    closing = asyncio.create_task(server.close(timeout=GUARD))
+    async with asyncio.timeout(GUARD):
+        await client.wait_closed()  # the shutdown has started
+    assert client.close_code == 1001
+    # The listening socket is closed: new connections are refused...
+    with pytest.raises(ConnectionRefusedError):
+        await net.connect(port)
+    # ... and an upgrade that arrives during the shutdown is answered 503.
+    await late.send(upgrade_request())
+    reply = await late.read_reply()
+    assert reply.status == 503
+    assert await late.at_eof()
+    release.set()
+    async with asyncio.timeout(GUARD):
+        await closing
+
+
+async def test_close_with_code_and_reason(net: Net) -> None:
+    server = await net.serve()
+    client = await net.connect(server)
+    await client.send("hi")
+    assert await client.recv() == "hi"
+    await server.close(code=4000, reason="maintenance")
+    with pytest.raises(ConnectionClosedError) as info:
+        await client.recv()
+    assert (info.value.code, info.value.reason) == (4000, "maintenance")
+
+
+async def test_close_without_connections(net: Net) -> None:
+    server = await net.serve()
+    await server.close()
+    await server.close()  # twice is harmless
+
+
+async def test_server_as_async_context_manager(loop_errors: list[dict[str, Any]]) -> None:
+    async with await rfc6455.serve(Spy(), HOST, 0) as server:
+        (sock,) = server.sockets
+        assert server.port == sock.getsockname()[1]  # type: ignore[attr-defined]
+        client = await rfc6455.connect(f"ws://{HOST}:{server.port}/")
+        await client.send(b"x")
+        assert await client.recv() == b"x"
+    await client.wait_closed()
+    assert client.close_code == 1001
+    assert server.sockets == ()  # asyncio forgets its sockets once closed
+
+
+async def test_sockets_of_a_server_not_started() -> None:
+    server = rfc6455.Server(Spy(), limits=rfc6455.Limits(), process_request=None, subprotocols=())
+    assert server.sockets == ()
+    await server.close()
+
+
+async def test_serve_options_override_limits(net: Net) -> None:
+    limits = rfc6455.Limits(max_size=10, ping_interval=None)
+    server = await net.serve(limits=limits, max_size=20)
+    assert server.limits.max_size == 20
+    assert server.limits.ping_interval is None
+
+
+def test_peer_names() -> None:
+    assert _peer(("127.0.0.1", 8000)) == "127.0.0.1:8000"
+    assert _peer(None) == "unknown peer"
+
+
+def test_addresses_of_other_socket_families() -> None:
+    assert _address(("::1", 8000, 0, 0)) == ("::1", 8000)
+    assert _address("/run/ws.sock") is None  # a Unix socket's peername
+    assert _address(None) is None
+
+
+async def test_close_frame_in_the_handshake_segment(net: Net) -> None:
+    spy = Spy()
+    server = await net.serve(spy)
+    raw = await net.raw(server)
+    await raw.send(upgrade_request() + b"\x88\x82" + b"\x00" * 4 + close_payload(1000))
+    assert (await raw.read_reply()).status == 101
+    assert (await raw.read_close()).close_code == 1000
+    assert await raw.at_eof()
+    await raw.close()
+    async with asyncio.timeout(GUARD):
+        await spy.started.wait()
+    ws = spy.connections[0]
+    await ws.wait_closed()
+    assert ws.close_code == 1000
