@@ -12,7 +12,7 @@ from ..exceptions import InvalidResponse
 from ..handshake import check_response, client_request, generate_key, parse_uri
 from ..http11 import ResponseParser
 from ..limits import Limits
-from ..protocol import Protocol, Side
+from ..protocol import Side
 from .connection import Connection
 
 __all__ = ["connect"]
@@ -65,9 +65,8 @@ async def connect(
         except BaseException:
             writer.transport.abort()
             raise
-    protocol = Protocol(Side.CLIENT, max_size=limits.max_size, max_frame_size=limits.max_frame_size)
     connection = Connection(
-        protocol,
+        Side.CLIENT,
         reader,
         writer,
         limits=limits,

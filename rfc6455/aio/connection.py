@@ -26,7 +26,7 @@ from ..exceptions import (
 from ..frames import CloseCode
 from ..http11 import Request, Response
 from ..limits import Limits
-from ..protocol import Pong, Protocol, State
+from ..protocol import Pong, Protocol, Side, State
 from ..typing import BytesLike, Data
 
 __all__ = ["Connection"]
@@ -51,7 +51,7 @@ class Connection:
 
     def __init__(
         self,
-        protocol: Protocol,
+        side: Side,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         *,
@@ -61,7 +61,9 @@ class Connection:
         subprotocol: str | None = None,
         logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
     ) -> None:
-        self.protocol = protocol
+        self.protocol = Protocol(
+            side, max_size=limits.max_size, max_frame_size=limits.max_frame_size
+        )
         self.limits = limits
         self.request = request
         self.response = response

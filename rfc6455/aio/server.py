@@ -15,7 +15,7 @@ from ..frames import CloseCode
 from ..handshake import accept, check_request, reject, select_subprotocol
 from ..http11 import Request, RequestParser, Response
 from ..limits import Limits
-from ..protocol import Protocol, Side
+from ..protocol import Side
 from .connection import Connection, _address, _peer
 
 __all__ = ["ProcessRequest", "Server", "serve"]
@@ -124,18 +124,14 @@ class Server:
             logger.debug("lost %s during the handshake: %r", _peer(remote), exc)
             writer.transport.abort()
             return None
-        protocol = Protocol(
-            Side.SERVER, max_size=limits.max_size, max_frame_size=limits.max_frame_size
-        )
-        subprotocol = response.headers.get("Sec-WebSocket-Protocol")
         connection = Connection(
-            protocol,
+            Side.SERVER,
             reader,
             writer,
             limits=limits,
             request=request,
             response=response,
-            subprotocol=subprotocol,
+            subprotocol=response.headers.get("Sec-WebSocket-Protocol"),
             logger=logger,
         )
         connection.start(parser.rest)
