@@ -56,13 +56,18 @@ class App:
         """Open the database and start listening; returns the port."""
         await self.queue.start()
         settings = self.settings
-        self.server = await rfc6455.serve(
-            self._dispatch,
-            settings.host,
-            settings.port,
-            process_request=self.router,
-            limits=settings.limits,
-        )
+        try:
+            self.server = await rfc6455.serve(
+                self._dispatch,
+                settings.host,
+                settings.port,
+                process_request=self.router,
+                limits=settings.limits,
+            )
+        except BaseException:
+            # Cannot listen (port taken, unknown host): close the database and its thread again.
+            await self.queue.stop(0)
+            raise
         port = self.server.port
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
         logger.info("listening: open http://%s:%d/ (WebSocket ws://%s:%d/)", host, port, host, port)
@@ -89,17 +94,22 @@ class App:
 async def run(settings: Settings) -> int:
     """Run until SIGINT or SIGTERM, then shut down gracefully; returns the exit status."""
     app = App(settings)
-    await app.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Before start(), which logs the start-up line: a signal sent as soon as that line
+    # appears must still get a graceful shutdown, not the default action (death).
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    started = False
     try:
+        await app.start()
+        started = True
         await stop.wait()
         logger.info("shutting down")
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(signum)
-        await app.stop()
+        if started:
+            await app.stop()
     return 0

@@ -56,6 +56,18 @@ def _seconds(text: str) -> float:
     return value
 
 
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _log_level(text: str) -> str:
+    # A type check rather than ``choices``: argparse never checks a default against its
+    # choices, so CHAT_LOG_LEVEL=verbose would get through and crash logging.basicConfig.
+    level = text.upper()
+    if level not in _LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(_LOG_LEVELS)}")
+    return level
+
+
 def _optional(value: float) -> float | None:
     """0 turns a limit off."""
     return value or None
@@ -102,8 +114,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "CHAT_LOG_LEVEL",
         _DEFAULTS.log_level,
         "log level",
-        type=str.upper,
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        type=_log_level,
+        metavar="{" + ",".join(_LOG_LEVELS) + "}",
     )
     _option(
         parser,

@@ -1,0 +1,314 @@
+"""Helpers of the chat server tests: clients, raw sockets, HTTP, and checks of message shapes.
+
+Imported as ``tests.server.support`` (``pythonpath = ["."]``): two ``conftest.py`` files outside
+packages cannot both be imported by name, so what tests call lives here and only fixtures live
+in ``conftest.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import re
+import sqlite3
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import rfc6455
+from rfc6455 import Connection
+from rfc6455.frames import Frame, Opcode, parse_frame, serialize_frame
+from server.app import App
+from server.persistence import dead_letter_path_for
+
+HOST = "127.0.0.1"
+
+# Hang guard for every single wait: far above what any step takes, so it only ever fires
+# when something is broken.
+GUARD = 10.0
+
+TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}")
+
+Json = dict[str, Any]
+
+
+async def wait_until(predicate: Callable[[], object], within: float = GUARD) -> None:
+    """Poll ``predicate`` until it is true; fail after ``within`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {within} s")
+        await asyncio.sleep(0.002)
+
+
+def check_id(value: object) -> str:
+    """Assert that ``value`` is a uuid4 in its canonical form: lowercase, 36 characters."""
+    assert isinstance(value, str)
+    assert len(value) == 36
+    assert value == value.lower()
+    parsed = uuid.UUID(value)
+    assert parsed.version == 4
+    assert str(parsed) == value
+    return value
+
+
+def check_timestamp(value: object, before: datetime, after: datetime) -> datetime:
+    """Assert ``value`` is "YYYY-MM-DD HH:MM:SS" in UTC, between ``before`` and ``after``."""
+    assert isinstance(value, str)
+    assert TIMESTAMP.fullmatch(value), value
+    when = datetime.strptime(value, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+    # Whole seconds: the timestamp is truncated, so compare with truncated bounds.
+    assert before.replace(microsecond=0) <= when <= after, (before, value, after)
+    return when
+
+
+def check_broadcast(message: Json, sender: str, text: str) -> Json:
+    """Assert ``message`` is the broadcast of ``text`` by ``sender``."""
+    assert message["type"] == "broadcast", message
+    assert message["connectionId"] == sender
+    assert message["message"] == text
+    assert isinstance(message["timestamp"], str)
+    assert TIMESTAMP.fullmatch(message["timestamp"]), message
+    return message
+
+
+def check_user_left(
+    message: Json, left: str, total: int, close: tuple[int, str] | None = None
+) -> None:
+    """Assert ``message`` announces that ``left`` left, ``total`` remaining, with ``close``."""
+    assert message["type"] == "user_left", message
+    assert message["connectionId"] == left
+    assert message["totalConnections"] == total
+    if close is None:
+        assert "closeStatus" not in message
+        assert "closeReason" not in message
+    else:
+        assert (message["closeStatus"], message["closeReason"]) == close
+
+
+def _loads(data: str | bytes) -> Json:
+    assert isinstance(data, str), f"expected a text message, got {data!r}"
+    message = json.loads(data)
+    assert isinstance(message, dict)
+    return message
+
+
+@dataclass
+class Client:
+    """A chat client on the ``rfc6455`` client, past its two greeting messages."""
+
+    connection: Connection
+    id: str
+    welcome: Json
+
+    async def send(self, text: str) -> None:
+        await self.connection.send(text)
+
+    async def recv(self) -> Json:
+        """The next message, parsed; fails after GUARD seconds."""
+        async with asyncio.timeout(GUARD):
+            return _loads(await self.connection.recv())
+
+    async def expect_broadcast(self, sender: Client | RawClient, text: str) -> Json:
+        """Assert the next message is the broadcast of ``text`` by ``sender``."""
+        return check_broadcast(await self.recv(), sender.id, text)
+
+    @property
+    def local_address(self) -> str:
+        address = self.connection.local_address
+        assert address is not None
+        return f"{address[0]}:{address[1]}"
+
+
+@dataclass
+class RawClient:
+    """A WebSocket client on a bare TCP stream, for what real clients never send.
+
+    It sends masked frames built by hand and reads frames without answering pings.
+    """
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    buffer: bytearray = field(default_factory=bytearray)
+    id: str = ""
+
+    async def send_frame(self, opcode: Opcode, data: bytes) -> None:
+        self.writer.write(serialize_frame(opcode, data, mask=True))
+        await self.writer.drain()
+
+    async def recv_frame(self) -> Frame | None:
+        """The next frame, or None at EOF; fails after GUARD seconds."""
+        async with asyncio.timeout(GUARD):
+            while (parsed := parse_frame(self.buffer, 0, mask=False, max_size=None)) is None:
+                data = await self.reader.read(65536)
+                if not data:
+                    return None
+                self.buffer += data
+        frame, end = parsed
+        del self.buffer[:end]
+        return frame
+
+    async def recv(self) -> Json:
+        frame = await self.recv_frame()
+        assert frame is not None
+        assert frame.opcode is Opcode.TEXT, frame
+        return _loads(frame.data.decode())
+
+    def drop(self) -> None:
+        """Close the TCP connection without a close frame."""
+        self.writer.transport.abort()
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError):
+            await self.writer.wait_closed()
+
+
+@dataclass
+class Reply:
+    """An HTTP response as read from a socket."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Json:
+        return _loads(self.body.decode())
+
+
+class Chat:
+    """An App running in this process on 127.0.0.1, with helpers to talk to it."""
+
+    def __init__(self, app: App, port: int) -> None:
+        self.app = app
+        self.port = port
+        self.stopped = False
+        self._connections: list[Connection] = []
+        self._raw: list[RawClient] = []
+
+    @property
+    def db_path(self) -> Path:
+        return self.app.settings.db_path
+
+    @property
+    def dead_letter_path(self) -> Path:
+        return dead_letter_path_for(self.db_path)
+
+    def url(self, path: str = "/") -> str:
+        return f"ws://{HOST}:{self.port}{path}"
+
+    async def connect(self, path: str = "/", **options: Any) -> Connection:
+        """Open a WebSocket connection with the ``rfc6455`` client; closed at teardown."""
+        options.setdefault("ping_interval", None)
+        connection = await rfc6455.connect(self.url(path), **options)
+        self._connections.append(connection)
+        return connection
+
+    async def join(self) -> Client:
+        """Connect to the chat endpoint and check the two greeting messages."""
+        connection = await self.connect()
+        async with asyncio.timeout(GUARD):
+            first = _loads(await connection.recv())
+            second = _loads(await connection.recv())
+        check_id(first["connectionId"])
+        assert "type" not in first, first  # the original's first message is untyped
+        assert second["type"] == "welcome", second
+        assert isinstance(second["message"], str)
+        assert second["message"]
+        return Client(connection, first["connectionId"], second)
+
+    async def open_raw(self) -> RawClient:
+        """A bare TCP connection to the server; closed at teardown."""
+        reader, writer = await asyncio.open_connection(HOST, self.port)
+        raw = RawClient(reader, writer)
+        self._raw.append(raw)
+        return raw
+
+    async def join_raw(self) -> RawClient:
+        """Join the chat on a bare TCP stream: handshake by hand, then the greetings."""
+        raw = await self.open_raw()
+        reader, writer = raw.reader, raw.writer
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(
+            f"GET / HTTP/1.1\r\nHost: {HOST}:{self.port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        async with asyncio.timeout(GUARD):
+            head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101 "), head
+        first = await raw.recv()
+        raw.id = check_id(first["connectionId"])
+        assert (await raw.recv())["type"] == "welcome"
+        return raw
+
+    async def request(self, data: bytes) -> Reply:
+        """Send raw bytes as an HTTP request and read the reply up to EOF."""
+        raw = await self.open_raw()
+        reader, writer = raw.reader, raw.writer
+        writer.write(data)
+        async with asyncio.timeout(GUARD):
+            response = await reader.read()
+        writer.close()
+        head, _, body = response.partition(b"\r\n\r\n")
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        version, status, _ = status_line.split(" ", 2)
+        assert version == "HTTP/1.1", status_line
+        headers: dict[str, str] = {}
+        for line in lines:
+            name, _, value = line.partition(":")
+            assert name.lower() not in headers, f"duplicate header {name}"
+            headers[name.lower()] = value.strip()
+        if "content-length" in headers and not data.startswith(b"HEAD "):
+            assert len(body) == int(headers["content-length"])
+        return Reply(int(status), headers, body)
+
+    async def get(self, target: str, method: str = "GET", *headers: str) -> Reply:
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {HOST}:{self.port}", *headers]
+        return await self.request(("\r\n".join(lines) + "\r\n\r\n").encode())
+
+    async def health(self) -> Json:
+        reply = await self.get("/healthz")
+        assert reply.status == 200
+        return reply.json()
+
+    async def stop(self) -> None:
+        if not self.stopped:
+            self.stopped = True
+            await self.app.stop()
+
+    def rows(self) -> list[tuple[Any, ...]]:
+        """Every row of ``messages``, read through an independent connection."""
+        conn = sqlite3.connect(self.db_path)
+        try:
+            return conn.execute(
+                "SELECT id, connection_id, message, timestamp, created_at FROM messages ORDER BY id"
+            ).fetchall()
+        finally:
+            conn.close()
+
+    def dead_letters(self) -> list[Json]:
+        if not self.dead_letter_path.exists():
+            return []
+        with open(self.dead_letter_path, encoding="utf-8") as file:
+            return [json.loads(line) for line in file]
+
+    async def close_all(self) -> None:
+        await self.stop()
+        for connection in self._connections:
+            # The server closed them with 1001; a client that is stuck gets dropped.
+            try:
+                async with asyncio.timeout(GUARD):
+                    await connection.wait_closed()
+            except TimeoutError:
+                connection.abort()
+                await connection.wait_closed()
+        for raw in self._raw:
+            await raw.close()

@@ -1,0 +1,209 @@
+"""The command line: flags and environment variables to Settings; bad values exit 2 in one line.
+
+``parse_args`` and ``main`` run in-process here; ``test_subprocess.py`` runs the real
+``python -m server``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rfc6455 import Limits
+from server import cli
+from server.cli import main, parse_args
+from server.retry import RetryPolicy
+from server.settings import Settings
+from tests.server.support import GUARD
+
+# Every option, its variable, a value to give, and where it lands in Settings.
+OPTIONS: list[tuple[str, str, str, Callable[[Settings], Any], Any]] = [
+    ("--host", "CHAT_HOST", "localhost", lambda s: s.host, "localhost"),
+    ("--port", "CHAT_PORT", "6001", lambda s: s.port, 6001),
+    ("--db", "CHAT_DB", "DB", lambda s: s.db_path, "DB"),
+    ("--log-level", "CHAT_LOG_LEVEL", "debug", lambda s: s.log_level, "DEBUG"),
+    ("--retry-attempts", "CHAT_RETRY_ATTEMPTS", "7", lambda s: s.retry.attempts, 7),
+    ("--retry-delay", "CHAT_RETRY_DELAY", "0.25", lambda s: s.retry.base_delay, 0.25),
+    ("--queue-capacity", "CHAT_QUEUE_CAPACITY", "123", lambda s: s.queue_capacity, 123),
+    ("--batch-size", "CHAT_BATCH_SIZE", "45", lambda s: s.batch_size, 45),
+    ("--shutdown-timeout", "CHAT_SHUTDOWN_TIMEOUT", "2.5", lambda s: s.shutdown_timeout, 2.5),
+    ("--max-message-size", "CHAT_MAX_MESSAGE_SIZE", "4096", lambda s: s.limits.max_size, 4096),
+    ("--max-message-size", "CHAT_MAX_MESSAGE_SIZE", "0", lambda s: s.limits.max_size, None),
+    ("--ping-interval", "CHAT_PING_INTERVAL", "5", lambda s: s.limits.ping_interval, 5.0),
+    ("--ping-interval", "CHAT_PING_INTERVAL", "0", lambda s: s.limits.ping_interval, None),
+    ("--ping-timeout", "CHAT_PING_TIMEOUT", "6.5", lambda s: s.limits.ping_timeout, 6.5),
+    ("--open-timeout", "CHAT_OPEN_TIMEOUT", "7", lambda s: s.limits.open_timeout, 7.0),
+]
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No CHAT_* variable from the outside; run in tmp_path, where ./data may be created."""
+    for name in list(os.environ):
+        if name.startswith("CHAT_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+def expected(value: Any, tmp_path: Path) -> Any:
+    return tmp_path / "db" / "m.db" if value == "DB" else value
+
+
+def given(value: str, tmp_path: Path) -> str:
+    return str(tmp_path / "db" / "m.db") if value == "DB" else value
+
+
+def test_defaults(tmp_path: Path) -> None:
+    settings = parse_args([])
+    assert settings == Settings()
+    assert (settings.host, settings.port) == ("127.0.0.1", 5000)
+    assert settings.db_path == Path("data/messages.db")
+    assert settings.retry == RetryPolicy(attempts=5, base_delay=1.0)
+    assert settings.limits == Limits()
+    assert (tmp_path / "data").is_dir()  # the database folder is created
+
+
+@pytest.mark.parametrize(("flag", "env", "value", "get", "want"), OPTIONS)
+def test_each_option_by_flag(
+    tmp_path: Path, flag: str, env: str, value: str, get: Callable[[Settings], Any], want: Any
+) -> None:
+    assert get(parse_args([flag, given(value, tmp_path)])) == expected(want, tmp_path)
+
+
+@pytest.mark.parametrize(("flag", "env", "value", "get", "want"), OPTIONS)
+def test_each_option_by_environment_variable(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    flag: str,
+    env: str,
+    value: str,
+    get: Callable[[Settings], Any],
+    want: Any,
+) -> None:
+    monkeypatch.setenv(env, given(value, tmp_path))
+    assert get(parse_args([])) == expected(want, tmp_path)
+
+
+def test_a_flag_wins_over_its_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHAT_PORT", "6001")
+    monkeypatch.setenv("CHAT_RETRY_DELAY", "3")
+    settings = parse_args(["--port", "6002"])
+    assert (settings.port, settings.retry.base_delay) == (6002, 3.0)
+
+
+def test_help_names_every_environment_variable(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
+    for flag, env, *_ in OPTIONS:
+        assert flag in out
+        assert f"env {env}" in out
+
+
+BAD: list[tuple[list[str], dict[str, str]]] = [
+    (["--port", "70000"], {}),
+    (["--port", "-1"], {}),
+    (["--port", "abc"], {}),
+    ([], {"CHAT_PORT": "abc"}),
+    ([], {"CHAT_PORT": "70000"}),
+    (["--retry-delay", "-1"], {}),
+    (["--retry-delay", "-0.5"], {}),
+    (["--retry-delay", "nan"], {}),
+    (["--retry-delay", "inf"], {}),
+    ([], {"CHAT_RETRY_DELAY": "-1"}),
+    (["--retry-attempts", "0"], {}),
+    ([], {"CHAT_RETRY_ATTEMPTS": "many"}),
+    (["--queue-capacity", "0"], {}),
+    (["--batch-size", "0"], {}),
+    (["--shutdown-timeout", "-1"], {}),
+    (["--max-message-size", "-1"], {}),
+    (["--ping-interval", "soon"], {}),
+    ([], {"CHAT_PING_TIMEOUT": "-3"}),
+    (["--open-timeout", "1e999"], {}),
+    (["--log-level", "LOUD"], {}),
+    ([], {"CHAT_LOG_LEVEL": "verbose"}),
+    (["--db", "FILE/messages.db"], {}),
+    (["--db", "FILE/sub/messages.db"], {}),
+    ([], {"CHAT_DB": "FILE/messages.db"}),
+    (["--no-such-option"], {}),
+    (["--port"], {}),
+    (["positional"], {}),
+]
+
+
+@pytest.mark.parametrize(("argv", "env"), BAD)
+def test_bad_values_exit_2_with_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    argv: list[str],
+    env: dict[str, str],
+) -> None:
+    # A database folder that cannot exist: a path under a regular file.
+    regular = tmp_path / "regular-file"
+    regular.write_text("not a folder")
+    argv = [arg.replace("FILE", str(regular)) for arg in argv]
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.replace("FILE", str(regular)))
+
+    async def must_not_run(settings: Settings) -> int:
+        raise AssertionError(f"a bad value got through: {settings}")
+
+    monkeypatch.setattr(cli, "run", must_not_run)
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.endswith("\n")
+    (line,) = err.splitlines()
+    assert line.startswith("python -m server: error: ")
+    assert "Traceback" not in err
+
+
+def persistence_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("persistence ")}
+
+
+def check_no_thread_left(before: set[threading.Thread]) -> None:
+    """The database worker threads started since ``before`` end (they may take a moment)."""
+    for thread in persistence_threads() - before:
+        thread.join(GUARD)
+        assert not thread.is_alive(), f"{thread.name} still running"
+
+
+def test_a_taken_port_exits_2_with_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    threads = persistence_threads()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        status = main(["--host", "127.0.0.1", "--port", str(port), "--db", str(tmp_path / "m.db")])
+    assert status == 2
+    _, err = capsys.readouterr()
+    (line,) = err.splitlines()
+    assert line.startswith("python -m server: error: cannot listen")
+    # The database opened before the listening failed was closed again.
+    check_no_thread_left(threads)
+
+
+def test_a_database_that_cannot_be_opened_exits_2_with_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    threads = persistence_threads()
+    folder = tmp_path / "a-folder.db"
+    folder.mkdir()
+    assert main(["--port", "0", "--db", str(folder)]) == 2
+    _, err = capsys.readouterr()
+    (line,) = err.splitlines()
+    assert line.startswith(f"python -m server: error: cannot open {folder}")
+    check_no_thread_left(threads)

@@ -1,0 +1,317 @@
+"""``python -m server`` as a real process, driven by the ``rfc6455`` and ``websockets`` clients.
+
+The server listens on 127.0.0.1, port 0; the port is read from its start-up log line. It runs
+in ``tmp_path`` with the repository on ``PYTHONPATH``, no ``CHAT_*`` variable inherited, and a
+local time zone 5:30 ahead of UTC, so that local time cannot pass for UTC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import sqlite3
+import sys
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as websockets_connect
+from websockets.exceptions import ConnectionClosed as WebsocketsClosed
+
+import rfc6455
+from tests.server.support import (
+    GUARD,
+    check_broadcast,
+    check_id,
+    check_timestamp,
+    check_user_left,
+    wait_until,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+LISTENING = re.compile(r"listening: open http://127\.0\.0\.1:(\d+)/")
+
+
+class ServerProcess:
+    """One ``python -m server`` child; its stderr is collected line by line."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.lines: list[str] = []
+        self.stdout = b""
+        # Called with each stderr line as soon as it is read.
+        self.on_line: Callable[[str], object] = lambda line: None
+        self._readers = [
+            asyncio.create_task(self._read_stderr()),
+            asyncio.create_task(self._read_stdout()),
+        ]
+
+    async def _read_stderr(self) -> None:
+        assert self.process.stderr is not None
+        async for line in self.process.stderr:
+            self.lines.append(line.decode())
+            self.on_line(self.lines[-1])
+
+    async def _read_stdout(self) -> None:
+        assert self.process.stdout is not None
+        self.stdout = await self.process.stdout.read()
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.lines)
+
+    async def port(self) -> int:
+        """The port of the start-up line, once it is logged."""
+        await wait_until(lambda: LISTENING.search(self.stderr) or self.process.returncode)
+        match = LISTENING.search(self.stderr)
+        assert match is not None, self.stderr
+        return int(match.group(1))
+
+    async def wait(self) -> int:
+        """Wait for the exit and for the end of its output; return the exit status."""
+        async with asyncio.timeout(GUARD):
+            status = await self.process.wait()
+            await asyncio.gather(*self._readers)
+        return status
+
+    def lines_with(self, *words: str) -> list[str]:
+        return [line for line in self.lines if all(word in line for word in words)]
+
+    async def kill(self) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+        await self.process.wait()
+        await asyncio.gather(*self._readers)
+
+
+@pytest.fixture
+async def spawn(
+    tmp_path: Path, loop_errors: list[dict[str, Any]]
+) -> AsyncIterator[Callable[..., Any]]:
+    """Return ``spawn(*args, **env)``, which starts ``python -m server`` in tmp_path."""
+    processes: list[ServerProcess] = []
+
+    async def start(*args: str, **env: str) -> ServerProcess:
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
+        path = environ.get("PYTHONPATH")
+        environ["PYTHONPATH"] = str(REPO) if not path else f"{REPO}{os.pathsep}{path}"
+        environ["TZ"] = "IST-05:30"
+        environ.update(env)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "server",
+            *args,
+            cwd=tmp_path,
+            env=environ,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        server = ServerProcess(process)
+        processes.append(server)
+        return server
+
+    yield start
+    for server in processes:
+        await server.kill()
+
+
+def rows(db: Path) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(
+            "SELECT connection_id, message, timestamp FROM messages ORDER BY id"
+        ).fetchall()
+    finally:
+        conn.close()
+
+
+async def greeted_by_websockets(ws: ClientConnection) -> str:
+    async with asyncio.timeout(GUARD):
+        first = json.loads(await ws.recv())
+        second = json.loads(await ws.recv())
+    assert second["type"] == "welcome"
+    return check_id(first["connectionId"])
+
+
+async def recv_websockets(ws: ClientConnection) -> dict[str, Any]:
+    async with asyncio.timeout(GUARD):
+        message = json.loads(await ws.recv())
+    assert isinstance(message, dict)
+    return message
+
+
+async def recv_rfc6455(connection: rfc6455.Connection) -> dict[str, Any]:
+    async with asyncio.timeout(GUARD):
+        data = await connection.recv()
+    assert isinstance(data, str)
+    message = json.loads(data)
+    assert isinstance(message, dict)
+    return message
+
+
+def address(value: Any) -> str:
+    return f"{value[0]}:{value[1]}"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_chat_then_signal_shuts_down_cleanly(
+    spawn: Callable[..., Any], tmp_path: Path, signum: signal.Signals
+) -> None:
+    db = tmp_path / "db" / "messages.db"
+    server = await spawn("--port", "0", "--db", str(db))
+    url = f"ws://127.0.0.1:{await server.port()}/"
+
+    async with (
+        await rfc6455.connect(url, ping_interval=None) as mine,
+        websockets_connect(url) as theirs,
+        websockets_connect(url) as leaver,
+    ):
+        mine_id = check_id(json.loads(str(await mine.recv()))["connectionId"])
+        assert json.loads(str(await mine.recv()))["type"] == "welcome"
+        theirs_id = await greeted_by_websockets(theirs)
+        leaver_id = await greeted_by_websockets(leaver)
+
+        before = datetime.now(UTC)
+        await mine.send("from rfc6455 ✓")
+        first = check_broadcast(await recv_websockets(theirs), mine_id, "from rfc6455 ✓")
+        check_broadcast(await recv_websockets(leaver), mine_id, "from rfc6455 ✓")
+        await theirs.send('from websockets 😀 "quoted"\n')
+        second = check_broadcast(
+            await recv_rfc6455(mine), theirs_id, 'from websockets 😀 "quoted"\n'
+        )
+        check_broadcast(await recv_websockets(leaver), theirs_id, 'from websockets 😀 "quoted"\n')
+        after = datetime.now(UTC)
+        check_timestamp(first["timestamp"], before, after)  # UTC, though local time is not
+        check_timestamp(second["timestamp"], before, after)
+
+        await leaver.close(4001, "bye now")
+        check_user_left(await recv_rfc6455(mine), leaver_id, 2, (4001, "bye now"))
+        check_user_left(await recv_websockets(theirs), leaver_id, 2, (4001, "bye now"))
+
+        server.process.send_signal(signum)
+        with pytest.raises(rfc6455.ConnectionClosed) as closed:
+            await recv_rfc6455(mine)
+        assert closed.value.code == 1001
+        assert closed.value.reason == "server shutting down"
+        with pytest.raises(WebsocketsClosed) as closed_too:
+            await recv_websockets(theirs)
+        assert closed_too.value.rcvd is not None
+        assert closed_too.value.rcvd.code == 1001
+        assert closed_too.value.rcvd.reason == "server shutting down"
+        assert await server.wait() == 0
+
+    assert rows(db) == [
+        (mine_id, "from rfc6455 ✓", first["timestamp"]),
+        (theirs_id, 'from websockets 😀 "quoted"\n', second["timestamp"]),
+    ]
+    assert server.stdout == b""
+    assert "Traceback" not in server.stderr
+    # One line per connect and per disconnect: id, remote address, close code and reason.
+    clients = [
+        (mine_id, address(mine.local_address)),
+        (theirs_id, address(theirs.local_address)),
+        (leaver_id, address(leaver.local_address)),
+    ]
+    for client_id, remote in clients:
+        assert len(server.lines_with("server: connect " + client_id, remote)) == 1, server.stderr
+        assert len(server.lines_with("server: disconnect " + client_id)) == 1, server.stderr
+    (leaver_line,) = server.lines_with(
+        "server: disconnect " + leaver_id, address(leaver.local_address)
+    )
+    assert "4001 bye now" in leaver_line
+    for client_id, remote in clients[:2]:
+        (line,) = server.lines_with("server: disconnect " + client_id, remote)
+        assert " 1001" in line
+    assert len(server.lines_with("server: shutting down\n")) == 1
+    assert server.lines_with("stopped: 2 messages persisted, 0 dead-lettered")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_signal_as_soon_as_the_startup_line_is_logged(
+    spawn: Callable[..., Any], tmp_path: Path, signum: signal.Signals
+) -> None:
+    """The start-up line means ready: a signal right after it still shuts down gracefully."""
+    server = await spawn("--port", "0", "--db", str(tmp_path / "m.db"))
+
+    def signal_when_listening(line: str) -> None:
+        if LISTENING.search(line):
+            server.process.send_signal(signum)
+
+    server.on_line = signal_when_listening
+    await server.port()
+    assert await server.wait() == 0, server.stderr
+    assert server.lines_with("stopped: 0 messages persisted")
+
+
+async def test_configured_by_environment_variables(
+    spawn: Callable[..., Any], tmp_path: Path
+) -> None:
+    """CHAT_PORT=0 and the default database, ./data/messages.db, created in the working folder."""
+    server = await spawn(CHAT_PORT="0", CHAT_RETRY_ATTEMPTS="3")
+    url = f"ws://127.0.0.1:{await server.port()}/"
+    async with websockets_connect(url) as a, websockets_connect(url) as b:
+        a_id = await greeted_by_websockets(a)
+        await greeted_by_websockets(b)
+        await a.send("persisted by default")
+        message = check_broadcast(await recv_websockets(b), a_id, "persisted by default")
+        server.process.send_signal(signal.SIGTERM)
+        assert await server.wait() == 0
+    assert rows(tmp_path / "data" / "messages.db") == [
+        (a_id, "persisted by default", message["timestamp"])
+    ]
+
+
+def taken_port() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (["--port", "70000"], {}),
+        ([], {"CHAT_PORT": "abc"}),
+        (["--retry-delay", "-1"], {}),
+        ([], {"CHAT_LOG_LEVEL": "verbose"}),
+        (["--db", "FILE/messages.db"], {}),
+        (["--db", "FOLDER"], {}),
+        (["--port", "TAKEN"], {}),
+    ],
+)
+async def test_bad_values_exit_2_with_one_line(
+    spawn: Callable[..., Any], tmp_path: Path, args: list[str], env: dict[str, str]
+) -> None:
+    regular = tmp_path / "regular-file"
+    regular.write_text("not a folder")
+    folder = tmp_path / "folder.db"
+    folder.mkdir()
+    with taken_port() as taken:
+        replacements = {
+            "FILE": str(regular),
+            "FOLDER": str(folder),
+            "TAKEN": str(taken.getsockname()[1]),
+        }
+        for old, new in replacements.items():
+            args = [arg.replace(old, new) for arg in args]
+        if "--db" not in args:
+            args += ["--db", str(tmp_path / "m.db")]
+        if "--port" not in args and "CHAT_PORT" not in env:
+            args += ["--port", "0"]
+        server = await spawn(*args, **env)
+        status = await server.wait()
+    assert status == 2, server.stderr
+    assert server.stdout == b""
+    (line,) = server.lines
+    assert line.startswith("python -m server: error: ")
+    assert line.endswith("\n")
