@@ -100,25 +100,31 @@ class Connection:
 
     @property
     def close_code(self) -> int | None:
-        """The peer's close code once closed (1005: none given, 1006: dropped), else None."""
-        return self.protocol.close_code if self._closed.done() else None
+        """The peer's close code (1005: none given, 1006: dropped), or None while open."""
+        return self.protocol.close_code if self._close_known() else None
 
     @property
     def close_reason(self) -> str | None:
-        """The peer's close reason once closed, else None."""
-        return self.protocol.close_reason if self._closed.done() else None
+        """The peer's close reason, or None while open."""
+        return self.protocol.close_reason if self._close_known() else None
+
+    def _close_known(self) -> bool:
+        """Whether the peer's close frame arrived or the connection is over."""
+        return self.protocol.close_rcvd is not None or self._closed.done()
 
     async def recv(self) -> Data:
         """Receive the next message: ``str`` for text, ``bytes`` for binary.
 
         Raises:
-            ConnectionClosed: the connection is closed and every message received
-                before the close was returned.
+            ConnectionClosed: every message received before the peer's close
+                frame (or the end of the connection) was returned.
             InvalidState: another coroutine is already waiting in recv().
         """
         while not self._messages:
             self._fail_if_pending()
-            if self._closed.done():
+            # Nothing can follow the peer's close frame (RFC 6455 §5.5.1): no
+            # need to wait for TCP to close as well.
+            if self._close_known():
                 raise self._closed_exception()
             if self._recv_waiter is not None:
                 raise InvalidState("recv() is already running in another coroutine")
@@ -299,7 +305,7 @@ class Connection:
         if not messages:
             self._fail_if_pending()
         waiter = self._recv_waiter
-        if messages and waiter is not None and not waiter.done():
+        if (messages or self._close_known()) and waiter is not None and not waiter.done():
             waiter.set_result(None)
         if self._pending_failure is not None:
             # A waiting recv() runs first (its wake-up is already scheduled),

@@ -48,8 +48,9 @@ class Server:
         self.subprotocols = tuple(subprotocols)
         self.connections: set[Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        # The tasks still in the opening handshake, cancelled at once on close().
+        self._handshakes: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
-        self._closing = False
 
     @property
     def sockets(self) -> tuple[object, ...]:
@@ -67,8 +68,10 @@ class Server:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        self._handshakes.add(task)
         try:
             connection = await self._handshake(reader, writer)
+            self._handshakes.discard(task)
             if connection is not None:
                 await self._run_handler(connection)
         except asyncio.CancelledError:
@@ -77,6 +80,7 @@ class Server:
             # task.exception(), which raises CancelledError in the event loop.
             writer.transport.abort()
         finally:
+            self._handshakes.discard(task)
             self._tasks.discard(task)
 
     async def _handshake(
@@ -145,8 +149,6 @@ class Server:
                 answer = await answer
             if answer is not None:
                 return answer
-        if self._closing:
-            return reject(503, "server shutting down")
         check_request(request)
         subprotocol = select_subprotocol(request, self.subprotocols)
         return accept(request, subprotocol=subprotocol)
@@ -175,9 +177,11 @@ class Server:
 
         Handlers still running after ``timeout`` seconds are cancelled.
         """
-        self._closing = True
         if self._server is not None:
             self._server.close()
+        # A client that has not finished its handshake has nothing to lose.
+        for task in self._handshakes:
+            task.cancel()
         closers = {
             asyncio.create_task(connection.close(code, reason)) for connection in self.connections
         }

@@ -796,3 +796,18 @@ async def test_internal_error_while_receiving_closes_with_1011(
     await server_ws.wait_closed()
     errors = [r for r in log.records if r.levelno >= logging.ERROR]
     assert [r.getMessage() for r in errors] == ["internal error while receiving"]
+
+
+async def test_recv_raises_once_the_peer_close_frame_arrived(net: Net) -> None:
+    # The peer sends its close frame but keeps TCP open: nothing can follow the
+    # close frame (RFC 6455 §5.5.1), so recv() need not wait for close_timeout.
+    server_ws, raw = await net.raw_pair(close_timeout=3600)
+    await raw.send_frame(Opcode.TEXT, b"last")
+    await raw.send_frame(Opcode.CLOSE, close_payload(4000, "bye"))
+    async with asyncio.timeout(GUARD):
+        assert await server_ws.recv() == "last"
+        with pytest.raises(ConnectionClosedError) as info:
+            await server_ws.recv()
+    assert (info.value.code, info.value.reason) == (4000, "bye")
+    assert (server_ws.close_code, server_ws.close_reason) == (4000, "bye")
+    assert server_ws.state is State.CLOSING
