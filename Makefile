@@ -10,6 +10,7 @@ SHARED ?= $(CURDIR)/../shared
 test: deps style types pytest
 
 deps:
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -e '.[test]'
 	bash $(SHARED)/autobahn/install.sh $(AUTOBAHN) >/dev/null
 

@@ -1,0 +1,415 @@
+"""The web client in a real browser (Debian's Chromium) against the real server.
+
+Every wait is on a condition (playwright's ``expect`` retries until it holds),
+never a fixed sleep. Where a test shows that something did *not* happen, it
+waits for a later event that would have come after it.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+from playwright.sync_api import Locator, Page, ViewportSize, WebSocketRoute, expect
+
+from tests.web_client.conftest import DESKTOP, PHONE, WEB_CLIENT, ChatServer, Pages
+
+UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+HHMMSS = re.compile(r"^\d\d:\d\d:\d\d$")
+XSS = "<img src=x onerror=alert(1)>"
+
+
+def entries(page: Page, kind: str) -> Locator:
+    return page.locator(f'#log > li[data-kind="{kind}"]')
+
+
+def texts(page: Page, kind: str) -> Locator:
+    return entries(page, kind).locator('[data-testid="entry-text"]')
+
+
+def open_served(pages: Pages, server: ChatServer) -> Page:
+    page = pages.new()
+    page.goto(server.http_url)
+    return page
+
+
+def open_file(pages: Pages) -> Page:
+    page = pages.new()
+    page.goto((WEB_CLIENT / "index.html").as_uri())
+    return page
+
+
+def click(page: Page, selector: str) -> None:
+    """Click as a person would: in the window in front.
+
+    Chromium runs no animation frames in a tab behind another one with an open
+    WebSocket, so playwright's check that the target is stable would wait
+    seconds for a frame.
+    """
+    page.bring_to_front()
+    page.click(selector)
+
+
+def connect(page: Page, url: str | None = None) -> str:
+    """Click Connect (after typing ``url``) and return the connectionId the page shows."""
+    if url is not None:
+        page.fill("#url", url)
+    click(page, "#connect")
+    expect(page.locator("#status")).to_have_attribute("data-state", "open")
+    own_id = page.locator("#own-id")
+    expect(own_id).to_have_text(UUID)
+    return own_id.inner_text()
+
+
+def send(page: Page, text: str) -> None:
+    """Type ``text`` and press Enter; wait until the page logged it as sent."""
+    before = entries(page, "own").count()
+    page.fill("#message", text)
+    page.press("#message", "Enter")
+    expect(entries(page, "own")).to_have_count(before + 1)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_each_page_shows_its_own_connection_id(pages: Pages, chat_server: ChatServer) -> None:
+    a, b = open_served(pages, chat_server), open_served(pages, chat_server)
+    # Served by the server, the page dials its own host and port.
+    expect(a.locator("#url")).to_have_value(chat_server.ws_url)
+    expect(a.locator("#status")).to_have_attribute("data-state", "closed")
+
+    a_id, b_id = connect(a), connect(b)
+
+    assert a_id != b_id
+    for page, own_id in ((a, a_id), (b, b_id)):
+        expect(entries(page, "connected")).to_have_count(1)
+        expect(entries(page, "id")).to_have_attribute("data-connection-id", own_id)
+        expect(texts(page, "welcome")).to_have_text("Welcome to the chat server!")
+        expect(page.locator("#message")).to_be_enabled()
+        # Connecting, connected, id, welcome: each with its local time.
+        expect(page.locator('#log [data-testid="entry-time"]')).to_have_text([HHMMSS] * 4)
+
+
+def test_a_message_reaches_the_other_page_and_shows_once_on_its_own(
+    pages: Pages, chat_server: ChatServer
+) -> None:
+    a, b = open_served(pages, chat_server), open_served(pages, chat_server)
+    a_id, _ = connect(a), connect(b)
+
+    send(a, "hello from A")
+
+    received = entries(b, "broadcast")
+    expect(received).to_have_count(1)
+    expect(received).to_have_attribute("data-sender", a_id)
+    expect(received.locator('[data-testid="sender"]')).to_have_text(a_id[:8])
+    expect(received.locator('[data-testid="entry-text"]')).to_have_text("hello from A")
+    expect(received.locator('[data-testid="server-time"]')).to_have_text(
+        re.compile(r"^sent \d\d:\d\d:\d\d")
+    )
+    expect(received.locator('[data-testid="server-time"]')).to_have_attribute(
+        "title", re.compile(r"^server time \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$")
+    )
+    # B answers; messages reach A in order, so an echo of A's own message
+    # would be in A's log before the answer.
+    send(b, "hello from B")
+    expect(texts(a, "broadcast")).to_have_text(["hello from B"])
+    expect(texts(a, "own")).to_have_text(["hello from A"])
+    expect(entries(a, "own").locator('[data-testid="sender"]')).to_have_text("You")
+    expect(entries(b, "own")).to_have_count(1)
+
+
+def test_closing_a_page_tells_the_others_with_the_count(
+    pages: Pages, chat_server: ChatServer
+) -> None:
+    a, b, c = (open_served(pages, chat_server) for _ in range(3))
+    connect(a)
+    b_id, c_id = connect(b), connect(c)
+
+    c.close()
+    left = entries(a, "user_left")
+    expect(left).to_have_count(1)
+    expect(left).to_have_attribute("data-connection-id", c_id)
+    expect(left).to_have_attribute("data-total", "2")
+    expect(left.locator('[data-testid="entry-text"]')).to_contain_text(c_id[:8])
+    expect(left.locator('[data-testid="entry-text"]')).to_contain_text("2 connections open")
+
+    b.close()
+    expect(left).to_have_count(2)
+    expect(left.nth(1)).to_have_attribute("data-connection-id", b_id)
+    expect(left.nth(1)).to_have_attribute("data-total", "1")
+    expect(left.nth(1).locator('[data-testid="entry-text"]')).to_contain_text("1 connection open")
+
+
+def test_markup_in_a_message_is_shown_as_text(pages: Pages, chat_server: ChatServer) -> None:
+    a, b = open_served(pages, chat_server), open_served(pages, chat_server)
+    connect(a)
+    connect(b)
+
+    send(a, XSS)
+    send(a, "after")
+
+    expect(texts(b, "broadcast")).to_have_text([XSS, "after"])
+    expect(texts(a, "own")).to_have_text([XSS, "after"])
+    # No element was created, so no onerror handler can ever fire.
+    for page in (a, b):
+        assert page.locator("img").count() == 0
+        assert page.locator("#log *:not(li, time, div, span, p)").count() == 0
+    assert pages.dialogs == []
+
+
+def test_sending_needs_a_connection_and_text(pages: Pages, chat_server: ChatServer) -> None:
+    a, b = open_served(pages, chat_server), open_served(pages, chat_server)
+    expect(a.locator("#message")).to_be_disabled()
+    expect(a.locator("#send")).to_be_disabled()
+    expect(a.locator("#disconnect")).to_be_disabled()
+    connect(a)
+    connect(b)
+
+    for blank in ("", "   "):
+        a.fill("#message", blank)
+        a.press("#message", "Enter")
+    click(a, "#send")
+    send(a, "first real message")
+    # Shift+Enter starts a new line; Enter sends both lines as one message.
+    a.locator("#message").press_sequentially("line 1")
+    a.press("#message", "Shift+Enter")
+    a.locator("#message").press_sequentially("line 2")
+    a.press("#message", "Enter")
+
+    # Nothing blank went out: the first message B gets is the real one.
+    expect(entries(b, "broadcast")).to_have_count(2)
+    assert texts(b, "broadcast").all_text_contents() == ["first real message", "line 1\nline 2"]
+    assert texts(a, "own").all_text_contents() == ["first real message", "line 1\nline 2"]
+    expect(a.locator("#message")).to_have_value("")
+
+    click(a, "#disconnect")
+    closed = entries(a, "closed")
+    expect(closed).to_have_attribute("data-code", "1000")
+    expect(closed).to_contain_text("1000 Normal closure")
+    expect(a.locator("#status")).to_have_attribute("data-state", "closed")
+    expect(a.locator("#message")).to_be_disabled()
+    expect(a.locator("#send")).to_be_disabled()
+    expect(a.locator("#own-id")).to_have_text("—")
+    # A chosen disconnect is not followed by a reconnect.
+    expect(entries(a, "reconnect")).to_have_count(0)
+    expect(entries(b, "user_left")).to_have_attribute("data-total", "1")
+
+
+def test_stopping_the_server_closes_and_reconnect_brings_the_page_back(
+    pages: Pages, chat_server: ChatServer
+) -> None:
+    a, b = open_served(pages, chat_server), open_served(pages, chat_server)
+    b.uncheck("#reconnect")
+    old_id = connect(a)
+    connect(b)
+    port = chat_server.port
+
+    assert chat_server.stop() == 0
+
+    for page in (a, b):
+        closed = entries(page, "closed").first
+        expect(closed).to_have_attribute("data-code", re.compile(r"^100[16]$"))
+        expect(closed).to_contain_text(re.compile(r"100[16] (Going away|Connection lost)"))
+        expect(page.locator("#message")).to_be_disabled()
+        expect(page.locator("#send")).to_be_disabled()
+    # B, with reconnect off, schedules nothing (decided in the same event as the log entry).
+    expect(entries(b, "reconnect")).to_have_count(0)
+    expect(texts(a, "reconnect").first).to_contain_text(re.compile(r"Reconnecting in \d"))
+
+    chat_server.start(port)
+
+    expect(a.locator("#status")).to_have_attribute("data-state", "open", timeout=15_000)
+    expect(a.locator("#own-id")).to_have_text(UUID)
+    assert a.locator("#own-id").inner_text() != old_id
+    expect(entries(a, "connected")).to_have_count(2)
+    expect(a.locator("#message")).to_be_enabled()
+    # The reconnected page chats again: B comes back by hand and receives.
+    connect(b)
+    send(a, "back again")
+    expect(texts(b, "broadcast")).to_have_text(["back again"])
+    expect(entries(b, "reconnect")).to_have_count(0)
+
+
+def test_turning_reconnect_off_cancels_the_pending_attempt(pages: Pages) -> None:
+    page = open_file(pages)
+    page.fill("#url", f"ws://127.0.0.1:{free_port()}/")
+    click(page, "#connect")
+
+    failed = entries(page, "closed").first
+    expect(failed).to_have_attribute("data-code", "1006")
+    expect(failed).to_contain_text("Could not connect")
+    expect(failed).to_contain_text("1006 Connection lost: no closing handshake")
+    expect(entries(page, "reconnect")).to_have_count(1)
+    expect(page.locator("#disconnect")).to_be_enabled()
+
+    page.uncheck("#reconnect")
+    expect(entries(page, "info").last).to_contain_text("pending attempt is cancelled")
+    expect(page.locator("#disconnect")).to_be_disabled()
+    expect(page.locator("#connect")).to_be_enabled()
+    expect(page.locator("#status")).to_have_attribute("data-state", "closed")
+
+
+def test_disconnect_while_connecting_cancels_the_attempt(pages: Pages) -> None:
+    # A listening socket that never answers keeps the handshake pending.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        page = open_file(pages)
+        page.fill("#url", f"ws://127.0.0.1:{silent.getsockname()[1]}/")
+        click(page, "#connect")
+        expect(page.locator("#status")).to_have_attribute("data-state", "connecting")
+        expect(page.locator("#send")).to_be_disabled()
+
+        click(page, "#disconnect")
+
+        expect(texts(page, "closed")).to_have_text(
+            re.compile(r"^Connection attempt to .* cancelled")
+        )
+        expect(page.locator("#status")).to_have_attribute("data-state", "closed")
+        expect(page.locator("#connect")).to_be_enabled()
+        expect(entries(page, "reconnect")).to_have_count(0)
+
+
+def test_the_page_opened_as_a_file_and_the_served_page_chat(
+    pages: Pages, chat_server: ChatServer
+) -> None:
+    local, served = open_file(pages), open_served(pages, chat_server)
+    expect(local.locator("#url")).to_have_value("ws://localhost:5000")
+
+    local_id = connect(local, chat_server.ws_url)
+    served_id = connect(served)
+
+    send(local, "from the file page")
+    send(served, "from the served page")
+    expect(texts(served, "broadcast")).to_have_text(["from the file page"])
+    expect(entries(served, "broadcast")).to_have_attribute("data-sender", local_id)
+    expect(texts(local, "broadcast")).to_have_text(["from the served page"])
+    expect(entries(local, "broadcast")).to_have_attribute("data-sender", served_id)
+
+
+def mock_server(page: Page) -> list[WebSocketRoute]:
+    """Answer the page's WebSocket in the test instead of a server; returns the live routes."""
+    routes: list[WebSocketRoute] = []
+
+    def handler(ws: WebSocketRoute) -> None:
+        routes.append(ws)
+        ws.send('{"connectionId": "00000000-0000-4000-8000-000000000000", "extra": 1}')
+
+    page.route_web_socket(re.compile(r"^wss?://"), handler)
+    return routes
+
+
+def test_unknown_messages_and_close_codes_are_logged_in_plain_words(pages: Pages) -> None:
+    page = open_file(pages)
+    page.uncheck("#reconnect")
+    routes = mock_server(page)
+    connect(page)
+
+    ws = routes[-1]
+    ws.send('{"type": "mystery", "message": "<b>x</b>"}')
+    ws.send("not json")
+    ws.send("[1, 2]")
+    ws.send('{"type": "error", "code": "rate_limited", "retryAfterMs": 1500}')
+    unknown = texts(page, "unknown")
+    expect(unknown).to_have_text(
+        [
+            'Unknown message type “mystery”: {"type": "mystery", "message": "<b>x</b>"}',
+            "Message that is not JSON: not json",
+            "Message that is not a JSON object: [1, 2]",
+        ]
+    )
+    expect(entries(page, "unknown").first).to_have_attribute("data-type", "mystery")
+    expect(texts(page, "error")).to_have_text(["Server error rate_limited (retry after 1.5 s)"])
+    assert page.locator("#log b").count() == 0
+
+    words = {
+        1000: "1000 Normal closure.",
+        1001: "1001 Going away",
+        1008: "1008 Policy violation",
+        1009: "1009 Message too big",
+        1011: "1011 Server error",
+        4000: "4000 Closed by the application.",
+        3000: "3000 Closed.",
+    }
+    for n, (code, text) in enumerate(words.items()):
+        if n:
+            connect(page)
+        routes[-1].close(code=code, reason="because")
+        closed = entries(page, "closed").nth(n)
+        expect(closed).to_have_attribute("data-code", str(code))
+        expect(closed).to_contain_text(f"Connection closed: {text}")
+        expect(closed).to_contain_text("Reason: “because”.")
+        expect(page.locator("#status")).to_have_attribute("data-state", "closed")
+
+
+def test_the_log_follows_new_entries_and_can_be_cleared(pages: Pages) -> None:
+    page = open_file(pages)
+    routes = mock_server(page)
+    connect(page)
+    scroller = page.locator("#log-scroll")
+    at_bottom = "s => s.scrollHeight - s.scrollTop - s.clientHeight <= 2"
+
+    for i in range(120):
+        routes[-1].send(
+            '{"type": "broadcast", "connectionId": "abcdef12-0000-4000-8000-000000000000",'
+            f' "message": "line {i}", "timestamp": "2024-01-02 03:04:05"}}'
+        )
+    expect(texts(page, "broadcast").last).to_have_text("line 119")
+    assert scroller.evaluate(at_bottom)
+    expect(page.locator("#jump")).to_be_hidden()
+
+    # Scrolled up to read, the view stays put and offers a way back down.
+    scroller.evaluate("s => { s.scrollTop = 0; }")
+    routes[-1].send('{"type": "mystery"}')
+    expect(entries(page, "unknown")).to_have_count(1)
+    assert scroller.evaluate("s => s.scrollTop") == 0
+    click(page, "#jump")
+    assert scroller.evaluate(at_bottom)
+    expect(page.locator("#jump")).to_be_hidden()
+
+    click(page, "#clear")
+    expect(page.locator("#log > li")).to_have_count(0)
+    expect(page.locator("#log-count")).to_have_text("0 entries")
+    routes[-1].send('{"type": "welcome", "message": "still here"}')
+    expect(page.locator("#log > li")).to_have_count(1)
+
+
+def test_screenshots_of_a_conversation(
+    pages: Pages,
+    chat_server: ChatServer,
+    screenshot_dir: Path,
+    record_screenshot: Callable[[Path], None],
+) -> None:
+    a, b = open_served(pages, chat_server), open_served(pages, chat_server)
+    connect(a)
+    connect(b)
+    script = [
+        (a, "Hi! Is the new server up?"),
+        (b, "Yes: RFC 6455 from scratch, pure Python."),
+        (a, "Nice. And <b>markup</b> stays text."),
+        (b, "Multi-line works too:\n- one\n- two"),
+    ]
+    for page, text in script:
+        send(page, text)
+    expect(entries(a, "broadcast")).to_have_count(2)
+    expect(entries(b, "broadcast")).to_have_count(2)
+    assert texts(a, "broadcast").last.text_content() == script[-1][1]
+
+    shots: list[tuple[Page, ViewportSize, Literal["light", "dark"], str]] = [
+        (a, DESKTOP, "light", "conversation-desktop-a.png"),
+        (b, DESKTOP, "light", "conversation-desktop-b.png"),
+        (a, PHONE, "light", "conversation-phone-a.png"),
+        (b, PHONE, "dark", "conversation-phone-b-dark.png"),
+    ]
+    for page, viewport, scheme, name in shots:
+        page.set_viewport_size(viewport)
+        page.emulate_media(color_scheme=scheme)
+        path = screenshot_dir / name
+        page.screenshot(path=path)
+        assert path.stat().st_size > 0
+        record_screenshot(path)
