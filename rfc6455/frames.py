@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from .exceptions import InvalidPayloadData, PayloadTooBig, ProtocolError
-from .masking import apply_mask
+from .masking import apply_mask, unmask_payload
 from .typing import BytesLike
 
 __all__ = [
@@ -105,20 +105,14 @@ class Frame:
         return serialize_frame(self.opcode, self.data, fin=self.fin, mask=mask)
 
 
-@dataclass(slots=True)
-class FrameHeader:
-    """A parsed frame header whose payload may not have arrived yet (RFC 6455 §5.2)."""
-
-    opcode: Opcode
-    fin: bool
-    length: int
-    mask_key: bytes | None
-    # Offset of the first payload byte in the buffer the header was parsed from.
-    payload_start: int
+# What parse_header returns: (opcode, fin, payload length, offset of the first
+# payload byte); a masked frame's key is the 4 bytes before that offset. A plain
+# tuple, because the parser builds one per frame.
+FrameHeader = tuple[Opcode, bool, int, int]
 
 
 def parse_header(
-    buf: BytesLike, pos: int, *, mask: bool, max_size: int | None = None
+    buf: BytesLike, pos: int, mask: bool, max_size: int | None = None
 ) -> FrameHeader | None:
     """Parse the frame header at ``buf[pos:]``, or return None if it is incomplete.
 
@@ -131,6 +125,9 @@ def parse_header(
         mask: True when frames must be masked (we are the server), False when
             they must not be (we are the client).
         max_size: the largest payload accepted for a data frame, or None.
+
+    Returns:
+        ``(opcode, fin, length, payload_start)``, see :data:`FrameHeader`.
 
     Raises:
         ProtocolError: reserved bits or opcode, wrong masking, a bad control frame
@@ -182,13 +179,11 @@ def parse_header(
             raise ProtocolError("payload length not minimally encoded")
     if max_size is not None and length > max_size and opcode < 0x8:
         raise PayloadTooBig(f"message over {max_size} bytes")
-    mask_key = None
     if mask:
-        if len(buf) < start + 4:
-            return None
-        mask_key = bytes(buf[start : start + 4])
         start += 4
-    return FrameHeader(opcode, fin, length, mask_key, start)
+        if len(buf) < start:
+            return None
+    return opcode, fin, length, start
 
 
 def parse_frame(
@@ -203,15 +198,15 @@ def parse_frame(
     Raises:
         ProtocolError: see :func:`parse_header`.
     """
-    header = parse_header(buf, pos, mask=mask, max_size=max_size)
+    header = parse_header(buf, pos, mask, max_size)
     if header is None:
         return None
-    end = header.payload_start + header.length
+    opcode, fin, length, start = header
+    end = start + length
     if len(buf) < end:
         return None
-    payload = buf[header.payload_start : end]
-    data = bytes(payload) if header.mask_key is None else apply_mask(payload, header.mask_key)
-    return Frame(header.opcode, data, header.fin), end
+    data = unmask_payload(buf, start, end) if mask else bytes(buf[start:end])
+    return Frame(opcode, data, fin), end
 
 
 def frame_header(

@@ -36,7 +36,7 @@ from .frames import (
     parse_header,
     serialize_frame,
 )
-from .masking import apply_mask
+from .masking import apply_mask, unmask_payload
 from .typing import BytesLike
 
 __all__ = ["Event", "Ping", "Pong", "Protocol", "Side", "State"]
@@ -157,6 +157,8 @@ class Protocol:
         """
         pos = 0
         end = len(buffer)
+        masked = self._expect_mask
+        append = self._events.append
         while not self._discarding:
             if self._frame_remaining:
                 if pos == end:
@@ -166,31 +168,24 @@ class Protocol:
             max_size = self.max_size
             if max_size is not None:
                 max_size -= self._message_size
-            header = parse_header(buffer, pos, mask=self._expect_mask, max_size=max_size)
+            header = parse_header(buffer, pos, masked, max_size)
             if header is None:
                 break
-            opcode = header.opcode
-            start = header.payload_start
-            stop = start + header.length
+            opcode, fin, length, start = header
+            stop = start + length
             if stop <= end and (
-                opcode >= 0x8
-                or (header.fin and not self._message_opcode and opcode is not Opcode.CONT)
+                opcode >= 0x8 or (fin and not self._message_opcode and opcode is not Opcode.CONT)
             ):
                 # Fast path: a whole control frame or unfragmented message is here.
-                payload = buffer[start:stop]
-                data = (
-                    bytes(payload)
-                    if header.mask_key is None
-                    else apply_mask(payload, header.mask_key)
-                )
+                data = unmask_payload(buffer, start, stop) if masked else bytes(buffer[start:stop])
                 pos = stop
                 if opcode is Opcode.TEXT:
                     try:
-                        self._events.append(data.decode())
+                        append(data.decode())
                     except UnicodeDecodeError as exc:
                         raise InvalidPayloadData("invalid UTF-8 in text message") from exc
                 elif opcode is Opcode.BINARY:
-                    self._events.append(data)
+                    append(data)
                 else:
                     self._receive_control(opcode, data)
             elif opcode >= 0x8:
@@ -198,7 +193,8 @@ class Protocol:
             else:
                 # A fragment, or a frame still arriving: its payload is taken as
                 # it comes (even when empty, since it may end the message).
-                self._start_frame(opcode, header.fin, header.length, header.mask_key)
+                key = bytes(buffer[start - 4 : start]) if masked else None
+                self._start_frame(opcode, fin, length, key)
                 pos = self._consume_payload(buffer, start)
         return pos
 

@@ -1,4 +1,4 @@
-"""Tests for rfc6455.masking: apply_mask against the RFC 6455 §5.3 definition."""
+"""Tests for rfc6455.masking: apply_mask and unmask_payload against RFC 6455 §5.3."""
 
 from __future__ import annotations
 
@@ -85,3 +85,21 @@ def test_masking_twice_is_identity(data: bytes, mask: bytes) -> None:
 )
 def test_type_does_not_change_result(data: bytes, mask: bytes, kind: type) -> None:
     assert apply_mask(kind(data), mask) == apply_mask(data, mask)
+
+
+@given(
+    prefix=st.binary(max_size=9),
+    mask=masks,
+    length=edge_lengths,
+    suffix=st.binary(max_size=9),
+    kind=st.sampled_from([bytes, bytearray, memoryview]),
+)
+def test_unmask_payload_reads_the_key_before_the_payload(
+    prefix: bytes, mask: bytes, length: int, suffix: bytes, kind: type
+) -> None:
+    payload = random.Random(length).randbytes(length)
+    buffer = kind(prefix + mask + payload + suffix)
+    start = len(prefix) + 4
+    result = masking.unmask_payload(buffer, start, start + length)
+    assert type(result) is bytes
+    assert result == naive(payload, mask)
