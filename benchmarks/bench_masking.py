@@ -4,10 +4,15 @@ Run ``python benchmarks/bench_masking.py`` (about 15 s). For each payload size i
 best of several ``timeit.repeat`` runs, as µs per call and MB/s (10**6 bytes). ``vs ours`` is
 the rfc6455 time divided by the row's time, so a value above 1 means faster than ``apply_mask``.
 Before timing, every candidate is checked against the naive definition.
+
+With ``--markdown`` the results also go to stdout as one Markdown table (technique by size, MB/s
+and ``vs ours``), ready to paste into benchmarks/README.md; the plain text goes to stderr.
 """
 
 from __future__ import annotations
 
+import argparse
+import datetime
 import math
 import os
 import sys
@@ -155,7 +160,40 @@ def best_time(func: Masker, data: bytes, mask: bytes) -> float:
     return min(timer.repeat(REPEAT, number)) / number
 
 
+def size_name(size: int) -> str:
+    if size >= 1 << 20:
+        return f"{size >> 20} MiB"
+    if size >= 1 << 10:
+        return f"{size >> 10} KiB"
+    return f"{size} B"
+
+
+def print_markdown(results: dict[str, dict[int, tuple[float, float]]]) -> None:
+    """One row per technique, one column per size: MB/s and, in parentheses, ``vs ours``."""
+    print(f"| technique | {' | '.join(size_name(size) for size in SIZES)} |")
+    print(f"|---|{'--:|' * len(SIZES)}")
+    for i, (name, by_size) in enumerate(results.items()):
+        cells = []
+        for size in SIZES:
+            if size not in by_size:
+                cells.append("—")
+                continue
+            mbps, vs = by_size[size]
+            cells.append(f"{mbps:,.0f} MB/s ({vs:.2f})")
+        label = f"**{name}**" if i == 0 else name
+        print(f"| {label} | {' | '.join(cells)} |")
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--markdown",
+        action="store_true",
+        help="also print the results as a Markdown table on stdout (plain text on stderr)",
+    )
+    markdown: bool = parser.parse_args().markdown
+    log = sys.stderr if markdown else sys.stdout
+
     # Freeing one large block raises glibc's dynamic mmap threshold, so 1 MiB results then come
     # from the heap, not from fresh pages. Without this, whichever row runs first pays for the
     # page faults and looks about half as fast.
@@ -179,21 +217,35 @@ def main() -> None:
             assert func(data, mask) == expected, (name, size)
 
     width = max(len(name) for name, _ in candidates)
-    print(f"Python {sys.version.split()[0]}, best of {REPEAT} runs, MB = 10**6 bytes")
+    started = datetime.datetime.now(datetime.UTC)
+    load = os.getloadavg()[0]
+    print(
+        f"Python {sys.version.split()[0]}, best of {REPEAT} runs, MB = 10**6 bytes;"
+        f" {started:%Y-%m-%d %H:%M} UTC, 1-minute load {load:.2f}",
+        file=log,
+    )
+    # MB/s and vs ours, by technique and size.
+    results: dict[str, dict[int, tuple[float, float]]] = {name: {} for name, _ in candidates}
     for size in SIZES:
         data = os.urandom(size)
-        print(f"\n{size} bytes")
-        print(f"{'technique':<{width}}  {'µs/call':>10}  {'MB/s':>6}  {'vs ours':>7}")
+        print(f"\n{size} bytes", file=log)
+        print(f"{'technique':<{width}}  {'µs/call':>10}  {'MB/s':>6}  {'vs ours':>7}", file=log)
         ours = 0.0
         for name, func in candidates:
             if func is words64 and size > 64 * 1024:
                 continue  # about a second per call at 1 MiB; the trend is clear by then
             seconds = best_time(func, data, mask)
             ours = ours or seconds
+            results[name][size] = (size / seconds / 1e6, ours / seconds)
             print(
                 f"{name:<{width}}  {seconds * 1e6:>10.3f}  {size / seconds / 1e6:>6.0f}"
-                f"  {ours / seconds:>7.2f}"
+                f"  {ours / seconds:>7.2f}",
+                file=log,
             )
+    elapsed = (datetime.datetime.now(datetime.UTC) - started).total_seconds()
+    print(f"\nTotal {elapsed:.0f} s; 1-minute load {os.getloadavg()[0]:.2f} at the end", file=log)
+    if markdown:
+        print_markdown(results)
 
 
 if __name__ == "__main__":
