@@ -205,8 +205,8 @@ def parse_frame(
     end = start + length
     if len(buf) < end:
         return None
-    data = unmask_payload(buf, start, end) if mask else bytes(buf[start:end])
-    return Frame(opcode, data, fin), end
+    payload = unmask_payload(buf, start, end) if mask else buf[start:end]
+    return Frame(opcode, bytes(payload), fin), end
 
 
 def frame_header(

@@ -52,32 +52,32 @@ def apply_mask(data: BytesLike, mask: bytes) -> bytes:
         # Big-endian, so the key's first octet lines up with the payload's first octet.
         return (_from_bytes(data) ^ _from_bytes(mask) * _SPREAD[n] >> _SHIFT[n]).to_bytes(n)
     out = bytearray(data)
-    _translate(out, mask)
+    _translate(out, _from_bytes(mask))
     return bytes(out)
 
 
-def unmask_payload(buffer: BytesLike, start: int, stop: int) -> bytes:
+def unmask_payload(buffer: BytesLike, start: int, stop: int) -> bytes | bytearray:
     """Unmask ``buffer[start:stop]``, a frame's payload, whose key is the 4 bytes before it.
 
     The same as ``apply_mask(buffer[start:stop], buffer[start - 4:start])`` with fewer
-    copies: the parser's hot path.
+    copies: the parser's hot path. From 512 bytes up the result is the bytearray that was
+    unmasked in place, since text is decoded from it as well; binary data needs ``bytes()``.
     """
     n = stop - start
+    key: int = _unpack_key(buffer, start - 4)[0]
     if n < _TRANSLATE_MIN:
-        key: int = _unpack_key(buffer, start - 4)[0]
         return (_from_bytes(buffer[start:stop]) ^ key * _SPREAD[n] >> _SHIFT[n]).to_bytes(n)
     out = buffer[start:stop]
     if type(out) is not bytearray:
         out = bytearray(out)
-    _translate(out, buffer[start - 4 : start])
-    return bytes(out)
+    _translate(out, key)
+    return out
 
 
-def _translate(out: bytearray, mask: BytesLike) -> None:
-    """XOR ``out`` with ``mask`` in place, one strided slice per key octet."""
+def _translate(out: bytearray, key: int) -> None:
+    """XOR ``out`` in place with the key (as a big-endian integer), one slice per key octet."""
     # bytearray.translate: unlike bytes.translate, its loop has no "changed?" branch.
-    a, b, c, d = mask
-    out[0::4] = out[0::4].translate(_XOR_TABLES[a])
-    out[1::4] = out[1::4].translate(_XOR_TABLES[b])
-    out[2::4] = out[2::4].translate(_XOR_TABLES[c])
-    out[3::4] = out[3::4].translate(_XOR_TABLES[d])
+    out[0::4] = out[0::4].translate(_XOR_TABLES[key >> 24])
+    out[1::4] = out[1::4].translate(_XOR_TABLES[key >> 16 & 0xFF])
+    out[2::4] = out[2::4].translate(_XOR_TABLES[key >> 8 & 0xFF])
+    out[3::4] = out[3::4].translate(_XOR_TABLES[key & 0xFF])

@@ -168,6 +168,21 @@ def test_receive_binary(side: Side, mode: str) -> None:
     assert proto.data_to_send() == []
 
 
+@pytest.mark.parametrize("length", [0, 16, 511, 512, 1024, 70000])
+def test_received_binary_and_control_data_are_bytes(side: Side, length: int) -> None:
+    # Whatever the unmasking path, the application gets bytes, never a bytearray.
+    proto = Protocol(side)
+    payload = bytes(range(256)) * (length // 256) + bytes(length % 256)
+    proto.receive_data(
+        incoming(side, Opcode.BINARY, payload) + incoming(side, Opcode.PING, payload[:125])
+    )
+    message, ping = proto.events_received()
+    assert type(message) is bytes
+    assert message == payload
+    assert isinstance(ping, Ping)
+    assert type(ping.data) is bytes
+
+
 def test_receive_empty_messages(side: Side, mode: str) -> None:
     proto = Protocol(side)
     data = incoming(side, Opcode.TEXT) + incoming(side, Opcode.BINARY)
