@@ -69,6 +69,10 @@ class State(IntEnum):
     CLOSED = 3
 
 
+# Checked on every send and flush: see the opcode aliases above.
+_OPEN = State.OPEN
+
+
 @dataclass(frozen=True, slots=True)
 class Ping:
     """A ping was received; the protocol has already queued the pong (RFC 6455 §5.5.2)."""
@@ -430,7 +434,7 @@ class Protocol:
         True once a close frame was sent or the connection failed: the I/O
         layer waits ``close_timeout`` for the peer, then aborts (§7.1.1).
         """
-        return self.state is not State.OPEN
+        return self.state is not _OPEN
 
     # State
 
@@ -447,5 +451,5 @@ class Protocol:
         return "" if self.close_rcvd is None else self.close_rcvd.reason
 
     def _check_open(self) -> None:
-        if self.state is not State.OPEN:
+        if self.state is not _OPEN:
             raise InvalidState(f"connection is {self.state.name}")

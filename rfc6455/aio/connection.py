@@ -41,6 +41,11 @@ _MAX_QUEUE = 16
 
 _READ_SIZE = 65536
 
+# A module global: `State.OPEN` is an attribute lookup on the enum class, and
+# every send and every received chunk checks the state.
+_OPEN = State.OPEN
+_CLOSED = State.CLOSED
+
 
 class Connection:
     """An open WebSocket connection, for either role.
@@ -157,7 +162,7 @@ class Connection:
             TypeError: ``message`` is neither str nor bytes-like.
         """
         protocol = self.protocol
-        if protocol.state is not State.OPEN:
+        if protocol.state is not _OPEN:
             raise self._closed_exception()
         if isinstance(message, str):
             protocol.send_text(message)
@@ -177,7 +182,7 @@ class Connection:
         Raises:
             ConnectionClosed: a close frame was already sent or received.
         """
-        if self.protocol.state is not State.OPEN:
+        if self.protocol.state is not _OPEN:
             raise self._closed_exception()
         self.protocol.send_encoded(frame)
         self._flush()
@@ -268,7 +273,7 @@ class Connection:
                         and not self._transport.is_closing()
                     ):
                         await self._pause_reading()
-                if protocol.state is State.CLOSED:
+                if protocol.state is _CLOSED:
                     break
                 data = await reader.read(_READ_SIZE)
                 if not data:
