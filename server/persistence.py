@@ -308,13 +308,7 @@ class PersistenceQueue:
                 return
             item = await self._queue.get()
             batch: list[MessageRecord] = [] if item is _Signal.WAKE else [item]
-            while len(batch) < self.batch_size:
-                try:
-                    item = self._queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    break
-                if item is not _Signal.WAKE:
-                    batch.append(item)
+            self._take_queued(batch, self.batch_size)
             if batch:
                 await self._write(batch)
 
@@ -347,18 +341,22 @@ class PersistenceQueue:
         await self._worker.call(partial(_append_dead_letters, self.dead_letter_path, batch, reason))
         self._dead_lettered += len(batch)
 
+    def _take_queued(self, batch: list[MessageRecord], limit: int | None = None) -> None:
+        """Move queued records into ``batch`` without waiting, up to ``limit`` in all."""
+        while limit is None or len(batch) < limit:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            if item is not _Signal.WAKE:
+                batch.append(item)
+
     async def _dead_letter_leftovers(self) -> None:
         """After the writer has gone: dead-letter its batch and anything still queued."""
         # A copy: the abandoned worker call may still be reading the in-flight list.
         batch, self._in_flight = list(self._in_flight or []), None
         while True:
-            while True:
-                try:
-                    item = self._queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    break
-                if item is not _Signal.WAKE:
-                    batch.append(item)
+            self._take_queued(batch)
             if batch:
                 # On the event loop: the worker may be stuck, and this is shutdown anyway.
                 reason = "persistence stopped before it could be written"
