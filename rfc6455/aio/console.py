@@ -1,0 +1,718 @@
+"""``python -m rfc6455 URI``: an interactive and scriptable WebSocket console client.
+
+Interactive mode (the default): every line read from stdin is sent as a text
+message, and every message received is printed as it arrives. End of input
+(Ctrl-D) or SIGINT (Ctrl-C; SIGTERM too) closes the connection with 1000.
+
+Non-interactive mode (any of ``--send``, ``--expect`` or ``--timeout``): connect,
+send the ``--send`` messages in order, wait for ``--expect`` messages or until
+``--timeout``, close with 1000, and say through the exit status whether that
+worked. Stdin is not read.
+
+Received messages go to stdout, and nothing else does: status lines (connected,
+closing, closed) and errors go to stderr, so that ``--json`` output can be piped
+as it is.
+
+The parts are kept apart for what comes next: :func:`parse_args` gives an
+:class:`Options`, :meth:`Console.dial` is the one place that connects (resuming
+a chat would add its query parameters to the URI there and call it again), and
+:class:`Output` is the one place that prints. A bearer token is an
+``-H "Authorization: Bearer ..."`` header.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import codecs
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import ssl
+import sys
+import threading
+import unicodedata
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import NoReturn, TextIO
+
+from ..exceptions import ConnectionClosed, WebSocketError
+from ..frames import Close, CloseCode
+from ..handshake import client_request, generate_key, parse_uri
+from ..protocol import State
+from ..typing import Data
+from .client import connect
+from .connection import Connection
+
+__all__ = [
+    "EXIT_CLOSED",
+    "EXIT_CONNECT",
+    "EXIT_EXPECT",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "Console",
+    "Options",
+    "Output",
+    "describe_close",
+    "main",
+    "parse_args",
+    "stdin_lines",
+]
+
+EXIT_OK = 0
+EXIT_CONNECT = 1  # refused, unreachable, TLS or handshake failure, timed out connecting
+EXIT_USAGE = 2  # a bad option or URI (argparse's own status for usage errors)
+EXIT_EXPECT = 3  # fewer than --expect messages arrived
+EXIT_CLOSED = 4  # the connection did not close normally (a close code other than 1000/1001)
+
+_EPILOG = """\
+interactive mode (no --send, --expect or --timeout):
+  each line of stdin is sent as a text message; received messages are printed
+  with the local time, JSON pretty-printed. Ctrl-D (end of input) or Ctrl-C
+  closes with 1000; a second Ctrl-C drops the connection.
+
+non-interactive mode (any of --send, --expect, --timeout):
+  connect, send each --send in order, wait for --expect messages (or until
+  --timeout, or until the server closes), close with 1000. Stdin is not read.
+
+received messages go to stdout; status lines and errors go to stderr.
+--json prints one object per message:
+  {"time": "<local ISO 8601>", "type": "text", "data": <parsed JSON or the string>,
+   "json": <whether the text parsed as JSON>}
+  {"time": "<local ISO 8601>", "type": "binary", "data": "<base64>", "size": <bytes>}
+
+exit status:
+  0  success: connected, sent, got the --expect messages, closed normally
+  1  could not connect: refused, unreachable, TLS error, handshake refused
+     (e.g. 401, 403, 404) or timed out
+  2  usage error: a bad option, URI or header
+  3  fewer than --expect messages arrived (--timeout, Ctrl-C or the server closed)
+  4  the connection closed abnormally: a close code other than 1000/1001
+     (e.g. 1011), or dropped without a close frame (1006); 3 wins over 4
+"""
+
+# Close codes of a normal end, both ways (RFC 6455 §7.4.1); 1005 is a close
+# frame without a code.
+_OK_CODES = frozenset({CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY, CloseCode.NO_STATUS_RCVD})
+
+# Sent by the client itself: another value would make the handshake invalid.
+_RESERVED_HEADERS = frozenset(
+    name.lower()
+    for name in (
+        "Host",
+        "Upgrade",
+        "Connection",
+        "Sec-WebSocket-Key",
+        "Sec-WebSocket-Version",
+        "Sec-WebSocket-Protocol",
+        "Sec-WebSocket-Extensions",
+    )
+)
+
+_CLOSE_CODES = frozenset(CloseCode)
+
+# How much of a binary message the human-readable output shows.
+_HEX_PREVIEW = 32
+
+# Wide enough for "HH:MM:SS ": continuation lines of a message are indented by it.
+_INDENT = " " * 9
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the command line asks for."""
+
+    uri: str
+    headers: tuple[tuple[str, str], ...] = ()
+    subprotocols: tuple[str, ...] = ()
+    # None: no limit.
+    max_size: int | None = 2**20
+    # Seconds for the whole non-interactive run, connecting included; None: no limit.
+    timeout: float | None = None
+    sends: tuple[str, ...] = ()
+    expect: int | None = None
+    json: bool = False
+
+    @property
+    def interactive(self) -> bool:
+        """No --send, --expect or --timeout: read stdin, until its end or Ctrl-C."""
+        return not self.sends and self.expect is None and self.timeout is None
+
+
+# Command line
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line on stderr and exit status 2, instead of the usage text."""
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _header(text: str) -> tuple[str, str]:
+    name, colon, value = text.partition(":")
+    name, value = name.strip(), value.strip()
+    if not colon or not name:
+        raise argparse.ArgumentTypeError(f"{text!r} is not of the form 'Name: value'")
+    if name.lower() in _RESERVED_HEADERS:
+        raise argparse.ArgumentTypeError(
+            f"{name} is set by the client itself (use --subprotocol for Sec-WebSocket-Protocol)"
+        )
+    return name, value
+
+
+def _size(text: str) -> int | None:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of bytes") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
+    return value or None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a number of seconds > 0")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
+    return value
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Options:
+    """Parse the command line; exit with status 2 and one line on stderr if it is wrong."""
+    parser = _Parser(
+        prog="python -m rfc6455",
+        description="WebSocket console client: send lines typed on stdin, print what arrives.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("uri", metavar="URI", help="ws:// or wss:// URI, e.g. ws://localhost:5000/")
+    parser.add_argument(
+        "-H",
+        "--header",
+        dest="headers",
+        metavar="'NAME: VALUE'",
+        type=_header,
+        action="append",
+        default=[],
+        help="extra request header, e.g. 'Authorization: Bearer TOKEN' (repeatable)",
+    )
+    parser.add_argument(
+        "--subprotocol",
+        dest="subprotocols",
+        metavar="NAME",
+        action="append",
+        default=[],
+        help="subprotocol to offer, preferred first (repeatable)",
+    )
+    parser.add_argument(
+        "--max-size",
+        metavar="BYTES",
+        type=_size,
+        default=2**20,
+        help="largest message accepted; a larger one closes with 1009 (default 1048576; 0: none)",
+    )
+    parser.add_argument(
+        "--timeout",
+        metavar="S",
+        type=_seconds,
+        help="non-interactive: seconds for the whole run, connecting included; "
+        "the closing handshake after it takes at most 10 s more",
+    )
+    parser.add_argument(
+        "--send",
+        dest="sends",
+        metavar="TEXT",
+        action="append",
+        default=[],
+        help="non-interactive: text message to send once connected (repeatable, sent in order)",
+    )
+    parser.add_argument(
+        "--expect",
+        metavar="N",
+        type=_count,
+        help="non-interactive: wait for N messages, then close; fewer is exit status 3",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print each message as one line of JSON (shape below)",
+    )
+    args = parser.parse_args(argv)
+    options = Options(
+        uri=args.uri,
+        headers=tuple(args.headers),
+        subprotocols=tuple(args.subprotocols),
+        max_size=args.max_size,
+        timeout=args.timeout,
+        sends=tuple(args.sends),
+        expect=args.expect,
+        json=args.json,
+    )
+    # Build the request once, so that a bad URI, subprotocol name or header
+    # value is a usage error rather than a failed connection.
+    try:
+        target = parse_uri(options.uri)
+        client_request(
+            target, generate_key(), subprotocols=options.subprotocols, headers=options.headers
+        ).serialize()
+    except ValueError as exc:
+        parser.error(str(exc))
+    return options
+
+
+# Output
+
+
+def _code_name(code: int) -> str:
+    """``1000 (normal closure)``: the code and what RFC 6455 §7.4 calls it."""
+    if code == CloseCode.NO_STATUS_RCVD:
+        name = "no status code"
+    elif code in _CLOSE_CODES:
+        name = CloseCode(code).name.lower().replace("_", " ")
+    elif 3000 <= code < 4000:
+        name = "registered"  # §7.4.2: libraries, frameworks, applications (IANA)
+    elif 4000 <= code < 5000:
+        name = "private use"  # §7.4.2
+    else:
+        name = "unknown"
+    return f"{code} ({name})"
+
+
+def describe_close(close: Close) -> str:
+    """``1001 (going away) "server shutting down"``."""
+    text = _code_name(close.code)
+    return f"{text} {json.dumps(close.reason, ensure_ascii=False)}" if close.reason else text
+
+
+def _printable(text: str) -> str:
+    """Escape control characters but newlines: a message must not drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(
+        char
+        if char == "\n" or unicodedata.category(char) != "Cc"
+        else char.encode("unicode_escape").decode("ascii")
+        for char in text
+    )
+
+
+def _columns(line: str) -> int:
+    """How many terminal columns ``line`` takes (East Asian wide characters take two)."""
+    return sum(
+        0 if unicodedata.combining(char) else 2 if unicodedata.east_asian_width(char) in "WF" else 1
+        for char in line
+    )
+
+
+class Output:
+    """Where everything is printed: messages to ``stdout``, status lines to ``stderr``.
+
+    Args:
+        stdout: receives the messages, and nothing else.
+        stderr: receives status lines and errors.
+        json_lines: print messages as JSON lines rather than for a human.
+        above_input: both streams are the terminal the user is typing on:
+            insert each line above the line being typed instead of breaking it.
+    """
+
+    def __init__(
+        self, stdout: TextIO, stderr: TextIO, *, json_lines: bool = False, above_input: bool = False
+    ) -> None:
+        self.stdout = stdout
+        self.stderr = stderr
+        self.json_lines = json_lines
+        self.above_input = above_input
+
+    def message(self, message: Data) -> None:
+        """Print one received message."""
+        now = datetime.now().astimezone()
+        if self.json_lines:
+            self._write(self.stdout, _json_line(message, now), raw=True)
+            return
+        if isinstance(message, bytes):
+            preview = message[:_HEX_PREVIEW].hex(" ")
+            more = " …" if len(message) > _HEX_PREVIEW else ""
+            body = f"[binary, {len(message)} bytes] {preview}{more}".rstrip()
+        else:
+            try:
+                body = json.dumps(_parse_json(message), indent=2, ensure_ascii=False)
+            except _NOT_JSON:
+                body = message
+        body = body.replace("\n", "\n" + _INDENT)
+        self._write(self.stdout, f"{now:%H:%M:%S} {body}")
+
+    def status(self, text: str) -> None:
+        """Print a status line: connected, closing, closed."""
+        self._write(self.stderr, text)
+
+    def error(self, text: str) -> None:
+        """Print an error: one line."""
+        self._write(self.stderr, f"rfc6455: {text}")
+
+    def leave_input_line(self, *, interrupted: bool) -> None:
+        """The user stopped typing (Ctrl-C or Ctrl-D): print on plain lines from now on."""
+        if self.above_input:
+            self.above_input = False
+            if interrupted:  # the terminal echoed "^C" on the input line: go past it
+                self._write(self.stderr, "", raw=True)
+
+    def _write(self, stream: TextIO, text: str, *, raw: bool = False) -> None:
+        if not raw:
+            text = _printable(text)
+        if self.above_input:
+            text = _insert_above(text)
+        else:
+            text += "\n"
+        stream.write(text)
+        stream.flush()
+
+
+def _insert_above(text: str) -> str:
+    """Terminal codes that print ``text`` above the line being typed, which stays as it was.
+
+    The cursor is saved, ``rows`` new lines make room (scrolling at the bottom
+    of the screen), the cursor goes back up to the input line, ``rows`` blank
+    lines are inserted there (pushing the input line down), ``text`` fills
+    them, and the cursor is restored and moved down by ``rows`` to where the
+    input line now is (the move stops at the bottom row, which is where it is
+    if the screen scrolled). The approach of websockets' interactive client,
+    extended to several rows. Text taller than the screen is printed as it is.
+    """
+    size = shutil.get_terminal_size()
+    width = max(size.columns, 1)
+    rows = sum(max(1, -(-_columns(line) // width)) for line in text.split("\n"))
+    if rows >= size.lines:
+        return text + "\n"
+    return f"\0337{chr(10) * rows}\033[{rows}A\033[{rows}L{text}\n\0338\033[{rows}B"
+
+
+# Not JSON, or nested too deeply to print: shown as the string it is.
+_NOT_JSON = (ValueError, RecursionError)
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")  # json.loads would accept NaN and Infinity
+
+
+def _parse_json(text: str) -> object:
+    return json.loads(text, parse_constant=_reject_constant)
+
+
+def _json_line(message: Data, now: datetime) -> str:
+    """The --json line of one message (ASCII only, so any terminal or pipe takes it)."""
+    time = now.isoformat(timespec="milliseconds")
+    if isinstance(message, bytes):
+        data = base64.b64encode(message).decode("ascii")
+        return json.dumps({"time": time, "type": "binary", "data": data, "size": len(message)})
+    try:
+        return json.dumps(
+            {"time": time, "type": "text", "data": _parse_json(message), "json": True}
+        )
+    except _NOT_JSON:
+        return json.dumps({"time": time, "type": "text", "data": message, "json": False})
+
+
+def _connect_error(exc: BaseException, uri: str) -> str:
+    """One line that says why connecting to ``uri`` failed."""
+    if isinstance(exc, TimeoutError):
+        return f"timed out connecting to {uri}"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host of {uri}: {exc.strerror or exc}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate of {uri} not accepted: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        reason = (exc.reason or str(exc)).lower().replace("_", " ")  # WRONG_VERSION_NUMBER
+        return f"TLS error with {uri}: {reason}"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"cannot connect to {uri}: connection refused"
+    if isinstance(exc, OSError):
+        return f"cannot connect to {uri}: {exc.strerror or exc}"
+    return f"handshake with {uri} failed: {exc}"
+
+
+# Stdin
+
+
+def stdin_lines(fd: int) -> AsyncIterator[str]:
+    """Yield the lines read from ``fd``, without the line break, until its end.
+
+    A daemon thread does the blocking reads, which works the same for a
+    terminal, a pipe and a file, and leaves the file descriptor blocking (a
+    non-blocking terminal would also make writes to stdout fail, as they share
+    it). Bytes that are not UTF-8 become U+FFFD.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[str | None] = asyncio.Queue()
+
+    def put(item: str | None) -> bool:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:  # the event loop is closed: nobody is reading anymore
+            return False
+        return True
+
+    def read() -> None:
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        pending = ""
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                chunk = b""
+            *lines, pending = (pending + decoder.decode(chunk, final=not chunk)).split("\n")
+            for line in lines:
+                if not put(line.removesuffix("\r")):
+                    return
+            if not chunk:
+                if pending:
+                    put(pending)
+                put(None)
+                return
+
+    threading.Thread(target=read, name="rfc6455-stdin", daemon=True).start()
+
+    async def lines() -> AsyncIterator[str]:
+        while (line := await queue.get()) is not None:
+            yield line
+
+    return lines()
+
+
+# The session
+
+
+class Console:
+    """One run of the console client: connect, exchange messages, close.
+
+    Args:
+        options: from :func:`parse_args`.
+        output: where to print.
+        lines: what to send in interactive mode (stdin's lines if omitted).
+    """
+
+    def __init__(
+        self,
+        options: Options,
+        output: Output,
+        lines: AsyncIterator[str] | None = None,
+    ) -> None:
+        self.options = options
+        self.output = output
+        self.lines = lines
+        self.received = 0
+        self._interrupted = asyncio.Event()
+        self._dialing: asyncio.Task[Connection] | None = None
+        self._connection: Connection | None = None
+        self._closed_by_us = False
+
+    def interrupt(self) -> None:
+        """Ctrl-C: stop connecting, or close with 1000; a second time, drop the connection."""
+        if self._interrupted.is_set() and self._connection is not None:
+            self._connection.abort()
+        self._interrupted.set()
+        if self._dialing is not None:
+            self._dialing.cancel()
+
+    async def dial(self) -> Connection:
+        """Connect and run the opening handshake."""
+        options = self.options
+        return await connect(
+            options.uri,
+            headers=options.headers,
+            subprotocols=options.subprotocols,
+            max_size=options.max_size,
+        )
+
+    async def run(self) -> int:
+        """Run the whole session and return the exit status."""
+        options = self.options
+        loop = asyncio.get_running_loop()
+        deadline = None if options.timeout is None else loop.time() + options.timeout
+        dialing = self._dialing = asyncio.create_task(self.dial())
+        try:
+            async with asyncio.timeout_at(deadline):
+                ws = self._connection = await dialing
+        except asyncio.CancelledError:
+            if not dialing.cancelled() or not self._interrupted.is_set():
+                raise
+            self.output.leave_input_line(interrupted=True)
+            self.output.error(f"interrupted while connecting to {options.uri}")
+            return EXIT_CONNECT
+        # A TimeoutError is an OSError; ValueError: a host name that cannot be encoded.
+        except (OSError, ValueError, WebSocketError) as exc:
+            self.output.error(_connect_error(exc, options.uri))
+            return EXIT_CONNECT
+        finally:
+            self._dialing = None
+        connected = f"connected to {options.uri}"
+        if ws.subprotocol is not None:
+            connected += f", subprotocol {ws.subprotocol}"
+        elif options.subprotocols:
+            connected += ", no subprotocol selected"
+        if self.output.above_input:
+            connected += " (Ctrl-D or Ctrl-C to close)"
+        self.output.status(connected)
+
+        receiving = asyncio.create_task(self._receive(ws))
+        try:
+            if options.interactive:
+                await self._interact(ws, receiving)
+            else:
+                await self._automate(ws, receiving, deadline)
+            await self._close(ws)
+            # Interactive: the messages that came before the server's close frame
+            # are still printed. Non-interactive: it was cancelled at the deadline.
+            await asyncio.wait({receiving})
+        except BaseException:
+            ws.abort()
+            raise
+        finally:
+            receiving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await receiving  # raises what printing raised, e.g. BrokenPipeError
+        return self._report(ws)
+
+    async def _receive(self, ws: Connection) -> None:
+        expect = self.options.expect
+        with contextlib.suppress(ConnectionClosed):
+            while expect is None or self.received < expect:
+                message = await ws.recv()
+                self.received += 1
+                self.output.message(message)
+
+    async def _interact(self, ws: Connection, receiving: asyncio.Task[None]) -> None:
+        """Send the input lines until their end, Ctrl-C, or the server closes."""
+        sending = asyncio.create_task(self._send_lines(ws))
+        interrupted = asyncio.create_task(self._interrupted.wait())
+        try:
+            await asyncio.wait(
+                {receiving, sending, interrupted}, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for task in (sending, interrupted):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if not receiving.done():
+            self.output.leave_input_line(interrupted=self._interrupted.is_set())
+
+    async def _send_lines(self, ws: Connection) -> None:
+        if self.lines is None:
+            try:
+                fd = sys.stdin.fileno()
+            except (AttributeError, OSError, ValueError):  # no stdin at all (`<&-`)
+                return  # as if it had ended
+            self.lines = stdin_lines(fd)
+        with contextlib.suppress(ConnectionClosed):
+            async for line in self.lines:
+                await ws.send(line)
+
+    async def _automate(
+        self, ws: Connection, receiving: asyncio.Task[None], deadline: float | None
+    ) -> None:
+        """Send the --send messages, then wait for --expect messages or the deadline."""
+        options = self.options
+        interrupted = asyncio.create_task(self._interrupted.wait())
+        try:
+            async with asyncio.timeout_at(deadline):
+                for text in options.sends:
+                    await ws.send(text)
+                if options.expect is not None or deadline is not None:
+                    await asyncio.wait(
+                        {receiving, interrupted}, return_when=asyncio.FIRST_COMPLETED
+                    )
+        except (TimeoutError, ConnectionClosed):
+            pass  # the deadline passed, or the server closed first: _report tells
+        finally:
+            interrupted.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await interrupted
+            # Only what arrived in time counts.
+            receiving.cancel()
+
+    async def _close(self, ws: Connection) -> None:
+        """Close with 1000 unless the server did first; wait for the end (``close_timeout``)."""
+        if ws.state is State.OPEN:
+            self._closed_by_us = True
+            self.output.status(f"closing: {_code_name(CloseCode.NORMAL_CLOSURE)}")
+        await ws.close(CloseCode.NORMAL_CLOSURE)
+
+    def _report(self, ws: Connection) -> int:
+        """Print how the connection ended; return the exit status."""
+        sent, rcvd = ws.protocol.close_sent, ws.protocol.close_rcvd
+        if self._closed_by_us:
+            if rcvd is None:
+                self.output.status("closed: no answer from the server (1006)")
+            else:
+                self.output.status(f"closed: server answered {describe_close(rcvd)}")
+        elif rcvd is not None:
+            self.output.status(f"closed by server: {describe_close(rcvd)}")
+        elif sent is not None:
+            # We failed the connection (RFC 6455 §7.1.7): a protocol error, a
+            # message over --max-size, a keepalive timeout.
+            self.output.status(f"connection failed: sent {describe_close(sent)}")
+        else:
+            self.output.status(f"connection lost: {_code_name(CloseCode.ABNORMAL_CLOSURE)}")
+        expect = self.options.expect
+        if expect is not None and self.received < expect:
+            self.output.error(f"expected {expect} messages, received {self.received}")
+            return EXIT_EXPECT
+        clean = rcvd is not None and rcvd.code in _OK_CODES
+        if not clean or (sent is not None and sent.code not in _OK_CODES):
+            return EXIT_CLOSED
+        return EXIT_OK
+
+
+# Entry point
+
+
+def _on_signals(callback: Callable[[], None]) -> None:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows
+            loop.add_signal_handler(signum, callback)
+
+
+async def _main(options: Options, output: Output) -> int:
+    console = Console(options, output)
+    _on_signals(console.interrupt)
+    return await console.run()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the console client: ``python -m rfc6455 URI [options]``; return the exit status."""
+    options = parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):
+        # A message in a script the terminal cannot show must not crash the client.
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+    above_input = options.interactive and all(
+        stream is not None and stream.isatty() for stream in (sys.stdin, sys.stdout, sys.stderr)
+    )
+    output = Output(sys.stdout, sys.stderr, json_lines=options.json, above_input=above_input)
+    try:
+        return asyncio.run(_main(options, output))
+    except BrokenPipeError:
+        # stdout was closed by the reader (e.g. `| head`): stop quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_CONNECT
