@@ -1,0 +1,1 @@
+"""Benchmarks: framing micro-benchmarks and the load generator, ``python -m benchmarks.load``."""
