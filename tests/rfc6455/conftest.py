@@ -312,20 +312,6 @@ class Net:
 
 
 @pytest.fixture
-async def loop_errors() -> AsyncIterator[list[dict[str, Any]]]:
-    """Record what reaches the event loop's exception handler; fail the test if anything did."""
-    loop = asyncio.get_running_loop()
-    errors: list[dict[str, Any]] = []
-    previous = loop.get_exception_handler()
-    loop.set_exception_handler(lambda _loop, context: errors.append(context))
-    try:
-        yield errors
-    finally:
-        loop.set_exception_handler(previous)
-    assert errors == [], "unhandled exceptions in the event loop"
-
-
-@pytest.fixture
 async def net(loop_errors: list[dict[str, Any]]) -> AsyncIterator[Net]:
     network = Net()
     try:

@@ -10,8 +10,6 @@ retrieved", ...) and fails the test if there was one.
 
 from __future__ import annotations
 
-import asyncio
-import gc
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -26,23 +24,6 @@ pytest.register_assert_rewrite("tests.server.support")
 from server.app import App  # noqa: E402
 from server.settings import Settings  # noqa: E402
 from tests.server.support import HOST, Chat  # noqa: E402
-
-
-@pytest.fixture
-async def loop_errors() -> AsyncIterator[list[dict[str, Any]]]:
-    """Record what reaches the event loop's exception handler; fail the test if anything does."""
-    loop = asyncio.get_running_loop()
-    errors: list[dict[str, Any]] = []
-    previous = loop.get_exception_handler()
-    loop.set_exception_handler(lambda _loop, context: errors.append(context))
-    try:
-        yield errors
-        # "Task exception was never retrieved" is reported when the task is collected.
-        gc.collect()
-        await asyncio.sleep(0)
-    finally:
-        loop.set_exception_handler(previous)
-    assert errors == [], "unhandled exceptions in the event loop"
 
 
 @pytest.fixture
