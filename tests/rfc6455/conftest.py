@@ -25,11 +25,13 @@ import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+from unittest import mock
 
 import pytest
 
 import rfc6455
 from rfc6455 import Connection, Server
+from tests.rfc6455.strategies import URANDOM
 
 HOST = "127.0.0.1"
 
@@ -309,6 +311,21 @@ class Net:
         # Let transports that were just closed call connection_lost().
         for _ in range(3):
             await asyncio.sleep(0)
+
+
+# The sans-I/O tests: every parser test runs whole, byte by byte and with
+# trailing data (h11's habit), and masking keys can be fixed to the §5.7 one.
+@pytest.fixture(params=["whole", "bytewise", "trailing"])
+def mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def urandom(monkeypatch: pytest.MonkeyPatch) -> mock.Mock:
+    """Make ``os.urandom``, as frames.py calls it, return the §5.7 key."""
+    fake = mock.Mock(return_value=MASK)
+    monkeypatch.setattr(URANDOM, fake)
+    return fake
 
 
 @pytest.fixture

@@ -17,6 +17,8 @@ from rfc6455.protocol import Event, Ping, Pong
 
 __all__ = [
     "CONTROL_OPCODES",
+    "KEY",
+    "URANDOM",
     "VALID_CLOSE_CODES",
     "Stream",
     "chunks",
@@ -31,6 +33,12 @@ __all__ = [
     "utf8ish",
     "valid_close_codes",
 ]
+
+# Where frames.py draws masking keys from (RFC 6455 §5.3), to patch in a fixed key.
+URANDOM = "rfc6455.frames.os.urandom"
+
+# The masking key of the RFC 6455 §5.7 examples.
+KEY = bytes.fromhex("37fa213d")
 
 CONTROL_OPCODES = (Opcode.CLOSE, Opcode.PING, Opcode.PONG)
 

@@ -30,6 +30,8 @@ from rfc6455.frames import (
     serialize_frame,
 )
 from tests.rfc6455.strategies import (
+    KEY,
+    URANDOM,
     VALID_CLOSE_CODES,
     chunks,
     encode_frame,
@@ -40,29 +42,10 @@ from tests.rfc6455.strategies import (
 )
 from tests.rfc6455.strategies import frames as any_frames
 
-# Where frames.py draws masking keys from (RFC 6455 §5.3), to patch in a fixed key.
-URANDOM = "rfc6455.frames.os.urandom"
-
-# The masking key of the RFC 6455 §5.7 examples.
-KEY = bytes.fromhex("37fa213d")
-
 # The start of another frame, left over behind the one under test.
 TRAILING = b"\x81\x05Hel"
 
 RESERVED_OPCODES = [*range(0x3, 0x8), *range(0xB, 0x10)]
-
-
-@pytest.fixture(params=["whole", "bytewise", "trailing"])
-def mode(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def urandom(monkeypatch: pytest.MonkeyPatch) -> mock.Mock:
-    """Make ``os.urandom``, as frames.py calls it, return the §5.7 key."""
-    fake = mock.Mock(return_value=KEY)
-    monkeypatch.setattr(URANDOM, fake)
-    return fake
 
 
 def parse(data: bytes, mode: str, *, mask: bool, max_size: int | None = None) -> Frame:

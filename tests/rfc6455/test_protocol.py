@@ -28,18 +28,14 @@ from rfc6455.frames import (
 from rfc6455.masking import apply_mask
 from rfc6455.protocol import _COPY_LIMIT, Event, Ping, Pong, Protocol, Side, State
 from tests.rfc6455.strategies import (
+    KEY,
+    URANDOM,
     Stream,
     chunks,
     split,
     streams,
     utf8ish,
 )
-
-# Where frames.py draws masking keys from (RFC 6455 §5.3), to patch in a fixed key.
-URANDOM = "rfc6455.frames.os.urandom"
-
-# The masking key of the RFC 6455 §5.7 examples.
-KEY = bytes.fromhex("37fa213d")
 
 # The start of a ping as the peer of each side sends it: the server still
 # waits for the masking key, the client for the payload.
@@ -54,19 +50,6 @@ RESERVED_OPCODES = [*range(0x3, 0x8), *range(0xB, 0x10)]
 @pytest.fixture(params=list(Side), ids=lambda side: side.value)
 def side(request: pytest.FixtureRequest) -> Side:
     return Side(request.param)
-
-
-@pytest.fixture(params=["whole", "bytewise", "trailing"])
-def mode(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def urandom(monkeypatch: pytest.MonkeyPatch) -> mock.Mock:
-    """Make ``os.urandom``, as frames.py calls it, return the §5.7 key."""
-    fake = mock.Mock(return_value=KEY)
-    monkeypatch.setattr(URANDOM, fake)
-    return fake
 
 
 def other(side: Side) -> Side:
