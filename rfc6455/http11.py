@@ -23,6 +23,7 @@ from typing import Generic, TypeVar
 
 from .exceptions import InvalidRequest, InvalidResponse, InvalidState
 from .limits import Limits
+from .typing import BytesLike
 
 __all__ = ["Headers", "Request", "RequestParser", "Response", "ResponseParser"]
 
@@ -130,12 +131,12 @@ def _serialize_head(start_line: str, headers: Iterable[tuple[str, str]]) -> byte
     return "\r\n".join(lines).encode("ascii")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Request:
     """An HTTP request head (RFC 9112 §3); a handshake request has no body.
 
-    ``remote_address`` is not on the wire: a server may attach the peer's
-    address with ``dataclasses.replace`` for logging and access checks.
+    ``remote_address`` is not on the wire: a server's ``RequestParser`` attaches
+    the peer's address, for logging and access checks.
     """
 
     method: str
@@ -171,7 +172,7 @@ class Request:
         return _serialize_head(start_line, self.headers)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Response:
     """An HTTP/1.1 response: status, reason phrase, header fields and body (RFC 9112 §4)."""
 
@@ -228,7 +229,7 @@ class _HeadParser(ABC, Generic[_Head]):
         self._headers = Headers()
         self._finished = False
 
-    def feed(self, data: bytes) -> _Head | None:
+    def feed(self, data: BytesLike) -> _Head | None:
         """Parse the next bytes of the head.
 
         Args:
@@ -354,6 +355,12 @@ class RequestParser(_HeadParser[Request]):
 
     _start_line_name = "request line"
 
+    def __init__(
+        self, limits: Limits = _DEFAULT_LIMITS, remote_address: tuple[str, int] | None = None
+    ) -> None:
+        super().__init__(limits)
+        self._remote_address = remote_address
+
     def _parse_start_line(self, line: bytes) -> None:
         # RFC 9112 §3: request-line = method SP request-target SP HTTP-version
         parts = line.split(b" ")
@@ -369,7 +376,7 @@ class RequestParser(_HeadParser[Request]):
         self._target = target.decode()
 
     def _build(self, headers: Headers) -> Request:
-        return Request(self._method, self._target, headers, self._version)
+        return Request(self._method, self._target, headers, self._version, self._remote_address)
 
     def _error(self, status: int, reason: str) -> Exception:
         return InvalidRequest(status, reason)

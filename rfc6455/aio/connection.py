@@ -1,9 +1,18 @@
-"""Run a sans-I/O :class:`~rfc6455.protocol.Protocol` over asyncio streams.
+"""Run a sans-I/O :class:`~rfc6455.protocol.Protocol` over an asyncio transport.
 
-One reader task per connection feeds the protocol, answers pings (the
-protocol queues the pongs) and queues messages for :meth:`Connection.recv`.
-A keepalive task pings the peer. Sending writes straight to the transport and
-waits for it to drain only above the write limit.
+A :class:`Connection` is the ``asyncio.BufferedProtocol`` of its TCP
+connection once the opening handshake is over: the event loop reads into one
+receive buffer shared by every connection of the thread (nothing is allocated
+per read), and :meth:`Connection.buffer_updated` feeds the protocol, answers
+pings (the protocol queues the pongs) and queues messages for
+:meth:`Connection.recv`. No task runs per connection: keepalive and the close
+timeout are timers.
+
+Frames sent during one turn of the event loop are written together at the end
+of it, one ``write()`` per connection: a handler answering sixteen messages, or
+a broadcast of a burst of messages, makes one system call per peer, not one
+per frame. Above ``write_limit`` bytes the frames are written at once, and
+:meth:`Connection.send` waits for the transport to drain.
 """
 
 from __future__ import annotations
@@ -11,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator
 from types import TracebackType
@@ -35,11 +46,18 @@ __all__ = ["Connection"]
 # peer's close frame without a code.
 _OK_CODES = frozenset({CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY, CloseCode.NO_STATUS_RCVD})
 
-# Messages the reader task queues before it stops reading from the socket, so
-# that a handler that does not call recv() pushes back on the peer through TCP.
+# Messages queued for recv() before the connection stops reading from the
+# socket, so that a handler that does not call recv() pushes back on the peer
+# through TCP; reading resumes once half of them were taken.
 _MAX_QUEUE = 16
 
-_READ_SIZE = 65536
+# What one read may bring. The buffer is shared: its size costs nothing per
+# connection, and 256 KiB is what asyncio reads at a time without one.
+_RECEIVE_SIZE = 256 * 1024
+
+# Small frames queued for one write are joined; larger ones are written as
+# they are, since copying them costs more than the extra system call.
+_JOIN_LIMIT = 16384
 
 # A module global: `State.OPEN` is an attribute lookup on the enum class, and
 # every send and every received chunk checks the state.
@@ -47,18 +65,66 @@ _OPEN = State.OPEN
 _CLOSED = State.CLOSED
 
 
-class Connection:
+class _ReceiveBuffer(threading.local):
+    """The buffer the event loop of this thread reads into, for every connection.
+
+    The transport calls ``get_buffer()``, reads, then ``buffer_updated()`` at
+    once, and the protocol copies what it keeps: the buffer is free again
+    before the next read of any connection of the same loop.
+    """
+
+    def __init__(self) -> None:
+        self.view = memoryview(bytearray(_RECEIVE_SIZE))
+
+
+_receive_buffer = _ReceiveBuffer()
+
+
+class _WriteBatcher:
+    """Flushes, once per turn of the event loop, the connections that sent frames."""
+
+    __slots__ = ("_connections", "_loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._connections: list[Connection] = []
+
+    def add(self, connection: Connection) -> None:
+        if not self._connections:
+            self._loop.call_soon(self._flush)
+        self._connections.append(connection)
+
+    def _flush(self) -> None:
+        connections = self._connections
+        self._connections = []
+        for connection in connections:
+            connection._flush()
+
+
+_batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _WriteBatcher] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _batcher(loop: asyncio.AbstractEventLoop) -> _WriteBatcher:
+    batcher = _batchers.get(loop)
+    if batcher is None:
+        batcher = _batchers[loop] = _WriteBatcher(loop)
+    return batcher
+
+
+class Connection(asyncio.BufferedProtocol):
     """An open WebSocket connection, for either role.
 
     Created by :func:`rfc6455.serve` (handed to the handler) and
-    :func:`rfc6455.connect`, after the opening handshake.
+    :func:`rfc6455.connect`, after the opening handshake; it then replaces the
+    handshake as the protocol of ``transport``.
     """
 
     def __init__(
         self,
         side: Side,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        transport: asyncio.Transport,
         *,
         limits: Limits,
         request: Request | None = None,
@@ -74,27 +140,32 @@ class Connection:
         self.response = response
         self.subprotocol = subprotocol
         self.logger = logger or logging.getLogger("rfc6455")
-        self._reader = reader
-        self._writer = writer
-        self._transport = writer.transport
+        self.remote_address = _address(transport.get_extra_info("peername"))
+        self.local_address = _address(transport.get_extra_info("sockname"))
+        self._transport = transport
         self._loop = asyncio.get_running_loop()
-        self.remote_address: tuple[str, int] | None = _address(writer.get_extra_info("peername"))
-        self.local_address: tuple[str, int] | None = _address(writer.get_extra_info("sockname"))
+        self._view = _receive_buffer.view
+        self._batcher = _batcher(self._loop)
+        self._write_limit = limits.write_limit
         self._messages: deque[Data] = deque()
         self._recv_waiter: asyncio.Future[None] | None = None
-        self._reading_resumed: asyncio.Future[None] | None = None
+        self._reading_paused = False
         self._pending_failure: ProtocolError | None = None
-        self._pings: dict[bytes, tuple[asyncio.Future[float], float]] = {}
+        # Bytes sent but not yet handed to the transport, and whether a flush
+        # at the end of this turn of the loop is booked.
+        self._unflushed = 0
+        self._flush_booked = False
+        self._writing_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._pings: dict[bytes, tuple[asyncio.Future[float] | None, float]] = {}
+        self._keepalive_timer: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
-        self._closed: asyncio.Future[None] = self._loop.create_future()
-        self._reader_task: asyncio.Task[None] | None = None
-        self._keepalive_task: asyncio.Task[None] | None = None
-
-    def start(self, initial_data: bytes = b"") -> None:
-        """Start the reader and keepalive tasks; ``initial_data`` followed the handshake."""
-        self._reader_task = self._loop.create_task(self._read_loop(initial_data))
-        if self.limits.ping_interval is not None:
-            self._keepalive_task = self._loop.create_task(self._keepalive())
+        self._done = False
+        self._closed_waiter: asyncio.Future[None] | None = None
+        # The transport pauses us above write_limit and resumes us below a quarter of it.
+        transport.set_write_buffer_limits(high=self._write_limit)
+        transport.set_protocol(self)
+        self._schedule_keepalive()
 
     # Public API
 
@@ -115,7 +186,7 @@ class Connection:
 
     def _close_known(self) -> bool:
         """Whether the peer's close frame arrived or the connection is over."""
-        return self.protocol.close_rcvd is not None or self._closed.done()
+        return self.protocol.close_rcvd is not None or self._done
 
     async def recv(self) -> Data:
         """Receive the next message: ``str`` for text, ``bytes`` for binary.
@@ -125,7 +196,8 @@ class Connection:
                 frame (or the end of the connection) was returned.
             InvalidState: another coroutine is already waiting in recv().
         """
-        while not self._messages:
+        messages = self._messages
+        while not messages:
             self._fail_if_pending()
             # Nothing can follow the peer's close frame (RFC 6455 §5.5.1): no
             # need to wait for TCP to close as well.
@@ -138,8 +210,8 @@ class Connection:
                 await waiter
             finally:
                 self._recv_waiter = None
-        message = self._messages.popleft()
-        if len(self._messages) < _MAX_QUEUE // 2:
+        message = messages.popleft()
+        if self._reading_paused and len(messages) <= _MAX_QUEUE // 2:
             self._resume_reading()
         return message
 
@@ -157,6 +229,10 @@ class Connection:
     async def send(self, message: Data | bytearray | memoryview) -> None:
         """Send a text (``str``) or binary (bytes-like) message.
 
+        The frame is written at the end of this turn of the event loop, or at
+        once above ``write_limit``; above that limit in the transport, this
+        waits for it to drain.
+
         Raises:
             ConnectionClosed: a close frame was already sent or received.
             TypeError: ``message`` is neither str nor bytes-like.
@@ -170,7 +246,9 @@ class Connection:
             protocol.send_binary(message)
         else:
             raise TypeError(f"message must be str or bytes-like, not {type(message).__name__}")
-        await self._flush_and_drain()
+        self._write_soon(len(message))
+        if self._writing_paused:
+            await self._drain()
 
     def send_encoded(self, frame: bytes) -> None:
         """Write a frame encoded once for many connections, without waiting.
@@ -185,11 +263,11 @@ class Connection:
         if self.protocol.state is not _OPEN:
             raise self._closed_exception()
         self.protocol.send_encoded(frame)
-        self._flush()
+        self._write_soon(len(frame))
 
     def write_buffer_size(self) -> int:
-        """How many bytes are waiting in the transport to be sent."""
-        return self._transport.get_write_buffer_size()
+        """How many bytes are waiting to be sent."""
+        return self._transport.get_write_buffer_size() + self._unflushed
 
     async def ping(self, data: BytesLike | None = None) -> asyncio.Future[float]:
         """Send a ping (RFC 6455 §5.5.2).
@@ -201,20 +279,24 @@ class Connection:
         payload = os.urandom(4) if data is None else bytes(data)
         if payload in self._pings:
             raise InvalidState("a ping with this payload is already waiting for its pong")
-        if self.protocol.state is not State.OPEN:
+        if self.protocol.state is not _OPEN:
             raise self._closed_exception()
         self.protocol.send_ping(payload)
         waiter: asyncio.Future[float] = self._loop.create_future()
         self._pings[payload] = (waiter, time.monotonic())
-        await self._flush_and_drain()
+        self._write_soon(len(payload))
+        if self._writing_paused:
+            await self._drain()
         return waiter
 
     async def pong(self, data: BytesLike = b"") -> None:
         """Send an unsolicited pong (RFC 6455 §5.5.3)."""
-        if self.protocol.state is not State.OPEN:
+        if self.protocol.state is not _OPEN:
             raise self._closed_exception()
         self.protocol.send_pong(data)
-        await self._flush_and_drain()
+        self._write_soon(len(data))
+        if self._writing_paused:
+            await self._drain()
 
     async def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Perform the closing handshake and wait until TCP is closed (RFC 6455 §7.1.2).
@@ -222,27 +304,35 @@ class Connection:
         Waits at most ``close_timeout`` for the peer, then drops the connection.
         """
         self._fail_if_pending()
-        if self.protocol.state is State.OPEN:
+        if self.protocol.state is _OPEN:
             self.protocol.send_close(code, reason)
             self._flush()
         await self.wait_closed()
 
     async def wait_closed(self) -> None:
         """Wait until the connection is closed, however that happens."""
-        await asyncio.shield(self._closed)
+        if self._done:
+            return
+        if self._closed_waiter is None:
+            self._closed_waiter = self._loop.create_future()
+        await asyncio.shield(self._closed_waiter)
 
     def fail(self, code: int, reason: str) -> None:
         """Fail the connection (RFC 6455 §7.1.7), e.g. on a keepalive timeout."""
-        if self.protocol.state is State.OPEN:
+        if self.protocol.state is _OPEN:
             self.logger.info("failing connection: %d %s", code, reason)
         self.protocol.fail(code, reason)
         self._flush()
 
     def abort(self) -> None:
-        """Drop the TCP connection at once, without a closing handshake."""
+        """Drop the TCP connection at once, without a closing handshake.
+
+        Frames already sent are first handed to the transport, as if written
+        at once; whatever the socket does not take right away is lost.
+        """
+        if self._unflushed:
+            self._flush()
         self._transport.abort()
-        # A reader task paused on a full queue must wake up to see the EOF.
-        self._resume_reading()
 
     async def __aenter__(self) -> Connection:
         return self
@@ -255,39 +345,47 @@ class Connection:
     ) -> None:
         await self.close()
 
-    # The reader task
+    # asyncio.BufferedProtocol: the event loop calls these.
 
-    async def _read_loop(self, initial_data: bytes) -> None:
-        protocol = self.protocol
-        reader = self._reader
-        data = initial_data
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.receive(self._view[:nbytes])
+
+    def receive(self, data: BytesLike) -> None:
+        """Feed bytes read from the transport (and those that followed the handshake)."""
         try:
-            while True:
-                if data:
-                    protocol.receive_data(data)
-                    self._process_events()
-                    # Once closing, read on to the EOF: nothing else ends the task.
-                    if (
-                        len(self._messages) >= _MAX_QUEUE
-                        and not protocol.close_expected()
-                        and not self._transport.is_closing()
-                    ):
-                        await self._pause_reading()
-                if protocol.state is _CLOSED:
-                    break
-                data = await reader.read(_READ_SIZE)
-                if not data:
-                    protocol.receive_eof()
-                    self._flush()
-                    break
-        except (ConnectionError, OSError) as exc:
-            self.logger.debug("connection lost: %r", exc)
+            self.protocol.receive_data(data)
+            self._process_events()
         except Exception:
             # A bug of ours, not the peer's: 1011 without details (RFC 6455 §7.4.1).
             self.logger.exception("internal error while receiving")
             self.fail(CloseCode.INTERNAL_ERROR, "internal error")
-        finally:
-            self._finish()
+
+    def eof_received(self) -> bool:
+        self.protocol.receive_eof()
+        self._flush()
+        # The transport closes itself: the peer is done, and so are we.
+        return False
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        waiter = self._drain_waiter
+        if waiter is not None:
+            self._drain_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            self.logger.debug("connection lost: %r", exc)
+        self._finish()
+
+    # Receiving
 
     def _process_events(self) -> None:
         messages = self._messages
@@ -307,7 +405,15 @@ class Connection:
                 # Fail once the handler has taken the messages that came before
                 # the error (RFC 6455 §7.1.7), so that it can still answer them.
                 self._pending_failure = event
-        if not messages:
+        if messages:
+            if (
+                len(messages) >= _MAX_QUEUE
+                and not self._reading_paused
+                and not self.protocol.close_expected()
+            ):
+                self._reading_paused = True
+                self._transport.pause_reading()
+        else:
             self._fail_if_pending()
         waiter = self._recv_waiter
         if (messages or self._close_known()) and waiter is not None and not waiter.done():
@@ -327,17 +433,10 @@ class Connection:
             self._flush()
 
     def _resume_reading(self) -> None:
-        resumed = self._reading_resumed
-        if resumed is not None and not resumed.done():
-            resumed.set_result(None)
-
-    async def _pause_reading(self) -> None:
-        """Stop reading until recv() has taken half of the queued messages."""
-        self._reading_resumed = self._loop.create_future()
-        try:
-            await self._reading_resumed
-        finally:
-            self._reading_resumed = None
+        if self._reading_paused:
+            self._reading_paused = False
+            if not self._done:
+                self._transport.resume_reading()
 
     def _acknowledge_pings(self, data: bytes) -> None:
         """Complete the ping ``data`` answers and every ping sent before it."""
@@ -346,62 +445,77 @@ class Connection:
         now = time.monotonic()
         for payload in list(self._pings):
             waiter, sent_at = self._pings.pop(payload)
-            if not waiter.done():
+            if waiter is None:
+                self._keepalive_answered()
+            elif not waiter.done():
                 waiter.set_result(now - sent_at)
             if payload == data:
                 break
 
+    # Sending
+
+    def _write_soon(self, size: int) -> None:
+        """Flush at the end of this turn of the loop, or now above the write limit."""
+        self._unflushed += size
+        if self._unflushed > self._write_limit:
+            self._flush()
+        elif not self._flush_booked:
+            self._flush_booked = True
+            self._batcher.add(self)
+
     def _flush(self) -> None:
         """Write what the protocol queued; arm the close timer once a close is under way."""
-        writer = self._writer
-        for data in self.protocol.data_to_send():
-            if self._transport.is_closing():
-                break
-            if data:
-                writer.write(data)
-            elif writer.can_write_eof():
-                writer.write_eof()
+        self._flush_booked = False
+        self._unflushed = 0
+        output = self.protocol.data_to_send()
+        transport = self._transport
+        if output and not transport.is_closing():
+            if len(output) == 1 and output[0]:
+                transport.write(output[0])
             else:
-                writer.close()  # TLS cannot half-close.
+                _write_all(transport, output)
         if self._close_timer is None and self.protocol.close_expected():
             # The peer's close frame and EOF must be read even if the queue is full.
             self._resume_reading()
             timeout = self.limits.close_timeout
-            if timeout is not None:
+            if timeout is not None and not self._done:
                 self._close_timer = self._loop.call_later(timeout, self._close_timed_out)
 
     def _close_timed_out(self) -> None:
         self.logger.debug("closing handshake timed out, dropping the connection")
         self.abort()
 
-    async def _flush_and_drain(self) -> None:
-        self._flush()
-        if self._transport.get_write_buffer_size() > self.limits.write_limit:
-            try:
-                await self._writer.drain()
-            except (ConnectionError, OSError) as exc:
-                raise self._closed_exception() from exc
+    async def _drain(self) -> None:
+        """Wait until the transport's buffer is below a quarter of the write limit."""
+        if self._done:
+            raise self._closed_exception()
+        if self._drain_waiter is None:
+            self._drain_waiter = self._loop.create_future()
+        await asyncio.shield(self._drain_waiter)
 
     def _finish(self) -> None:
         """The TCP connection is over: release everything that waits on it."""
-        if self.protocol.state is not State.CLOSED:
-            self.protocol.receive_eof()
-        self.protocol.data_to_send()
-        if self._close_timer is not None:
-            self._close_timer.cancel()
-        if self._keepalive_task is not None:
-            self._keepalive_task.cancel()
-        self._transport.close()
+        self._done = True
+        protocol = self.protocol
+        if protocol.state is not _CLOSED:
+            protocol.receive_eof()
+        protocol.data_to_send()
+        for timer in (self._close_timer, self._keepalive_timer):
+            if timer is not None:
+                timer.cancel()
         exc = self._closed_exception()
         for waiter, _ in self._pings.values():
-            if not waiter.done():
+            if waiter is not None and not waiter.done():
                 waiter.set_exception(exc)
                 waiter.exception()  # Nobody may be awaiting it: mark it retrieved.
         self._pings.clear()
-        if self._recv_waiter is not None and not self._recv_waiter.done():
-            self._recv_waiter.set_result(None)
-        if not self._closed.done():
-            self._closed.set_result(None)
+        for done in (self._recv_waiter, self._closed_waiter):
+            if done is not None and not done.done():
+                done.set_result(None)
+        drain = self._drain_waiter
+        if drain is not None and not drain.done():
+            drain.set_exception(exc)
+            drain.exception()
 
     def _closed_exception(self) -> ConnectionClosed:
         rcvd = self.protocol.close_rcvd
@@ -411,30 +525,63 @@ class Connection:
         )
         return (ConnectionClosedOK if ok else ConnectionClosedError)(rcvd, sent)
 
-    # Keepalive
+    # Keepalive (RFC 6455 §5.5.2): timers, not a task.
 
-    async def _keepalive(self) -> None:
-        """Ping every ``ping_interval``; fail with 1011 when no pong comes in time."""
+    def _schedule_keepalive(self) -> None:
         interval = self.limits.ping_interval
-        timeout = self.limits.ping_timeout
-        assert interval is not None
-        try:
-            while True:
-                await asyncio.sleep(interval)
-                if self.protocol.state is not State.OPEN:
-                    return
-                waiter = await self.ping()
-                if timeout is None:
-                    continue
-                try:
-                    await asyncio.wait_for(asyncio.shield(waiter), timeout)
-                except TimeoutError:
-                    # RFC 6455 §7.4.1: 1011, "an unexpected condition prevented
-                    # the request from being fulfilled".
-                    self.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
-                    return
-        except ConnectionClosed:
+        if interval is not None and not self._done:
+            self._keepalive_timer = self._loop.call_later(interval, self._keepalive_ping)
+
+    def _keepalive_ping(self) -> None:
+        """Ping the peer; fail with 1011 if no pong comes within ``ping_timeout``."""
+        self._keepalive_timer = None
+        if self.protocol.state is not _OPEN:
             return
+        payload = os.urandom(4)
+        self.protocol.send_ping(payload)
+        self._pings[payload] = (None, time.monotonic())
+        self._flush()
+        timeout = self.limits.ping_timeout
+        if timeout is None:
+            self._schedule_keepalive()
+        else:
+            self._keepalive_timer = self._loop.call_later(timeout, self._keepalive_timed_out)
+
+    def _keepalive_answered(self) -> None:
+        """A pong came: stop waiting for it, ping again after ``ping_interval``."""
+        if self.limits.ping_timeout is None:
+            return  # The next ping is already booked.
+        if self._keepalive_timer is not None:
+            self._keepalive_timer.cancel()
+        self._schedule_keepalive()
+
+    def _keepalive_timed_out(self) -> None:
+        self._keepalive_timer = None
+        # RFC 6455 §7.4.1: 1011, "an unexpected condition prevented the
+        # request from being fulfilled".
+        self.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+
+
+def _write_all(transport: asyncio.Transport, output: list[bytes]) -> None:
+    """Write several queued chunks: small runs joined, ``b""`` as a half-close."""
+    run: list[bytes] = []
+    for data in output:
+        if data and len(data) < _JOIN_LIMIT:
+            run.append(data)
+            continue
+        if run:
+            transport.write(b"".join(run))
+            run = []
+        if data:
+            transport.write(data)
+        elif transport.can_write_eof():
+            transport.write_eof()
+            return
+        else:
+            transport.close()  # TLS cannot half-close.
+            return
+    if run:
+        transport.write(b"".join(run))
 
 
 def _address(value: object) -> tuple[str, int] | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import inspect
 import logging
 import ssl as ssl_module
 from collections.abc import Awaitable, Callable, Sequence
@@ -16,7 +15,7 @@ from ..handshake import accept, check_request, reject, select_subprotocol
 from ..http11 import Request, RequestParser, Response
 from ..limits import Limits
 from ..protocol import Side
-from .connection import Connection, _address, _peer
+from .connection import Connection, _address, _peer, _receive_buffer
 
 __all__ = ["ProcessRequest", "Server", "serve"]
 
@@ -47,9 +46,10 @@ class Server:
         self.process_request = process_request
         self.subprotocols = tuple(subprotocols)
         self.connections: set[Connection] = set()
+        # The handlers running, and the TCP connections still in the opening
+        # handshake (dropped at once on close()).
         self._tasks: set[asyncio.Task[None]] = set()
-        # The tasks still in the opening handshake, cancelled at once on close().
-        self._handshakes: set[asyncio.Task[None]] = set()
+        self._handshakes: set[_Handshake] = set()
         self._server: asyncio.Server | None = None
 
     @property
@@ -63,102 +63,23 @@ class Server:
         assert self._server is not None
         return int(self._server.sockets[0].getsockname()[1])
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Run one TCP connection: handshake, then the handler, then the close."""
-        task = asyncio.current_task()
-        assert task is not None
+    def _start_handler(self, connection: Connection) -> None:
+        task = asyncio.get_running_loop().create_task(self._run_handler(connection))
         self._tasks.add(task)
-        self._handshakes.add(task)
-        try:
-            connection = await self._handshake(reader, writer)
-            self._handshakes.discard(task)
-            if connection is not None:
-                await self._run_handler(connection)
-        except asyncio.CancelledError:
-            # Server.close() cancels handlers that outlive its timeout. End this
-            # task normally: on Python 3.11, asyncio's done callback for it calls
-            # task.exception(), which raises CancelledError in the event loop.
-            writer.transport.abort()
-        finally:
-            self._handshakes.discard(task)
-            self._tasks.discard(task)
-
-    async def _handshake(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> Connection | None:
-        """Read and answer the upgrade request (RFC 6455 §4.2); None when it was refused."""
-        limits = self.limits
-        remote = _address(writer.get_extra_info("peername"))
-        parser = RequestParser(limits)
-        try:
-            async with asyncio.timeout(limits.open_timeout):
-                request = await _read_request(reader, parser)
-                if request is None:
-                    writer.close()
-                    return None
-                request = dataclasses.replace(request, remote_address=remote)
-                try:
-                    response = await self._respond(request)
-                    head = response.serialize()
-                except InvalidRequest:
-                    raise
-                except Exception:
-                    # A bug in the process_request hook or in the Response it
-                    # returned: answer 500 rather than leak it to the event loop.
-                    logger.exception("process_request failed for %s", _peer(remote))
-                    response = reject(500, "internal server error")
-                    head = response.serialize()
-                writer.write(head)
-                if response.status != 101:
-                    await writer.drain()
-                    writer.close()
-                    return None
-        except InvalidRequest as exc:
-            logger.info("refused %s: %d %s", _peer(remote), exc.status, exc.reason)
-            writer.write(reject(exc.status, exc.reason, exc.headers).serialize())
-            writer.close()
-            return None
-        except TimeoutError:
-            logger.info(
-                "dropped %s: no complete request within %s s", _peer(remote), limits.open_timeout
-            )
-            writer.transport.abort()
-            return None
-        except (ConnectionError, OSError) as exc:
-            logger.debug("lost %s during the handshake: %r", _peer(remote), exc)
-            writer.transport.abort()
-            return None
-        connection = Connection(
-            Side.SERVER,
-            reader,
-            writer,
-            limits=limits,
-            request=request,
-            response=response,
-            subprotocol=response.headers.get("Sec-WebSocket-Protocol"),
-            logger=logger,
-        )
-        connection.start(parser.rest)
-        return connection
-
-    async def _respond(self, request: Request) -> Response:
-        """Ask the hook, then check the upgrade; raises InvalidRequest to refuse it."""
-        if self.process_request is not None:
-            answer = self.process_request(request)
-            if inspect.isawaitable(answer):
-                answer = await answer
-            if answer is not None:
-                return answer
-        check_request(request)
-        subprotocol = select_subprotocol(request, self.subprotocols)
-        return accept(request, subprotocol=subprotocol)
+        task.add_done_callback(self._tasks.discard)
 
     async def _run_handler(self, connection: Connection) -> None:
+        """Run the handler, then close the connection: 1000, or 1011 if it raised."""
         self.connections.add(connection)
         try:
             await self.handler(connection)
         except ConnectionClosed:
             pass  # The handler stopped because the connection closed: not an error.
+        except asyncio.CancelledError:
+            # Server.close() cancels handlers that outlive its timeout. End this
+            # task normally: on Python 3.11, asyncio's done callback for it calls
+            # task.exception(), which raises CancelledError in the event loop.
+            connection.abort()
         except Exception:
             logger.exception("handler failed for %s", _peer(connection.remote_address))
             await connection.close(CloseCode.INTERNAL_ERROR)
@@ -180,8 +101,8 @@ class Server:
         if self._server is not None:
             self._server.close()
         # A client that has not finished its handshake has nothing to lose.
-        for task in self._handshakes:
-            task.cancel()
+        for handshake in list(self._handshakes):
+            handshake.abort()
         closers = {
             asyncio.create_task(connection.close(code, reason)) for connection in self.connections
         }
@@ -208,15 +129,160 @@ class Server:
         await self.close()
 
 
-async def _read_request(reader: asyncio.StreamReader, parser: RequestParser) -> Request | None:
-    """Read until a whole request head arrived; None if the peer closed first."""
-    while True:
-        data = await reader.read(65536)
-        if not data:
-            return None
-        request = parser.feed(data)
-        if request is not None:
-            return request
+class _Handshake(asyncio.BufferedProtocol):
+    """The server's side of one TCP connection until the upgrade (RFC 6455 §4.2).
+
+    It reads the request, asks the ``process_request`` hook, answers, and on
+    101 hands the transport to a new :class:`Connection` and starts the
+    handler. Everything but an asynchronous hook runs in the read callback:
+    no task exists until the handler's.
+    """
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        self._transport: asyncio.Transport | None = None
+        self._parser: RequestParser | None = None
+        self._remote: tuple[str, int] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._hook: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._remote = _address(transport.get_extra_info("peername"))
+        self._parser = RequestParser(self._server.limits, self._remote)
+        self._server._handshakes.add(self)
+        timeout = self._server.limits.open_timeout
+        if timeout is not None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(timeout, self._timed_out)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _receive_buffer.view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        assert self._parser is not None
+        assert self._transport is not None
+        try:
+            request = self._parser.feed(_receive_buffer.view[:nbytes])
+        except InvalidRequest as exc:
+            self._refuse(exc)
+            return
+        if request is None:
+            return
+        # Nothing more is read until the answer: what follows the head waits in the parser.
+        self._transport.pause_reading()
+        hook = self._server.process_request
+        if hook is None:
+            self._respond(request, None)
+            return
+        try:
+            answer = hook(request)
+        except Exception:
+            self._hook_failed()
+            return
+        if isinstance(answer, Response | None):
+            self._respond(request, answer)
+        else:
+            self._hook = asyncio.get_running_loop().create_task(self._await_hook(request, answer))
+
+    async def _await_hook(self, request: Request, answer: Awaitable[Response | None]) -> None:
+        try:
+            response = await answer
+        except Exception:
+            self._hook_failed()
+        else:
+            self._respond(request, response)
+
+    def _hook_failed(self) -> None:
+        # A bug in the process_request hook: answer 500 rather than leak it to the event loop.
+        logger.exception("process_request failed for %s", _peer(self._remote))
+        self._send_and_close(reject(500, "internal server error").serialize())
+
+    def _respond(self, request: Request, answer: Response | None) -> None:
+        """Answer the request: the hook's response, a refusal, or the upgrade."""
+        try:
+            if answer is None:
+                check_request(request)
+                subprotocol = select_subprotocol(request, self._server.subprotocols)
+                answer = accept(request, subprotocol=subprotocol)
+            head = answer.serialize()
+        except InvalidRequest as exc:
+            self._refuse(exc)
+            return
+        except Exception:
+            # A Response from the hook that cannot be serialized.
+            self._hook_failed()
+            return
+        if answer.status != 101:
+            self._send_and_close(head)
+            return
+        self._upgrade(request, answer, head)
+
+    def _upgrade(self, request: Request, response: Response, head: bytes) -> None:
+        transport = self._transport
+        parser = self._parser
+        assert transport is not None
+        assert parser is not None
+        self._finish()
+        if transport.is_closing():
+            return  # The peer left while an asynchronous hook ran.
+        transport.write(head)
+        server = self._server
+        connection = Connection(
+            Side.SERVER,
+            transport,
+            limits=server.limits,
+            request=request,
+            response=response,
+            subprotocol=response.headers.get("Sec-WebSocket-Protocol"),
+            logger=logger,
+        )
+        server._start_handler(connection)
+        if parser.rest:
+            connection.receive(parser.rest)
+        transport.resume_reading()
+
+    def _refuse(self, exc: InvalidRequest) -> None:
+        logger.info("refused %s: %d %s", _peer(self._remote), exc.status, exc.reason)
+        self._send_and_close(reject(exc.status, exc.reason, exc.headers).serialize())
+
+    def _send_and_close(self, data: bytes) -> None:
+        assert self._transport is not None
+        self._finish()
+        self._transport.write(data)
+        self._transport.close()
+
+    def _timed_out(self) -> None:
+        logger.info(
+            "dropped %s: no complete request within %s s",
+            _peer(self._remote),
+            self._server.limits.open_timeout,
+        )
+        self.abort()
+
+    def abort(self) -> None:
+        """Drop the connection (Server.close(), the open timeout)."""
+        self._finish()
+        if self._transport is not None:
+            self._transport.abort()
+
+    def eof_received(self) -> bool:
+        return False  # The peer left before its request was complete: close.
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            logger.debug("lost %s during the handshake: %r", _peer(self._remote), exc)
+        self._finish()
+
+    def _finish(self) -> None:
+        """The handshake is over, however it ended."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._hook is not None and self._hook is not asyncio.current_task():
+            self._hook.cancel()
+        self._server._handshakes.discard(self)
 
 
 async def serve(
@@ -247,5 +313,11 @@ async def serve(
     server = Server(
         handler, limits=limits, process_request=process_request, subprotocols=subprotocols
     )
-    server._server = await asyncio.start_server(server._handle, host, port, ssl=ssl)
+    loop = asyncio.get_running_loop()
+    server._server = await loop.create_server(
+        lambda: _Handshake(server),
+        host,
+        port,  # type: ignore[arg-type]  # None picks a free port, as in start_server()
+        ssl=ssl,
+    )
     return server

@@ -161,8 +161,8 @@ async def test_reading_pauses_when_messages_pile_up(net: Net) -> None:
     messages = [f"message {i}" for i in range(50)]
     for message in messages[:20]:
         await client.send(message)
-    # The reader task stops once 16 messages are queued...
-    await wait_until(lambda: server_ws._reading_resumed is not None)
+    # Reading pauses once 16 messages are queued...
+    await wait_until(lambda: server_ws._reading_paused)
     assert len(server_ws._messages) >= 16
     # ... and TCP holds what comes next until recv() has taken half of them.
     for message in messages[20:]:
@@ -174,7 +174,7 @@ async def test_close_while_reading_is_paused(net: Net) -> None:
     server_ws, client = await net.pair({"close_timeout": 3600})
     for i in range(20):
         await client.send(f"unread {i}")
-    await wait_until(lambda: server_ws._reading_resumed is not None)
+    await wait_until(lambda: server_ws._reading_paused)
     # Sending a close resumes reading, so the client's answer is read and the
     # closing handshake completes, long before the close timer would fire.
     async with asyncio.timeout(GUARD):
@@ -187,7 +187,7 @@ async def test_abort_while_reading_is_paused(net: Net) -> None:
     server_ws, client = await net.pair()
     for i in range(20):
         await client.send(f"unread {i}")
-    await wait_until(lambda: server_ws._reading_resumed is not None)
+    await wait_until(lambda: server_ws._reading_paused)
     server_ws.abort()
     async with asyncio.timeout(GUARD):
         await server_ws.wait_closed()
@@ -436,7 +436,7 @@ async def test_server_closes_tcp_first(net: Net) -> None:
     assert (reply.opcode, reply.payload) == (Opcode.CLOSE, close_payload(1000))
     # The raw client has not closed its side, yet the server's EOF comes.
     assert await raw.at_eof()
-    assert not server_ws._closed.done()  # the server waits for the client's EOF
+    assert not server_ws._done  # the server waits for the client's EOF
     raw.writer.write_eof()
     await server_ws.wait_closed()
     assert (server_ws.close_code, server_ws.close_reason) == (1000, "bye")
@@ -661,20 +661,22 @@ async def test_keepalive_without_timeout_only_pings(net: Net) -> None:
     assert server_ws.state is State.OPEN
 
 
+def _keepalive_stopped(connection: Connection) -> bool:
+    timer = connection._keepalive_timer
+    return timer is None or timer.cancelled()
+
+
 async def test_keepalive_stops_when_the_connection_closes(net: Net) -> None:
     server_ws, client = await net.pair({"ping_interval": 0.02})
     await client.close()
-    assert server_ws._keepalive_task is not None
-    await wait_until(server_ws._keepalive_task.done)
+    await wait_until(lambda: _keepalive_stopped(server_ws))
 
 
 async def test_keepalive_stops_when_closing(net: Net) -> None:
     server_ws, raw = await net.raw_pair(ping_interval=0.05, close_timeout=GUARD)
     closing = asyncio.create_task(server_ws.close())
     assert (await raw.read_frame()).opcode == Opcode.CLOSE
-    keepalive = server_ws._keepalive_task
-    assert keepalive is not None
-    await wait_until(keepalive.done)  # wakes up, sees CLOSING, stops
+    await wait_until(lambda: _keepalive_stopped(server_ws))  # wakes up, sees CLOSING, stops
     await raw.send_frame(Opcode.CLOSE, close_payload(1000))
     await raw.close()
     async with asyncio.timeout(GUARD):

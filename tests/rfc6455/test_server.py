@@ -492,7 +492,7 @@ async def test_close_refuses_new_connections(net: Net) -> None:
     client = await net.connect(server)
     # A TCP connection accepted before the shutdown, whose request comes after it.
     late = await net.raw(server)
-    await wait_until(lambda: len(server._tasks) == 2)
+    await wait_until(lambda: len(server._tasks) == 1 and len(server._handshakes) == 1)
     closing = asyncio.create_task(server.close(timeout=GUARD))
     async with asyncio.timeout(GUARD):
         await client.wait_closed()  # the shutdown has started
@@ -581,7 +581,7 @@ async def test_close_does_not_wait_for_idle_handshakes(net: Net) -> None:
     # must not hold the shutdown for open_timeout.
     server = await net.serve(open_timeout=3600)
     idle = await net.raw(server)
-    await wait_until(lambda: len(server._tasks) == 1)
+    await wait_until(lambda: len(server._handshakes) == 1)
     async with asyncio.timeout(GUARD):
         await server.close(timeout=3600)
     await idle.at_eof()
