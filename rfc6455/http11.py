@@ -50,6 +50,34 @@ _VERSION_STR = re.compile(_VERSION_CHARS)
 
 _DEFAULT_LIMITS = Limits()
 
+# The names of a handshake's usual fields, as browsers and libraries spell
+# them: these strings are shared by every request instead of decoded anew.
+_FIELD_NAMES = {
+    name.encode(): name
+    for name in (
+        "Host",
+        "Upgrade",
+        "Connection",
+        "Origin",
+        "User-Agent",
+        "Pragma",
+        "Cache-Control",
+        "Accept-Encoding",
+        "Accept-Language",
+        "Cookie",
+        "Authorization",
+        "Sec-WebSocket-Key",
+        "Sec-WebSocket-Version",
+        "Sec-WebSocket-Protocol",
+        "Sec-WebSocket-Extensions",
+        "Sec-WebSocket-Accept",
+        "Content-Length",
+        "Content-Type",
+        "Date",
+        "Server",
+    )
+}
+
 
 class Headers:
     """Ordered, case-insensitive, multi-valued HTTP header fields (RFC 9110 §5).
@@ -59,18 +87,19 @@ class Headers:
     same order, names compared without regard to case.
     """
 
-    __slots__ = ("_index", "_items")
+    # One flat list, name, value, name, value...: a connection keeps its
+    # handshake's fields for its whole life, and a dozen fields are scanned
+    # faster than an index is built.
+    __slots__ = ("_fields",)
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
-        self._items: list[tuple[str, str]] = []
-        self._index: dict[str, list[str]] = {}
+        self._fields: list[str] = []
         for name, value in items:
             self.add(name, value)
 
     def add(self, name: str, value: str) -> None:
         """Append one field, keeping any earlier field of the same name."""
-        self._items.append((name, value))
-        self._index.setdefault(name.lower(), []).append(value)
+        self._fields += (name, value)
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """Return the value of the field ``name``, or ``default`` if it is absent.
@@ -79,7 +108,7 @@ class Headers:
         makes equivalent for list-based fields; use ``get_all`` for the others
         (``Set-Cookie``, for one).
         """
-        values = self._index.get(name.lower())
+        values = self.get_all(name)
         if not values:
             return default
         if len(values) == 1:
@@ -88,29 +117,31 @@ class Headers:
 
     def get_all(self, name: str) -> list[str]:
         """Return every value of the field ``name`` in arrival order (maybe none)."""
-        return list(self._index.get(name.lower(), ()))
+        key = name.lower()
+        fields = self._fields
+        return [fields[i + 1] for i in range(0, len(fields), 2) if fields[i].lower() == key]
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name.lower() in self._index
+        return isinstance(name, str) and bool(self.get_all(name))
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
-        return iter(self._items)
+        fields = iter(self._fields)
+        return zip(fields, fields, strict=True)
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._fields) // 2
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Headers):
             return NotImplemented
-        return len(self._items) == len(other._items) and all(
-            a[1] == b[1] and a[0].lower() == b[0].lower()
-            for a, b in zip(self._items, other._items, strict=True)
+        return len(self) == len(other) and all(
+            a[1] == b[1] and a[0].lower() == b[0].lower() for a, b in zip(self, other, strict=True)
         )
 
     __hash__ = None  # type: ignore[assignment]  # mutable, like a list
 
     def __repr__(self) -> str:
-        return f"Headers({self._items!r})"
+        return f"Headers({list(self)!r})"
 
 
 def _serialize_head(start_line: str, headers: Iterable[tuple[str, str]]) -> bytes:
@@ -316,7 +347,8 @@ class _HeadParser(ABC, Generic[_Head]):
         value = line[colon + 1 :].strip(b" \t")
         if not _FIELD_VALUE.fullmatch(value):  # a bare CR or another control character
             raise self._error(400, f"invalid character in header field {name.decode()}")
-        self._headers.add(name.decode(), value.decode())
+        known = _FIELD_NAMES.get(bytes(name))
+        self._headers.add(known or name.decode(), value.decode())
 
     def _parse_version(self, version: bytes) -> str:
         """Check an ``HTTP-version`` (RFC 9112 §2.3): 1.0 and 1.1 are understood."""

@@ -23,8 +23,6 @@ import os
 import threading
 import time
 import weakref
-from collections import deque
-from collections.abc import AsyncIterator
 from types import TracebackType
 
 from ..exceptions import (
@@ -140,14 +138,20 @@ class Connection(asyncio.BufferedProtocol):
         self.response = response
         self.subprotocol = subprotocol
         self.logger = logger or logging.getLogger("rfc6455")
-        self.remote_address = _address(transport.get_extra_info("peername"))
-        self.local_address = _address(transport.get_extra_info("sockname"))
+        self.remote_address = (
+            request.remote_address
+            if request is not None and request.remote_address is not None
+            else _address(transport.get_extra_info("peername"))
+        )
         self._transport = transport
         self._loop = asyncio.get_running_loop()
         self._view = _receive_buffer.view
         self._batcher = _batcher(self._loop)
         self._write_limit = limits.write_limit
-        self._messages: deque[Data] = deque()
+        # The messages received, of which the first _taken were returned by
+        # recv(): a list costs far less memory per idle connection than a deque.
+        self._messages: list[Data] = []
+        self._taken = 0
         self._recv_waiter: asyncio.Future[None] | None = None
         self._reading_paused = False
         self._pending_failure: ProtocolError | None = None
@@ -168,6 +172,11 @@ class Connection(asyncio.BufferedProtocol):
         self._schedule_keepalive()
 
     # Public API
+
+    @property
+    def local_address(self) -> tuple[str, int] | None:
+        """This end's address and port."""
+        return _address(self._transport.get_extra_info("sockname"))
 
     @property
     def state(self) -> State:
@@ -197,7 +206,7 @@ class Connection(asyncio.BufferedProtocol):
             InvalidState: another coroutine is already waiting in recv().
         """
         messages = self._messages
-        while not messages:
+        while self._taken == len(messages):
             self._fail_if_pending()
             # Nothing can follow the peer's close frame (RFC 6455 §5.5.1): no
             # need to wait for TCP to close as well.
@@ -210,21 +219,29 @@ class Connection(asyncio.BufferedProtocol):
                 await waiter
             finally:
                 self._recv_waiter = None
-        message = messages.popleft()
-        if self._reading_paused and len(messages) <= _MAX_QUEUE // 2:
+        taken = self._taken
+        message = messages[taken]
+        taken += 1
+        if taken == len(messages):
+            messages.clear()
+            taken = 0
+        elif taken > len(messages) // 2:
+            del messages[:taken]  # Amortized: each message is moved at most once.
+            taken = 0
+        self._taken = taken
+        if self._reading_paused and len(messages) - taken <= _MAX_QUEUE // 2:
             self._resume_reading()
         return message
 
-    def __aiter__(self) -> AsyncIterator[Data]:
-        return self._iterate()
+    def __aiter__(self) -> Connection:
+        return self
 
-    async def _iterate(self) -> AsyncIterator[Data]:
-        """Yield messages until a normal close; re-raise an abnormal one."""
+    async def __anext__(self) -> Data:
+        """``async for``: the next message; a normal close ends the loop, others raise."""
         try:
-            while True:
-                yield await self.recv()
+            return await self.recv()
         except ConnectionClosedOK:
-            return
+            raise StopAsyncIteration from None
 
     async def send(self, message: Data | bytearray | memoryview) -> None:
         """Send a text (``str``) or binary (bytes-like) message.
@@ -405,9 +422,10 @@ class Connection(asyncio.BufferedProtocol):
                 # Fail once the handler has taken the messages that came before
                 # the error (RFC 6455 §7.1.7), so that it can still answer them.
                 self._pending_failure = event
-        if messages:
+        queued = len(messages) - self._taken
+        if queued:
             if (
-                len(messages) >= _MAX_QUEUE
+                queued >= _MAX_QUEUE
                 and not self._reading_paused
                 and not self.protocol.close_expected()
             ):
@@ -416,7 +434,7 @@ class Connection(asyncio.BufferedProtocol):
         else:
             self._fail_if_pending()
         waiter = self._recv_waiter
-        if (messages or self._close_known()) and waiter is not None and not waiter.done():
+        if (queued or self._close_known()) and waiter is not None and not waiter.done():
             waiter.set_result(None)
         if self._pending_failure is not None:
             # A waiting recv() runs first (its wake-up is already scheduled),

@@ -11,7 +11,7 @@ from types import TracebackType
 
 from ..exceptions import ConnectionClosed, InvalidRequest
 from ..frames import CloseCode
-from ..handshake import accept, check_request, reject, select_subprotocol
+from ..handshake import accept, reject, select_subprotocol
 from ..http11 import Request, RequestParser, Response
 from ..limits import Limits
 from ..protocol import Side
@@ -64,9 +64,7 @@ class Server:
         return int(self._server.sockets[0].getsockname()[1])
 
     def _start_handler(self, connection: Connection) -> None:
-        task = asyncio.get_running_loop().create_task(self._run_handler(connection))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.add(asyncio.get_running_loop().create_task(self._run_handler(connection)))
 
     async def _run_handler(self, connection: Connection) -> None:
         """Run the handler, then close the connection: 1000, or 1011 if it raised."""
@@ -87,6 +85,7 @@ class Server:
             await connection.close()
         finally:
             self.connections.discard(connection)
+            self._tasks.discard(asyncio.current_task())
 
     async def close(
         self,
@@ -170,8 +169,6 @@ class _Handshake(asyncio.BufferedProtocol):
             return
         if request is None:
             return
-        # Nothing more is read until the answer: what follows the head waits in the parser.
-        self._transport.pause_reading()
         hook = self._server.process_request
         if hook is None:
             self._respond(request, None)
@@ -184,6 +181,8 @@ class _Handshake(asyncio.BufferedProtocol):
         if isinstance(answer, Response | None):
             self._respond(request, answer)
         else:
+            # Nothing more is read until the answer: what follows the head waits in the parser.
+            self._transport.pause_reading()
             self._hook = asyncio.get_running_loop().create_task(self._await_hook(request, answer))
 
     async def _await_hook(self, request: Request, answer: Awaitable[Response | None]) -> None:
@@ -203,9 +202,8 @@ class _Handshake(asyncio.BufferedProtocol):
         """Answer the request: the hook's response, a refusal, or the upgrade."""
         try:
             if answer is None:
-                check_request(request)
                 subprotocol = select_subprotocol(request, self._server.subprotocols)
-                answer = accept(request, subprotocol=subprotocol)
+                answer = accept(request, subprotocol=subprotocol)  # check_request() first
             head = answer.serialize()
         except InvalidRequest as exc:
             self._refuse(exc)
@@ -241,7 +239,8 @@ class _Handshake(asyncio.BufferedProtocol):
         server._start_handler(connection)
         if parser.rest:
             connection.receive(parser.rest)
-        transport.resume_reading()
+        if self._hook is not None:
+            transport.resume_reading()
 
     def _refuse(self, exc: InvalidRequest) -> None:
         logger.info("refused %s: %d %s", _peer(self._remote), exc.status, exc.reason)
