@@ -169,10 +169,8 @@ class Protocol:
         end = len(buffer)
         masked = self._expect_mask
         append = self._events.append
-        while not self._discarding:
+        while pos < end and not self._discarding:
             if self._frame_remaining:
-                if pos == end:
-                    break
                 pos = self._consume_payload(buffer, pos)
                 continue
             max_size = self.max_size
@@ -327,14 +325,15 @@ class Protocol:
 
     def send_text(self, data: str | BytesLike) -> None:
         """Send a text message; ``bytes`` must already be UTF-8 (RFC 6455 §5.6)."""
-        self._send_message(Opcode.TEXT, data.encode() if isinstance(data, str) else data)
+        self._send_message(_TEXT, data.encode() if isinstance(data, str) else data)
 
     def send_binary(self, data: BytesLike) -> None:
         """Send a binary message (RFC 6455 §5.6)."""
-        self._send_message(Opcode.BINARY, data)
+        self._send_message(_BINARY, data)
 
     def _send_message(self, opcode: Opcode, data: BytesLike) -> None:
-        self._check_open()
+        if self.state is not _OPEN:
+            self._check_open()
         size = self.max_frame_size
         if size is None or len(data) <= size:
             self._send_frame(opcode, data, fin=True)

@@ -406,11 +406,15 @@ class Connection(asyncio.BufferedProtocol):
 
     def _process_events(self) -> None:
         messages = self._messages
+        # Only control frames and errors make the protocol answer or close.
+        control = False
         for event in self.protocol.events_received():
             kind = type(event)
             if kind is str or kind is bytes:
                 messages.append(event)  # type: ignore[arg-type]
-            elif kind is Pong:
+                continue
+            control = True
+            if kind is Pong:
                 self._acknowledge_pings(event.data)  # type: ignore[union-attr]
             elif isinstance(event, ProtocolError):
                 self.logger.info(
@@ -440,7 +444,8 @@ class Connection(asyncio.BufferedProtocol):
             # A waiting recv() runs first (its wake-up is already scheduled),
             # but a handler that is not reading must not hold the failure back.
             self._loop.call_soon(self._fail_if_pending)
-        self._flush()
+        if control:
+            self._flush()
 
     def _fail_if_pending(self) -> None:
         error = self._pending_failure
