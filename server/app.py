@@ -9,7 +9,8 @@ import signal
 
 import rfc6455
 
-from .handler import ChatHandler, echo
+from .handler import ChatHandler, echo, payload
+from .history import History
 from .manager import ConnectionManager
 from .persistence import PersistenceQueue
 from .settings import Settings
@@ -31,8 +32,11 @@ class App:
             capacity=settings.queue_capacity,
             batch_size=settings.batch_size,
             policy=settings.retry,
+            retention_messages=settings.retention_messages,
+            retention_days=settings.retention_days,
+            prune_interval=settings.prune_interval,
         )
-        self.chat = ChatHandler(self.manager, self.queue, settings.welcome)
+        self.chat: ChatHandler | None = None
         self.router = Router(settings.web_root, self.health)
         self.server: rfc6455.Server | None = None
 
@@ -47,16 +51,35 @@ class App:
 
     async def _dispatch(self, connection: rfc6455.Connection) -> None:
         assert connection.request is not None
+        assert self.chat is not None
         if connection.request.path == ECHO_PATH:
             await echo(connection)
         else:
             await self.chat(connection)
 
     async def start(self) -> int:
-        """Open the database and start listening; returns the port."""
-        await self.queue.start()
+        """Open the database, load the latest messages and start listening; returns the port."""
         settings = self.settings
+        queue = self.queue
+        await queue.start()
         try:
+            # The listeners are set in the step start() returns in, before any batch or delete.
+            history = History(
+                queue.meta.epoch,
+                max_messages=max(settings.history, settings.resume_max),
+                max_bytes=settings.history_memory,
+                finished=queue.last_seq,
+                pruned=queue.meta.pruned,
+            )
+            self.chat = chat = ChatHandler(self.manager, queue, history, settings)
+            queue.on_committed = chat.committed
+            queue.on_dead_lettered = chat.dead_lettered
+            queue.on_pruned = history.pruned_through
+            latest = await queue.last(history.max_messages)
+            history.load(
+                [(record.seq, payload(record)) for record in latest],
+                complete=len(latest) < history.max_messages,
+            )
             self.server = await rfc6455.serve(
                 self._dispatch,
                 settings.host,

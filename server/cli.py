@@ -68,6 +68,17 @@ def _log_level(text: str) -> str:
     return level
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _boolean(text: str) -> bool:
+    word = text.lower()
+    if word not in _TRUE + _FALSE:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(_TRUE + _FALSE)}")
+    return word in _TRUE
+
+
 def _optional(value: float) -> float | None:
     """0 turns a limit off."""
     return value or None
@@ -159,6 +170,52 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     _option(
         parser,
+        "--history",
+        "CHAT_HISTORY",
+        _DEFAULTS.history,
+        "messages a new client gets on connect, 0 for none",
+        type=_int_range(0),
+    )
+    _option(
+        parser,
+        "--resume-max",
+        "CHAT_RESUME_MAX",
+        _DEFAULTS.resume_max,
+        "most messages a reconnecting client (?since=SEQ&epoch=ID) gets; "
+        "one further behind gets the latest history instead; 0 turns resuming off",
+        type=_int_range(0),
+    )
+    # nargs="?": the flag alone means true; CHAT_BROADCAST_AFTER_COMMIT=1 or =0 says either.
+    _option(
+        parser,
+        "--broadcast-after-commit",
+        "CHAT_BROADCAST_AFTER_COMMIT",
+        _DEFAULTS.broadcast_after_commit,
+        "broadcast each message only once it is committed to the database (slower, but "
+        "nothing a client saw can be lost in a crash)",
+        type=_boolean,
+        nargs="?",
+        const="true",
+        metavar="BOOL",
+    )
+    _option(
+        parser,
+        "--retention-messages",
+        "CHAT_RETENTION_MESSAGES",
+        _DEFAULTS.retention_messages,
+        "keep at most this many messages in the database, 0 for no limit",
+        type=_int_range(0),
+    )
+    _option(
+        parser,
+        "--retention-days",
+        "CHAT_RETENTION_DAYS",
+        _DEFAULTS.retention_days,
+        "delete messages older than this many days, 0 to keep them forever",
+        type=_int_range(0),
+    )
+    _option(
+        parser,
         "--max-message-size",
         "CHAT_MAX_MESSAGE_SIZE",
         _LIMITS.max_size,
@@ -217,6 +274,11 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         batch_size=args.batch_size,
         shutdown_timeout=args.shutdown_timeout,
         limits=limits,
+        history=args.history,
+        resume_max=args.resume_max,
+        broadcast_after_commit=args.broadcast_after_commit,
+        retention_messages=args.retention_messages,
+        retention_days=args.retention_days,
     )
 
 

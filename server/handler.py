@@ -1,62 +1,148 @@
-"""The per-client coroutines: the chat endpoint and the echo endpoint."""
+"""The per-client coroutines: the chat endpoint and the echo endpoint.
+
+The chat keeps one order: a message gets its seq, is queued for the database and (unless
+``broadcast_after_commit``) is broadcast and added to the history, all in one event-loop step.
+A new client is registered, greeted and given its history in one step too. So every client
+sees the messages in seq order, and its history ends exactly where its live messages begin.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import sqlite3
 import uuid
+from collections.abc import Sequence
 
 import rfc6455
 from rfc6455 import CloseCode
 
 from . import messages
-from .manager import ConnectionManager
-from .persistence import PersistenceQueue
+from .history import History, Plan, Resume
+from .manager import ConnectionManager, send_now
+from .persistence import PersistenceClosed, PersistenceQueue
+from .settings import Settings
 from .store import MessageRecord
 
-__all__ = ["ChatHandler", "echo"]
+__all__ = ["ChatHandler", "echo", "payload"]
 
 logger = logging.getLogger("server")
 
 
-class ChatHandler:
-    """Runs one chat client: welcome, then receive, persist and broadcast until it leaves."""
+def payload(record: MessageRecord) -> bytes:
+    """A message's broadcast, as sent on the wire (and kept in the history)."""
+    return messages.broadcast(
+        record.connection_id, record.message, record.timestamp, record.seq
+    ).encode()
 
-    def __init__(self, manager: ConnectionManager, queue: PersistenceQueue, welcome: str) -> None:
+
+class ChatHandler:
+    """Runs one chat client: greeting and history, then receive, persist and broadcast.
+
+    It also hears from the persistence queue (``committed``, ``dead_lettered``) to answer
+    each sender with an ack or an error, and, with ``broadcast_after_commit``, to broadcast.
+    """
+
+    def __init__(
+        self,
+        manager: ConnectionManager,
+        queue: PersistenceQueue,
+        history: History,
+        settings: Settings,
+    ) -> None:
         self.manager = manager
         self.queue = queue
-        self.welcome = welcome
+        self.history = history
+        self.settings = settings
 
     async def __call__(self, connection: rfc6455.Connection) -> None:
         connection_id = str(uuid.uuid4())
         peer = _peer(connection)
-        self.manager.add(connection_id, connection)
-        logger.info("connect %s from %s (%d open)", connection_id, peer, len(self.manager))
         try:
-            await connection.send(messages.connection_id(connection_id))
-            await connection.send(messages.welcome(self.welcome))
+            await self._join(connection, connection_id, peer)
             await self._receive(connection, connection_id)
         except rfc6455.ConnectionClosed:
             pass
         finally:
             self._leave(connection, connection_id, peer)
 
+    async def _join(self, connection: rfc6455.Connection, connection_id: str, peer: str) -> None:
+        """Register, greet and send the history; no broadcast can come between them."""
+        assert connection.request is not None
+        settings = self.settings
+        plan = self.history.plan(
+            Resume.from_query(connection.request.query),
+            last=self.queue.last_seq,
+            count=settings.history,
+            resume_max=settings.resume_max,
+        )
+        reading = plan is not None and plan.read_after is not None
+        # On hold while older messages are read: what is broadcast meanwhile waits for it.
+        self.manager.add(connection_id, connection, hold=reading)
+        logger.info("connect %s from %s (%d open)", connection_id, peer, len(self.manager))
+        send_now(connection, messages.connection_id(connection_id))
+        send_now(connection, messages.welcome(settings.welcome, self.history.epoch))
+        if plan is None:
+            return
+        if not reading:
+            send_now(
+                connection, messages.history(plan.messages, self.history.epoch, plan.recovered)
+            )
+            return
+        items, recovered = await self._read_older(plan)
+        send_now(connection, messages.history(items, self.history.epoch, recovered))
+        self.manager.release(connection_id)
+
+    async def _read_older(self, plan: Plan) -> tuple[list[bytes], bool]:
+        """The resume's messages when the oldest are no longer in memory."""
+        assert plan.read_after is not None
+        try:
+            older = await self.queue.kept_after(plan.read_after, plan.read_through)
+        except (PersistenceClosed, sqlite3.Error, OSError) as exc:
+            logger.warning("history: cannot read messages after %d: %s", plan.read_after, exc)
+            older = None
+        if older is None:  # failed, or retention deleted some meanwhile
+            return plan.fallback, False
+        return [payload(record) for record in older] + plan.messages, True
+
     async def _receive(self, connection: rfc6455.Connection, connection_id: str) -> None:
-        async for message in connection:
-            if not isinstance(message, str):
+        async for text in connection:
+            if not isinstance(text, str):
                 await connection.close(
                     CloseCode.UNSUPPORTED_DATA, "binary messages are not supported"
                 )
                 return
-            record = MessageRecord.create(connection_id, message)
             try:
-                self.queue.put_nowait(record)
-            except asyncio.QueueFull:
+                message = messages.parse(text)
+            except messages.InvalidMessage as exc:
+                send_now(connection, messages.invalid_message(str(exc)))
+                continue
+            if not self.queue.ready():
                 # Backpressure: stop reading from this client until the writer catches up.
-                await self.queue.put(record)
-            self.manager.broadcast(
-                messages.broadcast(connection_id, message, record.timestamp),
-                exclude=connection_id,
+                await self.queue.wait_ready()
+            record = self.queue.accept(connection_id, message.text, message.client_msg_id)
+            if not self.settings.broadcast_after_commit:
+                self._publish(record)
+
+    def _publish(self, record: MessageRecord) -> None:
+        encoded = payload(record)
+        self.history.append(record.seq, encoded)
+        self.manager.broadcast(encoded, exclude=record.connection_id)
+
+    def committed(self, batch: Sequence[MessageRecord]) -> None:
+        """A batch is in the database: broadcast it if that waited for the commit, then ack."""
+        self.history.finished(batch[-1].seq)
+        after_commit = self.settings.broadcast_after_commit
+        for record in batch:
+            if after_commit:
+                self._publish(record)
+            self.manager.send(record.connection_id, messages.ack(record.seq, record.client_msg_id))
+
+    def dead_lettered(self, batch: Sequence[MessageRecord]) -> None:
+        """A batch could not be stored: its senders get an error instead of an ack."""
+        self.history.finished(batch[-1].seq)
+        for record in batch:
+            self.manager.send(
+                record.connection_id, messages.not_persisted(record.seq, record.client_msg_id)
             )
 
     def _leave(self, connection: rfc6455.Connection, connection_id: str, peer: str) -> None:

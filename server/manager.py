@@ -1,35 +1,78 @@
-"""ConnectionManager: the open chat connections, by id, and broadcast to them."""
+"""ConnectionManager: the open chat connections, by id, and writes to them without waiting."""
 
 from __future__ import annotations
 
 import logging
 
 import rfc6455
+from rfc6455.frames import Opcode, serialize_frame
 
-__all__ = ["ConnectionManager"]
+__all__ = ["ConnectionManager", "send_now"]
 
 logger = logging.getLogger("server.manager")
 
 
+def _text_frame(payload: str | bytes) -> bytes:
+    return serialize_frame(Opcode.TEXT, payload.encode() if isinstance(payload, str) else payload)
+
+
+def send_now(connection: rfc6455.Connection, payload: str | bytes) -> None:
+    """Write a text message (``bytes``: already UTF-8) at once, in this event-loop step.
+
+    Raises:
+        rfc6455.ConnectionClosed: If the connection is closing.
+    """
+    connection.send_encoded(_text_frame(payload))
+
+
 class ConnectionManager:
-    """Tracks open chat connections by their connection id."""
+    """Tracks open chat connections by their connection id.
+
+    A connection may be added on hold: what is sent to it is kept, in order, until
+    ``release()``, so a client whose history must first be read from the database misses
+    nothing that is broadcast meanwhile.
+    """
 
     def __init__(self) -> None:
         self._connections: dict[str, rfc6455.Connection] = {}
+        self._held: dict[str, list[bytes]] = {}
 
     def __len__(self) -> int:
         return len(self._connections)
 
-    def add(self, connection_id: str, connection: rfc6455.Connection) -> None:
-        """Register a connection under a new id."""
+    def add(
+        self, connection_id: str, connection: rfc6455.Connection, *, hold: bool = False
+    ) -> None:
+        """Register a connection under a new id, on hold or not."""
         self._connections[connection_id] = connection
+        if hold:
+            self._held[connection_id] = []
+
+    def release(self, connection_id: str) -> None:
+        """Write what was held for a connection, then send to it directly.
+
+        Raises:
+            rfc6455.ConnectionClosed: If the connection is closing.
+        """
+        frames = self._held.pop(connection_id, [])
+        connection = self._connections[connection_id]
+        for frame in frames:
+            connection.send_encoded(frame)
 
     def remove(self, connection_id: str) -> bool:
         """Forget a connection; True if it was registered (so it is announced once)."""
+        self._held.pop(connection_id, None)
         return self._connections.pop(connection_id, None) is not None
 
-    def broadcast(self, message: str, *, exclude: str | None = None) -> int:
-        """Send ``message`` to every connection but ``exclude``, without waiting.
+    def send(self, connection_id: str, payload: str | bytes) -> bool:
+        """Send a text message to one client, without waiting; False if it is gone or closing."""
+        connection = self._connections.get(connection_id)
+        if connection is None:
+            return False
+        return self._write(connection_id, connection, _text_frame(payload))
+
+    def broadcast(self, payload: str | bytes, *, exclude: str | None = None) -> int:
+        """Send a text message to every connection but ``exclude``, without waiting.
 
         The frame is encoded once and the same bytes are written to each
         receiver; there is no ``await`` per receiver, so a slow or dead client
@@ -37,9 +80,22 @@ class ConnectionManager:
         skipped here; its own handler removes and announces it.
 
         Returns:
-            How many clients the message was written to.
+            How many clients the message was written (or held) for.
         """
-        excluded = self._connections.get(exclude) if exclude is not None else None
-        return rfc6455.broadcast(
-            (c for c in self._connections.values() if c is not excluded), message
-        )
+        frame = _text_frame(payload)
+        sent = 0
+        for connection_id, connection in self._connections.items():
+            if connection_id != exclude and self._write(connection_id, connection, frame):
+                sent += 1
+        return sent
+
+    def _write(self, connection_id: str, connection: rfc6455.Connection, frame: bytes) -> bool:
+        held = self._held.get(connection_id)
+        if held is not None:
+            held.append(frame)
+            return True
+        try:
+            connection.send_encoded(frame)
+        except rfc6455.ConnectionClosed:
+            return False
+        return True

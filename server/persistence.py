@@ -7,24 +7,35 @@ queue, results come back through ``call_soon_threadsafe``, a sentinel stops it).
 written with ``retry()``; a batch that still fails after the last attempt is appended to the
 dead-letter file and logged, and the writer carries on with the next batch.
 
+The queue also numbers the messages. ``accept()`` gives each one the next seq of a
+``SequenceAllocator`` and queues it in the same step, so the queue is in seq order; the writer
+commits the allocator's next reservation in the transaction of a batch (a group commit: one
+fsync for the batch and the reservation). After each batch it calls ``on_committed`` or
+``on_dead_lettered`` with the records, in seq order. On a clean stop the reservation is set back
+to the last seq used, so seqs stay consecutive across restarts.
+
+Retention runs in the same worker thread: every ``prune_interval`` seconds, deletes of at most
+``PRUNE_CHUNK`` rows each, one transaction per delete, interleaved with the batches.
+
 Decisions:
 
-* Full queue: ``put_nowait()`` raises ``asyncio.QueueFull`` and queues nothing; ``put()`` waits
-  for room. The caller picks; a connection handler should fall back to awaiting ``put()``,
-  which stops reading from that client (backpressure) instead of dropping its message.
+* Full queue or no seq reserved: ``ready()`` is False and ``accept()`` raises
+  ``asyncio.QueueFull`` without taking a seq. A connection handler awaits ``wait_ready()``
+  first, which stops reading from that client (backpressure) instead of dropping its message.
 * Dead letters: ``<db>.deadletter.jsonl`` beside the database (``messages.db`` gives
   ``messages.db.deadletter.jsonl``), one JSON object per message and per line, in queue order:
-  ``connection_id``, ``message``, ``timestamp``, ``created_at`` (the ``MessageRecord`` fields,
-  so the line can be replayed), plus ``error`` and ``dead_lettered_at``. The file is ASCII
-  (``\\uXXXX`` escapes), so any text round-trips through ``json.loads``. If even that file cannot
-  be written, each message is written to the log instead, at ERROR level.
+  ``connection_id``, ``message``, ``timestamp``, ``created_at``, ``seq``, ``client_msg_id``
+  (the ``MessageRecord`` fields, so the line can be replayed), plus ``error`` and
+  ``dead_lettered_at``. The file is ASCII (``\\uXXXX`` escapes), so any text round-trips
+  through ``json.loads``. If even that file cannot be written, each message is written to the
+  log instead, at ERROR level.
 * ``depth`` counts every accepted record not yet persisted or dead-lettered, the batch being
   written included: it is what a crash would lose.
 * ``stop(timeout)`` keeps accepting records until the writer has drained the queue, then refuses
-  them with ``PersistenceClosed``. Once the timeout expires, the batch being retried and
-  everything still queued is dead-lettered instead of written. A database call still running
-  ``_STOP_GRACE`` seconds later is abandoned and its batch dead-lettered too: should the call
-  commit after all, that batch is duplicated, never lost.
+  them with ``PersistenceClosed`` (and ``wait_ready()`` raises it). Once the timeout expires,
+  the batch being retried and everything still queued is dead-lettered instead of written. A
+  database call still running ``_STOP_GRACE`` seconds later is abandoned and its batch
+  dead-lettered too: should the call commit after all, that batch is duplicated, never lost.
 """
 
 from __future__ import annotations
@@ -39,17 +50,19 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeAlias, TypeVar
 
 from .retry import RetryPolicy, retry
-from .store import MessageRecord, Store
+from .sequence import DEFAULT_BLOCK, SequenceAllocator
+from .store import MessageRecord, Meta, Store
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_CAPACITY",
+    "PRUNE_CHUNK",
     "RETRYABLE_ERRORS",
     "PersistenceClosed",
     "PersistenceQueue",
@@ -67,6 +80,8 @@ DEFAULT_CAPACITY = 10_000
 # One transaction per batch amortises the commit; 500 rows still commit in milliseconds, so
 # reads never wait long and one failing batch dead-letters few messages.
 DEFAULT_BATCH_SIZE = 500
+# Rows per retention delete: a transaction of a few milliseconds, so batches never wait long.
+PRUNE_CHUNK = 1000
 # Errors that may go away: a lock held elsewhere, a read-only or missing file or folder.
 RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (sqlite3.Error, OSError)
 # After the shutdown timeout, a database call already running in the worker thread gets this
@@ -97,7 +112,7 @@ def dead_letter_path_for(db_path: str | os.PathLike[str]) -> Path:
 
 
 class PersistenceQueue:
-    """Queue chat messages in memory and write them to SQLite from one background worker.
+    """Number chat messages, queue them in memory and write them to SQLite from one worker.
 
     Args:
         db_path: The SQLite database file; its folder must exist when ``start()`` is called.
@@ -106,6 +121,11 @@ class PersistenceQueue:
         policy: Attempts and delays for each batch; ``RetryPolicy()`` by default.
         dead_letter_path: Where failed batches go; ``dead_letter_path_for(db_path)`` by default.
         busy_timeout: Seconds SQLite waits for another connection's lock before an attempt fails.
+        seq_block: Seqs per reservation; by default twice ``capacity`` and at least
+            ``sequence.DEFAULT_BLOCK``, so during an outage the queue fills before seqs run out.
+        retention_messages: Keep at most this many of the latest seqs; 0 keeps any number.
+        retention_days: Delete messages older than this; 0 keeps them forever.
+        prune_interval: Seconds between two retention passes.
 
     Raises:
         ValueError: If ``capacity`` or ``batch_size`` is less than 1.
@@ -120,6 +140,10 @@ class PersistenceQueue:
         policy: RetryPolicy | None = None,
         dead_letter_path: str | os.PathLike[str] | None = None,
         busy_timeout: float = 0.1,
+        seq_block: int | None = None,
+        retention_messages: int = 0,
+        retention_days: float = 0,
+        prune_interval: float = 60.0,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, not {capacity}")
@@ -132,12 +156,25 @@ class PersistenceQueue:
         self.capacity = capacity
         self.batch_size = batch_size
         self.policy = RetryPolicy() if policy is None else policy
+        self.seq_block = max(DEFAULT_BLOCK, 2 * capacity) if seq_block is None else seq_block
+        self.retention_messages = retention_messages
+        self.retention_days = retention_days
+        self.prune_interval = prune_interval
+        # Called in the event loop after each batch, with its records in seq order.
+        self.on_committed: Callable[[Sequence[MessageRecord]], object] = _ignore
+        self.on_dead_lettered: Callable[[Sequence[MessageRecord]], object] = _ignore
+        # Called with the highest seq that retention deleted.
+        self.on_pruned: Callable[[int], object] = _ignore
         self._busy_timeout = busy_timeout
         self._queue: asyncio.Queue[MessageRecord | _Signal] = asyncio.Queue(maxsize=capacity)
         self._worker: _Worker | None = None
         self._store: Store | None = None
+        self._meta: Meta | None = None
+        self._sequence: SequenceAllocator | None = None
         self._task: asyncio.Task[None] | None = None
+        self._pruner: asyncio.Task[None] | None = None
         self._in_flight: list[MessageRecord] | None = None
+        self._ready = asyncio.Event()
         self._stopping = asyncio.Event()
         self._deadline: float | None = None
         self._accepting = True
@@ -171,10 +208,67 @@ class PersistenceQueue:
         """Failed write attempts, retried or not."""
         return self._failed_attempts
 
+    # What start() read from the database.
+
+    @property
+    def meta(self) -> Meta:
+        """The database's ``meta`` row as it was at start-up (its epoch, what was pruned)."""
+        if self._meta is None:
+            raise RuntimeError("the persistence queue is not started")
+        return self._meta
+
+    @property
+    def last_seq(self) -> int:
+        """The last seq handed out by ``accept()``."""
+        return self._allocator().last
+
     # The receive path.
 
+    def ready(self) -> bool:
+        """Whether ``accept()`` would take a message now: room in the queue and a seq reserved."""
+        return (
+            self._accepting
+            and self._sequence is not None
+            and self._sequence.available()
+            and not self._queue.full()
+        )
+
+    async def wait_ready(self) -> None:
+        """Wait until ``ready()``.
+
+        Raises:
+            PersistenceClosed: If the queue has stopped.
+        """
+        while not self.ready():
+            if not self._accepting:
+                raise PersistenceClosed("the persistence queue is stopped")
+            self._ready.clear()
+            await self._ready.wait()
+
+    def accept(
+        self, connection_id: str, message: str, client_msg_id: str | None = None
+    ) -> MessageRecord:
+        """Give a message received now the next seq and queue it, without waiting.
+
+        Returns:
+            The queued record.
+
+        Raises:
+            asyncio.QueueFull: If not ``ready()``; no seq was taken and nothing was queued.
+            PersistenceClosed: If the queue has stopped.
+        """
+        if not self._accepting:
+            raise PersistenceClosed("the persistence queue is stopped")
+        if not self.ready():
+            raise asyncio.QueueFull("no room in the queue, or no seq reserved yet")
+        record = MessageRecord.create(
+            connection_id, message, seq=self._allocator().take(), client_msg_id=client_msg_id
+        )
+        self.put_nowait(record)
+        return record
+
     def put_nowait(self, record: MessageRecord) -> None:
-        """Queue a record without waiting and without touching the database.
+        """Queue a record that already has its seq, without waiting or touching the database.
 
         Args:
             record: The message to persist.
@@ -188,20 +282,6 @@ class PersistenceQueue:
         self._queue.put_nowait(record)
         self._accepted += 1
 
-    async def put(self, record: MessageRecord) -> None:
-        """Queue a record, waiting for room if the queue is full (backpressure).
-
-        Args:
-            record: The message to persist.
-
-        Raises:
-            PersistenceClosed: If the queue has stopped.
-        """
-        if not self._accepting:
-            raise PersistenceClosed("the persistence queue is stopped")
-        await self._queue.put(record)
-        self._accepted += 1
-
     # Reads, run in the worker thread; they see persisted records only.
 
     async def last(self, n: int) -> list[MessageRecord]:
@@ -209,10 +289,28 @@ class PersistenceQueue:
         worker, store = self._running()
         return await worker.call(partial(store.last, n))
 
-    async def after(self, message_id: int, limit: int) -> list[MessageRecord]:
-        """Return up to ``limit`` persisted messages with an id above ``message_id``, in order."""
+    async def after(
+        self, seq: int, limit: int, *, through: int | None = None
+    ) -> list[MessageRecord]:
+        """Return up to ``limit`` persisted messages after ``seq``, in order (``Store.after``)."""
         worker, store = self._running()
-        return await worker.call(partial(store.after, message_id, limit))
+        return await worker.call(partial(store.after, seq, limit, through=through))
+
+    async def kept_after(self, seq: int, through: int) -> list[MessageRecord] | None:
+        """Return the persisted messages with ``seq < seq' <= through``, in order.
+
+        Returns:
+            None if retention has deleted some of them (checked in the same thread, after any
+            delete that ran before this read).
+        """
+        worker, store = self._running()
+
+        def read() -> list[MessageRecord] | None:
+            if store.meta.pruned > seq:
+                return None
+            return store.after(seq, through - seq, through=through)
+
+        return await worker.call(read)
 
     async def count(self) -> int:
         """Return the number of messages in the database."""
@@ -222,10 +320,11 @@ class PersistenceQueue:
     # Life cycle.
 
     async def start(self) -> None:
-        """Open the database in a new worker thread and start the writer task.
+        """Open the database in a new worker thread, reserve seqs, start the writer.
 
         Raises:
-            sqlite3.Error: If the database cannot be opened (a missing folder, a directory...).
+            sqlite3.Error: If the database cannot be opened (a missing folder, a directory...)
+                or the first seqs cannot be reserved.
             RuntimeError: If the queue was already started or stopped.
         """
         if self._worker is not None or self._stop_started:
@@ -234,20 +333,32 @@ class PersistenceQueue:
         worker.start()
         try:
             store = await worker.call(partial(Store, self.db_path, busy_timeout=self._busy_timeout))
+            self._meta = meta = store.meta
+            sequence = SequenceAllocator(meta.reserved, self.seq_block)
+            first = sequence.due()
+            assert first is not None
+            try:
+                await worker.call(partial(store.reserve, first))
+            except BaseException:
+                await worker.call(store.close)
+                raise
         except BaseException:
             worker.shutdown()
             raise
-        self._worker, self._store = worker, store
+        sequence.reserved_through(first)
+        self._worker, self._store, self._sequence = worker, store, sequence
         self._task = asyncio.create_task(self._run(), name="persistence writer")
         self._task.add_done_callback(self._writer_done)
+        if self.retention_messages or self.retention_days:
+            self._pruner = asyncio.create_task(self._prune_periodically(), name="retention")
 
     # A parameter rather than asyncio.timeout() around the call: cancelling could only lose
     # records, while this timeout ends with the unwritten ones dead-lettered and the store closed.
     async def stop(self, timeout: float | None = 10.0) -> None:
         """Write everything still queued, then close the database. Idempotent.
 
-        Records may still be queued while the writer drains the queue; afterwards ``put`` and
-        ``put_nowait`` raise ``PersistenceClosed``.
+        Records may still be queued while the writer drains the queue; afterwards ``accept``
+        and ``put_nowait`` raise ``PersistenceClosed``.
 
         Args:
             timeout: Seconds allowed for draining; ``None`` waits as long as the retry policy
@@ -267,6 +378,9 @@ class PersistenceQueue:
         if timeout is not None:
             self._deadline = loop.time() + max(0.0, timeout)
         self._stopping.set()
+        if self._pruner is not None:
+            self._pruner.cancel()
+            await asyncio.wait([self._pruner])
         task, worker, store = self._task, self._worker, self._store
         clean = False
         if task is not None:
@@ -285,12 +399,13 @@ class PersistenceQueue:
                 await asyncio.wait([task])
             except Exception:
                 pass  # already logged by _writer_done
-        self._accepting = False
+        self._close_intake()
         self._stopped = True
-        await self._dead_letter_leftovers()
+        self._dead_letter_leftovers()
         if worker is None or store is None:
             return
         if clean:
+            await self._release_reservation(worker, store)
             await worker.call(store.close)
             worker.shutdown()
             worker.join(timeout=1.0)
@@ -298,48 +413,76 @@ class PersistenceQueue:
             # The worker may be stuck in a database call: close the store whenever it gets there.
             worker.shutdown(final=store.close)
 
+    async def _release_reservation(self, worker: _Worker, store: Store) -> None:
+        """Record the last seq used as the reservation, so the next start continues from it."""
+        last = self._allocator().last
+        try:
+            await worker.call(partial(store.reserve, last))
+        except RETRYABLE_ERRORS as exc:
+            # Harmless: the next start skips the seqs reserved but unused.
+            logger.warning("could not record the last seq %d: %s", last, exc)
+
+    def _close_intake(self) -> None:
+        """Refuse records from now on, and wake whoever waits for room."""
+        self._accepting = False
+        self._ready.set()
+
     # The writer.
 
     async def _run(self) -> None:
         while True:
             if self._stopping.is_set() and self._queue.empty():
                 # Same event-loop step as the emptiness check: no record can slip in between.
-                self._accepting = False
+                self._close_intake()
                 return
-            item = await self._queue.get()
-            batch: list[MessageRecord] = [] if item is _Signal.WAKE else [item]
+            batch: list[MessageRecord] = []
+            # Without queued records, wait for some; unless seqs ran out and must be reserved.
+            if self._queue.empty() and self._allocator().available():
+                item = await self._queue.get()
+                if item is not _Signal.WAKE:
+                    batch.append(item)
             self._take_queued(batch, self.batch_size)
-            if batch:
-                await self._write(batch)
+            self._ready.set()  # room in the queue again
+            await self._write(batch)
 
     async def _write(self, batch: list[MessageRecord]) -> None:
-        worker, store = self._worker, self._store
+        worker, store, sequence = self._worker, self._store, self._allocator()
         assert worker is not None
         assert store is not None
+        reserve = sequence.due()
+        if not batch and reserve is None:
+            return
         self._in_flight = batch
         if self._deadline is not None and asyncio.get_running_loop().time() >= self._deadline:
             await self._dead_letter(batch, "shutdown timeout expired before it could be written")
         else:
             try:
                 await retry(
-                    partial(worker.call, partial(store.insert_many, batch)),
+                    partial(worker.call, partial(store.insert_many, batch, reserve=reserve)),
                     policy=self.policy,
                     retry_on=RETRYABLE_ERRORS,
                     sleep=self._sleep,
                     on_failure=self._count_failure,
-                    description=f"persisting {len(batch)} messages",
+                    description=f"persisting {len(batch)} messages" if batch else "reserving seqs",
                 )
             except Exception as exc:
                 await self._dead_letter(batch, f"{type(exc).__name__}: {exc}")
             else:
                 self._persisted += len(batch)
+                if reserve is not None:
+                    sequence.reserved_through(reserve)
+                    self._ready.set()
+                self._notify(self.on_committed, batch)
         self._in_flight = None
 
     async def _dead_letter(self, batch: list[MessageRecord], reason: str) -> None:
         assert self._worker is not None
+        if not batch:  # only a reservation failed; the next round tries again
+            return
         # File I/O stays off the event loop, in the worker, in order with the database writes.
         await self._worker.call(partial(_append_dead_letters, self.dead_letter_path, batch, reason))
         self._dead_lettered += len(batch)
+        self._notify(self.on_dead_lettered, batch)
 
     def _take_queued(self, batch: list[MessageRecord], limit: int | None = None) -> None:
         """Move queued records into ``batch`` without waiting, up to ``limit`` in all."""
@@ -351,22 +494,17 @@ class PersistenceQueue:
             if item is not _Signal.WAKE:
                 batch.append(item)
 
-    async def _dead_letter_leftovers(self) -> None:
+    def _dead_letter_leftovers(self) -> None:
         """After the writer has gone: dead-letter its batch and anything still queued."""
         # A copy: the abandoned worker call may still be reading the in-flight list.
         batch, self._in_flight = list(self._in_flight or []), None
-        while True:
-            self._take_queued(batch)
-            if batch:
-                # On the event loop: the worker may be stuck, and this is shutdown anyway.
-                reason = "persistence stopped before it could be written"
-                _append_dead_letters(self.dead_letter_path, batch, reason)
-                self._dead_lettered += len(batch)
-                batch = []
-            # Each get_nowait() above woke a put() waiting for room; let it queue its record.
-            await asyncio.sleep(0)
-            if self._queue.empty():
-                return
+        self._take_queued(batch)  # the intake is closed: nothing more can be queued
+        if batch:
+            # On the event loop: the worker may be stuck, and this is shutdown anyway.
+            reason = "persistence stopped before it could be written"
+            _append_dead_letters(self.dead_letter_path, batch, reason)
+            self._dead_lettered += len(batch)
+            self._notify(self.on_dead_lettered, batch)
 
     async def _sleep(self, delay: float) -> None:
         """Wait between attempts; raise ``_ShutdownDeadline`` if that outlasts stop()'s timeout."""
@@ -383,6 +521,44 @@ class PersistenceQueue:
 
     def _count_failure(self, attempt: int, error: BaseException) -> None:
         self._failed_attempts += 1
+
+    @staticmethod
+    def _notify(
+        callback: Callable[[Sequence[MessageRecord]], object], batch: list[MessageRecord]
+    ) -> None:
+        """Tell the listener; a failing listener is logged, it must not stop the writer."""
+        try:
+            callback(batch)
+        except Exception:
+            logger.exception("persistence listener %r failed", callback)
+
+    # Retention.
+
+    async def _prune_periodically(self) -> None:
+        """Delete what retention no longer keeps now, then every ``prune_interval`` seconds."""
+        worker, store = self._running()
+        while True:
+            try:
+                while last := await worker.call(self._prune_job(store)):
+                    self.on_pruned(last)
+            except RETRYABLE_ERRORS as exc:
+                logger.warning("retention: deleting old messages failed: %s", exc)
+            await asyncio.sleep(self.prune_interval)
+
+    def _prune_job(self, store: Store) -> Callable[[], int]:
+        """One delete of at most ``PRUNE_CHUNK`` rows, with the age cut-off taken now."""
+        before = None
+        if self.retention_days:
+            cutoff = datetime.now(UTC) - timedelta(days=self.retention_days)
+            before = cutoff.isoformat(timespec="microseconds")
+        return partial(
+            store.prune, keep=self.retention_messages or None, before=before, limit=PRUNE_CHUNK
+        )
+
+    def _allocator(self) -> SequenceAllocator:
+        if self._sequence is None:
+            raise RuntimeError("the persistence queue is not started")
+        return self._sequence
 
     def _writer_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and (exc := task.exception()) is not None:
@@ -437,6 +613,10 @@ class _Worker:
                     _settle(future, result, None)
 
 
+def _ignore(value: object) -> None:
+    """The listener until one is set."""
+
+
 def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
     """Resolve ``future`` from the worker thread, on its own event loop."""
 
@@ -463,6 +643,8 @@ def _append_dead_letters(path: Path, records: Sequence[MessageRecord], reason: s
                 "message": record.message,
                 "timestamp": record.timestamp,
                 "created_at": record.created_at,
+                "seq": record.seq,
+                "client_msg_id": record.client_msg_id,
                 "error": reason,
                 "dead_lettered_at": dead_lettered_at,
             }

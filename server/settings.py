@@ -33,5 +33,18 @@ class Settings:
     # How long SIGTERM may take: closing clients, then draining the queue.
     shutdown_timeout: float = 10.0
     limits: Limits = Limits()
+    # A screenful of context for a newcomer, in one small frame.
+    history: int = 50
+    # A resume sends at most this many messages: a few minutes of a busy room, a few MB.
+    resume_max: int = 10_000
+    # Broadcast at once (latency) rather than after the commit (nothing seen is ever lost).
+    broadcast_after_commit: bool = False
+    # A million short messages are a few hundred MB of SQLite; 30 days is a month of context.
+    retention_messages: int = 1_000_000
+    retention_days: int = 30
     web_root: Path = WEB_ROOT
     welcome: str = "Welcome to the chat server!"
+    # Memory for the latest broadcasts, from which histories and resumes are served.
+    history_memory: int = 16 * 2**20
+    # Seconds between two retention passes: old messages outlive their limit by at most this.
+    prune_interval: float = 60.0

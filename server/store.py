@@ -9,6 +9,12 @@ drops the connection, and so does finding that the file at ``path`` was removed 
 the next call opens the database again, creating an empty one if only the file is gone. A lock
 held by another process is reported at once (``busy_timeout`` is short): the caller's retry
 policy, not SQLite, decides how long to wait.
+
+Sequence numbers: ``messages.seq`` is the primary key, assigned by the server, never by
+SQLite. The one-row ``meta`` table holds the database's ``epoch`` (a random id made with it),
+``reserved_seq`` (every seq handed out so far is at most this, so a restart after a crash
+starts above it) and ``pruned_seq`` (the highest seq deleted by retention). A file that is gone
+and comes back empty while the store runs gets the meta row it had, so seqs never go back.
 """
 
 from __future__ import annotations
@@ -16,36 +22,59 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-from collections.abc import Iterable
-from dataclasses import dataclass
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["TIMESTAMP_FORMAT", "MessageRecord", "Store"]
+__all__ = ["TIMESTAMP_FORMAT", "MessageRecord", "Meta", "Store"]
 
 logger = logging.getLogger("server.store")
 
 #: The broadcast's ``timestamp`` (``YYYY-MM-DD HH:mm:ss`` in the original design), always UTC.
 TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
 
+# ``seq`` is the primary key: the server assigns it, so rows are appended in key order.
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
-    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+CREATE TABLE messages (
+    seq           INTEGER PRIMARY KEY,
     connection_id TEXT NOT NULL,
     message       TEXT NOT NULL,
     timestamp     TEXT NOT NULL,
-    created_at    TEXT NOT NULL
+    created_at    TEXT NOT NULL,
+    client_msg_id TEXT
 )
 """
-_INSERT = "INSERT INTO messages (connection_id, message, timestamp, created_at) VALUES (?, ?, ?, ?)"
-_COLUMNS = "id, connection_id, message, timestamp, created_at"
+# Databases from before sequence numbers: ``id INTEGER PRIMARY KEY AUTOINCREMENT`` and no
+# ``client_msg_id``. The ids were assigned in arrival order, so they become the seqs.
+_MIGRATE = (
+    "ALTER TABLE messages RENAME COLUMN id TO seq",
+    "ALTER TABLE messages ADD COLUMN client_msg_id TEXT",
+)
+# One row: the database's identity, the seqs reserved so far, the highest seq pruned.
+_META_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    id           INTEGER PRIMARY KEY CHECK (id = 1),
+    epoch        TEXT NOT NULL,
+    reserved_seq INTEGER NOT NULL,
+    pruned_seq   INTEGER NOT NULL
+)
+"""
+_INSERT = (
+    "INSERT INTO messages (seq, connection_id, message, timestamp, created_at, client_msg_id)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+_COLUMNS = "seq, connection_id, message, timestamp, created_at, client_msg_id"
 
 # Primary result codes that mean another connection holds a lock: the connection itself is
 # fine, so it is kept for the next attempt.
 _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,28 +86,35 @@ class MessageRecord:
         message: The text, exactly as received.
         timestamp: The broadcast timestamp, ``YYYY-MM-DD HH:MM:SS`` in UTC.
         created_at: When the server received it, ISO-8601 in UTC with microseconds.
-        id: The database id; ``None`` until the record is stored.
+        seq: The sequence number the server gave it: its position in the chat, never reused.
+        client_msg_id: The sender's id for it, if it sent a structured message with one.
     """
 
     connection_id: str
     message: str
     timestamp: str
     created_at: str
-    id: int | None = None
+    seq: int
+    client_msg_id: str | None = None
 
     @classmethod
     def create(
-        cls, connection_id: str, message: str, *, now: datetime | None = None
+        cls,
+        connection_id: str,
+        message: str,
+        *,
+        seq: int,
+        client_msg_id: str | None = None,
+        now: datetime | None = None,
     ) -> MessageRecord:
         """Build a record received now, both timestamps taken from the same instant.
 
         Args:
             connection_id: The sender's connection id.
             message: The text.
+            seq: Its sequence number.
+            client_msg_id: The sender's id for the message, if any.
             now: The instant of reception (converted to UTC); defaults to the current time.
-
-        Returns:
-            A record without an id.
         """
         when = datetime.now(UTC) if now is None else now.astimezone(UTC)
         return cls(
@@ -86,11 +122,33 @@ class MessageRecord:
             message=message,
             timestamp=when.strftime(TIMESTAMP_FORMAT),
             created_at=when.isoformat(timespec="microseconds"),
+            seq=seq,
+            client_msg_id=client_msg_id,
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Meta:
+    """The ``meta`` row of a database.
+
+    Attributes:
+        epoch: A random id made with the database: history from another epoch is not ours.
+        reserved: Every seq up to this one may have been handed out; the next start uses the
+            next one, so no seq is ever given twice, even after a crash.
+        pruned: The highest seq deleted by retention; older messages are no longer kept.
+    """
+
+    epoch: str
+    reserved: int
+    pruned: int
+
+
 class Store:
-    """The ``messages`` table of one SQLite database file (the original repository).
+    """The ``messages`` and ``meta`` tables of one SQLite database file (the original repository).
+
+    Opening a database creates its tables, or migrates a database from before sequence numbers
+    (each old row keeps its ``id`` as its ``seq``), and creates its ``meta`` row if it has none:
+    a new epoch and, as reserved, the highest seq stored.
 
     Args:
         path: The database file; its folder must exist.
@@ -107,39 +165,90 @@ class Store:
         self._conn: sqlite3.Connection | None = None
         self._identity: tuple[int, int] | None = None
         self._closed = False
+        # The meta row as last read or written: a database file that is gone and comes back
+        # empty gets it again, so its seqs continue rather than start over.
+        self._meta: Meta | None = None
         self._connection()
 
-    def insert_many(self, records: Iterable[MessageRecord]) -> None:
+    @property
+    def meta(self) -> Meta:
+        """The ``meta`` row, as last read or written (the database is open: it was read then)."""
+        assert self._meta is not None
+        return self._meta
+
+    def insert_many(self, records: Iterable[MessageRecord], *, reserve: int | None = None) -> None:
         """Insert records in one transaction: all of them or, on error, none.
 
         Args:
-            records: The records to add; their ``id`` is ignored and assigned by SQLite.
+            records: The records to add, with their seqs.
+            reserve: If given, the new reserved seq, recorded in the same transaction.
 
         Raises:
             sqlite3.Error: If the transaction failed; nothing was written.
             OSError: If the database file could not be examined.
         """
-        rows = [(r.connection_id, r.message, r.timestamp, r.created_at) for r in records]
-        if not rows:
+        rows = [
+            (r.seq, r.connection_id, r.message, r.timestamp, r.created_at, r.client_msg_id)
+            for r in records
+        ]
+        if not rows and reserve is None:
             return
-        conn = self._connection()
-        try:
-            # IMMEDIATE takes the write lock up front, so a lock held elsewhere fails here,
-            # before any work, instead of at COMMIT.
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.executemany(_INSERT, rows)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    try:
-                        conn.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        self._drop()  # closing the connection rolls back as well
-                raise
-        except sqlite3.Error as exc:
-            self._after_error(exc)
-            raise
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.executemany(_INSERT, rows)
+            if reserve is not None:
+                conn.execute("UPDATE meta SET reserved_seq = ?", (reserve,))
+
+        self._write(insert)
+        if reserve is not None:
+            self._meta = replace(self.meta, reserved=reserve)
+
+    def reserve(self, seq: int) -> None:
+        """Record ``seq`` as the highest seq that may be handed out (see ``Meta.reserved``)."""
+        self.insert_many((), reserve=seq)
+
+    def prune(self, *, keep: int | None, before: str | None, limit: int) -> int:
+        """Delete the oldest messages past retention, at most ``limit`` of them.
+
+        A message goes if its seq is ``keep`` or more below the highest seq, or if it was
+        created before ``before``. Only a run of the oldest messages is deleted, so one call
+        is a short transaction on the start of the primary key.
+
+        Args:
+            keep: How many of the latest seqs to keep; ``None`` keeps any number.
+            before: ``created_at`` (ISO 8601, UTC) older messages go; ``None`` keeps any age.
+            limit: The most rows deleted by this call.
+
+        Returns:
+            The highest seq deleted, or 0 if nothing was.
+
+        Raises:
+            sqlite3.Error: If the transaction failed; nothing was deleted.
+            OSError: If the database file could not be examined.
+        """
+
+        def prune(conn: sqlite3.Connection) -> int:
+            oldest = conn.execute(
+                "SELECT seq, created_at FROM messages ORDER BY seq LIMIT ?", (limit,)
+            ).fetchall()
+            bound = 0
+            if keep is not None:
+                (top,) = conn.execute("SELECT max(seq) FROM messages").fetchone()
+                bound = (top or 0) - keep
+            last = 0
+            for seq, created_at in oldest:
+                if seq > bound and (before is None or created_at >= before):
+                    break
+                last = seq
+            if last:
+                conn.execute("DELETE FROM messages WHERE seq <= ?", (last,))
+                conn.execute("UPDATE meta SET pruned_seq = max(pruned_seq, ?)", (last,))
+            return last
+
+        last = self._write(prune)
+        if last:
+            self._meta = replace(self.meta, pruned=max(self.meta.pruned, last))
+        return last
 
     def last(self, n: int) -> list[MessageRecord]:
         """Return the last ``n`` messages, oldest first.
@@ -148,28 +257,34 @@ class Store:
             n: How many messages; zero or less gives an empty list.
 
         Returns:
-            At most ``n`` records, in id order.
+            At most ``n`` records, in seq order.
         """
         if n <= 0:
             return []
-        rows = self._query(f"SELECT {_COLUMNS} FROM messages ORDER BY id DESC LIMIT ?", (n,))
+        rows = self._query(f"SELECT {_COLUMNS} FROM messages ORDER BY seq DESC LIMIT ?", (n,))
         rows.reverse()
         return [_record(row) for row in rows]
 
-    def after(self, message_id: int, limit: int) -> list[MessageRecord]:
-        """Return the messages whose id is greater than ``message_id``, in id order.
+    def after(self, seq: int, limit: int, *, through: int | None = None) -> list[MessageRecord]:
+        """Return the messages whose seq is greater than ``seq``, in seq order.
 
         Args:
-            message_id: The last id the caller has; 0 starts from the beginning.
+            seq: The last seq the caller has; 0 starts from the beginning.
             limit: The most records to return; zero or less gives an empty list.
+            through: If given, the highest seq to return.
 
         Returns:
-            At most ``limit`` records, in id order.
+            At most ``limit`` records, in seq order.
         """
         if limit <= 0:
             return []
-        sql = f"SELECT {_COLUMNS} FROM messages WHERE id > ? ORDER BY id LIMIT ?"
-        return [_record(row) for row in self._query(sql, (message_id, limit))]
+        if through is None:
+            sql = f"SELECT {_COLUMNS} FROM messages WHERE seq > ? ORDER BY seq LIMIT ?"
+            params: tuple[int, ...] = (seq, limit)
+        else:
+            sql = f"SELECT {_COLUMNS} FROM messages WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
+            params = (seq, through, limit)
+        return [_record(row) for row in self._query(sql, params)]
 
     def count(self) -> int:
         """Return the number of stored messages."""
@@ -193,6 +308,28 @@ class Store:
     ) -> None:
         self.close()
 
+    def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` in one write transaction: committed, or rolled back on any error."""
+        conn = self._connection()
+        try:
+            # IMMEDIATE takes the write lock up front, so a lock held elsewhere fails here,
+            # before any work, instead of at COMMIT.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        self._drop()  # closing the connection rolls back as well
+                raise
+        except sqlite3.Error as exc:
+            self._after_error(exc)
+            raise
+        return result
+
     def _query(self, sql: str, params: tuple[int, ...]) -> list[Any]:
         conn = self._connection()
         try:
@@ -213,15 +350,16 @@ class Store:
         return self._conn
 
     def _open(self) -> tuple[sqlite3.Connection, tuple[int, int]]:
-        # isolation_level=None: no implicit transactions; insert_many issues its own BEGIN.
+        # isolation_level=None: no implicit transactions; _write issues its own BEGIN.
         conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
         try:
             (mode,) = conn.execute("PRAGMA journal_mode=WAL").fetchone()
             if mode != "wal":
                 logger.warning("database %s: WAL mode unavailable, using %s", self.path, mode)
-            # NORMAL is durable in WAL mode except for the last transactions on power loss.
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute(_SCHEMA)
+            # FULL: each commit is fsynced, so an acknowledged message survives a power loss,
+            # not only a crash of the process (NORMAL may lose the last commits on power loss).
+            conn.execute("PRAGMA synchronous=FULL")
+            self._meta = self._read_meta(conn) or self._set_up(conn)
             identity = self._file_identity()
             if identity is None:
                 raise sqlite3.OperationalError(f"database {self.path} vanished while opening")
@@ -229,6 +367,44 @@ class Store:
             conn.close()
             raise
         return conn, identity
+
+    def _set_up(self, conn: sqlite3.Connection) -> Meta:
+        """Create or migrate the tables and the meta row, in one transaction."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
+            if not columns:
+                conn.execute(_SCHEMA)
+            elif "seq" not in columns:
+                logger.info("database %s: adding sequence numbers to its messages", self.path)
+                for statement in _MIGRATE:
+                    conn.execute(statement)
+            conn.execute(_META_SCHEMA)
+            meta = self._read_meta(conn)
+            if meta is None:
+                (top,) = conn.execute("SELECT max(seq) FROM messages").fetchone()
+                known = self._meta or Meta(str(uuid.uuid4()), 0, 0)
+                meta = replace(known, reserved=max(known.reserved, top or 0))
+                conn.execute(
+                    "INSERT INTO meta (id, epoch, reserved_seq, pruned_seq) VALUES (1, ?, ?, ?)",
+                    (meta.epoch, meta.reserved, meta.pruned),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return meta
+
+    @staticmethod
+    def _read_meta(conn: sqlite3.Connection) -> Meta | None:
+        """The meta row, if the schema is complete; None if anything must be set up."""
+        try:
+            row = conn.execute("SELECT epoch, reserved_seq, pruned_seq FROM meta").fetchone()
+            conn.execute("SELECT seq, client_msg_id FROM messages LIMIT 0")
+        except sqlite3.OperationalError:  # no such table or column
+            return None
+        return None if row is None else Meta(*row)
 
     def _file_identity(self) -> tuple[int, int] | None:
         try:
@@ -253,6 +429,6 @@ class Store:
                 logger.debug("closing database %s failed: %s", self.path, exc)
 
 
-def _record(row: tuple[int, str, str, str, str]) -> MessageRecord:
-    message_id, connection_id, message, timestamp, created_at = row
-    return MessageRecord(connection_id, message, timestamp, created_at, message_id)
+def _record(row: tuple[int, str, str, str, str, str | None]) -> MessageRecord:
+    seq, connection_id, message, timestamp, created_at, client_msg_id = row
+    return MessageRecord(connection_id, message, timestamp, created_at, seq, client_msg_id)

@@ -102,19 +102,37 @@ def _loads(data: str | bytes) -> Json:
 
 @dataclass
 class Client:
-    """A chat client on the ``rfc6455`` client, past its two greeting messages."""
+    """A chat client on the ``rfc6455`` client, past its greeting messages and its history."""
 
     connection: Connection
     id: str
     welcome: Json
+    history: Json | None = None
+    # The acks received so far: recv() sets them aside, so that tests about other messages
+    # need not care when the database commits.
+    acks: list[Json] = field(default_factory=list)
 
     async def send(self, text: str) -> None:
         await self.connection.send(text)
 
-    async def recv(self) -> Json:
-        """The next message, parsed; fails after GUARD seconds."""
+    async def recv_any(self) -> Json:
+        """The next message, acks included, parsed; fails after GUARD seconds."""
         async with asyncio.timeout(GUARD):
             return _loads(await self.connection.recv())
+
+    async def recv(self) -> Json:
+        """The next message that is not an ack (acks go to ``acks``)."""
+        while (message := await self.recv_any())["type"] == "ack":
+            self.acks.append(message)
+        return message
+
+    async def wait_acks(self, n: int) -> list[Json]:
+        """Receive until ``n`` acks in all have come; fails if anything else comes first."""
+        while len(self.acks) < n:
+            message = await self.recv_any()
+            assert message["type"] == "ack", message
+            self.acks.append(message)
+        return self.acks
 
     async def expect_broadcast(self, sender: Client | RawClient, text: str) -> Json:
         """Assert the next message is the broadcast of ``text`` by ``sender``."""
@@ -156,10 +174,14 @@ class RawClient:
         return frame
 
     async def recv(self) -> Json:
-        frame = await self.recv_frame()
-        assert frame is not None
-        assert frame.opcode is Opcode.TEXT, frame
-        return _loads(frame.data.decode())
+        """The next message that is not an ack."""
+        while True:
+            frame = await self.recv_frame()
+            assert frame is not None
+            assert frame.opcode is Opcode.TEXT, frame
+            message = _loads(frame.data.decode())
+            if message.get("type") != "ack":
+                return message
 
     def drop(self) -> None:
         """Close the TCP connection without a close frame."""
@@ -211,18 +233,27 @@ class Chat:
         self._connections.append(connection)
         return connection
 
-    async def join(self) -> Client:
-        """Connect to the chat endpoint and check the two greeting messages."""
-        connection = await self.connect()
+    def expects_history(self, query: str) -> bool:
+        """Whether a client connecting with ``query`` gets a history message."""
+        return self.app.settings.history > 0 or "since=" in query
+
+    async def join(self, query: str = "") -> Client:
+        """Connect to the chat endpoint; check the greeting messages, take the history."""
+        connection = await self.connect("/?" + query if query else "/")
         async with asyncio.timeout(GUARD):
             first = _loads(await connection.recv())
             second = _loads(await connection.recv())
+            history = _loads(await connection.recv()) if self.expects_history(query) else None
         check_id(first["connectionId"])
         assert "type" not in first, first  # the original's first message is untyped
         assert second["type"] == "welcome", second
         assert isinstance(second["message"], str)
         assert second["message"]
-        return Client(connection, first["connectionId"], second)
+        assert second["epoch"] == self.app.queue.meta.epoch
+        if history is not None:
+            assert history["type"] == "history", history
+            assert history["epoch"] == second["epoch"]
+        return Client(connection, first["connectionId"], second, history)
 
     async def open_raw(self) -> RawClient:
         """A bare TCP connection to the server; closed at teardown."""
@@ -247,6 +278,8 @@ class Chat:
         first = await raw.recv()
         raw.id = check_id(first["connectionId"])
         assert (await raw.recv())["type"] == "welcome"
+        if self.expects_history(""):
+            assert (await raw.recv())["type"] == "history"
         return raw
 
     async def request(self, data: bytes) -> Reply:
@@ -289,7 +322,8 @@ class Chat:
         conn = sqlite3.connect(self.db_path)
         try:
             return conn.execute(
-                "SELECT id, connection_id, message, timestamp, created_at FROM messages ORDER BY id"
+                "SELECT seq, connection_id, message, timestamp, created_at"
+                " FROM messages ORDER BY seq"
             ).fetchall()
         finally:
             conn.close()
@@ -301,14 +335,23 @@ class Chat:
             return [json.loads(line) for line in file]
 
     async def close_all(self) -> None:
+        # Read what clients have left (acks...) while the server closes them: a client that
+        # reads nothing never sees the close frame, and the server would wait for it.
+        drains = [asyncio.create_task(_drain(c)) for c in self._connections]
         await self.stop()
-        for connection in self._connections:
-            # The server closed them with 1001; a client that is stuck gets dropped.
-            try:
-                async with asyncio.timeout(GUARD):
-                    await connection.wait_closed()
-            except TimeoutError:
-                connection.abort()
-                await connection.wait_closed()
+        await asyncio.gather(*drains)
         for raw in self._raw:
             await raw.close()
+
+
+async def _drain(connection: Connection) -> None:
+    """Read until the connection is closed; drop it if that takes GUARD seconds."""
+    try:
+        async with asyncio.timeout(GUARD):
+            with contextlib.suppress(rfc6455.ConnectionClosed):
+                while True:
+                    await connection.recv()
+            await connection.wait_closed()
+    except TimeoutError:
+        connection.abort()
+        await connection.wait_closed()

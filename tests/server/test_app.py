@@ -58,7 +58,8 @@ TRICKY_TEXTS = [
     "line separators \u2028 \u2029",
     "ünïcödé 中文 עברית العربية",
     "\ufeff BOM and \ufffd replacement",
-    '{"type": "welcome", "message": "not really"}',
+    '{"type": "welcome", "message": 42}',  # JSON, but not a structured message
+    '["message", "not really"]',
     "😀" * 1000,
 ]
 
@@ -102,15 +103,26 @@ async def test_greeting_then_broadcast_shapes(chat: Chat) -> None:
     sender = check_id(greeting["connectionId"])
     assert "type" not in greeting  # the original's first message is untyped
     welcome = json.loads(second)
-    assert welcome["type"] == "welcome"
-    assert welcome["message"] == chat.app.settings.welcome
+    assert welcome == {
+        "type": "welcome",
+        "message": chat.app.settings.welcome,
+        "epoch": chat.app.queue.meta.epoch,
+    }
+    async with asyncio.timeout(GUARD):
+        history = json.loads(str(await connection.recv()))
+    assert history == {
+        "type": "history",
+        "messages": [],
+        "epoch": chat.app.queue.meta.epoch,
+        "recovered": False,
+    }
 
     other = await chat.join()
     before = datetime.now(UTC)
     await connection.send("hello")
     message = await other.recv()
     after = datetime.now(UTC)
-    assert {"type", "connectionId", "message", "timestamp"} <= set(message)
+    assert set(message) == {"type", "connectionId", "message", "timestamp", "seq"}
     check_broadcast(message, sender, "hello")
     check_timestamp(message["timestamp"], before, after)
 
@@ -123,7 +135,8 @@ async def test_every_connection_gets_a_new_id(chat: Chat) -> None:
 async def test_welcome_text_comes_from_the_settings(start_chat: Any) -> None:
     chat = await start_chat(welcome="Bonjour 👋")
     client = await chat.join()
-    assert client.welcome == {"type": "welcome", "message": "Bonjour 👋"}
+    epoch = chat.app.queue.meta.epoch
+    assert client.welcome == {"type": "welcome", "message": "Bonjour 👋", "epoch": epoch}
 
 
 # Broadcast.
@@ -340,7 +353,11 @@ async def test_locked_database_then_released_loses_nothing(start_chat: Any) -> N
         health = await chat.health()
         assert (health["persisted"], health["queueDepth"], health["deadLettered"]) == (0, 21, 0)
         assert chat.rows() == []
+        assert a.acks == b.acks == []  # nothing is acknowledged before it is committed
     await wait_until(lambda: queue.persisted == 21)
+    # Then every message is acknowledged to its sender, in order.
+    assert [ack["seq"] for ack in await a.wait_acks(20)] == [r[0] for r in chat.rows()[:20]]
+    assert [ack["seq"] for ack in await b.wait_acks(1)] == [chat.rows()[20][0]]
     assert (await chat.health())["queueDepth"] == 0
     await a.send("after")
     message = await b.expect_broadcast(a, "after")
@@ -368,12 +385,22 @@ async def test_database_failing_past_all_retries_dead_letters(
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(f"{db}{suffix}")
             db.mkdir()
-        sent = []
+        sent, seqs = [], []
         for n in range(3):
             await a.send(f"lost {n} 😀")
             message = await b.expect_broadcast(a, f"lost {n} 😀")
             sent.append((a.id, message["message"], message["timestamp"]))
+            seqs.append(message["seq"])
         await wait_until(lambda: queue.dead_lettered == 3)
+        # Never acknowledged: the sender is told, message by message.
+        for seq in seqs:
+            error = await a.recv_any()
+            assert error == {
+                "type": "error",
+                "code": "not_persisted",
+                "seq": seq,
+                "clientMsgId": None,
+            }
         health = await chat.health()
         assert (health["deadLettered"], health["persisted"], health["queueDepth"]) == (3, 0, 0)
         letters = chat.dead_letters()
@@ -388,6 +415,8 @@ async def test_database_failing_past_all_retries_dead_letters(
         await a.expect_broadcast(c, "still serving")
         await b.expect_broadcast(c, "still serving")
         await wait_until(lambda: queue.dead_lettered == 4)
+        assert (await c.recv_any())["code"] == "not_persisted"
+        assert a.acks == c.acks == []
         # One log line per failed attempt, and one per dead-lettered batch.
         retries = [r for r in caplog.records if r.name == "server.retry"]
         assert len(retries) == queue.failed_attempts >= 2 * 2

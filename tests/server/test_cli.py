@@ -39,6 +39,25 @@ OPTIONS: list[tuple[str, str, str, Callable[[Settings], Any], Any]] = [
     ("--ping-interval", "CHAT_PING_INTERVAL", "0", lambda s: s.limits.ping_interval, None),
     ("--ping-timeout", "CHAT_PING_TIMEOUT", "6.5", lambda s: s.limits.ping_timeout, 6.5),
     ("--open-timeout", "CHAT_OPEN_TIMEOUT", "7", lambda s: s.limits.open_timeout, 7.0),
+    ("--history", "CHAT_HISTORY", "0", lambda s: s.history, 0),
+    ("--history", "CHAT_HISTORY", "200", lambda s: s.history, 200),
+    ("--resume-max", "CHAT_RESUME_MAX", "500", lambda s: s.resume_max, 500),
+    (
+        "--broadcast-after-commit",
+        "CHAT_BROADCAST_AFTER_COMMIT",
+        "yes",
+        lambda s: s.broadcast_after_commit,
+        True,
+    ),
+    (
+        "--broadcast-after-commit",
+        "CHAT_BROADCAST_AFTER_COMMIT",
+        "0",
+        lambda s: s.broadcast_after_commit,
+        False,
+    ),
+    ("--retention-messages", "CHAT_RETENTION_MESSAGES", "0", lambda s: s.retention_messages, 0),
+    ("--retention-days", "CHAT_RETENTION_DAYS", "7", lambda s: s.retention_days, 7),
 ]
 
 
@@ -66,6 +85,9 @@ def test_defaults(tmp_path: Path) -> None:
     assert settings.db_path == Path("data/messages.db")
     assert settings.retry == RetryPolicy(attempts=5, base_delay=1.0)
     assert settings.limits == Limits()
+    assert (settings.history, settings.resume_max) == (50, 10_000)
+    assert settings.broadcast_after_commit is False
+    assert (settings.retention_messages, settings.retention_days) == (1_000_000, 30)
     assert (tmp_path / "data").is_dir()  # the database folder is created
 
 
@@ -88,6 +110,13 @@ def test_each_option_by_environment_variable(
 ) -> None:
     monkeypatch.setenv(env, given(value, tmp_path))
     assert get(parse_args([])) == expected(want, tmp_path)
+
+
+def test_the_after_commit_flag_alone_turns_it_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert parse_args(["--broadcast-after-commit"]).broadcast_after_commit is True
+    monkeypatch.setenv("CHAT_BROADCAST_AFTER_COMMIT", "true")
+    assert parse_args([]).broadcast_after_commit is True
+    assert parse_args(["--broadcast-after-commit", "off"]).broadcast_after_commit is False
 
 
 def test_a_flag_wins_over_its_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -132,6 +161,13 @@ BAD: list[tuple[list[str], dict[str, str]]] = [
     (["--db", "FILE/messages.db"], {}),
     (["--db", "FILE/sub/messages.db"], {}),
     ([], {"CHAT_DB": "FILE/messages.db"}),
+    (["--history", "-1"], {}),
+    ([], {"CHAT_HISTORY": "many"}),
+    (["--resume-max", "-5"], {}),
+    (["--broadcast-after-commit", "maybe"], {}),
+    ([], {"CHAT_BROADCAST_AFTER_COMMIT": "2"}),
+    (["--retention-messages", "1.5"], {}),
+    ([], {"CHAT_RETENTION_DAYS": "-1"}),
     (["--no-such-option"], {}),
     (["--port"], {}),
     (["positional"], {}),

@@ -43,21 +43,20 @@ async def wait_until(predicate: Callable[[], bool], within: float = 10.0) -> Non
 
 
 def records(start: int, stop: int, connection_id: str = "c1") -> list[MessageRecord]:
-    return [MessageRecord.create(connection_id, f"message {n}") for n in range(start, stop)]
+    """Messages ``start`` to ``stop - 1``; message n has seq n + 1."""
+    return [
+        MessageRecord.create(connection_id, f"message {n}", seq=n + 1) for n in range(start, stop)
+    ]
 
 
 def stored(db: Path) -> list[MessageRecord]:
     """Read the database through an independent connection."""
     conn = sqlite3.connect(db)
     try:
-        rows = conn.execute("SELECT * FROM messages ORDER BY id").fetchall()
+        rows = conn.execute("SELECT * FROM messages ORDER BY seq").fetchall()
     finally:
         conn.close()
-    return [MessageRecord(c, m, t, created, message_id) for message_id, c, m, t, created in rows]
-
-
-def without_ids(messages: list[MessageRecord]) -> list[MessageRecord]:
-    return [MessageRecord(m.connection_id, m.message, m.timestamp, m.created_at) for m in messages]
+    return [MessageRecord(c, m, t, created, seq, cmid) for seq, c, m, t, created, cmid in rows]
 
 
 def dead_letters(path: Path) -> list[dict[str, Any]]:
@@ -66,7 +65,7 @@ def dead_letters(path: Path) -> list[dict[str, Any]]:
 
 
 def as_records(letters: list[dict[str, Any]]) -> list[MessageRecord]:
-    fields = ("connection_id", "message", "timestamp", "created_at")
+    fields = ("connection_id", "message", "timestamp", "created_at", "seq", "client_msg_id")
     return [MessageRecord(*(letter[f] for f in fields)) for letter in letters]
 
 
@@ -119,12 +118,12 @@ async def test_messages_are_persisted_in_order(
     assert queue.depth == 0
     assert queue.dead_lettered == 0
     assert queue.failed_attempts == 0
-    assert without_ids(stored(db)) == sent
+    assert stored(db) == sent
     # The read helpers run in the worker thread and see the same rows.
     assert await queue.count() == 1000
-    assert without_ids(await queue.after(0, 2000)) == sent
-    assert [r.id for r in await queue.after(990, 5)] == [991, 992, 993, 994, 995]
-    assert without_ids(await queue.last(3)) == sent[-3:]
+    assert await queue.after(0, 2000) == sent
+    assert [r.seq for r in await queue.after(990, 5)] == [991, 992, 993, 994, 995]
+    assert await queue.last(3) == sent[-3:]
     await queue.stop()
     assert not queue.dead_letter_path.exists()
 
@@ -134,7 +133,7 @@ async def test_any_text_round_trips(make_queue: Callable[..., PersistenceQueue],
     await queue.start()
     texts = ['"quoted" \\ back', "new\nline", "emoji 🎉👩‍💻", "<script>alert(1)</script>", ""]
     for text in texts:
-        queue.put_nowait(MessageRecord.create("c1", text))
+        queue.accept("c1", text)
     await queue.stop()
     assert [m.message for m in stored(db)] == texts
 
@@ -156,7 +155,7 @@ async def test_locked_database_recovers_without_dead_letters(
     await wait_until(lambda: queue.persisted == 200)
     assert queue.dead_lettered == 0
     assert queue.depth == 0
-    assert without_ids(stored(db)) == sent
+    assert stored(db) == sent
     assert not queue.dead_letter_path.exists()
     retries = [r.getMessage() for r in caplog.records if r.name == "server.retry"]
     assert retries
@@ -169,7 +168,7 @@ async def test_database_failing_past_all_retries_is_dead_lettered(
     caplog.set_level(logging.WARNING)
     queue = make_queue(policy=IMPATIENT)
     await queue.start()
-    failed = [*records(0, 50, "c1"), MessageRecord.create("c2", 'tricky "json"\n🎉')]
+    failed = [*records(0, 50, "c1"), MessageRecord.create("c2", 'tricky "json"\n🎉', seq=51)]
     with locked(db):
         for record in failed:
             queue.put_nowait(record)
@@ -186,7 +185,7 @@ async def test_database_failing_past_all_retries_is_dead_lettered(
     letters = dead_letters(queue.dead_letter_path)
     assert as_records(letters) == failed
     assert all("database is locked" in letter["error"] for letter in letters)
-    assert without_ids(stored(db)) == later
+    assert stored(db) == later
 
     messages = [r.getMessage() for r in caplog.records]
     assert any("attempt 3/3 failed" in m and "giving up" in m for m in messages)
@@ -218,7 +217,7 @@ async def test_unopenable_database_is_dead_lettered_then_resumes(
     for record in later:
         queue.put_nowait(record)
     await wait_until(lambda: queue.persisted == 11)
-    assert without_ids(stored(db)) == later
+    assert stored(db) == later
 
 
 async def test_removed_folder_recovers_without_dead_letters(
@@ -234,7 +233,7 @@ async def test_removed_folder_recovers_without_dead_letters(
     db.parent.mkdir()
     await wait_until(lambda: queue.persisted == 100)
     assert queue.dead_lettered == 0
-    assert without_ids(stored(db)) == sent
+    assert stored(db) == sent
 
 
 async def test_dead_letters_go_to_the_log_when_the_file_cannot_be_written(
@@ -244,7 +243,7 @@ async def test_dead_letters_go_to_the_log_when_the_file_cannot_be_written(
     queue = make_queue(policy=IMPATIENT)
     await queue.start()
     shutil.rmtree(db.parent)  # neither the database nor its dead-letter file can be written
-    queue.put_nowait(MessageRecord.create("c1", "keep me"))
+    queue.put_nowait(MessageRecord.create("c1", "keep me", seq=1))
     await wait_until(lambda: queue.dead_lettered == 1)
     messages = [r.getMessage() for r in caplog.records]
     assert any("could not append 1 messages to dead-letter file" in m for m in messages)
@@ -264,7 +263,7 @@ async def test_stop_drains_10000_queued_messages(
     assert queue.persisted == 10_000
     assert queue.depth == 0
     assert queue.dead_lettered == 0
-    assert without_ids(stored(db)) == sent
+    assert stored(db) == sent
 
 
 async def test_stop_waits_for_an_outage_shorter_than_the_timeout(
@@ -281,7 +280,7 @@ async def test_stop_waits_for_an_outage_shorter_than_the_timeout(
         await wait_until(lambda: queue.failed_attempts >= 2)
         assert not stopping.done()
     await stopping
-    assert without_ids(stored(db)) == sent
+    assert stored(db) == sent
     assert queue.dead_lettered == 0
 
 
@@ -314,29 +313,32 @@ async def test_stop_abandons_a_stuck_worker_after_the_grace_period(
     entered = threading.Event()
     insert_many = Store.insert_many
 
-    def stuck_insert_many(self: Store, batch: list[MessageRecord]) -> None:
-        entered.set()
-        release.wait(10)  # a database call that outlives the shutdown timeout
-        insert_many(self, batch)
+    def stuck_insert_many(self: Store, batch: list[MessageRecord], **kwargs: Any) -> None:
+        if batch:
+            entered.set()
+            release.wait(10)  # a database call that outlives the shutdown timeout
+        insert_many(self, batch, **kwargs)
 
     monkeypatch.setattr(Store, "insert_many", stuck_insert_many)
     queue = make_queue(capacity=5, batch_size=2)
     await queue.start()
-    sent = records(0, 10)
+    sent = records(0, 7)
     queue.put_nowait(sent[0])
     queue.put_nowait(sent[1])
     await wait_until(entered.is_set)  # sent[0:2] is in flight
     for record in sent[2:7]:
         queue.put_nowait(record)  # the queue is full
-    putters = [asyncio.create_task(queue.put(record)) for record in sent[7:]]
+    waiters = [asyncio.create_task(queue.wait_ready()) for _ in range(3)]
     await asyncio.sleep(0)
-    assert not any(putter.done() for putter in putters)
+    assert not any(waiter.done() for waiter in waiters)
     try:
         await queue.stop(timeout=0)
     finally:
         release.set()
-    await asyncio.gather(*putters)  # their records were queued, then dead-lettered
-    assert queue.dead_lettered == 10
+    # The senders waiting for room are refused: their messages were never accepted.
+    for result in await asyncio.gather(*waiters, return_exceptions=True):
+        assert isinstance(result, PersistenceClosed)
+    assert queue.dead_lettered == 7
     assert queue.depth == 0
     assert as_records(dead_letters(queue.dead_letter_path)) == sent
     assert any("abandoning" in r.getMessage() for r in caplog.records)
@@ -344,7 +346,7 @@ async def test_stop_abandons_a_stuck_worker_after_the_grace_period(
     # in the dead-letter file (duplicated, never lost). Then the worker closes the store.
     worker_name = f"persistence {db.name}"
     await wait_until(lambda: all(t.name != worker_name for t in threading.enumerate()))
-    assert without_ids(stored(db)) == sent[:2]
+    assert stored(db) == sent[:2]
 
 
 async def test_reads_are_served_during_an_outage(
@@ -360,8 +362,8 @@ async def test_reads_are_served_during_an_outage(
         for record in records(5, 10):
             queue.put_nowait(record)
         await wait_until(lambda: queue.failed_attempts >= 1)
-        assert without_ids(await queue.last(10)) == first
-        assert [r.id for r in await queue.after(3, 10)] == [4, 5]
+        assert await queue.last(10) == first
+        assert [r.seq for r in await queue.after(3, 10)] == [4, 5]
     await wait_until(lambda: queue.persisted == 10)
     assert await queue.count() == 10
 
@@ -393,7 +395,7 @@ async def test_put_nowait_never_awaits_the_database(
         assert queue.depth == 1001
         assert queue.persisted == 0
     await wait_until(lambda: queue.persisted == 1001)
-    assert without_ids(stored(db)) == sent
+    assert stored(db) == sent
 
 
 async def test_put_nowait_does_not_wait_for_a_busy_worker_thread(
@@ -403,10 +405,11 @@ async def test_put_nowait_does_not_wait_for_a_busy_worker_thread(
     entered = threading.Event()
     insert_many = Store.insert_many
 
-    def slow_insert_many(self: Store, batch: list[MessageRecord]) -> None:
-        entered.set()
-        release.wait(10)  # the worker thread is stuck in a database call
-        insert_many(self, batch)
+    def slow_insert_many(self: Store, batch: list[MessageRecord], **kwargs: Any) -> None:
+        if batch:
+            entered.set()
+            release.wait(10)  # the worker thread is stuck in a database call
+        insert_many(self, batch, **kwargs)
 
     monkeypatch.setattr(Store, "insert_many", slow_insert_many)
     queue = make_queue()
@@ -419,27 +422,35 @@ async def test_put_nowait_does_not_wait_for_a_busy_worker_thread(
     assert queue.depth == 1000
     release.set()
     await wait_until(lambda: queue.persisted == 1000)
-    assert without_ids(stored(db)) == sent
+    assert stored(db) == sent
 
 
-async def test_full_queue_raises_and_put_waits_for_room(
+async def test_full_queue_is_not_ready_and_wait_ready_waits_for_room(
     make_queue: Callable[..., PersistenceQueue], db: Path
 ) -> None:
     queue = make_queue(capacity=10)
-    sent = records(0, 12)
-    for record in sent[:10]:
-        queue.put_nowait(record)
+    assert not queue.ready()  # not started: no seq reserved yet
     with pytest.raises(asyncio.QueueFull):
-        queue.put_nowait(sent[10])
-    assert queue.depth == 10
-    waiting = asyncio.create_task(queue.put(sent[10]))
-    await asyncio.sleep(0.01)
-    assert not waiting.done()  # no room until the writer runs
+        queue.accept("c1", "too early")
     await queue.start()
-    await waiting
-    await queue.put(sent[11])
+    with locked(db):
+        sent = [queue.accept("c1", "message 0")]
+        await wait_until(lambda: queue.failed_attempts >= 1)  # the writer holds it in a batch
+        while queue.ready():
+            sent.append(queue.accept("c1", f"message {len(sent)}"))
+        assert len(sent) == 11  # one in flight, ten queued
+        with pytest.raises(asyncio.QueueFull):
+            queue.accept("c1", "no room")
+        with pytest.raises(asyncio.QueueFull):
+            queue.put_nowait(MessageRecord.create("c1", "no room", seq=999))
+        waiting = asyncio.create_task(queue.wait_ready())
+        await asyncio.sleep(0.05)
+        assert not waiting.done()  # no room until the writer takes a batch...
+    await waiting  # ...which it does once the lock is gone
+    sent.append(queue.accept("c1", "room again"))
+    assert [r.seq for r in sent] == list(range(1, 13))  # the refused ones took no seq
     await queue.stop()
-    assert without_ids(stored(db)) == sent
+    assert stored(db) == sent
 
 
 async def test_put_after_stop_is_refused(make_queue: Callable[..., PersistenceQueue]) -> None:
@@ -451,7 +462,9 @@ async def test_put_after_stop_is_refused(make_queue: Callable[..., PersistenceQu
     with pytest.raises(PersistenceClosed):
         queue.put_nowait(record)
     with pytest.raises(PersistenceClosed):
-        await queue.put(record)
+        queue.accept("c1", "late")
+    with pytest.raises(PersistenceClosed):
+        await queue.wait_ready()
     with pytest.raises(PersistenceClosed):
         await queue.last(1)
     with pytest.raises(RuntimeError, match="once"):
@@ -493,3 +506,116 @@ def test_dead_letter_file_is_beside_the_database(tmp_path: Path) -> None:
 def test_rejects_bad_sizes(tmp_path: Path, kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="at least 1"):
         PersistenceQueue(tmp_path / "m.db", **kwargs)
+
+
+# Sequence numbers, listeners, retention
+
+
+def reserved_seq(db: Path) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        (reserved,) = conn.execute("SELECT reserved_seq FROM meta").fetchone()
+    finally:
+        conn.close()
+    assert isinstance(reserved, int)
+    return reserved
+
+
+async def test_seqs_are_handed_out_only_within_a_committed_reservation(
+    make_queue: Callable[..., PersistenceQueue], db: Path
+) -> None:
+    queue = make_queue(seq_block=10, capacity=100)
+    await queue.start()
+    assert reserved_seq(db) == 10  # reserved before the first seq is handed out
+    sent = [queue.accept("c1", f"message {n}") for n in range(6)]
+    await wait_until(lambda: queue.persisted == 6)
+    assert reserved_seq(db) == 20  # half the block was used: the next one came with a batch
+    with locked(db):
+        # The database is failing: seqs run out at the reservation, never beyond it.
+        while queue.ready():
+            sent.append(queue.accept("c1", f"message {len(sent)}"))
+        assert sent[-1].seq == queue.last_seq == 20
+        waiting = asyncio.create_task(queue.wait_ready())
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+    await waiting  # the reservation came through once the lock was gone
+    assert reserved_seq(db) >= 30
+    sent.append(queue.accept("c1", "after"))
+    await queue.stop()
+    assert [r.seq for r in stored(db)] == list(range(1, 22))
+    assert stored(db) == sent
+    # A clean stop records the last seq used: the next start continues right after it.
+    assert reserved_seq(db) == 21
+    again = make_queue(seq_block=10)
+    await again.start()
+    assert again.accept("c1", "next").seq == 22
+    await again.stop()
+    assert [r.seq for r in stored(db)][-2:] == [21, 22]
+
+
+async def test_a_crash_skips_the_unused_reservation(
+    make_queue: Callable[..., PersistenceQueue], db: Path
+) -> None:
+    queue = make_queue(seq_block=10)
+    await queue.start()
+    queue.accept("c1", "committed")
+    await wait_until(lambda: queue.persisted == 1)
+    # As after kill -9: the reservation stays; a seq up to it may have been broadcast.
+    assert reserved_seq(db) == 10
+    again = make_queue(seq_block=10)
+    await again.start()
+    assert again.accept("c1", "after the crash").seq == 11
+    await again.stop()
+
+
+async def test_listeners_hear_of_each_batch_in_seq_order(
+    make_queue: Callable[..., PersistenceQueue], db: Path
+) -> None:
+    queue = make_queue(policy=IMPATIENT, batch_size=3)
+    committed: list[MessageRecord] = []
+    dead: list[MessageRecord] = []
+    queue.on_committed = committed.extend
+    queue.on_dead_lettered = dead.extend
+    await queue.start()
+    first = [queue.accept("c1", f"ok {n}", f"m{n}") for n in range(7)]
+    await wait_until(lambda: len(committed) == 7)
+    assert committed == first
+    assert committed[0].client_msg_id == "m0"
+    with locked(db):
+        lost = [queue.accept("c2", f"lost {n}") for n in range(2)]
+        await wait_until(lambda: len(dead) == 2)
+    assert dead == lost
+    assert len(committed) == 7
+
+
+async def test_a_failing_listener_does_not_stop_the_writer(
+    make_queue: Callable[..., PersistenceQueue], db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = make_queue()
+
+    def broken(batch: object) -> None:
+        raise RuntimeError("listener bug")
+
+    queue.on_committed = broken
+    await queue.start()
+    queue.accept("c1", "one")
+    await wait_until(lambda: queue.persisted == 1)
+    queue.accept("c1", "two")
+    await wait_until(lambda: queue.persisted == 2)
+    assert any("listener" in r.getMessage() for r in caplog.records)
+
+
+async def test_retention_prunes_in_the_background(
+    make_queue: Callable[..., PersistenceQueue], db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(persistence, "PRUNE_CHUNK", 4)  # several small deletes
+    queue = make_queue(retention_messages=5, prune_interval=0.02)
+    pruned: list[int] = []
+    queue.on_pruned = pruned.append
+    await queue.start()
+    for n in range(23):
+        queue.accept("c1", f"message {n}")
+    await wait_until(lambda: pruned and pruned[-1] == 18)
+    assert [r.seq for r in stored(db)] == [19, 20, 21, 22, 23]
+    assert pruned == sorted(pruned)
+    assert len(pruned) >= 4  # 18 rows, at most 4 per delete

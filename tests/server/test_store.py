@@ -5,17 +5,19 @@ from __future__ import annotations
 import re
 import shutil
 import sqlite3
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
-from server.store import MessageRecord, Store
+from server.store import MessageRecord, Meta, Store
 
 
 def record(n: int, connection_id: str = "c1") -> MessageRecord:
-    return MessageRecord.create(connection_id, f"message {n}")
+    """Message ``n``, with seq ``n``."""
+    return MessageRecord.create(connection_id, f"message {n}", seq=n)
 
 
 @pytest.fixture
@@ -30,11 +32,11 @@ def store(db: Path) -> Iterator[Store]:
         yield store
 
 
-def rows(db: Path) -> list[tuple[int, str, str, str, str]]:
+def rows(db: Path) -> list[tuple[int, str, str, str, str, str | None]]:
     """Read the table through an independent connection."""
     conn = sqlite3.connect(db)
     try:
-        return conn.execute("SELECT * FROM messages ORDER BY id").fetchall()
+        return conn.execute("SELECT * FROM messages ORDER BY seq").fetchall()
     finally:
         conn.close()
 
@@ -44,16 +46,16 @@ def rows(db: Path) -> list[tuple[int, str, str, str, str]]:
 
 def test_record_create_uses_one_utc_instant() -> None:
     now = datetime(2024, 2, 29, 23, 59, 58, 123456, tzinfo=timezone(timedelta(hours=2)))
-    rec = MessageRecord.create("c1", "hi", now=now)
+    rec = MessageRecord.create("c1", "hi", seq=3, client_msg_id="m", now=now)
     assert rec == MessageRecord(
-        "c1", "hi", "2024-02-29 21:59:58", "2024-02-29T21:59:58.123456+00:00"
+        "c1", "hi", "2024-02-29 21:59:58", "2024-02-29T21:59:58.123456+00:00", 3, "m"
     )
-    assert rec.id is None
 
 
 def test_record_create_defaults_to_now() -> None:
     before = datetime.now(UTC).replace(microsecond=0)
-    rec = MessageRecord.create("c1", "hi")
+    rec = MessageRecord.create("c1", "hi", seq=1)
+    assert rec.client_msg_id is None
     assert re.fullmatch(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}", rec.timestamp)
     created = datetime.fromisoformat(rec.created_at)
     assert created.utcoffset() == timedelta(0)
@@ -74,14 +76,19 @@ def test_schema(store: Store, db: Path) -> None:
         conn.close()
     # (name, type, notnull, primary key)
     assert [(c[1], c[2], c[3], c[5]) for c in columns] == [
-        ("id", "INTEGER", 0, 1),
+        ("seq", "INTEGER", 0, 1),
         ("connection_id", "TEXT", 1, 0),
         ("message", "TEXT", 1, 0),
         ("timestamp", "TEXT", 1, 0),
         ("created_at", "TEXT", 1, 0),
+        ("client_msg_id", "TEXT", 0, 0),
     ]
-    assert "AUTOINCREMENT" in sql
+    assert "AUTOINCREMENT" not in sql  # the server assigns seqs, SQLite never does
     assert journal_mode == "wal"
+    # FULL: a commit is fsynced, so an acknowledged message survives a power loss.
+    assert store._conn is not None
+    (synchronous,) = store._conn.execute("PRAGMA synchronous").fetchone()
+    assert synchronous == 2
 
 
 def test_reopening_an_existing_database_keeps_its_messages(db: Path) -> None:
@@ -100,12 +107,13 @@ def test_missing_folder_fails_to_open(db: Path) -> None:
 # insert_many
 
 
-def test_insert_many_assigns_ids_in_order(store: Store, db: Path) -> None:
-    records = [record(n, f"c{n % 3}") for n in range(10)]
+def test_insert_many_stores_every_field(store: Store, db: Path) -> None:
+    records = [record(n, f"c{n % 3}") for n in range(1, 11)]
+    records.append(MessageRecord.create("c1", "with an id", seq=12, client_msg_id="m-12"))
     store.insert_many(records)
     stored = rows(db)
-    assert [row[0] for row in stored] == list(range(1, 11))
-    assert [MessageRecord(*row[1:]) for row in stored] == records
+    assert [row[0] for row in stored] == [*range(1, 11), 12]
+    assert [MessageRecord(*row[1:5], row[0], row[5]) for row in stored] == records
 
 
 def test_insert_many_of_nothing_is_a_no_op(store: Store) -> None:
@@ -115,7 +123,7 @@ def test_insert_many_of_nothing_is_a_no_op(store: Store) -> None:
 
 def test_insert_many_is_all_or_nothing(store: Store, db: Path) -> None:
     store.insert_many([record(0)])
-    bad = MessageRecord("c1", None, "2024-01-01 00:00:00", "2024-01-01T00:00:00+00:00")  # type: ignore[arg-type]
+    bad = MessageRecord("c1", None, "2024-01-01 00:00:00", "2024-01-01T00:00:00+00:00", 9)  # type: ignore[arg-type]
     with pytest.raises(sqlite3.IntegrityError, match="NOT NULL"):
         store.insert_many([record(1), record(2), bad, record(3)])
     assert [row[2] for row in rows(db)] == ["message 0"]
@@ -151,7 +159,7 @@ TEXTS = [
 
 
 def test_any_text_round_trips(store: Store) -> None:
-    store.insert_many([MessageRecord.create("c1", text) for text in TEXTS])
+    store.insert_many([MessageRecord.create("c1", text, seq=n) for n, text in enumerate(TEXTS)])
     assert [r.message for r in store.last(len(TEXTS))] == TEXTS
 
 
@@ -162,7 +170,7 @@ def test_last_returns_the_last_n_oldest_first(store: Store) -> None:
     store.insert_many([record(n) for n in range(1, 8)])
     last = store.last(3)
     assert [r.message for r in last] == ["message 5", "message 6", "message 7"]
-    assert [r.id for r in last] == [5, 6, 7]
+    assert [r.seq for r in last] == [5, 6, 7]
     assert len(store.last(100)) == 7
     assert store.last(0) == []
     assert store.last(-1) == []
@@ -175,10 +183,12 @@ def test_last_of_an_empty_table(store: Store) -> None:
 def test_after_returns_later_messages_in_order(store: Store) -> None:
     store.insert_many([record(n) for n in range(1, 11)])
     after = store.after(4, 3)
-    assert [r.id for r in after] == [5, 6, 7]
+    assert [r.seq for r in after] == [5, 6, 7]
     assert [r.message for r in after] == ["message 5", "message 6", "message 7"]
-    assert [r.id for r in store.after(0, 100)] == list(range(1, 11))
-    assert [r.id for r in store.after(8, 100)] == [9, 10]
+    assert [r.seq for r in store.after(0, 100)] == list(range(1, 11))
+    assert [r.seq for r in store.after(8, 100)] == [9, 10]
+    assert [r.seq for r in store.after(3, 100, through=6)] == [4, 5, 6]
+    assert [r.seq for r in store.after(3, 2, through=6)] == [4, 5]
     assert store.after(10, 100) == []
     assert store.after(0, 0) == []
 
@@ -186,7 +196,7 @@ def test_after_returns_later_messages_in_order(store: Store) -> None:
 def test_count(store: Store) -> None:
     assert store.count() == 0
     store.insert_many([record(n) for n in range(5)])
-    store.insert_many([record(n) for n in range(3)])
+    store.insert_many([record(n) for n in range(5, 8)])
     assert store.count() == 8
 
 
@@ -256,3 +266,136 @@ def test_close_is_idempotent_and_final(db: Path) -> None:
         store.insert_many([record(1)])
     with pytest.raises(sqlite3.ProgrammingError, match="closed"):
         store.last(1)
+
+
+# Sequence numbers, the meta row, the migration of old databases
+
+
+def meta_row(db: Path) -> tuple[str, int, int]:
+    conn = sqlite3.connect(db)
+    try:
+        row: tuple[str, int, int] = conn.execute(
+            "SELECT epoch, reserved_seq, pruned_seq FROM meta"
+        ).fetchone()
+        return row
+    finally:
+        conn.close()
+
+
+def test_a_new_database_gets_an_epoch_that_stays(db: Path) -> None:
+    db.parent.mkdir()
+    with Store(db) as store:
+        first = store.meta
+        assert first.reserved == first.pruned == 0
+        assert str(uuid.UUID(first.epoch)) == first.epoch
+        store.reserve(10_000)
+        assert store.meta.reserved == 10_000
+    with Store(db) as store:
+        assert store.meta == Meta(first.epoch, 10_000, 0)
+    assert meta_row(db) == (first.epoch, 10_000, 0)
+    other = db.parent / "other.db"
+    with Store(other) as store:
+        assert store.meta.epoch != first.epoch
+
+
+def test_insert_many_records_a_reservation_in_the_same_transaction(store: Store, db: Path) -> None:
+    store.insert_many([record(1)], reserve=500)
+    assert meta_row(db)[1:] == (500, 0)
+    bad = MessageRecord("c1", None, "t", "c", 2)  # type: ignore[arg-type]
+    with pytest.raises(sqlite3.IntegrityError):
+        store.insert_many([bad], reserve=900)
+    assert meta_row(db)[1:] == (500, 0)  # rolled back with the failed rows
+    assert store.meta.reserved == 500
+    store.reserve(3)  # a clean shutdown may lower it to the last seq used
+    assert meta_row(db)[1:] == (3, 0)
+
+
+def test_a_seq_is_never_stored_twice(store: Store) -> None:
+    store.insert_many([record(1)])
+    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+        store.insert_many([record(2), record(1)])
+    assert [r.seq for r in store.last(10)] == [1]
+
+
+OLD_SCHEMA = """
+CREATE TABLE messages (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    connection_id TEXT NOT NULL,
+    message       TEXT NOT NULL,
+    timestamp     TEXT NOT NULL,
+    created_at    TEXT NOT NULL
+)
+"""
+
+
+def test_a_database_from_before_seqs_is_migrated(db: Path) -> None:
+    """A real file with the old schema: its ids become seqs, and new seqs come after them."""
+    db.parent.mkdir()
+    conn = sqlite3.connect(db)
+    try:
+        conn.execute(OLD_SCHEMA)
+        conn.executemany(
+            "INSERT INTO messages (connection_id, message, timestamp, created_at)"
+            " VALUES (?, ?, ?, ?)",
+            [
+                ("c1", f"old {n}", "2024-01-01 00:00:00", "2024-01-01T00:00:00+00:00")
+                for n in range(5)
+            ],
+        )
+        conn.execute("DELETE FROM messages WHERE id = 3")
+        conn.commit()
+    finally:
+        conn.close()
+    with Store(db) as store:
+        assert store.meta.reserved == 5  # above every old id: none is given again
+        assert [(r.seq, r.message, r.client_msg_id) for r in store.last(10)] == [
+            (1, "old 0", None),
+            (2, "old 1", None),
+            (4, "old 3", None),
+            (5, "old 4", None),
+        ]
+        store.insert_many([MessageRecord.create("c2", "new", seq=6, client_msg_id="m")])
+        epoch = store.meta.epoch
+    with Store(db) as store:  # opening again migrates nothing more
+        assert store.meta.epoch == epoch
+        assert [r.seq for r in store.after(0, 10)] == [1, 2, 4, 5, 6]
+        assert store.last(1)[0].client_msg_id == "m"
+
+
+def test_a_file_that_comes_back_empty_keeps_the_epoch_and_reservation(
+    store: Store, db: Path
+) -> None:
+    store.insert_many([record(1), record(2)], reserve=1000)
+    epoch = store.meta.epoch
+    for path in db.parent.iterdir():
+        path.unlink()
+    store.insert_many([record(3)])
+    assert meta_row(db) == (epoch, 1000, 0)
+
+
+# Retention
+
+
+def aged(seq: int, days: float) -> MessageRecord:
+    return MessageRecord.create(
+        "c1", f"message {seq}", seq=seq, now=datetime.now(UTC) - timedelta(days=days)
+    )
+
+
+def test_prune_keeps_the_latest_seqs(store: Store, db: Path) -> None:
+    store.insert_many([record(n) for n in range(1, 26)])
+    assert store.prune(keep=10, before=None, limit=4) == 4  # small deletes
+    assert store.prune(keep=10, before=None, limit=100) == 15
+    assert store.prune(keep=10, before=None, limit=100) == 0
+    assert [r.seq for r in store.after(0, 100)] == list(range(16, 26))
+    assert meta_row(db)[2] == 15
+    assert store.meta.pruned == 15
+
+
+def test_prune_deletes_what_is_older_than_the_cut_off(store: Store) -> None:
+    store.insert_many([aged(1, 40), aged(2, 31), aged(3, 29), aged(4, 0)])
+    cutoff = (datetime.now(UTC) - timedelta(days=30)).isoformat(timespec="microseconds")
+    assert store.prune(keep=None, before=cutoff, limit=100) == 2
+    assert [r.seq for r in store.after(0, 100)] == [3, 4]
+    assert store.prune(keep=None, before=cutoff, limit=100) == 0
+    assert store.prune(keep=None, before=None, limit=100) == 0

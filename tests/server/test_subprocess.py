@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -128,34 +129,42 @@ def rows(db: Path) -> list[tuple[Any, ...]]:
     conn = sqlite3.connect(db)
     try:
         return conn.execute(
-            "SELECT connection_id, message, timestamp FROM messages ORDER BY id"
+            "SELECT connection_id, message, timestamp FROM messages ORDER BY seq"
         ).fetchall()
     finally:
         conn.close()
 
 
 async def greeted_by_websockets(ws: ClientConnection) -> str:
+    """Read the greetings and the history; return the connection id."""
     async with asyncio.timeout(GUARD):
         first = json.loads(await ws.recv())
         second = json.loads(await ws.recv())
+        third = json.loads(await ws.recv())
     assert second["type"] == "welcome"
+    assert third["type"] == "history"
     return check_id(first["connectionId"])
 
 
 async def recv_websockets(ws: ClientConnection) -> dict[str, Any]:
+    """The next message that is not an ack."""
     async with asyncio.timeout(GUARD):
-        message = json.loads(await ws.recv())
+        while (message := json.loads(await ws.recv()))["type"] == "ack":
+            pass
     assert isinstance(message, dict)
     return message
 
 
-async def recv_rfc6455(connection: rfc6455.Connection) -> dict[str, Any]:
+async def recv_rfc6455(connection: rfc6455.Connection, *, acks: bool = False) -> dict[str, Any]:
+    """The next message; acks are skipped unless ``acks``."""
     async with asyncio.timeout(GUARD):
-        data = await connection.recv()
-    assert isinstance(data, str)
-    message = json.loads(data)
-    assert isinstance(message, dict)
-    return message
+        while True:
+            data = await connection.recv()
+            assert isinstance(data, str)
+            message = json.loads(data)
+            assert isinstance(message, dict)
+            if acks or message.get("type") != "ack":
+                return message
 
 
 def address(value: Any) -> str:
@@ -177,6 +186,7 @@ async def test_chat_then_signal_shuts_down_cleanly(
     ):
         mine_id = check_id(json.loads(str(await mine.recv()))["connectionId"])
         assert json.loads(str(await mine.recv()))["type"] == "welcome"
+        assert json.loads(str(await mine.recv()))["type"] == "history"
         theirs_id = await greeted_by_websockets(theirs)
         leaver_id = await greeted_by_websockets(leaver)
 
@@ -315,3 +325,99 @@ async def test_bad_values_exit_2_with_one_line(
     (line,) = server.lines
     assert line.startswith("python -m server: error: ")
     assert line.endswith("\n")
+
+
+async def test_sigkill_loses_no_acknowledged_message_and_reuses_no_seq(
+    spawn: Callable[..., Any], tmp_path: Path
+) -> None:
+    """kill -9 at a random moment while a sender streams; then restart and resume from 0."""
+    seed = int(os.environ.get("KILL_TEST_SEED") or random.randrange(2**32))
+    print(f"KILL_TEST_SEED={seed}")  # shown when the test fails: rerun with it to reproduce
+    rng = random.Random(seed)
+    db = tmp_path / "kill.db"
+    server = await spawn("--port", "0", "--db", str(db))
+    url = f"ws://127.0.0.1:{await server.port()}/"
+    acked: dict[str, int] = {}  # clientMsgId -> seq
+    seen: list[int] = []  # every seq the receiver saw broadcast
+    sent = 0
+
+    def window_open() -> bool:
+        """At most 2,000 messages unacknowledged, so that acks keep up with what is sent."""
+        return sent - len(acked) <= 2000
+
+    async def send_all(sender: rfc6455.Connection) -> None:
+        nonlocal sent
+        while True:
+            await wait_until(window_open)
+            message = {"message": f"text {sent}", "clientMsgId": f"id-{sent}"}
+            await sender.send(json.dumps(message))
+            sent += 1
+
+    async def record_acks(sender: rfc6455.Connection) -> None:
+        while True:
+            message = await recv_rfc6455(sender, acks=True)
+            assert message["type"] == "ack", message
+            assert message["clientMsgId"] not in acked
+            acked[message["clientMsgId"]] = message["seq"]
+
+    async def record_broadcasts(receiver: rfc6455.Connection) -> None:
+        while True:
+            message = await recv_rfc6455(receiver)
+            seen.append(message["seq"])
+
+    async with (
+        await rfc6455.connect(url, ping_interval=None) as sender,
+        await rfc6455.connect(url, ping_interval=None) as receiver,
+    ):
+        for connection in (sender, receiver):
+            for _ in range(3):  # connectionId, welcome, history
+                welcome = await recv_rfc6455(connection)
+        epoch = welcome["epoch"]
+        sending = asyncio.create_task(send_all(sender))
+        receiving = [
+            asyncio.create_task(record_acks(sender)),
+            asyncio.create_task(record_broadcasts(receiver)),
+        ]
+        await wait_until(lambda: len(acked) >= 50)
+        await asyncio.sleep(rng.uniform(0.0, 0.3))
+        server.process.send_signal(signal.SIGKILL)
+        await server.wait()
+        done, _ = await asyncio.wait(receiving, timeout=GUARD)
+        assert len(done) == len(receiving)  # each ended with its connection
+        for task in done:
+            assert isinstance(task.exception(), rfc6455.ConnectionClosed)
+        sending.cancel()
+        await asyncio.wait([sending])
+    assert acked
+    print(f"sent {sent}, acknowledged {len(acked)}, broadcast {len(seen)}")
+    assert seen == sorted(set(seen))
+
+    server = await spawn("--port", "0", "--db", str(db), "--resume-max", "1000000")
+    url = f"ws://127.0.0.1:{await server.port()}/?since=0&epoch={epoch}"
+    async with await rfc6455.connect(url, ping_interval=None, max_size=None) as client:
+        client_id = (await recv_rfc6455(client))["connectionId"]
+        assert (await recv_rfc6455(client))["epoch"] == epoch
+        history = await recv_rfc6455(client)
+        assert history["recovered"] is True
+        stored = {m["seq"]: m["message"] for m in history["messages"]}
+        seqs = [m["seq"] for m in history["messages"]]
+        assert seqs == sorted(set(seqs))  # no seq twice
+        # Every acknowledged message is there, once, under the seq its ack gave.
+        for client_msg_id, seq in acked.items():
+            assert stored[seq] == "text " + client_msg_id.removeprefix("id-")
+        await client.send(json.dumps({"message": "after the crash", "clientMsgId": "after"}))
+        ack = await recv_rfc6455(client, acks=True)
+        assert ack["clientMsgId"] == "after"
+        assert ack["seq"] > max([*seen, *acked.values()])
+        server.process.send_signal(signal.SIGTERM)
+        assert await server.wait() == 0
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute("SELECT client_msg_id, seq, connection_id FROM messages").fetchall()
+    finally:
+        conn.close()
+    by_id = {cid: (seq, conn_id) for cid, seq, conn_id in rows}
+    assert len(by_id) == len(rows)  # each clientMsgId once
+    for client_msg_id, seq in acked.items():
+        assert by_id[client_msg_id][0] == seq
+    assert by_id["after"][1] == client_id

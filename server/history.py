@@ -1,0 +1,191 @@
+"""History: the latest broadcast payloads in memory, and what a connecting client gets of them.
+
+A new client gets the last N messages; a client that comes back with ``?since=<seq>&epoch=<id>``
+gets every message after ``since`` instead, if they are all still kept. Either way the history
+is built in the same event-loop step as the client is registered for live broadcasts, so
+nothing falls between the history and the first live message, and nothing is in both.
+
+The ring holds the payloads exactly as broadcast (UTF-8 JSON), so a history item is byte for
+byte a broadcast. It is bounded by a count and by a total size, but it never drops a message
+the writer has not finished with (committed or dead-lettered): whatever it no longer holds is
+therefore in the database, or lost for good, and a resume that reaches further back reads the
+database for that part (``Plan.read_after``).
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import re
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs
+
+__all__ = ["History", "Plan", "Resume"]
+
+# A seq as a query parameter: ASCII digits, few enough for any real seq (2**63 has 19).
+_SEQ = re.compile(r"[0-9]{1,19}")
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """A reconnecting client's position: the last seq it has, in the epoch it had it from."""
+
+    since: int
+    epoch: str
+
+    @classmethod
+    def from_query(cls, query: str) -> Resume | None:
+        """Read ``since`` (a whole number >= 0) and ``epoch`` from a query string.
+
+        Returns:
+            None unless both are present and valid: the client then gets a plain history.
+        """
+        values = parse_qs(query)
+        since, epoch = values.get("since", []), values.get("epoch", [])
+        if len(since) != 1 or len(epoch) != 1 or not _SEQ.fullmatch(since[0]):
+            return None
+        return cls(int(since[0]), epoch[0])
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The history one client gets.
+
+    Attributes:
+        messages: Payloads from memory, oldest first.
+        recovered: Whether this is exactly everything after the client's ``since``.
+        read_after: If not None, the messages with ``read_after < seq <= read_through`` must be
+            read from the database and go before ``messages``.
+        read_through: See ``read_after``.
+        fallback: What to send instead (with ``recovered`` False) if that read fails.
+    """
+
+    messages: list[bytes]
+    recovered: bool
+    read_after: int | None = None
+    read_through: int = 0
+    fallback: list[bytes] = field(default_factory=list)
+
+
+class History:
+    """The latest broadcast payloads, and the bounds of what the chat still keeps.
+
+    Args:
+        epoch: The database's epoch.
+        max_messages: The most payloads held.
+        max_bytes: The most payload bytes held.
+        finished: The highest seq the writer is done with (everything stored at start-up).
+        pruned: The highest seq deleted by retention (``Meta.pruned``).
+    """
+
+    def __init__(
+        self, epoch: str, *, max_messages: int, max_bytes: int, finished: int, pruned: int
+    ) -> None:
+        self.epoch = epoch
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self._entries: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._bytes = 0
+        self._finished = finished
+        # Every message above this seq is in the ring (or was never stored).
+        self._evicted = 0
+        self._pruned = pruned
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def pruned(self) -> int:
+        """The highest seq deleted by retention."""
+        return self._pruned
+
+    def load(self, stored: list[tuple[int, bytes]], *, complete: bool) -> None:
+        """Fill the ring at start-up with the latest stored payloads, oldest first.
+
+        Args:
+            stored: (seq, payload) pairs in seq order.
+            complete: Whether these are all the stored messages; if not, older ones exist.
+        """
+        if stored and not complete:
+            self._evicted = max(self._evicted, stored[0][0] - 1)
+        for seq, payload in stored:
+            self.append(seq, payload)
+
+    def append(self, seq: int, payload: bytes) -> None:
+        """Add the payload of a message just broadcast (seqs must increase)."""
+        self._entries.append((seq, payload))
+        self._bytes += len(payload)
+        self._trim()
+
+    def finished(self, seq: int) -> None:
+        """The writer is done with every message up to ``seq``: the ring may drop them."""
+        self._finished = max(self._finished, seq)
+        self._trim()
+
+    def pruned_through(self, seq: int) -> None:
+        """Retention deleted every message up to ``seq``: forget them here too."""
+        self._pruned = max(self._pruned, seq)
+        self._evicted = max(self._evicted, seq)
+        entries = self._entries
+        while entries and entries[0][0] <= seq:
+            self._bytes -= len(entries.popleft()[1])
+
+    def last(self, n: int) -> list[bytes]:
+        """The latest ``n`` payloads held, oldest first."""
+        latest = [payload for _, payload in itertools.islice(reversed(self._entries), max(0, n))]
+        latest.reverse()
+        return latest
+
+    def plan(self, resume: Resume | None, *, last: int, count: int, resume_max: int) -> Plan | None:
+        """Decide what a connecting client gets; to be used in the step that registers it.
+
+        Args:
+            resume: The client's position, if it asked to resume.
+            last: The last seq handed out.
+            count: How many messages a client that does not resume gets (``--history``).
+            resume_max: The most messages a resume may send (``--resume-max``).
+
+        Returns:
+            None if the client gets no history at all (no resume, and ``count`` is 0).
+        """
+        if resume is None:
+            return Plan(self.last(count), recovered=False) if count > 0 else None
+        since = resume.since
+        if (
+            resume.epoch != self.epoch
+            or since < self._pruned
+            or since > last
+            or last - since > resume_max
+        ):
+            return Plan(self.last(count), recovered=False)
+        newer = self._after(since)
+        if since >= self._evicted:
+            return Plan(newer, recovered=True)
+        return Plan(
+            newer,
+            recovered=True,
+            read_after=since,
+            read_through=self._evicted,
+            fallback=self.last(count),
+        )
+
+    def _after(self, seq: int) -> list[bytes]:
+        """The payloads held with a seq above ``seq``, oldest first."""
+        newer: list[bytes] = []
+        for entry_seq, payload in reversed(self._entries):
+            if entry_seq <= seq:
+                break
+            newer.append(payload)
+        newer.reverse()
+        return newer
+
+    def _trim(self) -> None:
+        entries = self._entries
+        while (
+            entries
+            and (len(entries) > self.max_messages or self._bytes > self.max_bytes)
+            and entries[0][0] <= self._finished
+        ):
+            seq, payload = entries.popleft()
+            self._bytes -= len(payload)
+            self._evicted = seq
