@@ -4,6 +4,12 @@
 // protocol"). handleMessage() switches on its `type` and logs the types it does
 // not know. Text from the network is only ever put in the page with
 // textContent, never parsed as HTML.
+//
+// Resume (README, "The web client"): every chat message has a `seq`. The page
+// remembers the highest one it has seen and the database's `epoch`, and
+// reconnects with ?since=&epoch=, so that the history the server sends first
+// holds exactly what it missed. A message whose seq is already shown is never
+// shown again; a history with `recovered: false` replaces the messages shown.
 "use strict";
 
 (() => {
@@ -19,6 +25,8 @@
   // Within this many pixels of the bottom, the log follows new entries.
   const STICKY_PX = 48;
   const SHORT_ID_LENGTH = 8;
+  // How many seqs are remembered to skip duplicates (the oldest are forgotten).
+  const MAX_SEEN = 10000;
 
   // RFC 6455 §7.4.1 codes, in plain words.
   const CLOSE_CODES = {
@@ -71,8 +79,23 @@
     reconnectAttempt: 0,
     // Whether the log stays at its latest entry when the window is resized.
     stick: true,
-    // Room for resume (issue 6: ?since=&epoch=) and access tokens (issue 7):
-    // socketUrl() is the one place that turns the URL field into the URL dialled.
+    // Resume: the database's epoch and the highest seq seen (a message shown,
+    // or the ack of one's own); socketUrl() adds them to the URL dialled.
+    epoch: null,
+    lastSeq: null,
+    // The seqs of the messages shown: none is shown twice.
+    seen: new Set(),
+    // The seq the current socket asked to resume after (null: it did not).
+    resumeFrom: null,
+    // The server speaks the protocol of acks (its welcome has an epoch): the
+    // page then sends {"message", "clientMsgId"} objects rather than text.
+    structured: false,
+    // Every connection id this page had: the history names one's own
+    // messages by the connection that sent them.
+    ownIds: new Set(),
+    // One's own messages that no ack confirmed yet, by clientMsgId:
+    // { entry, text, ownId } (ownId: the connection that sent it).
+    pending: new Map(),
   };
 
   // ---------- helpers ----------
@@ -86,8 +109,31 @@
     return "ws://localhost:5000";
   }
 
+  function canResume() {
+    return state.lastSeq !== null && state.epoch !== null;
+  }
+
+  // The one place that turns the URL field into the URL dialled (access
+  // tokens, issue 7, would go here too).
   function socketUrl() {
-    return ui.url.value.trim();
+    const base = ui.url.value.trim();
+    if (!canResume()) return base;
+    try {
+      const url = new URL(base);
+      url.searchParams.set("since", String(state.lastSeq));
+      url.searchParams.set("epoch", state.epoch);
+      return url.href;
+    } catch {
+      return base; // not a URL: connect() says so
+    }
+  }
+
+  // crypto.randomUUID() needs a secure context (https:, localhost, a file);
+  // a page served over plain http: from another host falls back to this.
+  function newMessageId() {
+    if (typeof crypto.randomUUID === "function") return crypto.randomUUID();
+    return Array.from(crypto.getRandomValues(new Uint8Array(16)),
+      (byte) => byte.toString(16).padStart(2, "0")).join("");
   }
 
   function shortId(id) {
@@ -162,11 +208,9 @@
     ui.logEmpty.hidden = n > 0;
   }
 
-  // Appends one entry: kind (a CSS class and data-kind), the text, optional
+  // Builds one entry: kind (a CSS class and data-kind), the text, optional
   // extras ({ sender, serverTimestamp, data }).
-  function log(kind, text, extra = {}) {
-    // Measured now, not taken from the last scroll event, which may be pending.
-    const follow = isNearBottom();
+  function makeEntry(kind, text, extra = {}) {
     const now = new Date();
     const entry = el("li", { className: `entry entry-${kind}`, testid: "log-entry" });
     entry.dataset.kind = kind;
@@ -193,13 +237,160 @@
     }
     body.append(el("p", { className: "entry-text", text, testid: "entry-text" }));
     entry.append(time, body);
-    ui.log.append(entry);
+    return entry;
+  }
 
+  // Appends entries (or moves them, if they are in the log already).
+  function show(...entries) {
+    // Measured now, not taken from the last scroll event, which may be pending.
+    const follow = isNearBottom();
+    ui.log.append(...entries);
     while (ui.log.childElementCount > MAX_LOG_ENTRIES) ui.log.firstElementChild.remove();
     updateCount();
     if (follow) scrollToBottom();
     else ui.jump.hidden = false;
+  }
+
+  function log(kind, text, extra = {}) {
+    const entry = makeEntry(kind, text, extra);
+    show(entry);
     return entry;
+  }
+
+  // ---------- chat messages, seqs and one's own messages ----------
+
+  function isSeq(seq) {
+    return Number.isSafeInteger(seq) && seq >= 0;
+  }
+
+  function isSeen(seq) {
+    return isSeq(seq) && state.seen.has(seq);
+  }
+
+  function noteSeq(seq) {
+    if (!isSeq(seq)) return;
+    state.seen.add(seq);
+    if (state.seen.size > MAX_SEEN) state.seen.delete(state.seen.values().next().value);
+    if (state.lastSeq === null || seq > state.lastSeq) state.lastSeq = seq;
+  }
+
+  // Seqs of another database mean nothing here.
+  function noteEpoch(epoch) {
+    if (typeof epoch !== "string") return;
+    if (state.epoch !== null && epoch !== state.epoch) {
+      state.seen.clear();
+      state.lastSeq = null;
+    }
+    state.epoch = epoch;
+  }
+
+  // The entry of a broadcast-shaped message ({ connectionId, message,
+  // timestamp, seq }); `own`: sent by this page, shown on the right.
+  function chatEntry(msg, own) {
+    const data = own ? {} : { sender: String(msg.connectionId ?? "") };
+    if (isSeq(msg.seq)) data.seq = String(msg.seq);
+    noteSeq(msg.seq);
+    return makeEntry(own ? "own" : "broadcast", String(msg.message ?? ""), {
+      sender: own ? null : String(msg.connectionId ?? "unknown"),
+      serverTimestamp: msg.timestamp,
+      data,
+    });
+  }
+
+  // One's own message: "sending…" until the ack, then "✓" with its seq.
+  const DELIVERY = {
+    pending: ["sending…", "Waiting for the server to confirm that it saved this message"],
+    confirmed: ["✓", "Saved by the server"],
+    unconfirmed: ["not confirmed",
+      "The connection closed before the server confirmed this message: it may not have arrived"],
+    failed: ["not sent", "The server refused this message"],
+  };
+
+  function setDelivery(entry, status, seq) {
+    entry.dataset.status = status;
+    if (isSeq(seq)) entry.dataset.seq = String(seq);
+    let mark = entry.querySelector(".delivery");
+    if (mark === null) {
+      mark = el("span", { className: "delivery", testid: "delivery" });
+      entry.querySelector(".entry-head")?.append(mark);
+    }
+    const [text, title] = DELIVERY[status];
+    mark.textContent = text;
+    mark.title = isSeq(seq) ? `${title} (message #${seq})` : title;
+  }
+
+  // The pending message that a history item from one of this page's earlier
+  // connections is: by its clientMsgId when the item has one, else the oldest
+  // with the same text sent on that connection.
+  function takePending(item) {
+    let found = null;
+    if (typeof item.clientMsgId === "string") {
+      found = state.pending.has(item.clientMsgId) ? item.clientMsgId : null;
+    } else {
+      for (const [id, p] of state.pending) {
+        if (p.ownId === item.connectionId && p.text === item.message) {
+          found = id;
+          break;
+        }
+      }
+    }
+    if (found === null) return null;
+    const { entry } = state.pending.get(found);
+    state.pending.delete(found);
+    return entry;
+  }
+
+  // Removes every chat message shown but one's own still waiting for an ack.
+  function resetView() {
+    const waiting = new Set([...state.pending.values()].map((p) => p.entry));
+    for (const entry of ui.log.querySelectorAll('li[data-kind="broadcast"], li[data-kind="own"]')) {
+      if (!waiting.has(entry)) entry.remove();
+    }
+    state.seen.clear();
+    state.lastSeq = null;
+    updateCount();
+  }
+
+  // {"type": "history", "messages": [...], "epoch", "recovered"}: sent once,
+  // right after the welcome, oldest first.
+  function showHistory(msg) {
+    const items = Array.isArray(msg.messages) ? msg.messages : [];
+    const from = state.resumeFrom;
+    noteEpoch(msg.epoch);
+    if (msg.recovered !== true) {
+      resetView();
+      if (from !== null) {
+        log("info", `The server could not resume after message #${from} ` +
+          "(its database changed, or no longer keeps those messages): " +
+          `showing its latest ${items.length} instead.`);
+      }
+    } else if (from !== null) {
+      const n = items.length;
+      log("info", `Resumed after message #${from}: ${n} missed ${n === 1 ? "message" : "messages"}.`);
+    }
+    const entries = [];
+    for (const item of items) {
+      if (item === null || typeof item !== "object" || isSeen(item.seq)) continue;
+      const own = state.ownIds.has(item.connectionId);
+      const waiting = own ? takePending(item) : null;
+      if (waiting === null) {
+        entries.push(chatEntry(item, own));
+      } else {
+        // Sent before the connection dropped, and saved after all: it moves
+        // to its place in the order.
+        noteSeq(item.seq);
+        setDelivery(waiting, "confirmed", item.seq);
+        entries.push(waiting);
+      }
+    }
+    // What earlier connections sent and the history does not have stays
+    // "not confirmed", after the history.
+    for (const [id, p] of state.pending) {
+      if (p.ownId === state.ownId) continue;
+      state.pending.delete(id);
+      entries.push(p.entry);
+    }
+    if (entries.length) show(...entries);
   }
 
   // ---------- connection state ----------
@@ -234,6 +425,7 @@
 
   function connect({ retry = false } = {}) {
     cancelReconnect();
+    const resumeFrom = canResume() ? state.lastSeq : null;
     const url = socketUrl();
     if (!url) {
       log("error", "Enter a server URL, such as ws://localhost:5000.");
@@ -252,6 +444,7 @@
     state.ws = ws;
     state.userClosed = false;
     state.openedAt = 0;
+    state.resumeFrom = resumeFrom;
     setOwnId(null);
     setState("connecting");
     log("info", retry
@@ -284,6 +477,9 @@
     const lasted = wasOpen ? Date.now() - state.openedAt : 0;
     state.ws = null;
     state.openedAt = 0;
+    for (const p of state.pending.values()) {
+      if (p.ownId === state.ownId) setDelivery(p.entry, "unconfirmed");
+    }
     setOwnId(null);
     const words = describeClose(event.code, event.reason);
     const data = { code: String(event.code) };
@@ -349,6 +545,7 @@
         // The first message has no type: {"connectionId": "<uuid4>"}.
         if (typeof msg.connectionId === "string") {
           setOwnId(msg.connectionId);
+          state.ownIds.add(msg.connectionId);
           log("id", `Your connection id is ${msg.connectionId}`, {
             data: { connectionId: msg.connectionId },
           });
@@ -357,15 +554,26 @@
         }
         break;
       case "welcome":
+        state.structured = typeof msg.epoch === "string";
+        noteEpoch(msg.epoch);
         log("welcome", String(msg.message ?? "Welcome"));
         break;
-      case "broadcast":
-        log("broadcast", String(msg.message ?? ""), {
-          sender: String(msg.connectionId ?? "unknown"),
-          serverTimestamp: msg.timestamp,
-          data: { sender: String(msg.connectionId ?? "") },
-        });
+      case "history":
+        showHistory(msg);
         break;
+      case "broadcast":
+        if (!isSeen(msg.seq)) show(chatEntry(msg, false));
+        break;
+      case "ack": {
+        // One's own message is saved: its seq counts as seen.
+        noteSeq(msg.seq);
+        const p = state.pending.get(msg.clientMsgId);
+        if (p !== undefined) {
+          state.pending.delete(msg.clientMsgId);
+          setDelivery(p.entry, "confirmed", msg.seq);
+        }
+        break;
+      }
       case "user_left": {
         const total = Number(msg.totalConnections);
         const who = shortId(msg.connectionId ?? "someone");
@@ -385,6 +593,11 @@
           ? ` (retry after ${(msg.retryAfterMs / 1000).toFixed(1)} s)`
           : "";
         log("error", `Server error${code}${detail}${retry}`);
+        const p = state.pending.get(msg.clientMsgId);
+        if (p !== undefined) {
+          state.pending.delete(msg.clientMsgId);
+          setDelivery(p.entry, "failed");
+        }
         break;
       }
       default:
@@ -420,9 +633,16 @@
     const ws = state.ws;
     // Whitespace-only messages are not sent.
     if (!text.trim() || ws === null || ws.readyState !== WebSocket.OPEN) return;
-    ws.send(text);
-    // The server does not echo a sender's own message: this is its only entry.
-    log("own", text, { sender: null });
+    // The server does not echo a sender's own message: this is its only
+    // entry, confirmed by the ack (a server without acks gets plain text).
+    const clientMsgId = state.structured ? newMessageId() : null;
+    ws.send(clientMsgId === null ? text : JSON.stringify({ message: text, clientMsgId }));
+    const entry = log("own", text, { sender: null });
+    if (clientMsgId !== null) {
+      entry.dataset.clientMsgId = clientMsgId;
+      state.pending.set(clientMsgId, { entry, text, ownId: state.ownId });
+      setDelivery(entry, "pending");
+    }
     ui.message.value = "";
     fitComposer();
     ui.message.focus();
@@ -445,6 +665,8 @@
 
   ui.clear.addEventListener("click", () => {
     ui.log.replaceChildren();
+    // Cleared messages stay gone: an ack or a history no longer brings them back.
+    state.pending.clear();
     updateCount();
     ui.jump.hidden = true;
   });

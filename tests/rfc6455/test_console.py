@@ -462,6 +462,7 @@ async def test_chat_server_end_to_end(tmp_path: Path, loop_errors: list[Any]) ->
             async with asyncio.timeout(GUARD):
                 await other.recv()  # its connection id
                 await other.recv()  # welcome
+                await other.recv()  # history
             args = ("--send", "hello, chat", "--expect", "2", "--json")
             result = await run_console(uri, *args, cwd=tmp_path)
             assert result.status == 0, result
@@ -873,3 +874,463 @@ def test_python_m_rfc6455(
         runpy.run_module("rfc6455", run_name="__main__")
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.startswith("usage: python -m rfc6455 ")
+
+
+# --resume: reconnect with since= and epoch=
+
+
+class Scripted:
+    """A server that plays one handler per connection and records each request."""
+
+    def __init__(self, *handlers: Callable[[Connection], Any]) -> None:
+        self.handlers = list(handlers)
+        self.requests: list[Request] = []
+        self.messages: list[str | bytes] = []
+
+    def process_request(self, request: Request) -> Response | None:
+        self.requests.append(request)
+        if len(self.requests) > len(self.handlers):
+            return reject(503, "no more connections in this script")
+        return None
+
+    async def handler(self, ws: Connection) -> None:
+        await self.handlers[len(self.requests) - 1](ws)
+
+    @property
+    def queries(self) -> list[str]:
+        return [request.query for request in self.requests]
+
+
+async def scripted(net: Net, *handlers: Callable[[Connection], Any]) -> tuple[Scripted, str]:
+    script = Scripted(*handlers)
+    server = await net.serve(script.handler, process_request=script.process_request)
+    return script, net.uri(server, "/room?x=1")
+
+
+def fast_console(options: Options, lines: AsyncIterator[str] | None = None) -> Console:
+    client = Console(options, Output(io.StringIO(), io.StringIO(), json_lines=True), lines)
+    client.resume_delays = (0.01, 0.01)
+    return client
+
+
+async def test_resume_reconnects_with_since_and_epoch(net: Net, tmp_path: Path) -> None:
+    """As a subprocess: the highest seq of the JSON received, the last epoch, other keys kept."""
+
+    async def first(ws: Connection) -> None:
+        for message in (
+            {"type": "welcome", "epoch": "E/1"},
+            {"type": "history", "epoch": "E/1", "messages": [{"seq": 3}, {"seq": 4}, "x", 5]},
+            {"type": "broadcast", "seq": 7},
+            {"type": "ack", "seq": 9},
+            {"type": "broadcast", "seq": 8},  # lower: the highest stays 9
+            {"seq": True},
+            {"seq": "100"},
+        ):
+            await ws.send(json.dumps(message))
+        await ws.send("[1, 2]")
+        await ws.send(b"\x00")
+        await ws.close(1001, "restarting")
+
+    async def second(ws: Connection) -> None:
+        await ws.send('{"type": "history", "recovered": true, "messages": []}')
+        await ws.wait_closed()
+
+    script, uri = await scripted(net, first, second)
+    uri = uri.replace("?x=1", "?since=2&x=1&epoch=old")
+    result = await run_console(uri, "--resume", "--expect", "10", "--json", cwd=tmp_path)
+    assert result.status == 0, result
+    assert len(result.json_lines) == 10
+    assert script.queries == ["since=2&x=1&epoch=old", "x=1&since=9&epoch=E%2F1"]
+    lines = result.stderr.splitlines()
+    assert lines == [
+        f"connected to {uri}",
+        'closed by server: 1001 (going away) "restarting"',
+        "reconnecting in 0.5 s (attempt 1 of 5)",
+        f"connected to {uri.split('?')[0]}?x=1&since=9&epoch=E%2F1",
+        "closing: 1000 (normal closure)",
+        "closed: server answered 1000 (normal closure)",
+    ]
+
+
+async def test_resume_after_a_drop_and_a_new_epoch(net: Net) -> None:
+    async def first(ws: Connection) -> None:
+        await ws.send('{"epoch": "A", "seq": 5}')
+        ws.abort()  # 1006
+
+    async def second(ws: Connection) -> None:
+        # Another database: seq 5 of epoch A means nothing in epoch B.
+        await ws.send('{"type": "welcome", "epoch": "B"}')
+        await ws.send('{"type": "history", "messages": [{"seq": 1}, {"seq": 2}]}')
+        await ws.close(1011, "oops")
+
+    async def third(ws: Connection) -> None:
+        await ws.send('{"seq": 3}')
+        await ws.close(1000)
+
+    script, uri = await scripted(net, first, second, third)
+    client = fast_console(Options(uri, timeout=GUARD, resume=True))
+    assert await client.run() == console.EXIT_OK
+    assert script.queries == ["x=1", "x=1&since=5&epoch=A", "x=1&since=2&epoch=B"]
+    assert (client.last_seq, client.epoch) == (3, "B")
+    out, err = printed(client)
+    assert len(out.splitlines()) == 4
+    assert "connection lost: 1006 (abnormal closure)" in err
+    assert 'closed by server: 1011 (internal error) "oops"' in err
+    assert err.splitlines()[-1] == "closed by server: 1000 (normal closure)"
+
+
+@pytest.mark.parametrize("code", [1000, 1003, 1008, 4000])
+async def test_resume_not_after_a_deliberate_close(net: Net, code: int) -> None:
+    async def first(ws: Connection) -> None:
+        await ws.send('{"seq": 1}')
+        await ws.close(code)
+
+    script, uri = await scripted(net, first)
+    client = fast_console(Options(uri, timeout=GUARD, resume=True))
+    await client.run()
+    assert len(script.requests) == 1
+    assert "reconnecting" not in printed(client)[1]
+
+
+async def test_resume_not_after_a_failure_of_our_own(net: Net) -> None:
+    async def first(ws: Connection) -> None:
+        await ws.send("x" * 101)
+        await ws.wait_closed()
+
+    script, uri = await scripted(net, first)
+    client = fast_console(Options(uri, max_size=100, timeout=GUARD, resume=True))
+    assert await client.run() == console.EXIT_CLOSED
+    assert len(script.requests) == 1
+    assert "connection failed: sent 1009 (message too big)" in printed(client)[1]
+
+
+async def test_resume_gives_up(net: Net) -> None:
+    async def first(ws: Connection) -> None:
+        await ws.send('{"seq": 1, "epoch": "e"}')
+        await ws.close(1012, "restart")
+
+    script, uri = await scripted(net, first)  # later connections: 503
+    client = fast_console(Options(uri, expect=3, resume=True))
+    assert await client.run() == console.EXIT_EXPECT  # 3 wins
+    err = printed(client)[1].splitlines()
+    assert len(script.requests) == 3
+    assert err[-4:] == [
+        "reconnecting in 0.01 s (attempt 2 of 2)",
+        f"rfc6455: handshake with {uri}&since=1&epoch=e failed: "
+        "server refused the WebSocket upgrade: 503 Service Unavailable",
+        "rfc6455: gave up after 2 attempts to reconnect",
+        "rfc6455: expected 3 messages, received 1",
+    ]
+    script.handlers.append(first)
+    script.requests.clear()
+    client = fast_console(Options(uri, timeout=GUARD, resume=True))
+    assert await client.run() == console.EXIT_CONNECT
+    assert printed(client)[1].splitlines()[-1] == "rfc6455: gave up after 2 attempts to reconnect"
+
+
+async def test_resume_keeps_the_input(net: Net) -> None:
+    """Interactive: a line typed while disconnected goes out on the next connection."""
+    lines: asyncio.Queue[str | None] = asyncio.Queue()
+    received: list[str | bytes] = []
+
+    async def feed() -> AsyncIterator[str]:
+        while (line := await lines.get()) is not None:
+            yield line
+
+    async def first(ws: Connection) -> None:
+        received.append(await ws.recv())
+        await ws.send('{"seq": 1, "epoch": "e"}')
+        await ws.close(1013, "busy")
+
+    async def second(ws: Connection) -> None:
+        received.append(await ws.recv())
+        await ws.send("got it")
+        await ws.wait_closed()
+
+    script, uri = await scripted(net, first, second)
+    client = fast_console(Options(uri, resume=True), feed())
+    client.resume_delays = (0.3,)
+    running = asyncio.create_task(client.run())
+    lines.put_nowait("one")
+    await wait_until(lambda: "reconnecting" in printed(client)[1])
+    lines.put_nowait("two")  # typed while disconnected
+    await wait_until(lambda: "got it" in printed(client)[0])
+    lines.put_nowait(None)  # Ctrl-D
+    async with asyncio.timeout(GUARD):
+        assert await running == console.EXIT_OK
+    assert received == ["one", "two"]
+    assert script.queries[1] == "x=1&since=1&epoch=e"
+
+
+async def test_resume_sends_each_send_once(net: Net) -> None:
+    """Non-interactive: --send messages go out once, --expect counts over connections."""
+    received: list[str | bytes] = []
+
+    async def first(ws: Connection) -> None:
+        received.append(await ws.recv())
+        await ws.send('{"seq": 1}')
+        await ws.close(1012)
+
+    async def second(ws: Connection) -> None:
+        await ws.send("again")
+        with contextlib.suppress(rfc6455.ConnectionClosed):
+            received.extend([message async for message in ws])
+
+    script, uri = await scripted(net, first, second)
+    client = fast_console(Options(uri, sends=("one", "two"), expect=2, resume=True))
+    assert await client.run() == console.EXIT_OK
+    assert len(script.requests) == 2
+    # "two" went out on the first connection, or on the second if the first
+    # closed under it; never on both.
+    assert received in (["one"], ["one", "two"])
+
+
+async def test_resume_interrupted_while_waiting(net: Net) -> None:
+    async def first(ws: Connection) -> None:
+        await ws.close(1012)
+
+    script, uri = await scripted(net, first)
+    client = fast_console(Options(uri, timeout=GUARD, resume=True))
+    client.resume_delays = (GUARD,)
+    running = asyncio.create_task(client.run())
+    await wait_until(lambda: "reconnecting" in printed(client)[1])
+    client.interrupt()
+    async with asyncio.timeout(GUARD / 2):
+        assert await running == console.EXIT_CLOSED  # how the last connection ended: 1012
+    last = printed(client)[1].splitlines()[-1]
+    assert last == f"rfc6455: interrupted while reconnecting to {uri}"
+    assert len(script.requests) == 1
+
+
+async def test_resume_stops_at_the_timeout(net: Net) -> None:
+    async def first(ws: Connection) -> None:
+        await ws.send("one")
+        ws.abort()
+
+    _, uri = await scripted(net, first)
+    client = fast_console(Options(uri, timeout=0.5, expect=2, resume=True))
+    client.resume_delays = (GUARD,)
+    async with asyncio.timeout(GUARD / 2):
+        assert await client.run() == console.EXIT_EXPECT
+    assert printed(client)[1].splitlines()[-1] == "rfc6455: expected 2 messages, received 1"
+
+
+@pytest.mark.parametrize(
+    ("uri", "since", "epoch", "resumed"),
+    [
+        ("ws://h/", None, "e", "ws://h/"),
+        ("ws://h/", 0, None, "ws://h/?since=0"),
+        ("ws://h", 7, "a b&c", "ws://h?since=7&epoch=a%20b%26c"),
+        ("ws://h:1/p?since=1&a=%20&epoch=x&b", 9, "y", "ws://h:1/p?a=%20&b&since=9&epoch=y"),
+    ],
+)
+def test_resume_uri(uri: str, since: int | None, epoch: str | None, resumed: str) -> None:
+    assert console.resume_uri(uri, since, epoch) == resumed
+    console.parse_args([resumed])  # still a valid URI
+
+
+def test_resume_option_and_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert console.parse_args(["ws://h/", "--resume"]) == Options("ws://h/", resume=True)
+    with pytest.raises(SystemExit):
+        console.main(["--help"])
+    out = capsys.readouterr().out
+    assert "--resume" in out
+    assert "since=<the highest" in out
+
+
+# --resume against the real chat server
+
+
+class ChatProcess:
+    """``python -m server`` in a subprocess, restartable on the same port with another database."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.process: asyncio.subprocess.Process | None = None
+        self.port = 0
+        self._drain: asyncio.Task[bytes] | None = None
+
+    async def start(self, db: str) -> None:
+        command = [sys.executable, "-m", "server", "--port", str(self.port)]
+        process = self.process = await asyncio.create_subprocess_exec(
+            *command, "--db", str(self.tmp_path / db), "--shutdown-timeout", "5",
+            cwd=self.tmp_path,
+            env={k: v for k, v in environ().items() if not k.startswith("CHAT_")},
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert process.stderr is not None
+        async with asyncio.timeout(GUARD):
+            while not (match := LISTENING.search((await process.stderr.readline()).decode())):
+                assert not process.stderr.at_eof(), "the chat server did not start"
+        self.port = int(match.group(1))
+        self._drain = asyncio.create_task(process.stderr.read())  # never block on stderr
+
+    async def stop(self) -> None:
+        """SIGTERM: every client is closed with 1001; exit status 0."""
+        process, self.process = self.process, None
+        assert process is not None
+        assert self._drain is not None
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(GUARD):
+            assert await process.wait() == 0
+            await self._drain
+
+    async def kill(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+        if self._drain is not None:
+            await self._drain
+
+
+class GatedProxy:
+    """A TCP proxy in front of the chat server: it can cut its connections and hold new ones.
+
+    Each request target is recorded, so the test sees the ``?since=&epoch=`` of each connect.
+    """
+
+    def __init__(self, chat: ChatProcess) -> None:
+        self.chat = chat
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.targets: list[str] = []
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self.gate.wait()
+        head = await reader.readuntil(b"\r\n\r\n")
+        self.targets.append(head.split(b" ", 2)[1].decode())
+        up_reader, up_writer = await asyncio.open_connection(HOST, self.chat.port)
+        self._writers += [writer, up_writer]
+        up_writer.write(head)
+        pipes = {
+            asyncio.create_task(self._pipe(reader, up_writer)),
+            asyncio.create_task(self._pipe(up_reader, writer)),
+        }
+        try:
+            await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in pipes:
+                task.cancel()
+            await asyncio.wait(pipes)
+            up_writer.transport.abort()
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+
+    def cut(self) -> None:
+        """Drop every connection (no close frame: the console sees 1006)."""
+        for writer in self._writers:
+            writer.transport.abort()
+        self._writers.clear()
+
+
+async def chat_sender(uri: str) -> tuple[Connection, str]:
+    """A chat client that has read its greeting; returns it and the epoch."""
+    ws = await rfc6455.connect(uri, ping_interval=None)
+    async with asyncio.timeout(GUARD):
+        await ws.recv()  # its connection id
+        welcome = json.loads(str(await ws.recv()))
+        await ws.recv()  # history
+    return ws, welcome["epoch"]
+
+
+async def send_acked(ws: Connection, texts: Sequence[str]) -> list[int]:
+    """Send structured messages and wait for their acks; return their seqs."""
+    for n, text in enumerate(texts):
+        await ws.send(json.dumps({"message": text, "clientMsgId": str(n)}))
+    acks: list[int] = []
+    async with asyncio.timeout(GUARD):
+        while len(acks) < len(texts):
+            message = json.loads(str(await ws.recv()))
+            if message.get("type") == "ack":  # user_left notices may come too
+                assert message["clientMsgId"] == str(len(acks))
+                acks.append(message["seq"])
+    return acks
+
+
+async def test_resume_against_the_chat_server(net: Net, tmp_path: Path) -> None:
+    """A dropped console gets every message it missed, once; a new database, a fresh history."""
+    chat = ChatProcess(tmp_path)
+    await chat.start("first.db")
+    proxy = GatedProxy(chat)
+    plain = await net.plain_server(proxy.serve)
+    sender, epoch = await chat_sender(f"ws://{HOST}:{chat.port}/")
+    process = None
+    try:
+        before = await send_acked(sender, ["before 1", "before 2"])
+        process = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "rfc6455", net.uri(plain), "--resume", "--json"),
+            *("--expect", "11"),
+            cwd=tmp_path,
+            env=environ(),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert process.stdout is not None
+
+        async def received(count: int) -> list[Any]:
+            assert process is not None
+            assert process.stdout is not None
+            async with asyncio.timeout(GUARD):
+                lines = [await process.stdout.readline() for _ in range(count)]
+            return [json.loads(line)["data"] for line in lines]
+
+        _, welcome, history = await received(3)
+        assert welcome["epoch"] == epoch
+        assert [item["seq"] for item in history["messages"]] == before
+        live = await send_acked(sender, ["live"])
+        assert (await received(1))[0]["seq"] == live[0]
+
+        # Dropped; 60 messages (more than the history of a new client) while away.
+        proxy.gate.clear()
+        proxy.cut()
+        missed = await send_acked(sender, [f"missed {n}" for n in range(60)])
+        proxy.gate.set()
+        _, _, history = await received(3)
+        assert proxy.targets[1] == f"/?since={live[0]}&epoch={epoch}"
+        assert history["recovered"] is True
+        assert [item["seq"] for item in history["messages"]] == missed
+        assert [item["message"] for item in history["messages"]] == [
+            f"missed {n}" for n in range(60)
+        ]
+        after = await send_acked(sender, ["after"])
+        assert (await received(1))[0]["seq"] == after[0]
+
+        # A restart with a new database: another epoch, so a fresh history.
+        proxy.gate.clear()
+        await chat.stop()  # 1001 to the console, which reconnects
+        await chat.start("second.db")
+        proxy.gate.set()
+        _, welcome, history = await received(3)
+        assert proxy.targets[2] == f"/?since={after[0]}&epoch={epoch}"
+        assert welcome["epoch"] != epoch
+        assert history == {
+            "type": "history",
+            "messages": [],
+            "epoch": welcome["epoch"],
+            "recovered": False,
+        }
+        async with asyncio.timeout(GUARD):
+            status = await process.wait()
+        assert process.stderr is not None
+        stderr = (await process.stderr.read()).decode()
+        assert status == 0, stderr
+        assert "connection lost: 1006 (abnormal closure)" in stderr
+        assert 'closed by server: 1001 (going away) "server shutting down"' in stderr
+        assert stderr.count("reconnecting in 0.5 s (attempt 1 of 5)") == 2
+    finally:
+        proxy.cut()
+        proxy.gate.set()
+        await sender.close()
+        if process is not None and process.returncode is None:
+            process.kill()
+            await process.wait()
+        await chat.kill()

@@ -72,11 +72,12 @@ class ChatServer:
         self.log_path = workdir / "server-0.log"
         self._starts = 0
 
-    def start(self, port: int = 0) -> None:
+    def start(self, port: int = 0, db: str = "messages.db") -> None:
         """Start the server and wait for its ``listening`` line.
 
         Args:
             port: 0 for a free port, or the port of a previous start.
+            db: the database's file name in ``workdir`` (another one: another epoch).
 
         Raises:
             RuntimeError: the server exited or did not start in time.
@@ -86,7 +87,7 @@ class ChatServer:
         self.log_path = self.workdir / f"server-{self._starts}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
         command = [sys.executable, "-m", "server", "--port", str(port)]
-        command += ["--db", str(self.workdir / "messages.db"), "--shutdown-timeout", "5"]
+        command += ["--db", str(self.workdir / db), "--shutdown-timeout", "5"]
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log

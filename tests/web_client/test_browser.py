@@ -7,14 +7,18 @@ waits for a later event that would have come after it.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import socket
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from playwright.sync_api import Locator, Page, ViewportSize, WebSocketRoute, expect
 
+import rfc6455
 from tests.web_client.conftest import DESKTOP, PHONE, WEB_CLIENT, ChatServer, Pages
 
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
@@ -413,3 +417,254 @@ def test_screenshots_of_a_conversation(
         page.screenshot(path=path)
         assert path.stat().st_size > 0
         record_screenshot(path)
+
+
+# Resume after reconnect: seq, epoch, history and acks (README, "The web client")
+
+EPOCH = "e0000000000000000000000000000001"
+OTHER = "abcdef12-0000-4000-8000-000000000000"
+
+
+def chat_item(seq: int, text: str, sender: str = OTHER) -> dict[str, object]:
+    """A broadcast-shaped message, as the server sends it live and in a history."""
+    return {
+        "type": "broadcast",
+        "connectionId": sender,
+        "message": text,
+        "timestamp": "2024-01-02 03:04:05",
+        "seq": seq,
+    }
+
+
+def history(items: list[dict[str, object]], *, epoch: str = EPOCH, recovered: bool = False) -> str:
+    return json.dumps(
+        {"type": "history", "messages": items, "epoch": epoch, "recovered": recovered}
+    )
+
+
+def seqs(page: Page) -> list[str]:
+    """The data-seq of every chat message shown, in order ("" for none)."""
+    chat = page.locator('#log > li[data-kind="broadcast"], #log > li[data-kind="own"]')
+    return [value or "" for value in chat.evaluate_all("ls => ls.map(l => l.dataset.seq)")]
+
+
+def test_history_acks_and_resume_against_a_scripted_server(pages: Pages) -> None:
+    """Each connection is answered by a script: the client's side of resume, step by step."""
+    page = open_file(pages)
+    urls: list[str] = []
+    routes: list[WebSocketRoute] = []
+    received: list[dict[str, Any]] = []
+    ids = [f"0000000{n}-0000-4000-8000-000000000000" for n in range(3)]
+    first_history = history([chat_item(1, "one"), chat_item(2, "two")])
+    scripts = [
+        # A new page: the last messages, not a resume.
+        (EPOCH, first_history),
+        # The resume: seq 3 is shown already; seq 6 is the page's own message
+        # whose ack never came (its item has no clientMsgId).
+        (
+            EPOCH,
+            history(
+                [chat_item(3, "three"), chat_item(6, "lost ack", ids[0]), chat_item(7, "seven")],
+                recovered=True,
+            ),
+        ),
+        # Another database: the view starts again.
+        ("e2", history([chat_item(1, "fresh")], epoch="e2")),
+    ]
+
+    def handler(ws: WebSocketRoute) -> None:
+        n = len(routes)
+        urls.append(ws.url)
+        routes.append(ws)
+        ws.on_message(lambda message: received.append(json.loads(message)))
+        epoch, replay = scripts[n]
+        ws.send(json.dumps({"connectionId": ids[n]}))
+        ws.send(json.dumps({"type": "welcome", "message": "hi", "epoch": epoch}))
+        ws.send(replay)
+
+    page.route_web_socket(re.compile(r"^wss?://"), handler)
+    connect(page, "ws://chat.test/room?x=1")
+    expect(texts(page, "broadcast")).to_have_text(["one", "two"])
+    assert urls == ["ws://chat.test/room?x=1"]
+    assert seqs(page) == ["1", "2"]
+
+    routes[0].send(json.dumps(chat_item(3, "three")))
+    routes[0].send(json.dumps(chat_item(2, "two")))  # a duplicate is not shown
+    routes[0].send(json.dumps(chat_item(4, "four")))
+    expect(texts(page, "broadcast")).to_have_text(["one", "two", "three", "four"])
+
+    # Own messages go out as objects with a clientMsgId; the ack confirms them.
+    send(page, "mine")
+    own = entries(page, "own")
+    expect(own.locator('[data-testid="delivery"]')).to_have_text("sending…")
+    expect(own).to_have_attribute("data-status", "pending")
+    sent = received[-1]
+    assert set(sent) == {"message", "clientMsgId"}
+    assert sent["message"] == "mine"
+    assert UUID.match(sent["clientMsgId"])
+    routes[0].send(json.dumps({"type": "ack", "seq": 5, "clientMsgId": sent["clientMsgId"]}))
+    expect(own).to_have_attribute("data-status", "confirmed")
+    expect(own).to_have_attribute("data-seq", "5")
+    expect(own.locator('[data-testid="delivery"]')).to_have_text("✓")
+
+    # Another: the connection drops before its ack.
+    send(page, "lost ack")
+    routes[0].close(code=1012, reason="restart")
+    expect(own.nth(1)).to_have_attribute("data-status", "unconfirmed")
+    expect(own.nth(1).locator('[data-testid="delivery"]')).to_have_text("not confirmed")
+    # ... the ack of "mine" (seq 5) was the highest seq seen.
+    expect(page.locator("#status")).to_have_attribute("data-state", "open")
+    assert urls[1] == f"ws://chat.test/room?x=1&since=5&epoch={EPOCH}"
+    expect(texts(page, "info").last).to_have_text("Resumed after message #5: 3 missed messages.")
+    # "lost ack" was saved after all: shown once, confirmed, in its place.
+    expect(texts(page, "broadcast")).to_have_text(["one", "two", "three", "four", "seven"])
+    expect(texts(page, "own")).to_have_text(["mine", "lost ack"])
+    expect(own.nth(1)).to_have_attribute("data-status", "confirmed")
+    assert seqs(page) == ["1", "2", "3", "4", "5", "6", "7"]
+
+    routes[1].close(code=1001)
+    expect(entries(page, "connected")).to_have_count(3)
+    assert urls[2] == f"ws://chat.test/room?x=1&since=7&epoch={EPOCH}"
+    expect(texts(page, "broadcast")).to_have_text(["fresh"])
+    expect(entries(page, "own")).to_have_count(0)
+    expect(texts(page, "info").last).to_contain_text("The server could not resume after message #7")
+    expect(texts(page, "info").last).to_contain_text("showing its latest 1 instead")
+    routes[2].send(json.dumps(chat_item(2, "after the reset")))
+    expect(texts(page, "broadcast")).to_have_text(["fresh", "after the reset"])
+
+
+def chat_client(url: str, texts: list[str]) -> list[int]:
+    """A Python chat client sends ``texts`` and waits for their acks; returns their seqs.
+
+    It runs on a thread of its own: the sync playwright API owns this thread's event loop.
+    """
+
+    async def run() -> list[int]:
+        async with await rfc6455.connect(url, ping_interval=None) as ws:
+            async with asyncio.timeout(10):
+                for _ in range(3):  # connection id, welcome, history
+                    await ws.recv()
+                for n, text in enumerate(texts):
+                    await ws.send(json.dumps({"message": text, "clientMsgId": str(n)}))
+                seqs: list[int] = []
+                while len(seqs) < len(texts):
+                    message = json.loads(str(await ws.recv()))
+                    if message.get("type") == "ack":
+                        seqs.append(message["seq"])
+                return seqs
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, run()).result(timeout=20)
+
+
+class Relay:
+    """Puts the test between a page and the real server: it can drop the page's
+    connection, hold its next one, and keep the acks from reaching the page.
+    """
+
+    def __init__(self, page: Page) -> None:
+        self.urls: list[str] = []
+        self.routes: list[WebSocketRoute] = []
+        self.held: list[WebSocketRoute] = []
+        self.hold = False
+        self.drop_acks = False
+        page.route_web_socket(re.compile(r"^wss?://"), self._route)
+
+    def _route(self, ws: WebSocketRoute) -> None:
+        self.urls.append(ws.url)
+        if self.hold:
+            self.held.append(ws)  # open for the page, silent until release()
+        else:
+            self._connect(ws)
+
+    def _connect(self, ws: WebSocketRoute) -> None:
+        server = ws.connect_to_server()
+        server.on_message(lambda message: self._to_page(ws, message))
+        self.routes.append(ws)
+
+    def _to_page(self, ws: WebSocketRoute, message: str | bytes) -> None:
+        if not (self.drop_acks and json.loads(message).get("type") == "ack"):
+            ws.send(message)
+
+    def drop(self) -> None:
+        """Close the page's side with 1012 (and, so, the server's side)."""
+        self.routes[-1].close(code=1012, reason="test: dropped")
+
+    def release(self) -> None:
+        self.hold = False
+        for ws in self.held:
+            self._connect(ws)
+        self.held.clear()
+
+
+def test_a_dropped_page_resumes_and_shows_every_message_once(
+    pages: Pages, chat_server: ChatServer
+) -> None:
+    a, b = open_served(pages, chat_server), open_served(pages, chat_server)
+    relay = Relay(a)
+    connect(a)
+    connect(b)
+    before = chat_client(chat_server.ws_url, ["before 1", "before 2"])
+    expect(texts(a, "broadcast")).to_have_text(["before 1", "before 2"])
+    send(a, "mine")
+    expect(entries(a, "own")).to_have_attribute("data-status", "confirmed")
+    # This one reaches the server, which broadcasts it, but its ack never reaches the page.
+    relay.drop_acks = True
+    send(a, "ack lost")
+    expect(texts(b, "broadcast")).to_have_text(["before 1", "before 2", "mine", "ack lost"])
+    expect(entries(a, "own").last).to_have_attribute("data-status", "pending")
+    last_seen = int(entries(a, "own").first.get_attribute("data-seq") or "")
+    assert last_seen > before[-1]
+
+    relay.drop_acks = False
+    relay.hold = True
+    relay.drop()
+    expect(entries(a, "own").last).to_have_attribute("data-status", "unconfirmed")
+    expect(entries(a, "connected")).to_have_count(2)  # the reconnect, held
+    missed = chat_client(chat_server.ws_url, [f"missed {n}" for n in range(60)])
+    relay.release()
+
+    expect(texts(a, "info").last).to_have_text(
+        f"Resumed after message #{last_seen}: 61 missed messages."
+    )
+    assert re.fullmatch(
+        rf"{re.escape(chat_server.ws_url)}\?since={last_seen}&epoch=[0-9a-f-]+", relay.urls[1]
+    )
+    expected = ["before 1", "before 2", *(f"missed {n}" for n in range(60))]
+    expect(texts(a, "broadcast")).to_have_text(expected)
+    # "ack lost" is in the history under the page's first id: confirmed, not shown twice.
+    expect(texts(a, "own")).to_have_text(["mine", "ack lost"])
+    expect(entries(a, "own").last).to_have_attribute("data-status", "confirmed")
+    after = chat_client(chat_server.ws_url, ["after"])
+    expect(texts(a, "broadcast")).to_have_text([*expected, "after"])
+    shown = [int(seq) for seq in seqs(a)]
+    assert shown == sorted(set(shown))
+    assert shown[: len(before)] == before
+    assert shown[-61:] == [*missed, *after]
+
+
+def test_a_new_database_resets_the_view(pages: Pages, chat_server: ChatServer) -> None:
+    page = open_served(pages, chat_server)
+    connect(page)
+    chat_client(chat_server.ws_url, ["old 1", "old 2"])
+    send(page, "old mine")
+    expect(texts(page, "broadcast")).to_have_text(["old 1", "old 2"])
+    expect(entries(page, "own")).to_have_attribute("data-status", "confirmed")
+    seq = entries(page, "own").get_attribute("data-seq")
+
+    port = chat_server.port
+    assert chat_server.stop() == 0
+    chat_server.start(port, db="other.db")
+    chat_client(chat_server.ws_url, ["new 1"])
+
+    expect(texts(page, "info").last).to_contain_text(
+        f"The server could not resume after message #{seq}", timeout=15_000
+    )
+    # It asked to resume: every attempt's URL had since= and epoch=.
+    attempts = texts(page, "info").filter(has_text="Reconnecting to")
+    expect(attempts.first).to_contain_text(f"?since={seq}&epoch=")
+    assert attempts.count() == attempts.filter(has_text=f"?since={seq}&epoch=").count()
+    expect(texts(page, "broadcast")).to_have_text(["new 1"])
+    expect(entries(page, "own")).to_have_count(0)
+    send(page, "new mine")
+    expect(entries(page, "own")).to_have_attribute("data-seq", "2")
