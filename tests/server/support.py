@@ -15,7 +15,7 @@ import os
 import re
 import sqlite3
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -355,3 +355,15 @@ async def _drain(connection: Connection) -> None:
     except TimeoutError:
         connection.abort()
         await connection.wait_closed()
+
+
+@contextlib.contextmanager
+def locked(db: Path) -> Iterator[None]:
+    """Hold the database's write lock from another connection, as another process would."""
+    conn = sqlite3.connect(db, isolation_level=None, timeout=GUARD)
+    try:
+        conn.execute("BEGIN EXCLUSIVE")
+        yield
+        conn.execute("ROLLBACK")
+    finally:
+        conn.close()

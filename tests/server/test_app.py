@@ -13,10 +13,7 @@ import contextlib
 import json
 import logging
 import os
-import sqlite3
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,6 +32,7 @@ from tests.server.support import (
     check_id,
     check_timestamp,
     check_user_left,
+    locked,
     wait_until,
 )
 
@@ -62,18 +60,6 @@ TRICKY_TEXTS = [
     '["message", "not really"]',
     "😀" * 1000,
 ]
-
-
-@contextlib.contextmanager
-def locked(db: Path) -> Iterator[None]:
-    """Hold the database's write lock from another connection, as another process would."""
-    conn = sqlite3.connect(db, isolation_level=None, timeout=GUARD)
-    try:
-        conn.execute("BEGIN EXCLUSIVE")
-        yield
-        conn.execute("ROLLBACK")
-    finally:
-        conn.close()
 
 
 def check_rows(rows: list[tuple[Any, ...]], sent: list[tuple[str, str, str]]) -> None:

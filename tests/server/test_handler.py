@@ -10,31 +10,17 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from server.retry import RetryPolicy
-from tests.server.support import GUARD, Chat, Client, Json, check_broadcast, wait_until
+from tests.server.support import Chat, Client, Json, check_broadcast, locked, wait_until
 
 # Retries often, for long enough that no test ever exhausts it.
 PATIENT = RetryPolicy(attempts=1000, base_delay=0.01, max_delay=0.02)
 # Gives up fast: two attempts 10 ms apart.
 IMPATIENT = RetryPolicy(attempts=2, base_delay=0.01)
-
-
-@contextlib.contextmanager
-def locked(db: Path) -> Iterator[None]:
-    """Hold the database's write lock from another connection, as another process would."""
-    conn = sqlite3.connect(db, isolation_level=None, timeout=GUARD)
-    try:
-        conn.execute("BEGIN EXCLUSIVE")
-        yield
-        conn.execute("ROLLBACK")
-    finally:
-        conn.close()
 
 
 def seqs(messages: list[Json]) -> list[int]:

@@ -10,8 +10,7 @@ import os
 import shutil
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from server.persistence import (
 )
 from server.retry import RetryPolicy
 from server.store import MessageRecord, Store
+from tests.server.support import locked
 
 # Short delays keep the tests fast; many attempts keep them robust on a slow machine.
 PATIENT = RetryPolicy(attempts=40, base_delay=0.05, max_delay=0.2)
@@ -67,18 +67,6 @@ def dead_letters(path: Path) -> list[dict[str, Any]]:
 def as_records(letters: list[dict[str, Any]]) -> list[MessageRecord]:
     fields = ("connection_id", "message", "timestamp", "created_at", "seq", "client_msg_id")
     return [MessageRecord(*(letter[f] for f in fields)) for letter in letters]
-
-
-@contextmanager
-def locked(db: Path) -> Iterator[None]:
-    """Hold the database's write lock from another connection, as another process would."""
-    conn = sqlite3.connect(db, isolation_level=None)
-    try:
-        conn.execute("BEGIN EXCLUSIVE")
-        yield
-        conn.execute("ROLLBACK")
-    finally:
-        conn.close()
 
 
 @pytest.fixture
