@@ -38,3 +38,13 @@ class Limits:
     # Wait for the transport to drain only once this many bytes are queued
     # (asyncio's own default high-water mark is 64 KiB).
     write_limit: int = 2**16
+    # Slow consumer: sending more while over this many bytes wait in the
+    # transport for a peer that does not read closes the connection with 1008
+    # "slow consumer" (RFC 6455 §7.4.1, policy violation), so that frames sent
+    # without waiting (send_encoded, broadcast) cannot grow memory without
+    # bound. send() waits for the transport to drain, so a peer that reads is
+    # never cut off, whatever the size of one message. 1 MiB is a full
+    # max_size message, or thousands of chat messages: far more than a reader
+    # that keeps up ever lags by. Checked once the transport has paused writing
+    # (above write_limit), so a smaller value acts as write_limit.
+    max_send_buffer: int | None = 2**20

@@ -13,6 +13,13 @@ of it, one ``write()`` per connection: a handler answering sixteen messages, or
 a broadcast of a burst of messages, makes one system call per peer, not one
 per frame. Above ``write_limit`` bytes the frames are written at once, and
 :meth:`Connection.send` waits for the transport to drain.
+
+A peer that does not read is a slow consumer once more is written while over
+``max_send_buffer`` bytes still wait for it: what was not written yet is
+dropped, the connection fails with 1008 "slow consumer", and it is dropped
+after a short grace if the close frame, queued behind what the peer did not
+read, cannot get through. The test costs one attribute check per write, since
+the transport pauses writing above ``write_limit``.
 """
 
 from __future__ import annotations
@@ -56,6 +63,13 @@ _RECEIVE_SIZE = 256 * 1024
 # Small frames queued for one write are joined; larger ones are written as
 # they are, since copying them costs more than the extra system call.
 _JOIN_LIMIT = 16384
+
+# A slow consumer's close frame waits behind the data it did not read: the
+# connection is dropped if it is not closed within this time (or close_timeout
+# if shorter). A peer that reads at all takes 1 MiB in a second on any link
+# faster than 8 Mbit/s; one that does not would hold its buffer for the whole
+# close_timeout.
+_SLOW_CONSUMER_GRACE = 1.0
 
 # A module global: `State.OPEN` is an attribute lookup on the enum class, and
 # every send and every received chunk checks the state.
@@ -428,13 +442,17 @@ class Connection(asyncio.BufferedProtocol):
                 self._pending_failure = event
         queued = len(messages) - self._taken
         if queued:
-            if (
-                queued >= _MAX_QUEUE
-                and not self._reading_paused
-                and not self.protocol.close_expected()
-            ):
-                self._reading_paused = True
-                self._transport.pause_reading()
+            if queued >= _MAX_QUEUE and not self._reading_paused:
+                if self.protocol.close_expected():
+                    # Closing: reading goes on to the peer's close frame and EOF,
+                    # but nothing obliges us to keep what it sends meanwhile
+                    # (RFC 6455 §7.1.2): a peer that ignores our close cannot
+                    # grow the queue past _MAX_QUEUE.
+                    del messages[self._taken + _MAX_QUEUE :]
+                    queued = _MAX_QUEUE
+                else:
+                    self._reading_paused = True
+                    self._transport.pause_reading()
         else:
             self._fail_if_pending()
         waiter = self._recv_waiter
@@ -492,6 +510,9 @@ class Connection(asyncio.BufferedProtocol):
         self._unflushed = 0
         output = self.protocol.data_to_send()
         transport = self._transport
+        # The transport pauses writing above write_limit: one test while below.
+        if self._writing_paused and self._over_send_limit():
+            output = self._shed_slow_consumer()
         if output and not transport.is_closing():
             if len(output) == 1 and output[0]:
                 transport.write(output[0])
@@ -503,6 +524,37 @@ class Connection(asyncio.BufferedProtocol):
             timeout = self.limits.close_timeout
             if timeout is not None and not self._done:
                 self._close_timer = self._loop.call_later(timeout, self._close_timed_out)
+
+    def _over_send_limit(self) -> bool:
+        """Whether more than ``max_send_buffer`` bytes wait for the peer of an open connection."""
+        limit = self.limits.max_send_buffer
+        return (
+            limit is not None
+            and self.protocol.state is _OPEN
+            and self._transport.get_write_buffer_size() > limit
+        )
+
+    def _shed_slow_consumer(self) -> list[bytes]:
+        """Fail a peer that does not read with 1008, dropping what was not written yet.
+
+        Returns:
+            What to write instead: the close frame, and the EOF.
+        """
+        self.logger.warning(
+            "%s is a slow consumer: %d bytes not read, closing with 1008",
+            _peer(self.remote_address),
+            self._transport.get_write_buffer_size(),
+        )
+        # RFC 6455 §7.4.1: 1008, "a message that violates its policy".
+        self.protocol.fail(CloseCode.POLICY_VIOLATION, "slow consumer")
+        # The peer's close frame and EOF must be read, and a peer that never reads
+        # gets the grace, not close_timeout, before its buffer is freed.
+        self._resume_reading()
+        timeout = self.limits.close_timeout
+        grace = _SLOW_CONSUMER_GRACE if timeout is None else min(timeout, _SLOW_CONSUMER_GRACE)
+        if not self._done:
+            self._close_timer = self._loop.call_later(grace, self._close_timed_out)
+        return self.protocol.data_to_send()
 
     def _close_timed_out(self) -> None:
         self.logger.debug("closing handshake timed out, dropping the connection")
@@ -581,8 +633,11 @@ class Connection(asyncio.BufferedProtocol):
     def _keepalive_timed_out(self) -> None:
         self._keepalive_timer = None
         # RFC 6455 §7.4.1: 1011, "an unexpected condition prevented the
-        # request from being fulfilled".
+        # request from being fulfilled". A peer that answers no ping will not
+        # answer the close frame either: close TCP now rather than after
+        # close_timeout (§7.1.7 ends a failed connection by closing TCP).
         self.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+        self._transport.close()
 
 
 def _write_all(transport: asyncio.Transport, output: list[bytes]) -> None:

@@ -22,7 +22,7 @@ from rfc6455 import (
     InvalidState,
     State,
 )
-from rfc6455.frames import Opcode, serialize_frame
+from rfc6455.frames import Close, Opcode, serialize_frame
 from tests.rfc6455.conftest import (
     GUARD,
     HOST,
@@ -181,6 +181,21 @@ async def test_close_while_reading_is_paused(net: Net) -> None:
         await server_ws.close()
     assert server_ws.state is State.CLOSED
     assert server_ws.close_code == 1000
+
+
+async def test_messages_kept_while_closing_are_bounded(net: Net) -> None:
+    # A peer that ignores our close frame and goes on sending: reading goes on
+    # (its close frame must be read), but at most 16 of its messages are kept.
+    server_ws, raw = await net.raw_pair(close_timeout=GUARD)
+    closing = asyncio.create_task(server_ws.close())
+    assert (await raw.read_frame()).opcode == Opcode.CLOSE
+    for i in range(100):
+        await raw.send_frame(Opcode.TEXT, f"ignored {i}".encode())
+    await raw.send_frame(Opcode.CLOSE, close_payload(1000))
+    await raw.close()
+    async with asyncio.timeout(GUARD):
+        await closing
+    assert len(server_ws._messages) - server_ws._taken == 16
 
 
 async def test_abort_while_reading_is_paused(net: Net) -> None:
@@ -523,6 +538,65 @@ async def test_send_blocked_on_drain_when_the_peer_resets(net: Net) -> None:
             await sending
 
 
+async def send_until_closed(server_ws: Connection, frame: bytes, most: int) -> int:
+    """Send ``frame`` without waiting, a turn of the loop apart, until closed; bytes sent."""
+    sent = 0
+    while sent < most:
+        try:
+            server_ws.send_encoded(frame)
+        except ConnectionClosed:
+            break
+        sent += len(frame)
+        await asyncio.sleep(0)
+    return sent
+
+
+async def test_slow_consumer_is_failed_with_1008_and_dropped(
+    net: Net, log: pytest.LogCaptureFixture
+) -> None:
+    limit = 2**18
+    server_ws, _ = await net.raw_pair(max_send_buffer=limit)
+    frame = serialize_frame(Opcode.BINARY, b"\x00" * 2**14)
+    # The raw client reads nothing: kernel buffers, then the transport's, fill up.
+    sent = await send_until_closed(server_ws, frame, most=2**27)
+    assert sent < 2**27, "the slow consumer was never cut off"
+    assert server_ws.protocol.close_sent == Close(1008, "slow consumer")
+    # What was queued when it was cut off, plus the close frame, and no more.
+    assert server_ws.write_buffer_size() <= limit + server_ws.limits.write_limit + len(frame)
+    # It never reads its close frame: it is dropped after the grace, not close_timeout.
+    async with asyncio.timeout(GUARD):
+        await server_ws.wait_closed()
+    assert server_ws.close_code == 1006
+    assert any("is a slow consumer" in record.getMessage() for record in log.records)
+
+
+async def test_slow_consumer_that_reads_in_time_gets_the_close_frame(net: Net) -> None:
+    server_ws, raw = await net.raw_pair(max_send_buffer=2**18)
+    frame = serialize_frame(Opcode.BINARY, b"\x00" * 2**14)
+    await send_until_closed(server_ws, frame, most=2**27)
+    while (received := await raw.read_frame()).opcode != 0x8:
+        assert received.opcode == 0x2
+    assert (received.close_code, received.payload[2:]) == (1008, b"slow consumer")
+
+
+async def test_send_waits_so_a_reader_gets_messages_over_max_send_buffer(net: Net) -> None:
+    server_ws, client = await net.pair({"max_send_buffer": 2**17}, max_size=None)
+    big = b"\x01" * 2**20
+    for _ in range(3):
+        await server_ws.send(big)
+    assert [await client.recv() for _ in range(3)] == [big] * 3
+    assert server_ws.state is State.OPEN
+
+
+async def test_max_send_buffer_none_never_cuts_off(net: Net) -> None:
+    server_ws, _ = await net.raw_pair(max_send_buffer=None)
+    frame = serialize_frame(Opcode.BINARY, b"\x00" * 2**14)
+    # Past the default limit of 1 MiB, and past the kernel buffers.
+    assert await send_until_closed(server_ws, frame, most=2**23) >= 2**23
+    assert server_ws.state is State.OPEN
+    assert server_ws.write_buffer_size() > 2**20
+
+
 # Attributes
 
 
@@ -630,6 +704,17 @@ async def test_keepalive_fails_a_peer_that_never_answers(
     await raw.close()
     await server_ws.wait_closed()
     assert info_lines(log) == ["failing connection: 1011 keepalive ping timeout"]
+
+
+async def test_keepalive_timeout_closes_tcp_without_waiting_for_the_peer(net: Net) -> None:
+    # The peer answers neither the ping nor the close frame: TCP is closed at once,
+    # not after close_timeout (an hour here).
+    server_ws, raw = await net.raw_pair(ping_interval=0.05, ping_timeout=0.1, close_timeout=3600)
+    async with asyncio.timeout(GUARD):
+        await server_ws.wait_closed()
+    assert (await raw.read_frame()).opcode == Opcode.PING
+    assert (await raw.read_close()).close_code == 1011
+    assert await raw.at_eof()
 
 
 async def test_keepalive_keeps_a_live_connection_open(
