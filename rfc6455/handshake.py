@@ -38,6 +38,7 @@ __all__ = [
     "client_request",
     "generate_key",
     "is_upgrade",
+    "offered_subprotocols",
     "parse_uri",
     "reject",
     "select_subprotocol",
@@ -173,6 +174,14 @@ def check_request(request: Request) -> str:
     return key
 
 
+def offered_subprotocols(request: Request) -> list[str]:
+    """Return the subprotocols a client offers, in its order of preference (RFC 6455 §4.1).
+
+    They are the elements of its ``Sec-WebSocket-Protocol`` fields.
+    """
+    return _tokens(request.headers, "Sec-WebSocket-Protocol")
+
+
 def select_subprotocol(request: Request, supported: Sequence[str]) -> str | None:
     """Choose a subprotocol for the connection (RFC 6455 §4.2.2, /subprotocol/).
 
@@ -185,7 +194,7 @@ def select_subprotocol(request: Request, supported: Sequence[str]) -> str | None
         The first of ``supported`` that the client offered (names are compared
         exactly), or None if there is none.
     """
-    offered = set(_tokens(request.headers, "Sec-WebSocket-Protocol"))
+    offered = set(offered_subprotocols(request))
     return next((name for name in supported if name in offered), None)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from .exceptions import InvalidRequest, InvalidResponse, InvalidState
@@ -167,7 +167,10 @@ class Request:
     """An HTTP request head (RFC 9112 §3); a handshake request has no body.
 
     ``remote_address`` is not on the wire: a server's ``RequestParser`` attaches
-    the peer's address, for logging and access checks.
+    the peer's address, for logging and access checks. Nor is ``state``: a dict
+    for the application, where a server's ``process_request`` hook can leave what
+    it learned (an authenticated user, say) for the handler, which finds the same
+    request at ``Connection.request``; it takes no part in comparisons.
     """
 
     method: str
@@ -175,6 +178,7 @@ class Request:
     headers: Headers
     version: str = "HTTP/1.1"
     remote_address: tuple[str, int] | None = None
+    state: dict[str, object] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def path(self) -> str:

@@ -23,7 +23,7 @@ server's resume convention, ``?since=<highest seq seen>&epoch=<epoch seen>``
 The parts are kept apart: :func:`parse_args` gives an :class:`Options`,
 :meth:`Console.dial` is the one place that connects, and :class:`Output` is the
 one place that prints. A bearer token is an ``-H "Authorization: Bearer ..."``
-header.
+header, or ``--token`` for short.
 """
 
 from __future__ import annotations
@@ -256,6 +256,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         help="extra request header, e.g. 'Authorization: Bearer TOKEN' (repeatable)",
     )
     parser.add_argument(
+        "--token",
+        metavar="TOKEN",
+        help="bearer token (RFC 6750): sends 'Authorization: Bearer TOKEN'; "
+        "a command line is visible to other users of the machine, -H from a script is not",
+    )
+    parser.add_argument(
         "--subprotocol",
         dest="subprotocols",
         metavar="NAME",
@@ -303,6 +309,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         "since=<highest seq seen>&epoch=<epoch seen> (the chat server's resume convention, below)",
     )
     args = parser.parse_args(argv)
+    if args.token is not None:
+        if any(name.lower() == "authorization" for name, _ in args.headers):
+            parser.error("--token and an Authorization header (-H) exclude each other")
+        args.headers.append(("Authorization", f"Bearer {args.token}"))
     options = Options(
         uri=args.uri,
         headers=tuple(args.headers),

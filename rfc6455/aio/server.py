@@ -45,6 +45,7 @@ class Server:
         self.limits = limits
         self.process_request = process_request
         self.subprotocols = tuple(subprotocols)
+        # The open connections: from the step that writes the 101 until the handler ends.
         self.connections: set[Connection] = set()
         # The handlers running, and the TCP connections still in the opening
         # handshake (dropped at once on close()).
@@ -64,11 +65,13 @@ class Server:
         return int(self._server.sockets[0].getsockname()[1])
 
     def _start_handler(self, connection: Connection) -> None:
+        # In ``connections`` from the step of the 101 on, not from the handler's first step:
+        # a process_request hook counting them (a connection limit) sees every upgrade.
+        self.connections.add(connection)
         self._tasks.add(asyncio.get_running_loop().create_task(self._run_handler(connection)))
 
     async def _run_handler(self, connection: Connection) -> None:
         """Run the handler, then close the connection: 1000, or 1011 if it raised."""
-        self.connections.add(connection)
         try:
             await self.handler(connection)
         except ConnectionClosed:

@@ -383,6 +383,26 @@ async def test_headers_and_subprotocol_reach_the_server(net: Net, tmp_path: Path
     assert "subprotocol chat.v2" in result.stderr
 
 
+async def test_token_sends_a_bearer_authorization_header(net: Net, tmp_path: Path) -> None:
+    recorder = Recorder()
+    server = await net.serve(recorder.handler, process_request=recorder.process_request)
+    result = await run_console(
+        net.uri(server), "--token", "abc.def", "--send", "hi", "--expect", "1", cwd=tmp_path
+    )
+    assert result.status == 0, result
+    (request,) = recorder.requests
+    assert request.headers.get_all("Authorization") == ["Bearer abc.def"]
+
+
+def test_token_and_an_authorization_header_exclude_each_other(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        console.parse_args(["ws://h/", "--token", "t", "-H", "authorization: Basic x"])
+    assert exit_info.value.code == console.EXIT_USAGE
+    assert "--token" in one_error_line(capsys.readouterr().err)
+
+
 # Interactive mode, as a subprocess driven through pipes
 
 
@@ -1151,7 +1171,8 @@ class ChatProcess:
         self._drain: asyncio.Task[bytes] | None = None
 
     async def start(self, db: str) -> None:
-        command = [sys.executable, "-m", "server", "--port", str(self.port)]
+        # --rate-limit 0: the test's sender sends its messages in bursts.
+        command = [sys.executable, "-m", "server", "--port", str(self.port), "--rate-limit", "0"]
         process = self.process = await asyncio.create_subprocess_exec(
             *command, "--db", str(self.tmp_path / db), "--shutdown-timeout", "5",
             cwd=self.tmp_path,

@@ -18,6 +18,7 @@ from rfc6455.handshake import (
     client_request,
     generate_key,
     is_upgrade,
+    offered_subprotocols,
     parse_uri,
     reject,
     select_subprotocol,
@@ -262,6 +263,12 @@ def test_select_subprotocol(
 ) -> None:
     request = edit(b"Sec-WebSocket-Protocol", *offered)
     assert select_subprotocol(request, supported) == selected
+
+
+def test_offered_subprotocols_in_order_across_fields() -> None:
+    request = edit(b"Sec-WebSocket-Protocol", b"chat, ,access_token.a.b", b"x")
+    assert offered_subprotocols(request) == ["chat", "access_token.a.b", "x"]
+    assert offered_subprotocols(edit(b"Sec-WebSocket-Protocol")) == []
 
 
 # Server: accept and reject

@@ -585,3 +585,37 @@ async def test_close_does_not_wait_for_idle_handshakes(net: Net) -> None:
     async with asyncio.timeout(GUARD):
         await server.close(timeout=3600)
     await idle.at_eof()
+
+
+# What process_request leaves for the handler, and what it can count
+
+
+async def test_process_request_leaves_state_for_the_handler(net: Net) -> None:
+    seen: list[object] = []
+
+    def hook(request: Request) -> None:
+        request.state["user"] = "ann"
+
+    async def handler(ws: Connection) -> None:
+        assert ws.request is not None
+        seen.append(ws.request.state.get("user"))
+
+    server = await net.serve(handler, process_request=hook)
+    client = await net.connect(server)
+    await client.wait_closed()
+    assert seen == ["ann"]
+    # State takes no part in comparisons.
+    assert Request("GET", "/", Headers()) == Request("GET", "/", Headers(), state={"a": 1})
+
+
+async def test_a_connection_is_counted_from_its_101_on(net: Net) -> None:
+    """A hook that caps connections sees those upgraded in the same step of the loop."""
+    server: rfc6455.Server | None = None
+
+    def one_at_a_time(request: Request) -> Response | None:
+        assert server is not None
+        return reject(503, "full") if server.connections else None
+
+    server = await net.serve(Spy(), process_request=one_at_a_time)
+    results = await asyncio.gather(*(net.connect(server) for _ in range(5)), return_exceptions=True)
+    assert sum(isinstance(result, Connection) for result in results) == 1
