@@ -11,7 +11,7 @@ test: deps style types pytest
 
 deps:
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -e '.[test,bench]'
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -e '.[test,bench,auth]'
 	bash $(SHARED)/autobahn/install.sh $(AUTOBAHN) >/dev/null
 
 style:

@@ -9,12 +9,14 @@ import signal
 
 import rfc6455
 
+from .access import access_hook
+from .auth import CHAT_SUBPROTOCOL
 from .handler import ChatHandler, echo, payload
 from .history import History
 from .manager import ConnectionManager
 from .persistence import PersistenceQueue
 from .settings import Settings
-from .web import ECHO_PATH, Router
+from .web import CHAT_PATH, ECHO_PATH, Router
 
 __all__ = ["App", "run"]
 
@@ -37,8 +39,13 @@ class App:
             prune_interval=settings.prune_interval,
         )
         self.chat: ChatHandler | None = None
-        self.router = Router(settings.web_root, self.health)
+        paths = frozenset({CHAT_PATH, ECHO_PATH} if settings.echo else {CHAT_PATH})
+        self.router = Router(settings.web_root, self.health, paths)
+        self.access = access_hook(self.router, self._connections, settings)
         self.server: rfc6455.Server | None = None
+
+    def _connections(self) -> set[rfc6455.Connection]:
+        return set() if self.server is None else self.server.connections
 
     def health(self) -> dict[str, object]:
         """The figures ``GET /healthz`` reports."""
@@ -84,7 +91,8 @@ class App:
                 self._dispatch,
                 settings.host,
                 settings.port,
-                process_request=self.router,
+                process_request=self.access,
+                subprotocols=(CHAT_SUBPROTOCOL,),
                 limits=settings.limits,
             )
         except BaseException:

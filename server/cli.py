@@ -17,6 +17,8 @@ from typing import NoReturn
 from rfc6455 import Limits
 
 from .app import run
+from .auth import AUTH_MODES, authenticator
+from .origin import parse_origins
 from .retry import RetryPolicy
 from .settings import Settings
 
@@ -53,6 +55,16 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"{text} must be a number of seconds >= 0")
+    return value
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number per second") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a number per second >= 0")
     return value
 
 
@@ -246,7 +258,141 @@ def _build_parser() -> argparse.ArgumentParser:
         "seconds a client has to complete the opening handshake",
         type=_seconds,
     )
+    _option(
+        parser,
+        "--max-send-buffer",
+        "CHAT_MAX_SEND_BUFFER",
+        _LIMITS.max_send_buffer,
+        "bytes a client may leave unread; more is sent meanwhile closes it with 1008 "
+        f"'slow consumer'; 0 for no limit, else at least {_LIMITS.write_limit}",
+        type=_int_range(0),
+    )
+    _option(
+        parser,
+        "--rate-limit",
+        "CHAT_RATE_LIMIT",
+        _DEFAULTS.rate_limit,
+        "messages per second a chat client may send on average, 0 turns every rate limit off",
+        type=_rate,
+    )
+    _option(
+        parser,
+        "--rate-burst",
+        "CHAT_RATE_BURST",
+        _DEFAULTS.rate_burst,
+        "messages a chat client may send at once after a quiet spell",
+        type=_int_range(1),
+    )
+    _option(
+        parser,
+        "--byte-rate",
+        "CHAT_BYTE_RATE",
+        _DEFAULTS.byte_rate,
+        "bytes per second a chat client may send on average, 0 for no byte limit",
+        type=_int_range(0),
+    )
+    _option(
+        parser,
+        "--byte-burst",
+        "CHAT_BYTE_BURST",
+        _DEFAULTS.byte_burst,
+        "bytes a chat client may send at once after a quiet spell",
+        type=_int_range(1),
+    )
+    _access_options(parser)
     return parser
+
+
+def _origins(text: str) -> frozenset[str]:
+    try:
+        return parse_origins(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _auth_mode(text: str) -> str:
+    if text not in AUTH_MODES:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(AUTH_MODES)}")
+    return text
+
+
+def _access_options(parser: argparse.ArgumentParser) -> None:
+    """Who may open a WebSocket (access.py): limits, Origin, authentication, /echo."""
+    _option(
+        parser,
+        "--max-connections",
+        "CHAT_MAX_CONNECTIONS",
+        _DEFAULTS.max_connections,
+        "open WebSocket connections (chat and /echo) beyond which handshakes get 503, 0 for no cap",
+        type=_int_range(0),
+    )
+    _option(
+        parser,
+        "--max-connections-per-ip",
+        "CHAT_MAX_CONNECTIONS_PER_IP",
+        _DEFAULTS.max_connections_per_ip,
+        "chat connections one address (IPv6: /64) may have open, more get 429; 0 for no limit",
+        type=_int_range(0),
+    )
+    _option(
+        parser,
+        "--connect-rate-per-ip",
+        "CHAT_CONNECT_RATE_PER_IP",
+        _DEFAULTS.connect_rate_per_ip,
+        "new chat connections a second one address may open on average, more get 429; 0: no limit",
+        type=_rate,
+    )
+    _option(
+        parser,
+        "--connect-burst-per-ip",
+        "CHAT_CONNECT_BURST_PER_IP",
+        _DEFAULTS.connect_burst_per_ip,
+        "new chat connections one address may open at once after a quiet spell",
+        type=_int_range(1),
+    )
+    _option(
+        parser,
+        "--allowed-origins",
+        "CHAT_ALLOWED_ORIGINS",
+        ",".join(sorted(_DEFAULTS.allowed_origins)),
+        "comma-separated Origins (https://host[:port], null, or *) of browser pages allowed to "
+        "open the chat besides the server's own; others get 403",
+        type=_origins,
+    )
+    _option(
+        parser,
+        "--no-echo",
+        "CHAT_NO_ECHO",
+        not _DEFAULTS.echo,
+        "turn the /echo endpoint off (404), for production",
+        type=_boolean,
+        nargs="?",
+        const="true",
+        metavar="BOOL",
+    )
+    _option(
+        parser,
+        "--auth",
+        "CHAT_AUTH",
+        _DEFAULTS.auth,
+        "authentication of chat clients: none, jwt (HS256 bearer tokens) or basic (users file)",
+        type=_auth_mode,
+        metavar="{" + ",".join(AUTH_MODES) + "}",
+    )
+    # No default shown: the secret must not appear in --help output.
+    parser.add_argument(
+        "--jwt-secret",
+        default=os.environ.get("CHAT_JWT_SECRET", ""),
+        help="--auth jwt: the HS256 secret, at least 32 bytes (env CHAT_JWT_SECRET, better: "
+        "a command line is visible to every user of the machine)",
+    )
+    _option(
+        parser,
+        "--users",
+        "CHAT_USERS",
+        "",
+        "--auth basic: the users file (python -m server.users add FILE NAME)",
+    )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Settings:
@@ -258,11 +404,22 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         _check_writable(db_path.parent)
     except OSError as exc:
         parser.error(f"--db: cannot write to {db_path.parent}: {exc.strerror or exc}")
+    # The limit is checked once the transport pauses writing, above write_limit.
+    if 0 < args.max_send_buffer < _LIMITS.write_limit:
+        parser.error(
+            f"--max-send-buffer: {args.max_send_buffer} is out of range: "
+            f"must be 0 or at least {_LIMITS.write_limit}"
+        )
+    try:
+        authenticator(args.auth, args.jwt_secret, Path(args.users) if args.users else None)
+    except (ValueError, ImportError) as exc:
+        parser.error(f"--auth {args.auth}: {exc}")
     limits = Limits(
         max_size=args.max_message_size or None,
         ping_interval=_optional(args.ping_interval),
         ping_timeout=_optional(args.ping_timeout),
         open_timeout=_optional(args.open_timeout),
+        max_send_buffer=args.max_send_buffer or None,
     )
     return Settings(
         host=args.host,
@@ -277,8 +434,21 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         history=args.history,
         resume_max=args.resume_max,
         broadcast_after_commit=args.broadcast_after_commit,
+        rate_limit=args.rate_limit,
+        rate_burst=args.rate_burst,
+        byte_rate=args.byte_rate,
+        byte_burst=args.byte_burst,
         retention_messages=args.retention_messages,
         retention_days=args.retention_days,
+        max_connections=args.max_connections,
+        max_connections_per_ip=args.max_connections_per_ip,
+        connect_rate_per_ip=args.connect_rate_per_ip,
+        connect_burst_per_ip=args.connect_burst_per_ip,
+        allowed_origins=args.allowed_origins,
+        echo=not args.no_echo,
+        auth=args.auth,
+        jwt_secret=args.jwt_secret,
+        users_file=Path(args.users) if args.users else None,
     )
 
 

@@ -17,9 +17,11 @@ import rfc6455
 from rfc6455 import CloseCode
 
 from . import messages
+from .auth import closed_at_expiry, identity_of
 from .history import History, Plan, Resume
 from .manager import ConnectionManager, send_now
 from .persistence import PersistenceClosed, PersistenceQueue
+from .ratelimit import RateLimiter, TokenBucket, retry_after_ms
 from .settings import Settings
 from .store import MessageRecord
 
@@ -31,7 +33,7 @@ logger = logging.getLogger("server")
 def payload(record: MessageRecord) -> bytes:
     """A message's broadcast, as sent on the wire (and kept in the history)."""
     return messages.broadcast(
-        record.connection_id, record.message, record.timestamp, record.seq
+        record.connection_id, record.message, record.timestamp, record.seq, record.user
     ).encode()
 
 
@@ -57,13 +59,17 @@ class ChatHandler:
     async def __call__(self, connection: rfc6455.Connection) -> None:
         connection_id = str(uuid.uuid4())
         peer = _peer(connection)
+        assert connection.request is not None
+        identity = identity_of(connection.request)
+        user = None if identity is None else identity.user
         try:
             await self._join(connection, connection_id, peer)
-            await self._receive(connection, connection_id)
+            async with closed_at_expiry(connection, identity):
+                await self._receive(connection, connection_id, user)
         except rfc6455.ConnectionClosed:
             pass
         finally:
-            self._leave(connection, connection_id, peer)
+            self._leave(connection, connection_id, peer, user)
 
     async def _join(self, connection: rfc6455.Connection, connection_id: str, peer: str) -> None:
         """Register, greet and send the history; no broadcast can come between them."""
@@ -104,13 +110,25 @@ class ChatHandler:
             return plan.fallback, False
         return [payload(record) for record in older] + plan.messages, True
 
-    async def _receive(self, connection: rfc6455.Connection, connection_id: str) -> None:
+    async def _receive(
+        self, connection: rfc6455.Connection, connection_id: str, user: str | None
+    ) -> None:
+        limiter = self._rate_limiter()
         async for text in connection:
             if not isinstance(text, str):
                 await connection.close(
                     CloseCode.UNSUPPORTED_DATA, "binary messages are not supported"
                 )
                 return
+            if limiter is not None and (wait := limiter.admit(text)):
+                # Refused before it gets a seq: neither stored nor broadcast.
+                send_now(connection, messages.rate_limited(retry_after_ms(wait)))
+                if limiter.strike():
+                    # Fail rather than close: a flooder's further frames are discarded
+                    # (RFC 6455 §7.1.7), not queued while it ignores the close frame.
+                    connection.fail(CloseCode.POLICY_VIOLATION, "rate limit")
+                    return
+                continue
             try:
                 message = messages.parse(text)
             except messages.InvalidMessage as exc:
@@ -119,9 +137,17 @@ class ChatHandler:
             if not self.queue.ready():
                 # Backpressure: stop reading from this client until the writer catches up.
                 await self.queue.wait_ready()
-            record = self.queue.accept(connection_id, message.text, message.client_msg_id)
+            record = self.queue.accept(connection_id, message.text, message.client_msg_id, user)
             if not self.settings.broadcast_after_commit:
                 self._publish(record)
+
+    def _rate_limiter(self) -> RateLimiter | None:
+        """A new client's rate limits, or None if ``rate_limit`` is 0 (off)."""
+        settings = self.settings
+        if not settings.rate_limit:
+            return None
+        size = TokenBucket(settings.byte_rate, settings.byte_burst) if settings.byte_rate else None
+        return RateLimiter(TokenBucket(settings.rate_limit, settings.rate_burst), size)
 
     def _publish(self, record: MessageRecord) -> None:
         encoded = payload(record)
@@ -145,7 +171,9 @@ class ChatHandler:
                 record.connection_id, messages.not_persisted(record.seq, record.client_msg_id)
             )
 
-    def _leave(self, connection: rfc6455.Connection, connection_id: str, peer: str) -> None:
+    def _leave(
+        self, connection: rfc6455.Connection, connection_id: str, peer: str, user: str | None
+    ) -> None:
         """Unregister the client and tell the others, exactly once."""
         if not self.manager.remove(connection_id):
             return
@@ -160,9 +188,11 @@ class ChatHandler:
         )
         # closeStatus only when the client sent a code: not for 1005 nor a drop (1006).
         if close is None or close.code == CloseCode.NO_STATUS_RCVD:
-            left = messages.user_left(connection_id, len(self.manager))
+            left = messages.user_left(connection_id, len(self.manager), user=user)
         else:
-            left = messages.user_left(connection_id, len(self.manager), close.code, close.reason)
+            left = messages.user_left(
+                connection_id, len(self.manager), close.code, close.reason, user
+            )
         self.manager.broadcast(left)
 
 

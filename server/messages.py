@@ -21,6 +21,7 @@ __all__ = [
     "invalid_message",
     "not_persisted",
     "parse",
+    "rate_limited",
     "user_left",
     "welcome",
 ]
@@ -88,20 +89,22 @@ def welcome(message: str, epoch: str) -> str:
     return _dumps({"type": "welcome", "message": message, "epoch": epoch})
 
 
-def broadcast(sender: str, message: str, timestamp: str, seq: int) -> str:
+def broadcast(sender: str, message: str, timestamp: str, seq: int, user: str | None = None) -> str:
     """A chat message, as every client but its sender receives it.
 
-    ``timestamp`` is "YYYY-MM-DD HH:mm:ss" in UTC (``store.TIMESTAMP_FORMAT``).
+    ``timestamp`` is "YYYY-MM-DD HH:mm:ss" in UTC (``store.TIMESTAMP_FORMAT``); ``user`` is
+    the sender's authenticated name, present only when it has one.
     """
-    return _dumps(
-        {
-            "type": "broadcast",
-            "connectionId": sender,
-            "message": message,
-            "timestamp": timestamp,
-            "seq": seq,
-        }
-    )
+    payload: dict[str, object] = {
+        "type": "broadcast",
+        "connectionId": sender,
+        "message": message,
+        "timestamp": timestamp,
+        "seq": seq,
+    }
+    if user is not None:
+        payload["user"] = user
+    return _dumps(payload)
 
 
 def history(items: Sequence[bytes], epoch: str, recovered: bool) -> bytes:
@@ -137,18 +140,30 @@ def invalid_message(reason: str) -> str:
     return _dumps({"type": "error", "code": "invalid_message", "message": reason})
 
 
+def rate_limited(retry_after_ms: int) -> str:
+    """Tells a sender that its message was over its rate limit (not broadcast, not stored)."""
+    return _dumps({"type": "error", "code": "rate_limited", "retryAfterMs": retry_after_ms})
+
+
 def user_left(
-    connection_id: str, total: int, close_status: int | None = None, close_reason: str = ""
+    connection_id: str,
+    total: int,
+    close_status: int | None = None,
+    close_reason: str = "",
+    user: str | None = None,
 ) -> str:
     """Tells the remaining clients that one left; ``total`` counts those remaining.
 
-    ``closeStatus`` and ``closeReason`` are present when the client sent a close code.
+    ``closeStatus`` and ``closeReason`` are present when the client sent a close code, ``user``
+    when it was authenticated.
     """
     payload: dict[str, object] = {
         "type": "user_left",
         "connectionId": connection_id,
         "totalConnections": total,
     }
+    if user is not None:
+        payload["user"] = user
     if close_status is not None:
         payload["closeStatus"] = close_status
         payload["closeReason"] = close_reason

@@ -24,8 +24,8 @@ Decisions:
   first, which stops reading from that client (backpressure) instead of dropping its message.
 * Dead letters: ``<db>.deadletter.jsonl`` beside the database (``messages.db`` gives
   ``messages.db.deadletter.jsonl``), one JSON object per message and per line, in queue order:
-  ``connection_id``, ``message``, ``timestamp``, ``created_at``, ``seq``, ``client_msg_id``
-  (the ``MessageRecord`` fields, so the line can be replayed), plus ``error`` and
+  ``connection_id``, ``message``, ``timestamp``, ``created_at``, ``seq``, ``client_msg_id``,
+  ``user`` (the ``MessageRecord`` fields, so the line can be replayed), plus ``error`` and
   ``dead_lettered_at``. The file is ASCII (``\\uXXXX`` escapes), so any text round-trips
   through ``json.loads``. If even that file cannot be written, each message is written to the
   log instead, at ERROR level.
@@ -246,7 +246,11 @@ class PersistenceQueue:
             await self._ready.wait()
 
     def accept(
-        self, connection_id: str, message: str, client_msg_id: str | None = None
+        self,
+        connection_id: str,
+        message: str,
+        client_msg_id: str | None = None,
+        user: str | None = None,
     ) -> MessageRecord:
         """Give a message received now the next seq and queue it, without waiting.
 
@@ -262,7 +266,11 @@ class PersistenceQueue:
         if not self.ready():
             raise asyncio.QueueFull("no room in the queue, or no seq reserved yet")
         record = MessageRecord.create(
-            connection_id, message, seq=self._allocator().take(), client_msg_id=client_msg_id
+            connection_id,
+            message,
+            seq=self._allocator().take(),
+            client_msg_id=client_msg_id,
+            user=user,
         )
         self.put_nowait(record)
         return record
@@ -645,6 +653,7 @@ def _append_dead_letters(path: Path, records: Sequence[MessageRecord], reason: s
                 "created_at": record.created_at,
                 "seq": record.seq,
                 "client_msg_id": record.client_msg_id,
+                "user": record.user,
                 "error": reason,
                 "dead_lettered_at": dead_lettered_at,
             }

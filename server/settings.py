@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rfc6455 import Limits
@@ -39,6 +39,32 @@ class Settings:
     resume_max: int = 10_000
     # Broadcast at once (latency) rather than after the commit (nothing seen is ever lost).
     broadcast_after_commit: bool = False
+    # Per chat connection (not /echo), see ratelimit.py; 0 turns every rate limit off. Nobody
+    # types 20 messages a second, and a burst of 40 lets a paste of lines or the resend of what
+    # a reconnecting client had queued through.
+    rate_limit: float = 20.0
+    rate_burst: int = 40
+    # Bytes per second (0: no byte limit): a chat needs far less; the 2 MiB burst lets two
+    # messages of the default 1 MiB --max-message-size through back to back.
+    byte_rate: int = 2**20
+    byte_burst: int = 2 * 2**20
+    # Handshake access (access.py), 0 turning a limit off. WebSocket connections, chat and /echo:
+    # ten thousand idle clients take about 60 MiB here, and a message broadcast to as many is
+    # about what one event loop can write in a few milliseconds.
+    max_connections: int = 10_000
+    # Per address, chat only: off, since clients behind one NAT or proxy share an address.
+    max_connections_per_ip: int = 0
+    connect_rate_per_ip: float = 0.0
+    # New connections at once: a few tabs reopened together, or a reconnect storm after a restart.
+    connect_burst_per_ip: int = 10
+    # Browser pages of other sites allowed to open the chat (origin.py), besides the server's.
+    allowed_origins: frozenset[str] = frozenset()
+    # The /echo endpoint (tests and benchmarks); --no-echo turns it off (404).
+    echo: bool = True
+    # "none", "jwt" (jwt_secret) or "basic" (users_file); see auth.py.
+    auth: str = "none"
+    jwt_secret: str = field(default="", repr=False)
+    users_file: Path | None = None
     # A million short messages are a few hundred MB of SQLite; 30 days is a month of context.
     retention_messages: int = 1_000_000
     retention_days: int = 30

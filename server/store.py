@@ -45,7 +45,8 @@ CREATE TABLE messages (
     message       TEXT NOT NULL,
     timestamp     TEXT NOT NULL,
     created_at    TEXT NOT NULL,
-    client_msg_id TEXT
+    client_msg_id TEXT,
+    user          TEXT
 )
 """
 # Databases from before sequence numbers: ``id INTEGER PRIMARY KEY AUTOINCREMENT`` and no
@@ -54,6 +55,8 @@ _MIGRATE = (
     "ALTER TABLE messages RENAME COLUMN id TO seq",
     "ALTER TABLE messages ADD COLUMN client_msg_id TEXT",
 )
+# Databases from before authentication: their messages have no user.
+_ADD_USER = "ALTER TABLE messages ADD COLUMN user TEXT"
 # One row: the database's identity, the seqs reserved so far, the highest seq pruned.
 _META_SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -64,10 +67,11 @@ CREATE TABLE IF NOT EXISTS meta (
 )
 """
 _INSERT = (
-    "INSERT INTO messages (seq, connection_id, message, timestamp, created_at, client_msg_id)"
-    " VALUES (?, ?, ?, ?, ?, ?)"
+    "INSERT INTO messages"
+    " (seq, connection_id, message, timestamp, created_at, client_msg_id, user)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
-_COLUMNS = "seq, connection_id, message, timestamp, created_at, client_msg_id"
+_COLUMNS = "seq, connection_id, message, timestamp, created_at, client_msg_id, user"
 
 # Primary result codes that mean another connection holds a lock: the connection itself is
 # fine, so it is kept for the next attempt.
@@ -88,6 +92,7 @@ class MessageRecord:
         created_at: When the server received it, ISO-8601 in UTC with microseconds.
         seq: The sequence number the server gave it: its position in the chat, never reused.
         client_msg_id: The sender's id for it, if it sent a structured message with one.
+        user: The sender's authenticated name, if it had one.
     """
 
     connection_id: str
@@ -96,6 +101,7 @@ class MessageRecord:
     created_at: str
     seq: int
     client_msg_id: str | None = None
+    user: str | None = None
 
     @classmethod
     def create(
@@ -105,6 +111,7 @@ class MessageRecord:
         *,
         seq: int,
         client_msg_id: str | None = None,
+        user: str | None = None,
         now: datetime | None = None,
     ) -> MessageRecord:
         """Build a record received now, both timestamps taken from the same instant.
@@ -114,6 +121,7 @@ class MessageRecord:
             message: The text.
             seq: Its sequence number.
             client_msg_id: The sender's id for the message, if any.
+            user: The sender's authenticated name, if any.
             now: The instant of reception (converted to UTC); defaults to the current time.
         """
         when = datetime.now(UTC) if now is None else now.astimezone(UTC)
@@ -124,6 +132,7 @@ class MessageRecord:
             created_at=when.isoformat(timespec="microseconds"),
             seq=seq,
             client_msg_id=client_msg_id,
+            user=user,
         )
 
 
@@ -188,7 +197,7 @@ class Store:
             OSError: If the database file could not be examined.
         """
         rows = [
-            (r.seq, r.connection_id, r.message, r.timestamp, r.created_at, r.client_msg_id)
+            (r.seq, r.connection_id, r.message, r.timestamp, r.created_at, r.client_msg_id, r.user)
             for r in records
         ]
         if not rows and reserve is None:
@@ -379,6 +388,8 @@ class Store:
                 logger.info("database %s: adding sequence numbers to its messages", self.path)
                 for statement in _MIGRATE:
                     conn.execute(statement)
+            if columns and "user" not in columns:
+                conn.execute(_ADD_USER)
             conn.execute(_META_SCHEMA)
             meta = self._read_meta(conn)
             if meta is None:
@@ -401,7 +412,7 @@ class Store:
         """The meta row, if the schema is complete; None if anything must be set up."""
         try:
             row = conn.execute("SELECT epoch, reserved_seq, pruned_seq FROM meta").fetchone()
-            conn.execute("SELECT seq, client_msg_id FROM messages LIMIT 0")
+            conn.execute("SELECT seq, client_msg_id, user FROM messages LIMIT 0")
         except sqlite3.OperationalError:  # no such table or column
             return None
         return None if row is None else Meta(*row)
@@ -429,6 +440,6 @@ class Store:
                 logger.debug("closing database %s failed: %s", self.path, exc)
 
 
-def _record(row: tuple[int, str, str, str, str, str | None]) -> MessageRecord:
-    seq, connection_id, message, timestamp, created_at, client_msg_id = row
-    return MessageRecord(connection_id, message, timestamp, created_at, seq, client_msg_id)
+def _record(row: tuple[int, str, str, str, str, str | None, str | None]) -> MessageRecord:
+    seq, connection_id, message, timestamp, created_at, client_msg_id, user = row
+    return MessageRecord(connection_id, message, timestamp, created_at, seq, client_msg_id, user)

@@ -51,6 +51,7 @@
   const ui = {
     connectionForm: $("connection"),
     url: $("url"),
+    token: $("token"),
     connect: $("connect"),
     disconnect: $("disconnect"),
     reconnect: $("reconnect"),
@@ -225,7 +226,7 @@
       if (extra.sender !== undefined) {
         const sender = el("span", {
           className: "sender",
-          text: extra.sender === null ? "You" : shortId(extra.sender),
+          text: extra.sender === null ? "You" : (extra.user ?? shortId(extra.sender)),
           testid: "sender",
           title: extra.sender === null ? state.ownId || "" : String(extra.sender),
         });
@@ -292,6 +293,8 @@
     noteSeq(msg.seq);
     return makeEntry(own ? "own" : "broadcast", String(msg.message ?? ""), {
       sender: own ? null : String(msg.connectionId ?? "unknown"),
+      // The sender's authenticated name, when the server has authentication on.
+      user: typeof msg.user === "string" ? msg.user : undefined,
       serverTimestamp: msg.timestamp,
       data,
     });
@@ -402,6 +405,7 @@
     const open = name === "open";
     const closed = name === "closed";
     ui.url.disabled = !closed;
+    ui.token.disabled = !closed;
     ui.connect.disabled = !closed;
     ui.disconnect.disabled = closed && state.reconnectTimer === null;
     ui.message.disabled = !open;
@@ -434,7 +438,11 @@
     }
     let ws;
     try {
-      ws = new WebSocket(url);
+      // A browser cannot set a header on a WebSocket handshake: the token goes as the
+      // subprotocol "access_token.<token>", beside "chat", which the server selects (a
+      // browser fails a handshake whose answer selects none of the subprotocols offered).
+      const token = ui.token.value.trim();
+      ws = token ? new WebSocket(url, ["chat", `access_token.${token}`]) : new WebSocket(url);
     } catch (error) {
       // A malformed URL, or ws:// from an https:// page.
       log("error", `Cannot connect to “${url}”: ${error.message}`);
@@ -485,7 +493,14 @@
     const data = { code: String(event.code) };
     if (wasOpen) log("closed", `Connection closed: ${words}`, { data });
     else if (state.userClosed) log("closed", `Connection attempt to ${url} cancelled.`, { data });
-    else log("closed", `Could not connect to ${url}: ${words}`, { data });
+    else {
+      log("closed", `Could not connect to ${url}: ${words}`, { data });
+      // The browser shows a page nothing of a refused handshake: say what it may have been.
+      log("error", "The server refused the connection or could not be reached (a browser is " +
+        "not told which). If it requires a token, check the Token field: a missing or invalid " +
+        "one is refused (401), as is a page from a site the server does not allow (403), " +
+        "or a client with too many connections (429, 503).");
+    }
 
     if (!state.userClosed && ui.reconnect.checked) {
       if (lasted >= STABLE_MS) state.reconnectAttempt = 0;
@@ -576,7 +591,7 @@
       }
       case "user_left": {
         const total = Number(msg.totalConnections);
-        const who = shortId(msg.connectionId ?? "someone");
+        const who = typeof msg.user === "string" ? msg.user : shortId(msg.connectionId ?? "someone");
         const count = Number.isFinite(total)
           ? ` · ${total} ${total === 1 ? "connection" : "connections"} open`
           : "";
@@ -682,6 +697,14 @@
   }).observe(ui.logScroll);
 
   ui.url.value = defaultUrl();
+  // A token may come in this page's own URL (?access_token=...): it goes to the Token field
+  // and out of the address bar, so that it is not kept in the browser's history.
+  const pageUrl = new URL(window.location.href);
+  if (pageUrl.searchParams.has("access_token")) {
+    ui.token.value = pageUrl.searchParams.get("access_token");
+    pageUrl.searchParams.delete("access_token");
+    history.replaceState(null, "", pageUrl.href);
+  }
   setState("closed");
   updateCount();
 })();

@@ -81,6 +81,8 @@ class Server:
                     "0",
                     "--ping-interval",
                     "0",
+                    "--rate-limit",  # the broadcast runs send as fast as they can
+                    "0",
                     "--db",
                     str(directory / "m.db"),
                 ],

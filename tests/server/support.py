@@ -262,13 +262,14 @@ class Chat:
         self._raw.append(raw)
         return raw
 
-    async def join_raw(self) -> RawClient:
+    async def join_raw(self, query: str = "") -> RawClient:
         """Join the chat on a bare TCP stream: handshake by hand, then the greetings."""
         raw = await self.open_raw()
         reader, writer = raw.reader, raw.writer
         key = base64.b64encode(os.urandom(16)).decode()
+        target = "/?" + query if query else "/"
         writer.write(
-            f"GET / HTTP/1.1\r\nHost: {HOST}:{self.port}\r\nUpgrade: websocket\r\n"
+            f"GET {target} HTTP/1.1\r\nHost: {HOST}:{self.port}\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
             "Sec-WebSocket-Version: 13\r\n\r\n".encode()
         )

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 import rfc6455
-from rfc6455 import CloseCode
+from rfc6455 import CloseCode, Limits
 from rfc6455.frames import Close, Opcode
 from server.retry import RetryPolicy
 from server.store import TIMESTAMP_FORMAT
@@ -143,7 +143,8 @@ async def test_broadcast_reaches_the_two_others_only(chat: Chat) -> None:
     assert (await chat.health())["connections"] == 3
 
 
-async def test_1000_messages_arrive_in_order(chat: Chat) -> None:
+async def test_1000_messages_arrive_in_order(start_chat: Any) -> None:
+    chat = await start_chat(rate_limit=0)  # a burst far over the rate limit
     a, b, c = await chat.join(), await chat.join(), await chat.join()
     texts = [f"message {n}" for n in range(1000)]
     for text in texts:
@@ -170,8 +171,13 @@ async def test_unicode_round_trips_exactly(chat: Chat) -> None:
     check_rows(chat.rows(), [(a.id, t, ts) for t, ts in zip(TRICKY_TEXTS, timestamps, strict=True)])
 
 
-async def test_a_slow_client_does_not_delay_the_others(chat: Chat) -> None:
-    """A client that reads nothing fills its socket buffers; the others get every message."""
+async def test_a_slow_client_does_not_delay_the_others(start_chat: Any) -> None:
+    """A client that reads nothing fills its socket buffers; the others get every message.
+
+    Without the rate limit, and without the slow-consumer limit that would cut it off
+    (test_protection.py tests that one).
+    """
+    chat = await start_chat(rate_limit=0, limits=Limits(max_send_buffer=None))
     a, b = await chat.join(), await chat.join()
     stalled = await chat.join_raw()  # never reads from now on
     chunk = "x" * 2**18
@@ -424,7 +430,7 @@ async def test_database_failing_past_all_retries_dead_letters(
 
 async def test_clean_shutdown_writes_10000_queued_messages(start_chat: Any) -> None:
     """10,000 messages wait behind a lock when the shutdown starts; all of them are written."""
-    chat = await start_chat(retry=PATIENT)
+    chat = await start_chat(retry=PATIENT, rate_limit=0)
     a = await chat.join()
     texts = [f"queued {n}" for n in range(10_000)]
     with locked(chat.db_path):

@@ -58,6 +58,20 @@ OPTIONS: list[tuple[str, str, str, Callable[[Settings], Any], Any]] = [
     ),
     ("--retention-messages", "CHAT_RETENTION_MESSAGES", "0", lambda s: s.retention_messages, 0),
     ("--retention-days", "CHAT_RETENTION_DAYS", "7", lambda s: s.retention_days, 7),
+    (
+        "--max-send-buffer",
+        "CHAT_MAX_SEND_BUFFER",
+        "65536",
+        lambda s: s.limits.max_send_buffer,
+        65536,
+    ),
+    ("--max-send-buffer", "CHAT_MAX_SEND_BUFFER", "0", lambda s: s.limits.max_send_buffer, None),
+    ("--rate-limit", "CHAT_RATE_LIMIT", "2.5", lambda s: s.rate_limit, 2.5),
+    ("--rate-limit", "CHAT_RATE_LIMIT", "0", lambda s: s.rate_limit, 0.0),
+    ("--rate-burst", "CHAT_RATE_BURST", "7", lambda s: s.rate_burst, 7),
+    ("--byte-rate", "CHAT_BYTE_RATE", "1000", lambda s: s.byte_rate, 1000),
+    ("--byte-rate", "CHAT_BYTE_RATE", "0", lambda s: s.byte_rate, 0),
+    ("--byte-burst", "CHAT_BYTE_BURST", "5000", lambda s: s.byte_burst, 5000),
 ]
 
 
@@ -168,6 +182,15 @@ BAD: list[tuple[list[str], dict[str, str]]] = [
     ([], {"CHAT_BROADCAST_AFTER_COMMIT": "2"}),
     (["--retention-messages", "1.5"], {}),
     ([], {"CHAT_RETENTION_DAYS": "-1"}),
+    (["--max-send-buffer", "-1"], {}),
+    (["--max-send-buffer", "65535"], {}),  # below write_limit, where the check happens
+    ([], {"CHAT_MAX_SEND_BUFFER": "1MiB"}),
+    (["--rate-limit", "-1"], {}),
+    (["--rate-limit", "inf"], {}),
+    ([], {"CHAT_RATE_LIMIT": "fast"}),
+    (["--rate-burst", "0"], {}),
+    (["--byte-rate", "-5"], {}),
+    ([], {"CHAT_BYTE_BURST": "0"}),
     (["--no-such-option"], {}),
     (["--port"], {}),
     (["positional"], {}),

@@ -200,7 +200,7 @@ async def test_history_0_sends_no_history(start_chat: Any) -> None:
 
 async def test_history_and_live_meet_without_gap_or_duplicate(start_chat: Any) -> None:
     """20 clients connect while a sender streams at full rate."""
-    chat = await start_chat(history=20)
+    chat = await start_chat(history=20, rate_limit=0)
     sender = await chat.join()
     streaming = True
 
@@ -257,7 +257,8 @@ async def reconnect_after_500(
     return back, last, texts
 
 
-async def test_resume_gets_exactly_the_missed_messages(chat: Chat) -> None:
+async def test_resume_gets_exactly_the_missed_messages(start_chat: Any) -> None:
+    chat = await start_chat(rate_limit=0)
     back, last, texts = await reconnect_after_500(
         chat, lambda epoch, last: f"since={last}&epoch={epoch}"
     )
@@ -272,7 +273,7 @@ async def test_resume_reads_the_database_for_what_memory_no_longer_holds(
     start_chat: Any,
 ) -> None:
     """A tiny ring: the 500 come from the database, the newest from memory, live ones held."""
-    chat = await start_chat(history_memory=2000)
+    chat = await start_chat(history_memory=2000, rate_limit=0)
     back, last, texts = await reconnect_after_500(
         chat, lambda epoch, last: f"since={last}&epoch={epoch}", concurrent=True
     )
@@ -286,7 +287,8 @@ async def test_resume_reads_the_database_for_what_memory_no_longer_holds(
     assert got == list(range(last + 1, last + 601))
 
 
-async def test_resume_with_another_epoch_gets_the_last_n(chat: Chat) -> None:
+async def test_resume_with_another_epoch_gets_the_last_n(start_chat: Any) -> None:
+    chat = await start_chat(rate_limit=0)
     back, _, _ = await reconnect_after_500(chat, lambda epoch, last: f"since={last}&epoch=other")
     assert back.history is not None
     assert back.history["recovered"] is False
@@ -315,7 +317,7 @@ async def test_an_impossible_resume_gets_the_last_n(chat: Chat, query: str) -> N
 
 
 async def test_resume_beyond_the_maximum_gets_the_last_n(start_chat: Any) -> None:
-    chat = await start_chat(resume_max=100)
+    chat = await start_chat(resume_max=100, rate_limit=0)
     back, _, _ = await reconnect_after_500(chat, lambda epoch, last: f"since={last}&epoch={epoch}")
     assert back.history is not None
     assert back.history["recovered"] is False

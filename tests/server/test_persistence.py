@@ -56,7 +56,7 @@ def stored(db: Path) -> list[MessageRecord]:
         rows = conn.execute("SELECT * FROM messages ORDER BY seq").fetchall()
     finally:
         conn.close()
-    return [MessageRecord(c, m, t, created, seq, cmid) for seq, c, m, t, created, cmid in rows]
+    return [MessageRecord(c, m, t, created, seq, *rest) for seq, c, m, t, created, *rest in rows]
 
 
 def dead_letters(path: Path) -> list[dict[str, Any]]:

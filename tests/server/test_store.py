@@ -82,6 +82,7 @@ def test_schema(store: Store, db: Path) -> None:
         ("timestamp", "TEXT", 1, 0),
         ("created_at", "TEXT", 1, 0),
         ("client_msg_id", "TEXT", 0, 0),
+        ("user", "TEXT", 0, 0),
     ]
     assert "AUTOINCREMENT" not in sql  # the server assigns seqs, SQLite never does
     assert journal_mode == "wal"

@@ -335,7 +335,8 @@ async def test_sigkill_loses_no_acknowledged_message_and_reuses_no_seq(
     print(f"KILL_TEST_SEED={seed}")  # shown when the test fails: rerun with it to reproduce
     rng = random.Random(seed)
     db = tmp_path / "kill.db"
-    server = await spawn("--port", "0", "--db", str(db))
+    # The sender streams as fast as it can: far over the rate limit.
+    server = await spawn("--port", "0", "--db", str(db), "--rate-limit", "0")
     url = f"ws://127.0.0.1:{await server.port()}/"
     acked: dict[str, int] = {}  # clientMsgId -> seq
     seen: list[int] = []  # every seq the receiver saw broadcast

@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,12 +72,13 @@ class ChatServer:
         self.log_path = workdir / "server-0.log"
         self._starts = 0
 
-    def start(self, port: int = 0, db: str = "messages.db") -> None:
+    def start(self, port: int = 0, db: str = "messages.db", args: Sequence[str] = ()) -> None:
         """Start the server and wait for its ``listening`` line.
 
         Args:
             port: 0 for a free port, or the port of a previous start.
             db: the database's file name in ``workdir`` (another one: another epoch).
+            args: more options for the server.
 
         Raises:
             RuntimeError: the server exited or did not start in time.
@@ -87,7 +88,7 @@ class ChatServer:
         self.log_path = self.workdir / f"server-{self._starts}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
         command = [sys.executable, "-m", "server", "--port", str(port)]
-        command += ["--db", str(self.workdir / db), "--shutdown-timeout", "5"]
+        command += ["--db", str(self.workdir / db), "--shutdown-timeout", "5", *args]
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log

@@ -1,0 +1,181 @@
+"""The ``process_request`` hook: the Router, then who may open a WebSocket, before the upgrade.
+
+For every upgrade to a known path, in this order (the cheap checks first, the password last):
+
+1. ``--max-connections``: 503 when that many WebSocket connections are open, chat and /echo
+   alike (a cap on the process's memory and file descriptors, whatever the endpoint).
+
+Then for the chat endpoint only (``/echo`` carries no user data and no credentials, and
+conformance suites and benchmarks open hundreds of connections a second through it):
+
+2. the Origin (``origin.py``): 403 for a browser page of another site;
+3. ``--connect-rate-per-ip``: 429 for an address opening connections too fast;
+4. ``--max-connections-per-ip``: 429 for an address with that many chat connections open;
+5. ``--auth``: 401 without valid credentials (``auth.py``).
+
+The counts are exact: ``Server.connections`` holds a connection from the step of its 101 on,
+and nothing is awaited between the last count and the upgrade (after a password check in a
+worker thread the limits are counted again). Every refusal gets one log line with the path,
+never the query (an ``access_token`` may be in it) nor a credential.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable, Collection
+
+from rfc6455 import Connection, Request, Response
+from rfc6455.handshake import is_upgrade, reject
+
+from .auth import Authenticator, Identity, Unauthorized, authenticator, remember
+from .iplimits import ConnectRate, address_key
+from .origin import OriginPolicy
+from .settings import Settings
+from .web import CHAT_PATH, Router
+
+__all__ = ["RETRY_FULL", "RETRY_PER_IP", "Access", "access_hook"]
+
+logger = logging.getLogger("server.access")
+
+# Retry-After (RFC 9110 §10.2.3) when the server is full: long enough for a few clients to
+# leave, short enough that a reconnecting client is not kept out for long.
+RETRY_FULL = 10
+# Retry-After when an address has its most connections open: one of them has to close first.
+RETRY_PER_IP = 10
+
+_KEY = "server.access.address"
+
+
+class Access:
+    """The server's ``process_request`` hook.
+
+    Args:
+        router: Answers plain HTTP requests and upgrades to unknown paths.
+        connections: The open WebSocket connections (``Server.connections``).
+        max_connections: Open connections beyond which handshakes get 503; None: no cap.
+        origins: Who may open the chat from a browser.
+        max_per_ip: Chat connections open at once per address; None: no limit.
+        connect_rate: New chat connections a second per address; None: no limit.
+        authenticator: Checks credentials; None: anybody may chat.
+    """
+
+    def __init__(
+        self,
+        router: Router,
+        connections: Callable[[], Collection[Connection]],
+        *,
+        max_connections: int | None = None,
+        origins: OriginPolicy | None = None,
+        max_per_ip: int | None = None,
+        connect_rate: ConnectRate | None = None,
+        authenticator: Authenticator | None = None,
+    ) -> None:
+        self.router = router
+        self.connections = connections
+        self.max_connections = max_connections
+        self.origins = origins or OriginPolicy()
+        self.max_per_ip = max_per_ip
+        self.connect_rate = connect_rate
+        self.authenticator = authenticator
+
+    def __call__(self, request: Request) -> Response | Awaitable[Response | None] | None:
+        """None lets the upgrade go on; a Response answers the request; an awaitable decides
+        once a password has been checked."""
+        answer = self.router(request)
+        if answer is not None or not is_upgrade(request):
+            return answer
+        if (full := self._full()) is not None:
+            return _refused(request, full)
+        if request.path != CHAT_PATH:
+            return None
+        if not self.origins.allows(request):
+            origin = request.headers.get("Origin", "")
+            return _refused(request, reject(403, f"origin {origin} is not allowed"))
+        key = address_key(request.remote_address[0]) if request.remote_address else ""
+        request.state[_KEY] = key
+        if self.connect_rate is not None and (wait := self.connect_rate.admit(key)):
+            seconds = math.ceil(wait)
+            headers = (("Retry-After", str(seconds)),)
+            reason = f"too many new connections from {key}: retry in {seconds} s"
+            return _refused(request, reject(429, reason, headers))
+        if (crowded := self._crowded(key)) is not None:
+            return _refused(request, crowded)
+        if self.authenticator is None:
+            return None
+        try:
+            identity = self.authenticator(request)
+        except Unauthorized as exc:
+            return _refused(request, exc.response())
+        if isinstance(identity, Identity):
+            remember(request, identity)
+            return None
+        return self._checked(request, key, identity)
+
+    async def _checked(
+        self, request: Request, key: str, pending: Awaitable[Identity]
+    ) -> Response | None:
+        """Wait for a password check, then count again: others may have connected meanwhile."""
+        try:
+            identity = await pending
+        except Unauthorized as exc:
+            return _refused(request, exc.response())
+        refusal = self._full() or self._crowded(key)
+        if refusal is not None:
+            return _refused(request, refusal)
+        remember(request, identity)
+        return None
+
+    def _full(self) -> Response | None:
+        """503 if ``max_connections`` WebSocket connections are open."""
+        limit = self.max_connections
+        if limit is None or len(self.connections()) < limit:
+            return None
+        headers = (("Retry-After", str(RETRY_FULL)),)
+        return reject(503, f"the server is full ({limit} connections): retry later", headers)
+
+    def _crowded(self, key: str) -> Response | None:
+        """429 if the address ``key`` has ``max_per_ip`` chat connections open."""
+        limit = self.max_per_ip
+        if limit is None:
+            return None
+        # A walk over the open connections, only while this limit is on: counters kept beside
+        # them could drift from the truth (an upgrade that never happens after the hook).
+        open_here = sum(
+            1
+            for connection in self.connections()
+            if connection.request is not None and connection.request.state.get(_KEY) == key
+        )
+        if open_here < limit:
+            return None
+        headers = (("Retry-After", str(RETRY_PER_IP)),)
+        return reject(429, f"{limit} connections are open from {key}", headers)
+
+
+def _refused(request: Request, response: Response) -> Response:
+    address = request.remote_address
+    peer = "unknown" if address is None else f"{address[0]}:{address[1]}"
+    # The path, not the target: the query may hold an access_token.
+    reason = response.body.decode().strip()
+    logger.info("refused %s %s: %d %s", peer, request.path, response.status, reason)
+    return response
+
+
+def access_hook(
+    router: Router, connections: Callable[[], Collection[Connection]], settings: Settings
+) -> Access:
+    """The hook ``settings`` ask for.
+
+    Raises:
+        ValueError, ImportError: See ``auth.authenticator`` (the command line checked them).
+    """
+    rate = settings.connect_rate_per_ip
+    return Access(
+        router,
+        connections,
+        max_connections=settings.max_connections or None,
+        origins=OriginPolicy(settings.allowed_origins),
+        max_per_ip=settings.max_connections_per_ip or None,
+        connect_rate=ConnectRate(rate, settings.connect_burst_per_ip) if rate else None,
+        authenticator=authenticator(settings.auth, settings.jwt_secret, settings.users_file),
+    )

@@ -1,0 +1,290 @@
+"""Who may chat: credentials checked at the handshake, before the upgrade.
+
+``--auth jwt``: a JSON Web Token (RFC 7519) signed with HS256 and the server's secret, checked
+by PyJWT (the optional ``auth`` dependencies, imported only in this mode). It must carry ``sub``
+(the user's name) and ``exp``; ``exp`` and ``nbf`` are checked with ``JWT_LEEWAY`` seconds of
+leeway. Only HS256 is accepted, so neither ``alg: none`` nor another algorithm gets through
+(RFC 8725 §2.1, §3.1). A bearer token (RFC 6750) may come three ways, one at a time (§2): the
+``Authorization: Bearer`` header (§2.1), the ``access_token`` query parameter (§2.3), or, for
+browsers, which can set neither a header nor anything else on a WebSocket handshake, a
+``Sec-WebSocket-Protocol`` value ``access_token.<token>``.
+
+``--auth basic``: ``Authorization: Basic`` (RFC 7617) checked against a users file
+(``server.users``); each check runs scrypt in a worker thread, so a flood of guesses does not
+stall the event loop.
+
+A refusal is a 401 with ``WWW-Authenticate`` (RFC 9110 §11.6.1), or a 400 for a request that
+sends a token more than one way (RFC 6750 §3.1). Tokens and passwords are never logged nor echoed
+in a reply. The identity goes to the chat handler in ``request.state`` (``identity_of``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+from urllib.parse import parse_qs
+
+import rfc6455
+from rfc6455 import CloseCode, Request, Response
+from rfc6455.handshake import offered_subprotocols, reject
+
+from .users import PasswordHash, hash_password, load_users
+
+if TYPE_CHECKING:
+    from pathlib import Path
+    from types import ModuleType
+
+__all__ = [
+    "AUTH_MODES",
+    "CHAT_SUBPROTOCOL",
+    "JWT_LEEWAY",
+    "Authenticator",
+    "BasicAuthenticator",
+    "Identity",
+    "JwtAuthenticator",
+    "Unauthorized",
+    "authenticator",
+    "closed_at_expiry",
+    "identity_of",
+    "remember",
+]
+
+AUTH_MODES = ("none", "jwt", "basic")
+# The realm of every challenge (RFC 9110 §11.5).
+REALM = "chat"
+# Seconds of clock skew forgiven on exp and nbf: machines kept on time by NTP differ by far
+# less, and a token stays short-lived. A connection closes at exp plus this.
+JWT_LEEWAY = 30.0
+# RFC 7518 §3.2: "A key of the same size as the hash output (for instance, 256 bits for
+# "HS256") or larger MUST be used".
+JWT_MIN_SECRET = 32
+# The prefix of a token offered as a subprotocol: Sec-WebSocket-Protocol: chat, access_token.<t>.
+SUBPROTOCOL_PREFIX = "access_token."
+# The subprotocol the server selects: a browser offering a token that way must offer it too,
+# since it fails a handshake whose answer selects none of the subprotocols it offered.
+CHAT_SUBPROTOCOL = "chat"
+# A user's name goes into every message it sends: as short as a message id.
+MAX_USER = 128
+
+_IDENTITY = "server.auth.identity"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """An authenticated user.
+
+    Attributes:
+        user: The name shown with its messages (the token's ``sub``, or the basic user name).
+        expires: When the credentials stop being valid (Unix time, leeway included), or None.
+    """
+
+    user: str
+    expires: float | None = None
+
+
+class Unauthorized(Exception):
+    """Credentials missing or refused; ``response()`` is the answer to the handshake."""
+
+    def __init__(self, reason: str, challenge: str, status: int = 401) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.challenge = challenge
+        self.status = status
+
+    def response(self) -> Response:
+        return reject(self.status, self.reason, (("WWW-Authenticate", self.challenge),))
+
+
+class Authenticator(Protocol):
+    """Checks a handshake's credentials: an Identity, now or once a worker thread is done."""
+
+    def __call__(self, request: Request) -> Identity | Awaitable[Identity]:
+        """Raises ``Unauthorized`` (at once or when awaited) if they are missing or wrong."""
+        ...
+
+
+def remember(request: Request, identity: Identity) -> None:
+    """Leave ``identity`` for the handler of the connection ``request`` opens."""
+    request.state[_IDENTITY] = identity
+
+
+def identity_of(request: Request) -> Identity | None:
+    """The identity the handshake of ``request`` was authenticated as, if any."""
+    identity = request.state.get(_IDENTITY)
+    assert identity is None or isinstance(identity, Identity)
+    return identity
+
+
+def _bearer(error: str | None = None, description: str = "") -> str:
+    """A ``WWW-Authenticate: Bearer`` challenge (RFC 6750 §3)."""
+    challenge = f'Bearer realm="{REALM}"'
+    if error is not None:
+        challenge += f', error="{error}", error_description="{description}"'
+    return challenge
+
+
+def bearer_token(request: Request) -> str | None:
+    """The bearer token of a request, from whichever of the three places it is in.
+
+    Raises:
+        Unauthorized: 400 ``invalid_request`` if it is in more than one place, or given twice.
+    """
+    found: list[str] = []
+    scheme, _, credentials = (request.headers.get("Authorization") or "").partition(" ")
+    if scheme.lower() == "bearer":
+        found.append(credentials.strip())
+    found += parse_qs(request.query, keep_blank_values=True).get("access_token", [])
+    found += [
+        offered.removeprefix(SUBPROTOCOL_PREFIX)
+        for offered in offered_subprotocols(request)
+        if offered.startswith(SUBPROTOCOL_PREFIX)
+    ]
+    if len(found) > 1:
+        # RFC 6750 §2: "Clients MUST NOT use more than one method to transmit the token".
+        description = "send the token one way only"
+        raise Unauthorized(description, _bearer("invalid_request", description), 400)
+    return found[0] if found else None
+
+
+class JwtAuthenticator:
+    """``--auth jwt``: HS256 tokens signed with ``secret``.
+
+    Raises:
+        ImportError: PyJWT is not installed (``pip install 'rfc6455-chat[auth]'``).
+        ValueError: ``secret`` is shorter than ``JWT_MIN_SECRET`` bytes.
+    """
+
+    def __init__(self, secret: str, leeway: float = JWT_LEEWAY) -> None:
+        if len(secret.encode()) < JWT_MIN_SECRET:
+            raise ValueError(f"the JWT secret must be at least {JWT_MIN_SECRET} bytes (RFC 7518)")
+        self._jwt: ModuleType = _import_jwt()
+        self._secret = secret
+        self.leeway = leeway
+
+    def __call__(self, request: Request) -> Identity:
+        token = bearer_token(request)
+        if token is None:
+            # RFC 6750 §3.1: no error code when the request has no authentication at all.
+            raise Unauthorized("a bearer token is required", _bearer())
+        jwt = self._jwt
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                # Explicitly: the token's own "alg" header must never choose (RFC 8725 §3.1).
+                algorithms=["HS256"],
+                leeway=self.leeway,
+                options={"require": ["exp", "sub"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise self._invalid("the token has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise self._invalid("the token is not valid yet (nbf)") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise self._invalid(f"the token has no {exc.claim} claim") from None
+        except jwt.InvalidTokenError:
+            raise self._invalid("the token is malformed or its signature is wrong") from None
+        user, expires = claims["sub"], claims["exp"]
+        if not isinstance(user, str) or not 0 < len(user) <= MAX_USER:
+            raise self._invalid(f"sub must be a name of 1 to {MAX_USER} characters")
+        if not isinstance(expires, int | float) or not math.isfinite(expires):
+            raise self._invalid("exp must be a number")
+        return Identity(user, expires + self.leeway)
+
+    @staticmethod
+    def _invalid(description: str) -> Unauthorized:
+        return Unauthorized(f"invalid token: {description}", _bearer("invalid_token", description))
+
+
+def _import_jwt() -> ModuleType:
+    try:
+        import jwt
+    except ImportError:
+        raise ImportError(
+            "--auth jwt needs PyJWT: python -m pip install 'rfc6455-chat[auth]'"
+        ) from None
+    return jwt
+
+
+class BasicAuthenticator:
+    """``--auth basic``: names and passwords checked against the users file's hashes."""
+
+    _CHALLENGE = f'Basic realm="{REALM}", charset="UTF-8"'
+
+    def __init__(self, users: Mapping[str, PasswordHash]) -> None:
+        self.users = dict(users)
+        # Checked for a name that is not in the file, so that the answer takes as long and
+        # does not tell which names exist.
+        self._decoy = hash_password("")
+
+    def __call__(self, request: Request) -> Identity | Awaitable[Identity]:
+        scheme, _, credentials = (request.headers.get("Authorization") or "").partition(" ")
+        if scheme.lower() != "basic":
+            raise Unauthorized("a user name and password are required", self._CHALLENGE)
+        try:
+            # RFC 7617 §2: base64 of user-id ":" password; the charset parameter says UTF-8.
+            decoded = base64.b64decode(credentials.strip(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            raise Unauthorized("malformed basic credentials", self._CHALLENGE) from None
+        user, colon, password = decoded.partition(":")
+        if not colon:
+            raise Unauthorized("malformed basic credentials", self._CHALLENGE)
+        return self._check(user, password)
+
+    async def _check(self, user: str, password: str) -> Identity:
+        hashed = self.users.get(user, self._decoy)
+        valid = await asyncio.to_thread(hashed.verify, password)
+        if not valid or user not in self.users:
+            raise Unauthorized("wrong user name or password", self._CHALLENGE)
+        return Identity(user)
+
+
+def authenticator(mode: str, jwt_secret: str, users_file: Path | None) -> Authenticator | None:
+    """The authenticator of an ``--auth`` mode; None for ``none``.
+
+    Raises:
+        ValueError: The mode is unknown, the secret or users file is missing or unusable.
+        ImportError: ``jwt`` without PyJWT installed.
+    """
+    if mode == "none":
+        return None
+    if mode == "jwt":
+        if not jwt_secret:
+            raise ValueError("--auth jwt needs --jwt-secret (or CHAT_JWT_SECRET)")
+        return JwtAuthenticator(jwt_secret)
+    if mode == "basic":
+        if users_file is None:
+            raise ValueError("--auth basic needs --users FILE (or CHAT_USERS)")
+        return BasicAuthenticator(load_users(users_file))
+    raise ValueError(f"{mode!r} is not one of {', '.join(AUTH_MODES)}")
+
+
+@contextlib.asynccontextmanager
+async def closed_at_expiry(
+    connection: rfc6455.Connection, identity: Identity | None
+) -> AsyncIterator[None]:
+    """Close ``connection`` with 1008 "token expired" once ``identity`` expires.
+
+    One timer per connection, set at its expiry (the running task is cancelled then): no
+    polling. Without an identity or an expiry, nothing happens.
+    """
+    if identity is None or identity.expires is None:
+        yield
+        return
+    # exp is wall-clock time; the loop's clock is monotonic.
+    deadline = asyncio.get_running_loop().time() + (identity.expires - time.time())
+    timeout = asyncio.timeout_at(deadline)
+    try:
+        async with timeout:
+            yield
+    except TimeoutError:
+        if not timeout.expired():
+            raise
+        await connection.close(CloseCode.POLICY_VIOLATION, "token expired")

@@ -1,0 +1,132 @@
+"""Per-connection rate limiting: token buckets on messages and bytes, and strikes.
+
+A chat client may send ``rate`` messages a second on average, and ``burst`` at once after a
+quiet spell; the same holds for bytes. A message over either limit is refused (the client is
+told how long to wait), and a client refused ``STRIKES`` times within ``STRIKE_WINDOW`` seconds
+is disconnected. Times come from a monotonic clock, so a change of the wall clock neither
+refills nor drains a bucket.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+
+__all__ = ["STRIKES", "STRIKE_WINDOW", "RateLimiter", "TokenBucket", "retry_after_ms"]
+
+Clock = Callable[[], float]
+
+# Refusals that get a client disconnected, and the seconds they are counted over. One refusal
+# is a client that misjudged a burst, and it is told how long to wait; a third within ten
+# seconds is one that ignores what it is told (a script, a stuck key, a flood).
+STRIKES = 3
+STRIKE_WINDOW = 10.0
+
+# Differences of clock readings are not exact (1000.05 - 1000 < 0.05): a client that waited
+# the time it was told must not be refused for a shortfall of a billionth of a token.
+_ROUNDING = 1e-9
+
+
+class TokenBucket:
+    """Up to ``burst`` tokens, refilled at ``rate`` a second; it starts full.
+
+    Args:
+        rate: Tokens added per second.
+        burst: The most tokens held.
+        clock: Seconds from a monotonic clock; ``time.monotonic`` by default.
+
+    Raises:
+        ValueError: If ``rate`` or ``burst`` is not positive.
+    """
+
+    __slots__ = ("_clock", "_stamp", "_tokens", "burst", "rate")
+
+    def __init__(self, rate: float, burst: float, clock: Clock = time.monotonic) -> None:
+        if not rate > 0 or not burst > 0:
+            raise ValueError(f"rate and burst must be positive, not {rate} and {burst}")
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._tokens = float(burst)
+        self._stamp = clock()
+
+    def wait(self, cost: float) -> float:
+        """Seconds until ``cost`` tokens are there, 0.0 if they are now.
+
+        A cost above ``burst`` costs ``burst``: such a message needs a full bucket, not one
+        that can never fill.
+        """
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        missing = min(cost, self.burst) - self._tokens
+        return missing / self.rate if missing > _ROUNDING else 0.0
+
+    def take(self, cost: float) -> None:
+        """Remove ``cost`` tokens (at most ``burst``); call it once ``wait(cost)`` returned 0."""
+        self._tokens -= min(cost, self.burst)
+
+
+class RateLimiter:
+    """One chat connection's limits: messages, optionally bytes, and strikes for refusals.
+
+    Args:
+        messages: The bucket of messages (one token each).
+        size: The bucket of bytes (a message costs its UTF-8 length), or None for no limit.
+        strikes: Refusals within ``window`` seconds that make ``strike()`` true.
+        window: Seconds over which refusals are counted.
+        clock: The clock the buckets use too.
+    """
+
+    def __init__(
+        self,
+        messages: TokenBucket,
+        size: TokenBucket | None = None,
+        *,
+        strikes: int = STRIKES,
+        window: float = STRIKE_WINDOW,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.messages = messages
+        self.size = size
+        self.strikes = strikes
+        self.window = window
+        self._clock = clock
+        self._refusals: deque[float] = deque()
+
+    def admit(self, text: str) -> float:
+        """Count ``text`` against both buckets if both have room.
+
+        Returns:
+            0.0 if it may go through (its tokens are taken); otherwise the seconds until it
+            could, and nothing is taken.
+        """
+        wait = self.messages.wait(1)
+        size = self.size
+        if size is None:
+            if not wait:
+                self.messages.take(1)
+            return wait
+        # str.isascii() is O(1): only non-ASCII text is encoded to be measured.
+        cost = len(text) if text.isascii() else len(text.encode())
+        wait = max(wait, size.wait(cost))
+        if not wait:
+            self.messages.take(1)
+            size.take(cost)
+        return wait
+
+    def strike(self) -> bool:
+        """Count a refusal; True if there were ``strikes`` within the last ``window`` seconds."""
+        now = self._clock()
+        refusals = self._refusals
+        refusals.append(now)
+        while now - refusals[0] >= self.window:
+            refusals.popleft()
+        return len(refusals) >= self.strikes
+
+
+def retry_after_ms(wait: float) -> int:
+    """``wait`` seconds as the whole milliseconds a client should wait (at least 1)."""
+    return max(1, math.ceil(wait * 1000))
