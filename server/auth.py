@@ -23,10 +23,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import parse_qs
@@ -51,7 +50,7 @@ __all__ = [
     "JwtAuthenticator",
     "Unauthorized",
     "authenticator",
-    "closed_at_expiry",
+    "close_at_expiry",
     "identity_of",
     "remember",
 ]
@@ -266,25 +265,19 @@ def authenticator(mode: str, jwt_secret: str, users_file: Path | None) -> Authen
     raise ValueError(f"{mode!r} is not one of {', '.join(AUTH_MODES)}")
 
 
-@contextlib.asynccontextmanager
-async def closed_at_expiry(
+def close_at_expiry(
     connection: rfc6455.Connection, identity: Identity | None
-) -> AsyncIterator[None]:
-    """Close ``connection`` with 1008 "token expired" once ``identity`` expires.
+) -> asyncio.TimerHandle | None:
+    """Fail ``connection`` with 1008 "token expired" once ``identity`` expires.
 
-    One timer per connection, set at its expiry (the running task is cancelled then): no
-    polling. Without an identity or an expiry, nothing happens.
+    One timer per connection, set at its expiry: no polling, and nothing at all without an
+    identity or an expiry. Failing (RFC 6455 §7.1.7) rather than closing: whatever the client
+    sends after its token expired is not processed. Cancel the timer when the client leaves.
     """
     if identity is None or identity.expires is None:
-        yield
-        return
+        return None
     # exp is wall-clock time; the loop's clock is monotonic.
-    deadline = asyncio.get_running_loop().time() + (identity.expires - time.time())
-    timeout = asyncio.timeout_at(deadline)
-    try:
-        async with timeout:
-            yield
-    except TimeoutError:
-        if not timeout.expired():
-            raise
-        await connection.close(CloseCode.POLICY_VIOLATION, "token expired")
+    delay = max(0.0, identity.expires - time.time())
+    return asyncio.get_running_loop().call_later(
+        delay, connection.fail, CloseCode.POLICY_VIOLATION, "token expired"
+    )

@@ -17,7 +17,7 @@ import rfc6455
 from rfc6455 import CloseCode
 
 from . import messages
-from .auth import closed_at_expiry, identity_of
+from .auth import close_at_expiry, identity_of
 from .history import History, Plan, Resume
 from .manager import ConnectionManager, send_now
 from .persistence import PersistenceClosed, PersistenceQueue
@@ -62,13 +62,15 @@ class ChatHandler:
         assert connection.request is not None
         identity = identity_of(connection.request)
         user = None if identity is None else identity.user
+        expiry = close_at_expiry(connection, identity)
         try:
             await self._join(connection, connection_id, peer)
-            async with closed_at_expiry(connection, identity):
-                await self._receive(connection, connection_id, user)
+            await self._receive(connection, connection_id, user)
         except rfc6455.ConnectionClosed:
             pass
         finally:
+            if expiry is not None:
+                expiry.cancel()
             self._leave(connection, connection_id, peer, user)
 
     async def _join(self, connection: rfc6455.Connection, connection_id: str, peer: str) -> None:
@@ -113,13 +115,17 @@ class ChatHandler:
     async def _receive(
         self, connection: rfc6455.Connection, connection_id: str, user: str | None
     ) -> None:
-        limiter = self._rate_limiter()
+        # Made at the first message: an idle client costs no buckets.
+        limiter: RateLimiter | None = None
+        limited = self.settings.rate_limit > 0
         async for text in connection:
             if not isinstance(text, str):
                 await connection.close(
                     CloseCode.UNSUPPORTED_DATA, "binary messages are not supported"
                 )
                 return
+            if limited and limiter is None:
+                limiter = self._rate_limiter()
             if limiter is not None and (wait := limiter.admit(text)):
                 # Refused before it gets a seq: neither stored nor broadcast.
                 send_now(connection, messages.rate_limited(retry_after_ms(wait)))
@@ -141,11 +147,9 @@ class ChatHandler:
             if not self.settings.broadcast_after_commit:
                 self._publish(record)
 
-    def _rate_limiter(self) -> RateLimiter | None:
-        """A new client's rate limits, or None if ``rate_limit`` is 0 (off)."""
+    def _rate_limiter(self) -> RateLimiter:
+        """A client's rate limits (``rate_limit`` is not 0)."""
         settings = self.settings
-        if not settings.rate_limit:
-            return None
         size = TokenBucket(settings.byte_rate, settings.byte_burst) if settings.byte_rate else None
         return RateLimiter(TokenBucket(settings.rate_limit, settings.rate_burst), size)
 
