@@ -333,6 +333,8 @@ class Server:
                 *("-m", "server", "--host", HOST, "--port", str(self.port)),
                 *("--db", str(self.workdir / "m.db")),
                 *("--ping-interval", "0", "--max-message-size", str(MAX_MESSAGE)),
+                # The broadcast workloads send far more than a chat client may (20 msg/s).
+                *("--rate-limit", "0"),
             ]
         return [str(PEERS / f"{self.name}_peer.py"), "--host", HOST, "--port", str(self.port)]
 
