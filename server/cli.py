@@ -48,24 +48,23 @@ def _int_range(low: int, high: int | None = None) -> Callable[[str], int]:
     return parse
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text} must be a number of seconds >= 0")
-    return value
+def _non_negative(what: str) -> Callable[[str], float]:
+    """Return a parser of a finite number >= 0; ``what`` names it in errors ("a number of ...")."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not math.isfinite(value) or value < 0:
+            raise argparse.ArgumentTypeError(f"{text} must be {what} >= 0")
+        return value
+
+    return parse
 
 
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number per second") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text} must be a number per second >= 0")
-    return value
+_seconds = _non_negative("a number of seconds")
+_rate = _non_negative("a number per second")
 
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")

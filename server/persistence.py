@@ -458,7 +458,9 @@ class PersistenceQueue:
                     if self._queue.qsize() < _GATHER_BELOW and not self._stopping.is_set():
                         # Group commit for a trickle: the next messages share this fsync.
                         await asyncio.sleep(_GATHER_SECONDS)
-            self._take_queued(batch, self.batch_size)
+            # Never more than a queue's worth: what a crash can lose stays within twice the
+            # capacity, even when a gathering writer let the queue fill up again.
+            self._take_queued(batch, min(self.batch_size, self.capacity))
             self._ready.set()  # room in the queue again
             await self._write(batch)
 
