@@ -110,7 +110,12 @@ class _WriteBatcher:
         connections = self._connections
         self._connections = []
         for connection in connections:
-            connection._flush()
+            try:
+                connection._flush()
+            except Exception:
+                # A bug of ours on one connection must not hold back the others' frames.
+                connection.logger.exception("internal error while sending")
+                connection._transport.abort()  # Not abort(): it would flush again.
 
 
 _batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _WriteBatcher] = (

@@ -30,3 +30,31 @@ async def test_broadcast_skips_closed_connections(net: Net) -> None:
     for client in clients[1:]:
         assert await client.recv() == "to all"
         assert await client.recv() == b"\x00\x01"
+
+
+async def test_a_failing_connection_does_not_hold_back_the_others(
+    net: Net, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Frames sent in one turn of the loop are written together at its end; a bug
+    # while writing to one connection must not keep the others' frames back.
+    accepted: asyncio.Queue[Connection] = asyncio.Queue()
+
+    async def handler(ws: Connection) -> None:
+        accepted.put_nowait(ws)
+        await ws.wait_closed()
+
+    server = await net.serve(handler)
+    clients = [await net.connect(server) for _ in range(3)]
+    async with asyncio.timeout(GUARD):
+        connections = [await accepted.get() for _ in clients]
+
+    def broken() -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(connections[0], "_flush", broken)
+    assert broadcast(connections, "to all") == 3
+    async with asyncio.timeout(GUARD):
+        for client in clients[1:]:
+            assert await client.recv() == "to all"
+        await connections[0].wait_closed()
+    assert "internal error while sending" in caplog.text
