@@ -95,15 +95,16 @@ _receive_buffer = _ReceiveBuffer()
 class _WriteBatcher:
     """Flushes, once per turn of the event loop, the connections that sent frames."""
 
-    __slots__ = ("_connections", "_loop")
+    # No reference to the loop: the batcher is the value of a weak-keyed mapping
+    # whose key is the loop, which would then never be collected.
+    __slots__ = ("_connections",)
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+    def __init__(self) -> None:
         self._connections: list[Connection] = []
 
     def add(self, connection: Connection) -> None:
         if not self._connections:
-            self._loop.call_soon(self._flush)
+            connection._loop.call_soon(self._flush)
         self._connections.append(connection)
 
     def _flush(self) -> None:
@@ -126,7 +127,7 @@ _batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _WriteBatcher] =
 def _batcher(loop: asyncio.AbstractEventLoop) -> _WriteBatcher:
     batcher = _batchers.get(loop)
     if batcher is None:
-        batcher = _batchers[loop] = _WriteBatcher(loop)
+        batcher = _batchers[loop] = _WriteBatcher()
     return batcher
 
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
 import pytest
 
+import rfc6455
 from rfc6455 import Connection, broadcast
+from rfc6455.aio.connection import _batchers
 from tests.rfc6455.conftest import GUARD, Net
 
 pytestmark = pytest.mark.usefixtures("loop_errors")
@@ -58,3 +62,19 @@ async def test_a_failing_connection_does_not_hold_back_the_others(
             assert await client.recv() == "to all"
         await connections[0].wait_closed()
     assert "internal error while sending" in caplog.text
+
+
+def test_a_closed_loop_is_not_kept_alive_by_its_write_batcher() -> None:
+    async def main() -> None:
+        server = await rfc6455.serve(lambda ws: ws.wait_closed(), "127.0.0.1", 0)
+        async with server, await rfc6455.connect(f"ws://127.0.0.1:{server.port}/") as client:
+            await client.send("batched")
+        assert len(_batchers) >= 1
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(main())
+    loop.close()
+    alive = weakref.ref(loop)
+    del loop
+    gc.collect()
+    assert alive() is None
