@@ -321,46 +321,35 @@ async def drive_acks(
     connections are dropped.
     """
     try:
-        return await _drive_acks(load, config_cores, warmup, duration, on_window, on_end)
+        pid = os.getpid()
+        await load.connect()
+        load.start()
+        await asyncio.sleep(warmup)
+        on_window()
+        acks0, deliveries0 = load.acks, load.deliveries
+        t0, cpu0, wait0 = time.monotonic(), e2e.proc_cpu_seconds(pid), e2e.proc_wait_seconds(pid)
+        busy0 = busy_seconds(config_cores.server), busy_seconds(config_cores.load)
+        load.recording = True
+        await asyncio.sleep(duration)
+        load.recording = False
+        t1, cpu1, wait1 = time.monotonic(), e2e.proc_cpu_seconds(pid), e2e.proc_wait_seconds(pid)
+        busy1 = busy_seconds(config_cores.server), busy_seconds(config_cores.load)
+        acks1, deliveries1 = load.acks, load.deliveries
+        load.running = False
+        on_end()
+        return {
+            "start": t0,
+            "end": t1,
+            "acks": acks1 - acks0,
+            "deliveries": deliveries1 - deliveries0,
+            "load_cpu": cpu1 - cpu0,
+            "load_wait": wait1 - wait0,
+            "server_core_busy": busy1[0] - busy0[0],
+            "load_core_busy": busy1[1] - busy0[1],
+        }
     finally:
         load.close()
         await asyncio.sleep(0.1)  # let the transports see they are closed
-
-
-async def _drive_acks(
-    load: AckLoad,
-    config_cores: Cores,
-    warmup: float,
-    duration: float,
-    on_window: Callable[[], None],
-    on_end: Callable[[], None],
-) -> dict[str, float]:
-    pid = os.getpid()
-    await load.connect()
-    load.start()
-    await asyncio.sleep(warmup)
-    on_window()
-    acks0, deliveries0 = load.acks, load.deliveries
-    t0, cpu0, wait0 = time.monotonic(), e2e.proc_cpu_seconds(pid), e2e.proc_wait_seconds(pid)
-    busy0 = busy_seconds(config_cores.server), busy_seconds(config_cores.load)
-    load.recording = True
-    await asyncio.sleep(duration)
-    load.recording = False
-    t1, cpu1, wait1 = time.monotonic(), e2e.proc_cpu_seconds(pid), e2e.proc_wait_seconds(pid)
-    busy1 = busy_seconds(config_cores.server), busy_seconds(config_cores.load)
-    acks1, deliveries1 = load.acks, load.deliveries
-    load.running = False
-    on_end()
-    return {
-        "start": t0,
-        "end": t1,
-        "acks": acks1 - acks0,
-        "deliveries": deliveries1 - deliveries0,
-        "load_cpu": cpu1 - cpu0,
-        "load_wait": wait1 - wait0,
-        "server_core_busy": busy1[0] - busy0[0],
-        "load_core_busy": busy1[1] - busy0[1],
-    }
 
 
 def acked_in_database(db: Path, seqs: Sequence[int]) -> tuple[int, int]:

@@ -112,6 +112,13 @@ def _option(
     )
 
 
+def _switch(parser: argparse.ArgumentParser, flag: str, env: str, default: bool, help: str) -> None:
+    """Add an on/off option: the flag alone means on, or it takes a boolean like its variable."""
+    _option(
+        parser, flag, env, default, help, type=_boolean, nargs="?", const="true", metavar="BOOL"
+    )
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m server",
@@ -197,17 +204,13 @@ def _build_parser() -> argparse.ArgumentParser:
         type=_int_range(0),
     )
     # nargs="?": the flag alone means true; CHAT_BROADCAST_AFTER_COMMIT=1 or =0 says either.
-    _option(
+    _switch(
         parser,
         "--broadcast-after-commit",
         "CHAT_BROADCAST_AFTER_COMMIT",
         _DEFAULTS.broadcast_after_commit,
         "broadcast each message only once it is committed to the database (slower, but "
         "nothing a client saw can be lost in a crash)",
-        type=_boolean,
-        nargs="?",
-        const="true",
-        metavar="BOOL",
     )
     _option(
         parser,
@@ -358,16 +361,12 @@ def _access_options(parser: argparse.ArgumentParser) -> None:
         "open the chat besides the server's own; others get 403",
         type=_origins,
     )
-    _option(
+    _switch(
         parser,
         "--no-echo",
         "CHAT_NO_ECHO",
         not _DEFAULTS.echo,
         "turn the /echo endpoint off (404), for production",
-        type=_boolean,
-        nargs="?",
-        const="true",
-        metavar="BOOL",
     )
     _option(
         parser,

@@ -16,7 +16,8 @@ from tests.rfc6455.conftest import GUARD, Net
 pytestmark = pytest.mark.usefixtures("loop_errors")
 
 
-async def test_broadcast_skips_closed_connections(net: Net) -> None:
+async def three_pairs(net: Net) -> tuple[list[Connection], list[Connection]]:
+    """Three clients, and the server's side of each, in the same order."""
     accepted: asyncio.Queue[Connection] = asyncio.Queue()
 
     async def handler(ws: Connection) -> None:
@@ -27,6 +28,11 @@ async def test_broadcast_skips_closed_connections(net: Net) -> None:
     clients = [await net.connect(server) for _ in range(3)]
     async with asyncio.timeout(GUARD):
         connections = [await accepted.get() for _ in clients]
+    return clients, connections
+
+
+async def test_broadcast_skips_closed_connections(net: Net) -> None:
+    clients, connections = await three_pairs(net)
     await clients[0].close()
     await connections[0].wait_closed()
     assert broadcast(connections, "to all") == 2
@@ -41,16 +47,7 @@ async def test_a_failing_connection_does_not_hold_back_the_others(
 ) -> None:
     # Frames sent in one turn of the loop are written together at its end; a bug
     # while writing to one connection must not keep the others' frames back.
-    accepted: asyncio.Queue[Connection] = asyncio.Queue()
-
-    async def handler(ws: Connection) -> None:
-        accepted.put_nowait(ws)
-        await ws.wait_closed()
-
-    server = await net.serve(handler)
-    clients = [await net.connect(server) for _ in range(3)]
-    async with asyncio.timeout(GUARD):
-        connections = [await accepted.get() for _ in clients]
+    clients, connections = await three_pairs(net)
 
     def broken() -> None:
         raise RuntimeError("a bug")

@@ -24,22 +24,12 @@ from server.persistence import (
 )
 from server.retry import RetryPolicy
 from server.store import MessageRecord, Store
-from tests.server.support import locked
+from tests.server.support import locked, wait_until
 
 # Short delays keep the tests fast; many attempts keep them robust on a slow machine.
 PATIENT = RetryPolicy(attempts=40, base_delay=0.05, max_delay=0.2)
 # Gives up quickly: 3 attempts, 10 ms and 20 ms apart.
 IMPATIENT = RetryPolicy(attempts=3, base_delay=0.01)
-
-
-async def wait_until(predicate: Callable[[], bool], within: float = 10.0) -> None:
-    """Poll ``predicate`` until it is true; fail after ``within`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {within} s")
-        await asyncio.sleep(0.005)
 
 
 def records(start: int, stop: int, connection_id: str = "c1") -> list[MessageRecord]:
