@@ -26,7 +26,7 @@ from http import HTTPStatus
 from urllib.parse import quote, urlsplit
 
 from .exceptions import InvalidRequest, InvalidResponse
-from .http11 import Headers, Request, Response
+from .http11 import Headers, Request, Response, check_host
 
 __all__ = [
     "GUID",
@@ -47,11 +47,6 @@ __all__ = [
 # RFC 6455 §1.3: the GUID appended to the key before hashing.
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
-# RFC 9110 §7.2: Host = uri-host [ ":" port ], with uri-host from RFC 3986 §3.2.2:
-# an IP literal in brackets, or a reg-name (which covers IPv4 addresses).
-_HOST = re.compile(
-    r"(?:\[[0-9A-Za-z:.%_~\-]+\]|[0-9A-Za-z!$&'()*+,;=%._~\-]+)(?::[0-9]*)?",
-)
 _REG_NAME = re.compile(r"[0-9A-Za-z!$&'()*+,;=%._~\-]+")
 # RFC 9110 §5.6.2: token, the syntax of a subprotocol name (RFC 6455 §4.1).
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -128,17 +123,13 @@ def check_request(request: Request) -> str:
         raise InvalidRequest(405, f"method {request.method} not allowed", (("Allow", "GET"),))
     if request.version != "HTTP/1.1":
         raise InvalidRequest(400, f"{request.version} cannot upgrade; HTTP/1.1 is required")
-    # §4.2.1 item 2: a |Host| header field. RFC 9112 §3.2: "A server MUST respond
-    # with a 400 (Bad Request) status code to any HTTP/1.1 request message that
-    # lacks a Host header field and to any request message that contains more
-    # than one Host header field line or a Host header field with an invalid
-    # field value."
-    hosts = headers.get_all("Host")
-    if len(hosts) != 1:
-        problem = "missing" if not hosts else "more than one"
-        raise InvalidRequest(400, f"{problem} Host header")
-    if not _HOST.fullmatch(hosts[0]):
-        raise InvalidRequest(400, "invalid Host header")
+    # §4.2.1 item 2: a |Host| header field, valid as RFC 9112 §3.2 says.
+    check_host(request)
+    # §4.2.1 item 1 is a GET, whose content "has no generally defined semantics"
+    # (RFC 9110 §9.3.1): bytes after the head are WebSocket frames, so a request
+    # announcing a body would have it read as frames.
+    if "Transfer-Encoding" in headers or headers.get("Content-Length", "0") != "0":
+        raise InvalidRequest(400, "a WebSocket upgrade request has no body")
     # §4.2.1 item 3: an |Upgrade| header field containing "websocket".
     if not _has_token(headers, "Upgrade", "websocket"):
         raise InvalidRequest(400, "missing Upgrade: websocket header")

@@ -25,7 +25,7 @@ from .exceptions import InvalidRequest, InvalidResponse, InvalidState
 from .limits import Limits
 from .typing import BytesLike
 
-__all__ = ["Headers", "Request", "RequestParser", "Response", "ResponseParser"]
+__all__ = ["Headers", "Request", "RequestParser", "Response", "ResponseParser", "check_host"]
 
 # RFC 9110 §5.6.2: token = 1*tchar.
 _TCHARS = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
@@ -35,6 +35,10 @@ _FIELD_CHARS = r"[\t\x20-\x7e]*"
 _TARGET_CHARS = r"[\x21-\x7e]+"
 # RFC 9112 §2.3: HTTP-version = HTTP-name "/" DIGIT "." DIGIT.
 _VERSION_CHARS = r"HTTP/[0-9]\.[0-9]"
+
+# RFC 9110 §7.2: Host = uri-host [ ":" port ], with uri-host from RFC 3986 §3.2.2:
+# an IP literal in brackets, or a reg-name (which covers IPv4 addresses).
+_HOST = re.compile(r"(?:\[[0-9A-Za-z:.%_~\-]+\]|[0-9A-Za-z!$&'()*+,;=%._~\-]+)(?::[0-9]*)?")
 
 _TOKEN = re.compile(_TCHARS.encode())
 _FIELD_VALUE = re.compile(_FIELD_CHARS.encode())
@@ -182,13 +186,38 @@ class Request:
 
     @property
     def path(self) -> str:
-        """The request target up to any ``?``, still percent-encoded."""
-        return self.target.partition("?")[0]
+        """The path of the request target, still percent-encoded; ``/`` if it is empty."""
+        return self._resource().partition("?")[0] or "/"
 
     @property
     def query(self) -> str:
         """The request target after the first ``?``; ``""`` if there is none."""
-        return self.target.partition("?")[2]
+        return self._resource().partition("?")[2]
+
+    @property
+    def authority(self) -> str | None:
+        """The host (and port) the request is for, or None if it names none.
+
+        RFC 9112 §3.2.2: for an absolute-form target (``GET http://host:port/ HTTP/1.1``),
+        the server "MUST ignore the received Host header field (if any) and instead use
+        the host information of the request-target"; otherwise it is the ``Host`` field.
+        """
+        if not self.target.startswith("/"):
+            scheme, separator, rest = self.target.partition("://")
+            if separator and scheme:
+                return re.split(r"[/?#]", rest, maxsplit=1)[0]
+        return self.headers.get("Host")
+
+    def _resource(self) -> str:
+        """The origin-form of the target: an absolute-form target without its scheme and host."""
+        target = self.target
+        if target.startswith("/"):
+            return target
+        scheme, separator, rest = target.partition("://")
+        if not (separator and scheme):
+            return target  # asterisk-form or authority-form: no path
+        start = min((i for i in map(rest.find, "/?") if i >= 0), default=len(rest))
+        return rest[start:]
 
     def serialize(self) -> bytes:
         """Return the request head as sent on the wire.
@@ -236,6 +265,28 @@ class Response:
         return _serialize_head(f"HTTP/1.1 {self.status} {self.reason}", headers) + self.body
 
 
+def check_host(request: Request) -> None:
+    """Check the request's ``Host`` fields (RFC 9112 §3.2).
+
+    "A server MUST respond with a 400 (Bad Request) status code to any HTTP/1.1
+    request message that lacks a Host header field and to any request message that
+    contains more than one Host header field line or a Host header field with an
+    invalid field value." An HTTP/1.0 request may have none.
+
+    Raises:
+        InvalidRequest: 400 with the reason.
+    """
+    hosts = request.headers.get_all("Host")
+    if len(hosts) > 1:
+        raise InvalidRequest(400, "more than one Host header")
+    if not hosts:
+        if request.version != "HTTP/1.0":
+            raise InvalidRequest(400, "missing Host header")
+        return
+    if not _HOST.fullmatch(hosts[0]):
+        raise InvalidRequest(400, "invalid Host header")
+
+
 _Head = TypeVar("_Head", Request, Response)
 
 
@@ -256,6 +307,8 @@ class _HeadParser(ABC, Generic[_Head]):
         """The bytes that followed the head; set once ``feed`` has returned it."""
         self._max_line = limits.max_line
         self._max_headers = limits.max_headers
+        self._max_head = limits.max_head_size
+        self._head_size = 0  # bytes of the lines parsed so far
         self._buf = bytearray()
         self._pos = 0  # where the current line starts in _buf
         self._scan = 0  # where the search for the current line's LF resumes
@@ -285,7 +338,10 @@ class _HeadParser(ABC, Generic[_Head]):
         try:
             while (end := buf.find(b"\n", self._scan)) >= 0:
                 line = buf[self._pos : end]
+                self._head_size += end + 1 - self._pos
                 self._pos = self._scan = end + 1
+                if self._head_size > self._max_head:
+                    raise self._head_too_large()
                 if self._line(line):
                     self.rest = bytes(buf[self._pos :])
                     self._finished = True
@@ -295,9 +351,11 @@ class _HeadParser(ABC, Generic[_Head]):
             pending = len(buf) - self._pos
             if buf.endswith(b"\r"):  # the CR of a CRLF not yet complete
                 pending -= 1
-            # Refuse an overlong line without waiting for its end, which may never come.
+            # Refuse an overlong line or head without waiting for its end, which may never come.
             if pending > self._max_line:
                 raise self._too_long()
+            if self._head_size + pending > self._max_head:
+                raise self._head_too_large()
         except BaseException:
             self._finished = True
             raise
@@ -362,6 +420,9 @@ class _HeadParser(ABC, Generic[_Head]):
             raise self._error(505, f"unsupported HTTP version {version.decode()}")
         return version.decode()
 
+    def _head_too_large(self) -> Exception:
+        return self._error(431, f"message head over {self._max_head} bytes")
+
     def _too_long(self) -> Exception:
         """The error for a line over ``max_line``: 414 for a request line, else 431."""
         if self._started:
@@ -385,8 +446,9 @@ class RequestParser(_HeadParser[Request]):
     """Server side: parse a request head, raising ``InvalidRequest`` with a 4xx/5xx status.
 
     Statuses: 414 for a request line over ``max_line``; 431 for a header line
-    over it or more than ``max_headers`` fields; 505 for an ``HTTP/x.y`` other
-    than 1.0 and 1.1; 400 for every other malformation.
+    over it, more than ``max_headers`` fields or a head over ``max_head_size``
+    bytes; 505 for an ``HTTP/x.y`` other than 1.0 and 1.1; 400 for every other
+    malformation, a missing, repeated or invalid ``Host`` included.
     """
 
     _start_line_name = "request line"
@@ -412,7 +474,9 @@ class RequestParser(_HeadParser[Request]):
         self._target = target.decode()
 
     def _build(self, headers: Headers) -> Request:
-        return Request(self._method, self._target, headers, self._version, self._remote_address)
+        request = Request(self._method, self._target, headers, self._version, self._remote_address)
+        check_host(request)
+        return request
 
     def _error(self, status: int, reason: str) -> Exception:
         return InvalidRequest(status, reason)

@@ -64,9 +64,16 @@ def build(lines: list[bytes]) -> Request:
 
 
 def edit(name: bytes, *values: bytes) -> Request:
-    """MINIMAL with the field ``name`` replaced by one field per value (none: removed)."""
+    """MINIMAL with the field ``name`` replaced by one field per value (none: removed).
+
+    Built without the parser, which refuses some of these itself (a missing Host): what is
+    tested is that ``check_request`` refuses them too, whoever built the request.
+    """
     lines = [line for line in MINIMAL if not line.lower().startswith(name.lower() + b":")]
-    return build(lines + [name + b": " + value for value in values])
+    lines += [name + b": " + value for value in values]
+    method, target, version = lines[0].decode().split(" ")
+    fields = [line.decode().partition(":") for line in lines[1:]]
+    return Request(method, target, Headers((n, v.strip()) for n, _, v in fields), version)
 
 
 def refusal(request: Request) -> InvalidRequest:
@@ -168,6 +175,24 @@ def test_two_host_headers_are_400() -> None:
 def test_invalid_host_is_400(host: bytes) -> None:
     exc = refusal(edit(b"Host", host))
     assert (exc.status, exc.reason) == (400, "invalid Host header")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        (b"Content-Length: 5",),
+        (b"Transfer-Encoding: chunked",),
+        (b"Content-Length: 0", b"Transfer-Encoding: chunked"),
+    ],
+)
+def test_an_upgrade_with_a_body_is_400(fields: tuple[bytes, ...]) -> None:
+    # The body would be read as WebSocket frames.
+    exc = refusal(build([*MINIMAL, *fields]))
+    assert (exc.status, exc.reason) == (400, "a WebSocket upgrade request has no body")
+
+
+def test_an_upgrade_with_content_length_0_is_accepted() -> None:
+    assert check_request(build([*MINIMAL, b"Content-Length: 0"])) == KEY
 
 
 @pytest.mark.parametrize("values", [(), (b"h2c",), (b"websocket2",), (b"",)])

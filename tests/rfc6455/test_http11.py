@@ -265,8 +265,10 @@ def test_parse_request_with_bare_lf(mode: str) -> None:
     assert request == Request("GET", "/", Headers([("Host", "a"), ("X", "1")]))
 
 
-def test_parse_request_without_headers(mode: str) -> None:
-    assert parse_request(b"GET / HTTP/1.1\r\n\r\n", mode) == Request("GET", "/", Headers())
+def test_parse_http10_request_without_headers(mode: str) -> None:
+    # RFC 9112 §3.2: only HTTP/1.1 requires a Host.
+    request = parse_request(b"GET / HTTP/1.0\r\n\r\n", mode)
+    assert request == Request("GET", "/", Headers(), "HTTP/1.0")
 
 
 def test_parse_http10_request(mode: str) -> None:
@@ -275,13 +277,15 @@ def test_parse_http10_request(mode: str) -> None:
 
 
 def test_parse_request_strips_optional_whitespace(mode: str) -> None:
-    request = parse_request(b"GET / HTTP/1.1\r\nHost: \t a b \t\r\nX-Empty:\r\n\r\n", mode)
-    assert list(request.headers) == [("Host", "a b"), ("X-Empty", "")]
+    request = parse_request(
+        b"GET / HTTP/1.1\r\nHost: \t a \t\r\nX: \tb c \r\nX-Empty:\r\n\r\n", mode
+    )
+    assert list(request.headers) == [("Host", "a"), ("X", "b c"), ("X-Empty", "")]
 
 
 def test_parse_request_ignores_one_leading_empty_line(mode: str) -> None:
-    request = parse_request(b"\r\nGET / HTTP/1.1\r\n\r\n", mode)
-    assert request == Request("GET", "/", Headers())
+    request = parse_request(b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", mode)
+    assert request == Request("GET", "/", Headers([("Host", "a")]))
 
 
 def test_parse_request_keeps_other_methods_and_targets(mode: str) -> None:
@@ -292,19 +296,19 @@ def test_parse_request_keeps_other_methods_and_targets(mode: str) -> None:
 def test_parse_request_line_of_exactly_max_line(mode: str) -> None:
     line = b"GET /" + b"a" * (32 - 14) + b" HTTP/1.1"
     assert len(line) == SMALL.max_line
-    request = parse_request(line + b"\r\n\r\n", mode, SMALL)
+    request = parse_request(line + b"\r\nHost: a\r\n\r\n", mode, SMALL)
     assert len(request.target) == 19
 
 
 def test_parse_header_line_of_exactly_max_line(mode: str) -> None:
     field = b"X: " + b"v" * 29
     assert len(field) == SMALL.max_line
-    request = parse_request(b"GET / HTTP/1.1\r\n" + field + b"\r\n\r\n", mode, SMALL)
+    request = parse_request(b"GET / HTTP/1.1\r\nHost: a\r\n" + field + b"\r\n\r\n", mode, SMALL)
     assert request.headers.get("X") == "v" * 29
 
 
 def test_parse_request_with_max_headers(mode: str) -> None:
-    request = parse_request(b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n", mode, SMALL)
+    request = parse_request(b"GET / HTTP/1.1\r\nHost: a\r\nB: 2\r\nC: 3\r\n\r\n", mode, SMALL)
     assert len(request.headers) == 3
 
 
@@ -318,10 +322,79 @@ def test_parse_request_incomplete() -> None:
 
 def test_parse_request_leaves_body_in_rest() -> None:
     parser = RequestParser()
-    request = parser.feed(b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nbody")
+    request = parser.feed(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nbody")
     assert request is not None
     assert request.method == "POST"
     assert parser.rest == b"body"
+
+
+# RFC 9112 §3.2: Host, for every request, not only upgrades.
+
+
+@pytest.mark.parametrize(
+    ("head", "reason"),
+    [
+        (b"GET / HTTP/1.1\r\n\r\n", "missing Host header"),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "more than one Host header"),
+        (b"GET / HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n", "more than one Host header"),
+        (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", "invalid Host header"),
+        (b"GET / HTTP/1.1\r\nHost: a:b\r\n\r\n", "invalid Host header"),
+    ],
+)
+def test_a_request_without_one_valid_host_is_400(mode: str, head: bytes, reason: str) -> None:
+    exc = request_error(head, mode)
+    assert (exc.status, exc.reason) == (400, reason)
+
+
+# RFC 9112 §3.2.2: "a server MUST accept the absolute-form in requests".
+
+
+def test_absolute_form_target_gives_its_path_query_and_authority() -> None:
+    request = Request("GET", "http://Example.COM:8080/chat/x?since=3&epoch=e", Headers())
+    assert (request.path, request.query) == ("/chat/x", "since=3&epoch=e")
+    assert request.authority == "Example.COM:8080"
+
+
+@pytest.mark.parametrize(
+    ("target", "path", "query"),
+    [("http://a", "/", ""), ("http://a?x=1", "/", "x=1"), ("ws://a:1/b", "/b", "")],
+)
+def test_absolute_form_without_a_path_is_the_root(target: str, path: str, query: str) -> None:
+    request = Request("GET", target, Headers([("Host", "other")]))
+    assert (request.path, request.query) == (path, query)
+    assert request.authority == target.split("/")[2].split("?")[0]
+
+
+def test_the_authority_of_an_origin_form_target_is_the_host_field() -> None:
+    assert Request("GET", "/a?b", Headers([("Host", "h:1")])).authority == "h:1"
+    assert Request("GET", "/a", Headers(), "HTTP/1.0").authority is None
+    assert Request("OPTIONS", "*", Headers([("Host", "h")])).path == "*"
+
+
+# The whole head is bounded, not only each line and the number of lines.
+
+
+def test_a_head_over_max_head_size_is_431_before_it_ends(mode: str) -> None:
+    limits = Limits(max_head_size=100)
+    fields = b"".join(b"X-%d: %s\r\n" % (i, b"v" * 20) for i in range(10))
+    exc = request_error(b"GET / HTTP/1.1\r\nHost: a\r\n" + fields, mode, limits)
+    assert (exc.status, exc.reason) == (431, "message head over 100 bytes")
+
+
+def test_a_head_of_exactly_max_head_size_is_parsed(mode: str) -> None:
+    head = b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"v" * 50 + b"\r\n\r\n"
+    request = parse_request(head, mode, Limits(max_head_size=len(head)))
+    assert request.headers.get("X") == "v" * 50
+    with pytest.raises(InvalidRequest):
+        RequestParser(Limits(max_head_size=len(head) - 1)).feed(head)
+
+
+def test_a_line_still_arriving_counts_toward_the_head() -> None:
+    parser = RequestParser(Limits(max_head_size=64, max_line=8192))
+    assert parser.feed(b"GET / HTTP/1.1\r\nHost: a\r\nX: ") is None
+    with pytest.raises(InvalidRequest) as exc_info:
+        parser.feed(b"v" * 40)  # no line end yet: refused without waiting for it
+    assert exc_info.value.status == 431
 
 
 def test_parse_request_roundtrip() -> None:
@@ -331,7 +404,7 @@ def test_parse_request_roundtrip() -> None:
 
 def test_feed_after_request_is_an_error() -> None:
     parser = RequestParser()
-    parser.feed(b"GET / HTTP/1.1\r\n\r\n")
+    parser.feed(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
     with pytest.raises(InvalidState):
         parser.feed(b"more")
 
@@ -575,7 +648,8 @@ class CountingBuffer(bytearray):
 
 
 def test_bytewise_feed_searches_each_byte_once() -> None:
-    data = b"GET / HTTP/1.1\r\n" + b"".join(b"X-H-%d: value\r\n" % i for i in range(100)) + b"\r\n"
+    fields = b"".join(b"X-H-%d: value\r\n" % i for i in range(99))
+    data = b"GET / HTTP/1.1\r\nHost: a\r\n" + fields + b"\r\n"
     parser = RequestParser()
     buffer = parser._buf = CountingBuffer()
     for i in range(len(data) - 1):
@@ -597,14 +671,20 @@ requests = st.builds(
     Request,
     method=tokens,
     target=st.text(VCHAR, min_size=1, max_size=30),
-    headers=st.lists(st.tuples(tokens, field_values), max_size=10).map(Headers),
+    # A Host first: RFC 9112 §3.2 requires exactly one.
+    headers=st.lists(
+        st.tuples(tokens.filter(lambda name: name.lower() != "host"), field_values), max_size=10
+    ).map(lambda fields: Headers([("Host", "example.com"), *fields])),
     version=st.sampled_from(["HTTP/1.0", "HTTP/1.1"]),
 )
 responses = st.builds(
     Response,
     status=st.integers(100, 999),
     reason=field_values,
-    headers=st.lists(st.tuples(tokens, field_values), max_size=10).map(Headers),
+    # A Host first: RFC 9112 §3.2 requires exactly one.
+    headers=st.lists(
+        st.tuples(tokens.filter(lambda name: name.lower() != "host"), field_values), max_size=10
+    ).map(lambda fields: Headers([("Host", "example.com"), *fields])),
 )
 
 
