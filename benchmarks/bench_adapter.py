@@ -140,7 +140,7 @@ async def handshake_cost(handshakes: int) -> float:
     start = time.perf_counter()
     for _ in range(handshakes):
         transport = NullTransport()
-        handshake = _Handshake(server)
+        handshake = _Handshake(server, "127.0.0.1")
         transport.set_protocol(handshake)
         handshake.connection_made(transport)
         feed(handshake, REQUEST)

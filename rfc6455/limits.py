@@ -26,6 +26,10 @@ class Limits:
     max_line: int = 8192
     # More header lines than this are answered 431; browsers send about 15.
     max_headers: int = 128
+    # The whole request head (request line and fields): 431 above it. 16 KiB is
+    # h11's and Node.js's default; without it, max_headers lines of max_line
+    # bytes would let each unfinished handshake hold 1 MiB.
+    max_head_size: int = 16 * 1024
     # The opening handshake must complete within this time (slowloris guard).
     open_timeout: float | None = 10.0
     # How long to wait for the peer's close frame and TCP close (RFC 6455 §7.1.1).
@@ -39,12 +43,27 @@ class Limits:
     # (asyncio's own default high-water mark is 64 KiB).
     write_limit: int = 2**16
     # Slow consumer: sending more while over this many bytes wait in the
-    # transport for a peer that does not read closes the connection with 1008
+    # transport *behind the write in progress* closes the connection with 1008
     # "slow consumer" (RFC 6455 §7.4.1, policy violation), so that frames sent
     # without waiting (send_encoded, broadcast) cannot grow memory without
-    # bound. send() waits for the transport to drain, so a peer that reads is
-    # never cut off, whatever the size of one message. 1 MiB is a full
-    # max_size message, or thousands of chat messages: far more than a reader
-    # that keeps up ever lags by. Checked once the transport has paused writing
+    # bound. What is being written does not count, however large: a peer that
+    # reads is never cut off for one big message. 1 MiB is a full max_size
+    # message, or thousands of chat messages: far more than a reader that
+    # keeps up ever lags by. Checked once the transport has paused writing
     # (above write_limit), so a smaller value acts as write_limit.
     max_send_buffer: int | None = 2**20
+    # Server side, for the whole server: TCP connections still in the opening
+    # handshake, in all and from one address (IPv6: its /64). More are answered
+    # 503 at once. Each holds at most max_head_size bytes for open_timeout, so
+    # 1,000 hold 16 MiB; a real handshake takes milliseconds, so 100 at once
+    # from one address is a reconnect storm behind a proxy, or a slowloris.
+    max_handshakes: int | None = 1000
+    max_handshakes_per_address: int | None = 100
+
+    def __post_init__(self) -> None:
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if value is not None and not value >= 0:  # not >= 0: NaN too
+                raise ValueError(f"Limits.{name} must be >= 0 or None, not {value!r}")
+        if self.max_frame_size == 0:
+            raise ValueError("Limits.max_frame_size must be at least 1 or None")

@@ -1,35 +1,20 @@
 """Per-address limits of the chat endpoint: connections open at once, and new ones a second.
 
 Both are off by default: every client behind one NAT, carrier-grade NAT or reverse proxy shares
-an address. An IPv6 client is counted by its /64 network, which one subscriber usually gets
-whole (RFC 6177): counting single addresses would give it 2**64 of them.
+an address. Addresses are counted by ``rfc6455.addresses.address_key`` (IPv6 by its /64).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import time
 
 from .ratelimit import Clock, TokenBucket
 
-__all__ = ["ConnectRate", "address_key"]
+__all__ = ["ConnectRate"]
 
 # Buckets kept before the full ones (idle for burst/rate seconds, so no different from new ones)
 # are dropped: the memory of the limiter stays in proportion to the recent clients.
 _PRUNE_ABOVE = 1024
-
-
-def address_key(host: str) -> str:
-    """The key a client is counted under: its IPv4 address, or its IPv6 /64 network."""
-    try:
-        address = ipaddress.ip_address(host.partition("%")[0])
-    except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
 
 
 class ConnectRate:

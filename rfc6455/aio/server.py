@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import errno
 import logging
+import socket
 import ssl as ssl_module
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 
+from ..addresses import address_key
 from ..exceptions import ConnectionClosed, InvalidRequest
 from ..frames import CloseCode
 from ..handshake import accept, reject, select_subprotocol
@@ -25,6 +30,51 @@ Handler = Callable[[Connection], Awaitable[None]]
 ProcessRequest = Callable[[Request], Response | Awaitable[Response | None] | None]
 
 logger = logging.getLogger("rfc6455.server")
+
+# accept(2) errors that mean the process or the system is out of descriptors or memory:
+# accepting pauses for _ACCEPT_PAUSE while the connections wait in the backlog, rather than
+# failing again at once (asyncio's own loop logs each failure, thousands a second).
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_ACCEPT_PAUSE = 0.1
+# Connections taken per readiness of a listening socket, and the listen(2) backlog: asyncio's.
+_ACCEPT_BATCH = 100
+_BACKLOG = 100
+# Repeated warnings (accept failures, handshakes refused for being too many) are logged at
+# most once per this many seconds, with a count.
+_LOG_INTERVAL = 1.0
+
+
+class _Throttled:
+    """A warning that may happen thousands of times a second, logged once per interval.
+
+    The first is logged at once; the next ones are counted and logged together, with the
+    count, once the interval is over.
+    """
+
+    def __init__(self, message: str) -> None:
+        self._message = message
+        self._count = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __call__(self, detail: object) -> None:
+        if self._timer is None:
+            logger.warning("%s: %s", self._message, detail)
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(_LOG_INTERVAL, self._flush, detail)
+        else:
+            self._count += 1
+
+    def _flush(self, detail: object) -> None:
+        self._timer = None
+        if self._count:
+            count, self._count = self._count, 0
+            logger.warning(
+                "%s %d more times in %g s: %s", self._message, count, _LOG_INTERVAL, detail
+            )
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 class Server:
@@ -47,27 +97,48 @@ class Server:
         self.subprotocols = tuple(subprotocols)
         # The open connections: from the step that writes the 101 until the handler ends.
         self.connections: set[Connection] = set()
+        self._paths: Counter[str] = Counter()
         # The handlers running, and the TCP connections still in the opening
-        # handshake (dropped at once on close()).
+        # handshake (dropped at once on close()), in all and by address.
         self._tasks: set[asyncio.Task[None]] = set()
         self._handshakes: set[_Handshake] = set()
-        self._server: asyncio.Server | None = None
+        self._handshaking: Counter[str] = Counter()
+        self._listeners: list[_Listener] = []
+        self._refused_busy = _Throttled("refused handshakes: too many in progress")
 
     @property
-    def sockets(self) -> tuple[object, ...]:
-        """The listening sockets."""
-        return () if self._server is None else tuple(self._server.sockets)
+    def sockets(self) -> tuple[socket.socket, ...]:
+        """The listening sockets (none once the server is closed)."""
+        return tuple(listener.sock for listener in self._listeners)
 
     @property
     def port(self) -> int:
         """The port of the first listening socket (useful after binding port 0)."""
-        assert self._server is not None
-        return int(self._server.sockets[0].getsockname()[1])
+        return int(self._listeners[0].sock.getsockname()[1])
+
+    def _admit(self, key: str) -> bool:
+        """Count a new TCP connection from address ``key`` in; False if it is one too many."""
+        limits = self.limits
+        total, here = limits.max_handshakes, limits.max_handshakes_per_address
+        if (total is not None and len(self._handshakes) >= total) or (
+            here is not None and self._handshaking[key] >= here
+        ):
+            self._refused_busy(
+                f"{len(self._handshakes)} in all, {self._handshaking[key]} from {key}"
+            )
+            return False
+        return True
+
+    def connections_on(self, path: str) -> int:
+        """How many of ``connections`` were opened on ``path`` (e.g. for a cap per endpoint)."""
+        return self._paths[path]
 
     def _start_handler(self, connection: Connection) -> None:
         # In ``connections`` from the step of the 101 on, not from the handler's first step:
         # a process_request hook counting them (a connection limit) sees every upgrade.
         self.connections.add(connection)
+        assert connection.request is not None
+        self._paths[connection.request.path] += 1
         self._tasks.add(asyncio.get_running_loop().create_task(self._run_handler(connection)))
 
     async def _run_handler(self, connection: Connection) -> None:
@@ -88,6 +159,11 @@ class Server:
             await connection.close()
         finally:
             self.connections.discard(connection)
+            assert connection.request is not None
+            path = connection.request.path
+            self._paths[path] -= 1
+            if not self._paths[path]:
+                del self._paths[path]
             self._tasks.discard(asyncio.current_task())
 
     async def close(
@@ -100,8 +176,10 @@ class Server:
 
         Handlers still running after ``timeout`` seconds are cancelled.
         """
-        if self._server is not None:
-            self._server.close()
+        for listener in self._listeners:
+            listener.close()
+        self._listeners = []
+        self._refused_busy.cancel()
         # A client that has not finished its handshake has nothing to lose.
         for handshake in list(self._handshakes):
             handshake.abort()
@@ -116,8 +194,6 @@ class Server:
                 await asyncio.wait(pending)
         for closer in closers:
             closer.cancel()
-        if self._server is not None:
-            await self._server.wait_closed()
 
     async def __aenter__(self) -> Server:
         return self
@@ -131,6 +207,122 @@ class Server:
         await self.close()
 
 
+class _Listener:
+    """One listening socket: accepts connections and starts their handshakes.
+
+    The accept loop of asyncio's ``create_server``, with two differences: a connection over
+    ``Limits.max_handshakes`` (in all, or from its address) is answered 503 and closed before
+    a transport or protocol exists for it; and running out of file descriptors pauses
+    accepting for ``_ACCEPT_PAUSE`` and is logged once a second, not once per attempt.
+    """
+
+    def __init__(
+        self, server: Server, sock: socket.socket, ssl: ssl_module.SSLContext | None
+    ) -> None:
+        self.server = server
+        self.sock = sock
+        self._ssl = ssl
+        self._loop = asyncio.get_running_loop()
+        self._pending: set[asyncio.Task[None]] = set()
+        self._resume: asyncio.TimerHandle | None = None
+        self._out_of_resources = _Throttled("cannot accept connections, pausing")
+        sock.setblocking(False)
+        self._loop.add_reader(sock.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        server = self.server
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                conn, address = self.sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:
+                if exc.errno not in _OUT_OF_RESOURCES:
+                    raise
+                self._out_of_resources(exc)
+                self._loop.remove_reader(self.sock.fileno())
+                self._resume = self._loop.call_later(_ACCEPT_PAUSE, self._resume_accepting)
+                return
+            conn.setblocking(False)
+            key = address_key(str(address[0])) if address else ""
+            if not server._admit(key):
+                _refuse_at_once(conn)
+                continue
+            handshake = _Handshake(server, key)
+            task = self._loop.create_task(self._start(conn, handshake))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    async def _start(self, conn: socket.socket, handshake: _Handshake) -> None:
+        """Make the transport (after TLS's handshake, with ``ssl``) and its protocol."""
+        try:
+            await self._loop.connect_accepted_socket(
+                lambda: handshake,
+                conn,
+                ssl=self._ssl,
+                ssl_handshake_timeout=self.server.limits.open_timeout if self._ssl else None,
+            )
+        except (OSError, asyncio.CancelledError) as exc:  # TLS failed, or the peer left
+            logger.debug("could not start a handshake: %r", exc)
+            handshake.abort()
+            conn.close()
+
+    def _resume_accepting(self) -> None:
+        self._resume = None
+        self._loop.add_reader(self.sock.fileno(), self._accept)
+
+    def close(self) -> None:
+        """Stop listening; drop the connections accepted but not yet started."""
+        if self._resume is not None:
+            self._resume.cancel()
+        else:
+            self._loop.remove_reader(self.sock.fileno())
+        self._out_of_resources.cancel()
+        for task in self._pending:
+            task.cancel()
+        self.sock.close()
+
+
+def _refuse_at_once(conn: socket.socket) -> None:
+    """Answer 503 on a new socket and close it, without a transport (the reply fits at once)."""
+    reply = reject(503, "too many handshakes in progress: retry later", (("Retry-After", "1"),))
+    # OSError: the peer is gone already, or its window is full: closing says enough.
+    with contextlib.suppress(OSError):
+        conn.send(reply.serialize())
+    conn.close()
+
+
+def _listening_sockets(host: str | None, port: int | None) -> list[socket.socket]:
+    """Bind and listen on every address of ``host`` (every interface for None).
+
+    Raises:
+        OSError: An address cannot be bound (taken, or not an address of this machine).
+    """
+    infos = socket.getaddrinfo(host, port or 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                # One socket per family, as asyncio does: no IPv4 through the IPv6 one.
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                raise OSError(
+                    exc.errno,
+                    f"error while attempting to bind on address {address!r}: {exc.strerror}",
+                ) from None
+            sock.listen(_BACKLOG)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
 class _Handshake(asyncio.BufferedProtocol):
     """The server's side of one TCP connection until the upgrade (RFC 6455 §4.2).
 
@@ -140,20 +332,27 @@ class _Handshake(asyncio.BufferedProtocol):
     no task exists until the handler's.
     """
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, key: str) -> None:
         self._server = server
+        self._key = key
         self._transport: asyncio.Transport | None = None
         self._parser: RequestParser | None = None
         self._remote: tuple[str, int] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._hook: asyncio.Task[None] | None = None
+        self._finished = False
+        # Counted from the accept on, so that a burst of accepts cannot pass the limits.
+        server._handshakes.add(self)
+        server._handshaking[key] += 1
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        if self._finished:  # Server.close() came first
+            transport.abort()
+            return
         self._remote = _address(transport.get_extra_info("peername"))
         self._parser = RequestParser(self._server.limits, self._remote)
-        self._server._handshakes.add(self)
         timeout = self._server.limits.open_timeout
         if timeout is not None:
             loop = asyncio.get_running_loop()
@@ -284,7 +483,13 @@ class _Handshake(asyncio.BufferedProtocol):
             self._timer = None
         if self._hook is not None and self._hook is not asyncio.current_task():
             self._hook.cancel()
-        self._server._handshakes.discard(self)
+        if not self._finished:
+            self._finished = True
+            server = self._server
+            server._handshakes.discard(self)
+            server._handshaking[self._key] -= 1
+            if not server._handshaking[self._key]:
+                del server._handshaking[self._key]
 
 
 async def serve(
@@ -316,10 +521,7 @@ async def serve(
         handler, limits=limits, process_request=process_request, subprotocols=subprotocols
     )
     loop = asyncio.get_running_loop()
-    server._server = await loop.create_server(
-        lambda: _Handshake(server),
-        host,
-        port,  # type: ignore[arg-type]  # None picks a free port, as in start_server()
-        ssl=ssl,
-    )
+    # getaddrinfo may ask a DNS server: not in the event loop.
+    sockets = await loop.run_in_executor(None, _listening_sockets, host, port)
+    server._listeners = [_Listener(server, sock, ssl) for sock in sockets]
     return server

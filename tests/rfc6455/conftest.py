@@ -272,9 +272,11 @@ class Net:
         async with asyncio.timeout(GUARD):
             return await accepted.get(), raw
 
-    async def raw(self, server: Server | int) -> RawClient:
+    async def raw(self, server: Server | int, source: str | None = None) -> RawClient:
+        """A raw TCP client; ``source``: the local address (127.0.0.2, ...) it connects from."""
         port = server if isinstance(server, int) else server.port
-        reader, writer = await asyncio.open_connection(HOST, port)
+        local = None if source is None else (source, 0)
+        reader, writer = await asyncio.open_connection(HOST, port, local_addr=local)
         raw = RawClient(reader, writer)
         self.raw_clients.append(raw)
         return raw

@@ -172,9 +172,13 @@ async def test_no_request_within_open_timeout_drops_the_connection(
     spy = Spy()
     server = await net.serve(spy, open_timeout=0.2)
     raw = await net.raw(server)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
     await raw.send(upgrade_request()[:20])  # a request that never completes
-    # Dropped without an HTTP reply; an abort may surface as a reset.
-    await raw.at_eof()
+    # Closed (FIN: the server read what came, so nothing is left to reset) without an HTTP
+    # reply, and not before the timeout.
+    assert await raw.at_eof() is True
+    assert loop.time() - start >= 0.2
     assert not spy.connections
     assert info_lines(log) == [
         f"dropped {HOST}:{raw.local_address[1]}: no complete request within 0.2 s"
@@ -183,8 +187,69 @@ async def test_no_request_within_open_timeout_drops_the_connection(
 
 async def test_silent_client_is_dropped_after_open_timeout(net: Net) -> None:
     server = await net.serve(open_timeout=0.2)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
     raw = await net.raw(server)
-    await raw.at_eof()
+    assert await raw.at_eof() is True
+    assert loop.time() - start >= 0.2
+
+
+# Handshakes in progress, in all and from one address (Limits.max_handshakes*)
+
+
+async def held(
+    net: Net, server: rfc6455.Server, count: int, source: str | None = None
+) -> list[Any]:
+    """``count`` connections that send part of a request and wait (a slowloris)."""
+    raws = [await net.raw(server, source) for _ in range(count)]
+    for raw in raws:
+        await raw.send(upgrade_request()[:20])
+    return raws
+
+
+async def test_a_handshake_over_max_handshakes_gets_503_at_once(
+    net: Net, log: pytest.LogCaptureFixture
+) -> None:
+    server = await net.serve(max_handshakes=3, max_handshakes_per_address=None, open_timeout=GUARD)
+    waiting = await held(net, server, 2, "127.0.0.2") + await held(net, server, 1, "127.0.0.3")
+    await wait_until(lambda: len(server._handshakes) == 3)
+    extra = await net.raw(server, "127.0.0.4")
+    reply = await extra.read_reply()
+    assert (reply.status, reply.headers["retry-after"]) == (503, "1")
+    assert reply.body == b"too many handshakes in progress: retry later\n"
+    assert await extra.at_eof() is True  # closed: it had sent nothing that could be reset
+    # One of them finishes its handshake: there is room again.
+    await waiting[0].send(upgrade_request()[20:])
+    assert (await waiting[0].read_reply()).status == 101
+    await wait_until(lambda: len(server._handshakes) == 2)
+    assert (await (await net.raw(server)).handshake()).status == 101
+
+
+async def test_one_address_cannot_take_every_handshake(net: Net) -> None:
+    server = await net.serve(max_handshakes_per_address=2, open_timeout=GUARD)
+    await held(net, server, 2, "127.0.0.2")
+    await wait_until(lambda: len(server._handshakes) == 2)
+    third = await net.raw(server, "127.0.0.2")
+    assert (await third.read_reply()).status == 503
+    # Another address is not held back.
+    other = await net.raw(server, "127.0.0.3")
+    assert (await other.handshake()).status == 101
+
+
+async def test_refused_handshakes_are_logged_once_a_second_with_a_count(
+    net: Net, log: pytest.LogCaptureFixture
+) -> None:
+    server = await net.serve(max_handshakes=1, open_timeout=GUARD)
+    await held(net, server, 1)
+    await wait_until(lambda: len(server._handshakes) == 1)
+    for _ in range(30):
+        raw = await net.raw(server)
+        assert (await raw.read_reply()).status == 503
+    warnings = [r.getMessage() for r in log.records if r.levelname == "WARNING"]
+    assert warnings == ["refused handshakes: too many in progress: 1 in all, 1 from 127.0.0.1"]
+    await wait_until(lambda: len([r for r in log.records if r.levelname == "WARNING"]) == 2)
+    summary = [r.getMessage() for r in log.records if r.levelname == "WARNING"][1]
+    assert summary.startswith("refused handshakes: too many in progress 29 more times in 1 s")
 
 
 async def test_client_closing_before_the_request_ends(
