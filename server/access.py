@@ -1,9 +1,13 @@
 """The ``process_request`` hook: the Router, then who may open a WebSocket, before the upgrade.
 
-For every upgrade to a known path, in this order (the cheap checks first, the password last):
+For every request, the Router first (``web.py``: a Host this server does not answer for gets
+421, anything but an upgrade its answer). Then for every upgrade to a known path, in this order
+(the cheap checks first, the password last):
 
 1. ``--max-connections``: 503 when that many WebSocket connections are open, chat and /echo
-   alike (a cap on the process's memory and file descriptors, whatever the endpoint).
+   alike (a cap on the process's memory and file descriptors, whatever the endpoint);
+   ``--max-echo-connections``: 503 for /echo when that many are open there, so that anonymous
+   echo clients cannot take the places of the chat's users.
 
 Then for the chat endpoint only (``/echo`` carries no user data and no credentials, and
 conformance suites and benchmarks open hundreds of connections a second through it):
@@ -23,16 +27,17 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable
 
-from rfc6455 import Connection, Request, Response
+from rfc6455 import Request, Response, Server
+from rfc6455.addresses import address_key
 from rfc6455.handshake import is_upgrade, reject
 
 from .auth import Authenticator, Identity, Unauthorized, authenticator, remember
-from .iplimits import ConnectRate, address_key
+from .iplimits import ConnectRate
 from .origin import OriginPolicy
 from .settings import Settings
-from .web import CHAT_PATH, Router
+from .web import CHAT_PATH, ECHO_PATH, Router
 
 __all__ = ["RETRY_FULL", "RETRY_PER_IP", "Access", "access_hook"]
 
@@ -52,8 +57,9 @@ class Access:
 
     Args:
         router: Answers plain HTTP requests and upgrades to unknown paths.
-        connections: The open WebSocket connections (``Server.connections``).
+        server: The WebSocket server, once it runs (its ``connections``).
         max_connections: Open connections beyond which handshakes get 503; None: no cap.
+        max_echo: Open /echo connections beyond which /echo handshakes get 503; None: no cap.
         origins: Who may open the chat from a browser.
         max_per_ip: Chat connections open at once per address; None: no limit.
         connect_rate: New chat connections a second per address; None: no limit.
@@ -63,17 +69,19 @@ class Access:
     def __init__(
         self,
         router: Router,
-        connections: Callable[[], Collection[Connection]],
+        server: Callable[[], Server | None],
         *,
         max_connections: int | None = None,
+        max_echo: int | None = None,
         origins: OriginPolicy | None = None,
         max_per_ip: int | None = None,
         connect_rate: ConnectRate | None = None,
         authenticator: Authenticator | None = None,
     ) -> None:
         self.router = router
-        self.connections = connections
+        self.server = server
         self.max_connections = max_connections
+        self.max_echo = max_echo
         self.origins = origins or OriginPolicy()
         self.max_per_ip = max_per_ip
         self.connect_rate = connect_rate
@@ -83,9 +91,11 @@ class Access:
         """None lets the upgrade go on; a Response answers the request; an awaitable decides
         once a password has been checked."""
         answer = self.router(request)
-        if answer is not None or not is_upgrade(request):
+        if not is_upgrade(request):
             return answer
-        if (full := self._full()) is not None:
+        if answer is not None:
+            return _refused(request, answer)
+        if (full := self._full(request.path)) is not None:
             return _refused(request, full)
         if request.path != CHAT_PATH:
             return None
@@ -120,19 +130,25 @@ class Access:
             identity = await pending
         except Unauthorized as exc:
             return _refused(request, exc.response())
-        refusal = self._full() or self._crowded(key)
+        refusal = self._full(request.path) or self._crowded(key)
         if refusal is not None:
             return _refused(request, refusal)
         remember(request, identity)
         return None
 
-    def _full(self) -> Response | None:
-        """503 if ``max_connections`` WebSocket connections are open."""
-        limit = self.max_connections
-        if limit is None or len(self.connections()) < limit:
+    def _full(self, path: str) -> Response | None:
+        """503 if ``max_connections`` are open, or ``max_echo`` on /echo."""
+        server = self.server()
+        if server is None:
             return None
         headers = (("Retry-After", str(RETRY_FULL)),)
-        return reject(503, f"the server is full ({limit} connections): retry later", headers)
+        limit = self.max_connections
+        if limit is not None and len(server.connections) >= limit:
+            return reject(503, f"the server is full ({limit} connections): retry later", headers)
+        limit = self.max_echo
+        if path == ECHO_PATH and limit is not None and server.connections_on(path) >= limit:
+            return reject(503, f"/echo is full ({limit} connections): retry later", headers)
+        return None
 
     def _crowded(self, key: str) -> Response | None:
         """429 if the address ``key`` has ``max_per_ip`` chat connections open."""
@@ -141,9 +157,10 @@ class Access:
             return None
         # A walk over the open connections, only while this limit is on: counters kept beside
         # them could drift from the truth (an upgrade that never happens after the hook).
+        server = self.server()
         open_here = sum(
             1
-            for connection in self.connections()
+            for connection in (server.connections if server is not None else ())
             if connection.request is not None and connection.request.state.get(_KEY) == key
         )
         if open_here < limit:
@@ -161,9 +178,7 @@ def _refused(request: Request, response: Response) -> Response:
     return response
 
 
-def access_hook(
-    router: Router, connections: Callable[[], Collection[Connection]], settings: Settings
-) -> Access:
+def access_hook(router: Router, server: Callable[[], Server | None], settings: Settings) -> Access:
     """The hook ``settings`` ask for.
 
     Raises:
@@ -172,8 +187,9 @@ def access_hook(
     rate = settings.connect_rate_per_ip
     return Access(
         router,
-        connections,
+        server,
         max_connections=settings.max_connections or None,
+        max_echo=settings.max_echo_connections or None,
         origins=OriginPolicy(settings.allowed_origins),
         max_per_ip=settings.max_connections_per_ip or None,
         connect_rate=ConnectRate(rate, settings.connect_burst_per_ip) if rate else None,

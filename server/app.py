@@ -13,6 +13,7 @@ from .access import access_hook
 from .auth import CHAT_SUBPROTOCOL
 from .handler import ChatHandler, echo, payload
 from .history import History
+from .hosts import HostPolicy
 from .manager import ConnectionManager
 from .persistence import PersistenceQueue
 from .settings import Settings
@@ -39,13 +40,12 @@ class App:
             prune_interval=settings.prune_interval,
         )
         self.chat: ChatHandler | None = None
-        paths = frozenset({CHAT_PATH, ECHO_PATH} if settings.echo else {CHAT_PATH})
-        self.router = Router(settings.web_root, self.health, paths)
-        self.access = access_hook(self.router, self._connections, settings)
+        paths = frozenset({CHAT_PATH, ECHO_PATH} if settings.echo_enabled else {CHAT_PATH})
+        self.router = Router(
+            settings.web_root, self.health, paths, HostPolicy(settings.allowed_hosts)
+        )
         self.server: rfc6455.Server | None = None
-
-    def _connections(self) -> set[rfc6455.Connection]:
-        return set() if self.server is None else self.server.connections
+        self.access = access_hook(self.router, lambda: self.server, settings)
 
     def health(self) -> dict[str, object]:
         """The figures ``GET /healthz`` reports."""

@@ -34,7 +34,7 @@ import rfc6455
 from rfc6455 import CloseCode, Request, Response
 from rfc6455.handshake import offered_subprotocols, reject
 
-from .users import PasswordHash, hash_password, load_users
+from .users import PasswordHash, UsersFileError, hash_password, load_users
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -162,7 +162,9 @@ class JwtAuthenticator:
 
     def __init__(self, secret: str, leeway: float = JWT_LEEWAY) -> None:
         if len(secret.encode()) < JWT_MIN_SECRET:
-            raise ValueError(f"the JWT secret must be at least {JWT_MIN_SECRET} bytes (RFC 7518)")
+            raise ValueError(
+                f"--jwt-secret: the secret must be at least {JWT_MIN_SECRET} bytes (RFC 7518 §3.2)"
+            )
         self._jwt: ModuleType = _import_jwt()
         self._secret = secret
         self.leeway = leeway
@@ -261,7 +263,10 @@ def authenticator(mode: str, jwt_secret: str, users_file: Path | None) -> Authen
     if mode == "basic":
         if users_file is None:
             raise ValueError("--auth basic needs --users FILE (or CHAT_USERS)")
-        return BasicAuthenticator(load_users(users_file))
+        try:
+            return BasicAuthenticator(load_users(users_file))
+        except UsersFileError as exc:
+            raise ValueError(f"--users: {exc}") from None
     raise ValueError(f"{mode!r} is not one of {', '.join(AUTH_MODES)}")
 
 

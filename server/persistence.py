@@ -1,11 +1,16 @@
 """PersistenceQueue: a bounded in-memory queue plus one writer that owns the database.
 
-The receive path calls ``put_nowait()``, which never touches the database. One writer task takes
+The receive path calls ``accept()``, which never touches the database. One writer task takes
 the queued records in batches and runs ``Store.insert_many`` in a dedicated thread, the only
 thread that ever uses the SQLite connection (aiosqlite's design: jobs go to the thread through a
 queue, results come back through ``call_soon_threadsafe``, a sentinel stops it). Each batch is
 written with ``retry()``; a batch that still fails after the last attempt is appended to the
-dead-letter file and logged, and the writer carries on with the next batch.
+dead-letter file and logged, and the writer carries on with the next batch. A batch that fails
+because of one of its records (``RECORD_ERRORS``: a value SQLite refuses) is not retried: it is
+split in halves, written again, until only the records at fault are dead-lettered.
+
+The queue owns its database: ``start()`` takes an exclusive lock on ``<db>.lock``, so a second
+server on the same file refuses to start (``DatabaseInUse``) instead of forking the seqs.
 
 The queue also numbers the messages. ``accept()`` gives each one the next seq of a
 ``SequenceAllocator`` and queues it in the same step, so the queue is in seq order; the writer
@@ -43,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import fcntl
 import json
 import logging
 import os
@@ -63,10 +69,13 @@ __all__ = [
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_CAPACITY",
     "PRUNE_CHUNK",
+    "RECORD_ERRORS",
     "RETRYABLE_ERRORS",
+    "DatabaseInUse",
     "PersistenceClosed",
     "PersistenceQueue",
     "dead_letter_path_for",
+    "lock_path_for",
 ]
 
 logger = logging.getLogger("server.persistence")
@@ -84,6 +93,16 @@ DEFAULT_BATCH_SIZE = 500
 PRUNE_CHUNK = 1000
 # Errors that may go away: a lock held elsewhere, a read-only or missing file or folder.
 RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (sqlite3.Error, OSError)
+# Errors that a record causes, which no retry mends: a constraint, a value SQLite cannot bind
+# (a string that is not UTF-8, such as a lone surrogate; an integer over 64 bits).
+RECORD_ERRORS: tuple[type[BaseException], ...] = (
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.InterfaceError,
+    ValueError,
+    OverflowError,
+    TypeError,
+)
 # A writer woken by one record with fewer than _GATHER_BELOW behind it waits _GATHER_SECONDS
 # for more before committing. At 1,000 messages/s it committed each on its own (one fsync, and a
 # wake-up of the database thread, per message), taking the core from the event loop; 2 ms
@@ -100,8 +119,24 @@ class PersistenceClosed(RuntimeError):
     """The queue is stopped: it takes no more records and serves no more reads."""
 
 
+class DatabaseInUse(RuntimeError):
+    """Another persistence queue (another server process, most likely) owns the database."""
+
+
 class _Signal(enum.Enum):
     WAKE = enum.auto()  # queued by stop() to wake a writer waiting on an empty queue
+
+
+class _RecordError(Exception):
+    """A batch failed because of a record in it (``RECORD_ERRORS``): the cause is chained."""
+
+
+def _insert(store: Store, batch: list[MessageRecord], reserve: int | None) -> None:
+    """``Store.insert_many``, in the worker thread; a record's fault becomes ``_RecordError``."""
+    try:
+        store.insert_many(batch, reserve=reserve)
+    except RECORD_ERRORS as exc:
+        raise _RecordError(str(exc)) from exc
 
 
 class _ShutdownDeadline(Exception):
@@ -115,6 +150,41 @@ def dead_letter_path_for(db_path: str | os.PathLike[str]) -> Path:
     """Return the dead-letter file of a database: ``<db>.deadletter.jsonl`` beside it."""
     path = Path(db_path)
     return path.with_name(path.name + ".deadletter.jsonl")
+
+
+def lock_path_for(db_path: str | os.PathLike[str]) -> Path:
+    """Return the lock file of a database: ``<db>.lock`` beside it."""
+    path = Path(db_path)
+    return path.with_name(path.name + ".lock")
+
+
+def _lock(db_path: Path) -> int:
+    """Own ``db_path`` for this queue: an exclusive ``flock`` of its lock file.
+
+    Two writers would each hand out the same seqs. The lock goes with the file descriptor,
+    so the kernel releases it however the process ends, ``kill -9`` included; the file stays,
+    holding the pid of the last owner, for the error message.
+
+    Returns:
+        The descriptor to close to release it.
+
+    Raises:
+        DatabaseInUse: Another queue holds it.
+        OSError: The lock file cannot be opened.
+    """
+    fd = os.open(lock_path_for(db_path), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.pread(fd, 20, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise DatabaseInUse(
+            f"{db_path} is in use by another server (pid {owner}): stop it, or give this one "
+            "another --db"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 class PersistenceQueue:
@@ -173,6 +243,7 @@ class PersistenceQueue:
         self.on_pruned: Callable[[int], object] = _ignore
         self._busy_timeout = busy_timeout
         self._queue: asyncio.Queue[MessageRecord | _Signal] = asyncio.Queue(maxsize=capacity)
+        self._lock: int | None = None  # the lock file's descriptor, while started
         self._worker: _Worker | None = None
         self._store: Store | None = None
         self._meta: Meta | None = None
@@ -337,12 +408,18 @@ class PersistenceQueue:
         """Open the database in a new worker thread, reserve seqs, start the writer.
 
         Raises:
+            DatabaseInUse: If another queue (another process) owns the database.
             sqlite3.Error: If the database cannot be opened (a missing folder, a directory...)
                 or the first seqs cannot be reserved.
             RuntimeError: If the queue was already started or stopped.
         """
         if self._worker is not None or self._stop_started:
             raise RuntimeError("a PersistenceQueue can only be started once")
+        try:
+            self._lock = _lock(self.db_path)
+        except OSError as exc:  # no folder, or a read-only one: what opening the database says
+            lock = lock_path_for(self.db_path)
+            raise sqlite3.OperationalError(f"cannot lock {lock}: {exc}") from None
         worker = _Worker(f"persistence {self.db_path.name}")
         worker.start()
         try:
@@ -357,7 +434,7 @@ class PersistenceQueue:
                 await worker.call(store.close)
                 raise
         except BaseException:
-            worker.shutdown()
+            worker.shutdown(final=self._unlock)
             raise
         sequence.reserved_through(first)
         self._worker, self._store, self._sequence = worker, store, sequence
@@ -421,11 +498,21 @@ class PersistenceQueue:
         if clean:
             await self._release_reservation(worker, store)
             await worker.call(store.close)
-            worker.shutdown()
+            worker.shutdown(final=self._unlock)
             worker.join(timeout=1.0)
         else:
-            # The worker may be stuck in a database call: close the store whenever it gets there.
-            worker.shutdown(final=store.close)
+            # The worker may be stuck in a database call: close the store whenever it gets
+            # there, and only then let another queue have the database.
+            def close() -> None:
+                store.close()
+                self._unlock()
+
+            worker.shutdown(final=close)
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     async def _release_reservation(self, worker: _Worker, store: Store) -> None:
         """Record the last seq used as the reservation, so the next start continues from it."""
@@ -465,34 +552,50 @@ class PersistenceQueue:
             await self._write(batch)
 
     async def _write(self, batch: list[MessageRecord]) -> None:
-        worker, store, sequence = self._worker, self._store, self._allocator()
-        assert worker is not None
-        assert store is not None
-        reserve = sequence.due()
+        reserve = self._allocator().due()
         if not batch and reserve is None:
             return
         self._in_flight = batch
         if self._deadline is not None and asyncio.get_running_loop().time() >= self._deadline:
             await self._dead_letter(batch, "shutdown timeout expired before it could be written")
         else:
-            try:
-                await retry(
-                    partial(worker.call, partial(store.insert_many, batch, reserve=reserve)),
-                    policy=self.policy,
-                    retry_on=RETRYABLE_ERRORS,
-                    sleep=self._sleep,
-                    on_failure=self._count_failure,
-                    description=f"persisting {len(batch)} messages" if batch else "reserving seqs",
-                )
-            except Exception as exc:
-                await self._dead_letter(batch, f"{type(exc).__name__}: {exc}")
-            else:
-                self._persisted += len(batch)
-                if reserve is not None:
-                    sequence.reserved_through(reserve)
-                    self._ready.set()
-                self._notify(self.on_committed, batch)
+            await self._write_part(batch, reserve)
         self._in_flight = None
+
+    async def _write_part(self, batch: list[MessageRecord], reserve: int | None) -> None:
+        """Write ``batch`` (and ``reserve``) with retries; halve it if a record is at fault."""
+        worker, store, sequence = self._worker, self._store, self._allocator()
+        assert worker is not None
+        assert store is not None
+        try:
+            await retry(
+                partial(worker.call, partial(_insert, store, batch, reserve)),
+                policy=self.policy,
+                retry_on=RETRYABLE_ERRORS,
+                sleep=self._sleep,
+                on_failure=self._count_failure,
+                description=f"persisting {len(batch)} messages" if batch else "reserving seqs",
+            )
+        except _RecordError as exc:
+            if len(batch) > 1:
+                # The others must not pay for it: each half is written on its own, in seq
+                # order, so that only the record at fault is dead-lettered (log2 n rounds).
+                # The reservation goes with the first half; if that fails, the next round
+                # asks for it again.
+                half = len(batch) // 2
+                await self._write_part(batch[:half], reserve)
+                await self._write_part(batch[half:], None)
+                return
+            cause = exc.__cause__
+            await self._dead_letter(batch, f"{type(cause).__name__}: {cause}")
+        except Exception as exc:
+            await self._dead_letter(batch, f"{type(exc).__name__}: {exc}")
+        else:
+            self._persisted += len(batch)
+            if reserve is not None:
+                sequence.reserved_through(reserve)
+                self._ready.set()
+            self._notify(self.on_committed, batch)
 
     async def _dead_letter(self, batch: list[MessageRecord], reason: str) -> None:
         assert self._worker is not None

@@ -9,10 +9,14 @@ from rfc6455 import Limits
 
 from .retry import RetryPolicy
 
-__all__ = ["WEB_ROOT", "Settings"]
+__all__ = ["ECHO_MODES", "WEB_ROOT", "Settings"]
 
 # The browser client shipped beside the server package.
 WEB_ROOT = Path(__file__).resolve().parent.parent / "web_client"
+
+# ``--echo``: auto is on, unless clients must authenticate (then an anonymous endpoint is a
+# decision, not a default).
+ECHO_MODES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +56,9 @@ class Settings:
     # ten thousand idle clients take about 60 MiB here, and a message broadcast to as many is
     # about what one event loop can write in a few milliseconds.
     max_connections: int = 10_000
+    # /echo's share of them: it needs no credentials, so anonymous clients must not be able to
+    # take every place (--max-connections) from the chat's users. Autobahn uses one at a time.
+    max_echo_connections: int = 100
     # Per address, chat only: off, since clients behind one NAT or proxy share an address.
     max_connections_per_ip: int = 0
     connect_rate_per_ip: float = 0.0
@@ -59,8 +66,10 @@ class Settings:
     connect_burst_per_ip: int = 10
     # Browser pages of other sites allowed to open the chat (origin.py), besides the server's.
     allowed_origins: frozenset[str] = frozenset()
-    # The /echo endpoint (tests and benchmarks); --no-echo turns it off (404).
-    echo: bool = True
+    # Host names the server may be reached as, besides IP addresses and localhost (hosts.py).
+    allowed_hosts: frozenset[str] = frozenset()
+    # The /echo endpoint (tests and benchmarks): "auto", "on" or "off" (404).
+    echo: str = "auto"
     # "none", "jwt" (jwt_secret) or "basic" (users_file); see auth.py.
     auth: str = "none"
     jwt_secret: str = field(default="", repr=False)
@@ -74,3 +83,8 @@ class Settings:
     history_memory: int = 16 * 2**20
     # Seconds between two retention passes: old messages outlive their limit by at most this.
     prune_interval: float = 60.0
+
+    @property
+    def echo_enabled(self) -> bool:
+        """Whether ``/echo`` is served: ``--echo on``, or ``auto`` without authentication."""
+        return self.echo == "on" or (self.echo == "auto" and self.auth == "none")

@@ -15,6 +15,8 @@ from urllib.parse import unquote
 from rfc6455 import Headers, Request, Response
 from rfc6455.handshake import is_upgrade, reject
 
+from .hosts import HostPolicy, host_name
+
 __all__ = ["CHAT_PATH", "ECHO_PATH", "Router"]
 
 CHAT_PATH = "/"
@@ -33,12 +35,13 @@ _CONTENT_TYPES = {
 
 
 class Router:
-    """The ``process_request`` hook of the server.
+    """Answers what is not a WebSocket upgrade; the first step of ``access.Access``.
 
     Args:
         web_root: the folder whose files are served (``web_client/``).
         health: returns the figures ``/healthz`` reports.
         websocket_paths: the paths that accept a WebSocket upgrade.
+        hosts: the host names requests may name (``hosts.py``); others get 421.
     """
 
     def __init__(
@@ -46,13 +49,19 @@ class Router:
         web_root: Path,
         health: Callable[[], Mapping[str, object]],
         websocket_paths: frozenset[str] = frozenset({CHAT_PATH, ECHO_PATH}),
+        hosts: HostPolicy | None = None,
     ) -> None:
         self.web_root = web_root.resolve()
         self.health = health
         self.websocket_paths = websocket_paths
+        self.hosts = hosts or HostPolicy()
 
     def __call__(self, request: Request) -> Response | None:
         """None lets a WebSocket upgrade go on; any other request gets its answer."""
+        if not self.hosts.allows(request):
+            # RFC 9110 §15.5.20: the server will not answer for this host (DNS rebinding).
+            name = host_name(request.authority or "")
+            return reject(421, f"this server does not answer for the host {name}")
         if is_upgrade(request):
             if request.path in self.websocket_paths:
                 return None
@@ -99,6 +108,11 @@ def _response(status: int, content_type: str, body: bytes) -> Response:
             ("Content-Length", str(len(body))),
             ("Cache-Control", "no-cache"),
             ("X-Content-Type-Options", "nosniff"),
+            # No page of this server may be framed by another site (clickjacking): the
+            # header for old browsers, CSP's frame-ancestors for the others (a <meta> CSP
+            # cannot say it).
+            ("X-Frame-Options", "DENY"),
+            ("Content-Security-Policy", "frame-ancestors 'none'"),
             ("Connection", "close"),
         ]
     )

@@ -368,3 +368,28 @@ def locked(db: Path) -> Iterator[None]:
         conn.execute("ROLLBACK")
     finally:
         conn.close()
+
+
+async def upgrade(chat: Chat, target: str = "/", *headers: str) -> Reply:
+    """Send an upgrade request by hand and read the refusal (a 101 would never reach EOF)."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    return await chat.get(
+        target,
+        "GET",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        "Sec-WebSocket-Version: 13",
+        *headers,
+    )
+
+
+def check_refusal(reply: Reply, status: int, retry_after: int | None = None) -> str:
+    """A refusal: ``status``, a one-line reason as the body, Retry-After if expected."""
+    assert reply.status == status, reply
+    body = reply.body.decode()
+    assert body.endswith("\n")
+    assert body.count("\n") == 1
+    if retry_after is not None:
+        assert reply.headers["retry-after"] == str(retry_after)
+    return body

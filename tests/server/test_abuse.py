@@ -18,8 +18,7 @@ import pytest
 
 from rfc6455 import ConnectionClosed, Limits
 from rfc6455.frames import Opcode
-from tests.server.support import GUARD, Chat, Json, wait_until
-from tests.server.test_access import check_refusal, upgrade
+from tests.server.support import GUARD, Chat, Json, check_refusal, upgrade, wait_until
 from tests.server.test_auth import SECRET, token
 from tests.server.test_protection import check_rate_limited, read_close, slowloris
 from tests.server.test_slow_consumer import join_without_reading

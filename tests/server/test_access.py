@@ -7,9 +7,7 @@ tested here too, beside the behaviour it turns on.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,38 +15,15 @@ from typing import Any
 import pytest
 
 import rfc6455
+from rfc6455.addresses import address_key
 from server.access import RETRY_FULL, RETRY_PER_IP
 from server.cli import parse_args
-from server.iplimits import ConnectRate, address_key
+from server.iplimits import ConnectRate
 from server.origin import OriginPolicy, parse_origins
-from tests.server.support import HOST, Chat, Reply
+from tests.server.support import HOST, check_refusal, upgrade, wait_until
 
 Start = Callable[..., Any]
-
-
-async def upgrade(chat: Chat, target: str = "/", *headers: str) -> Reply:
-    """Send an upgrade request by hand and read the refusal (a 101 would never reach EOF)."""
-    key = base64.b64encode(os.urandom(16)).decode()
-    return await chat.get(
-        target,
-        "GET",
-        "Upgrade: websocket",
-        "Connection: Upgrade",
-        f"Sec-WebSocket-Key: {key}",
-        "Sec-WebSocket-Version: 13",
-        *headers,
-    )
-
-
-def check_refusal(reply: Reply, status: int, retry_after: int | None = None) -> str:
-    """A refusal: ``status``, a one-line reason as the body, Retry-After if expected."""
-    assert reply.status == status, reply
-    body = reply.body.decode()
-    assert body.endswith("\n")
-    assert body.count("\n") == 1
-    if retry_after is not None:
-        assert reply.headers["retry-after"] == str(retry_after)
-    return body
+JWT_SECRET = "a secret of at least thirty-two bytes"
 
 
 # --max-connections
@@ -215,13 +190,39 @@ def test_a_bad_allowed_origin_exits_2(
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
-# --no-echo
+# --echo, --max-echo-connections
 
 
-async def test_no_echo_turns_the_echo_endpoint_off(start_chat: Start) -> None:
-    chat = await start_chat(echo=False)
+async def test_echo_off_turns_the_echo_endpoint_off(start_chat: Start) -> None:
+    chat = await start_chat(echo="off")
     check_refusal(await upgrade(chat, "/echo"), 404)
     await chat.join()
+
+
+async def test_echo_is_off_by_default_when_clients_must_authenticate(start_chat: Start) -> None:
+    chat = await start_chat(auth="jwt", jwt_secret=JWT_SECRET)
+    check_refusal(await upgrade(chat, "/echo"), 404)
+    on = await start_chat(auth="jwt", jwt_secret=JWT_SECRET, echo="on")
+    echo = await on.connect("/echo")
+    await echo.send("still here when asked for")
+    assert await echo.recv() == "still here when asked for"
+
+
+async def test_anonymous_echo_clients_cannot_fill_the_server(start_chat: Start) -> None:
+    # The issue's attack: /echo took every place of --max-connections, and users got 503.
+    chat = await start_chat(max_connections=6, max_echo_connections=3)
+    echoes = [await chat.connect("/echo") for _ in range(3)]
+    reply = await upgrade(chat, "/echo")
+    check_refusal(reply, 503)
+    assert reply.headers["retry-after"] == str(RETRY_FULL)
+    assert b"/echo is full (3 connections)" in reply.body
+    # The chat's places are still there.
+    clients = [await chat.join() for _ in range(3)]
+    check_refusal(await upgrade(chat, "/"), 503)  # now the server is full
+    await echoes[0].close()
+    await wait_until(lambda: chat.app.server is not None and len(chat.app.server.connections) < 6)
+    assert await chat.connect("/echo")
+    assert len(clients) == 3
 
 
 def test_access_options_by_flag_and_environment(
@@ -241,27 +242,28 @@ def test_access_options_by_flag_and_environment(
             "4",
             "--allowed-origins",
             "https://a.example",
-            "--no-echo",
+            "--echo",
+            "off",
         ]
     )
     assert (settings.max_connections, settings.max_connections_per_ip) == (7, 3)
     assert (settings.connect_rate_per_ip, settings.connect_burst_per_ip) == (1.5, 4)
     assert settings.allowed_origins == {"https://a.example"}
-    assert settings.echo is False
+    assert settings.echo_enabled is False
     for name, value in {
         "CHAT_MAX_CONNECTIONS": "8",
         "CHAT_MAX_CONNECTIONS_PER_IP": "2",
         "CHAT_CONNECT_RATE_PER_IP": "0.5",
         "CHAT_CONNECT_BURST_PER_IP": "3",
         "CHAT_ALLOWED_ORIGINS": "null",
-        "CHAT_NO_ECHO": "1",
+        "CHAT_ECHO": "off",
     }.items():
         monkeypatch.setenv(name, value)
     settings = parse_args(db)
     assert (settings.max_connections, settings.max_connections_per_ip) == (8, 2)
     assert (settings.connect_rate_per_ip, settings.connect_burst_per_ip) == (0.5, 3)
     assert settings.allowed_origins == {"null"}
-    assert settings.echo is False
+    assert settings.echo_enabled is False
 
 
 async def test_refusals_are_logged_without_the_query(

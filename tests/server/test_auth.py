@@ -23,8 +23,7 @@ from server import users
 from server.auth import JWT_LEEWAY
 from server.cli import parse_args
 from server.users import PasswordHash, hash_password, load_users
-from tests.server.support import GUARD, Chat, wait_until
-from tests.server.test_access import check_refusal, upgrade
+from tests.server.support import GUARD, Chat, check_refusal, upgrade, wait_until
 
 Start = Callable[..., Any]
 
@@ -83,9 +82,8 @@ async def test_without_a_token_the_handshake_gets_401_with_a_bearer_challenge(
     check_refusal(reply, 401)
     # RFC 6750 §3.1: no error code when the request carried no credentials.
     assert reply.headers["www-authenticate"] == 'Bearer realm="chat"'
-    # /echo needs none.
-    echo = await chat.connect("/echo")
-    await echo.close()
+    # /echo, which needs none, is off unless asked for (--echo on): see test_access.py.
+    check_refusal(await upgrade(chat, "/echo"), 404)
 
 
 @pytest.mark.parametrize(

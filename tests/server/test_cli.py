@@ -18,6 +18,8 @@ import pytest
 from rfc6455 import Limits
 from server import cli
 from server.cli import main, parse_args
+from server.options import OPTIONS as TABLE
+from server.options import markdown_table
 from server.retry import RetryPolicy
 from server.settings import Settings
 from tests.server.support import GUARD
@@ -72,6 +74,21 @@ OPTIONS: list[tuple[str, str, str, Callable[[Settings], Any], Any]] = [
     ("--byte-rate", "CHAT_BYTE_RATE", "1000", lambda s: s.byte_rate, 1000),
     ("--byte-rate", "CHAT_BYTE_RATE", "0", lambda s: s.byte_rate, 0),
     ("--byte-burst", "CHAT_BYTE_BURST", "5000", lambda s: s.byte_burst, 5000),
+    (
+        "--max-echo-connections",
+        "CHAT_MAX_ECHO_CONNECTIONS",
+        "3",
+        lambda s: s.max_echo_connections,
+        3,
+    ),
+    (
+        "--allowed-hosts",
+        "CHAT_ALLOWED_HOSTS",
+        "Chat.Example.com, .example.org",
+        lambda s: s.allowed_hosts,
+        {"chat.example.com", ".example.org"},
+    ),
+    ("--echo", "CHAT_ECHO", "OFF", lambda s: s.echo, "off"),
 ]
 
 
@@ -140,6 +157,14 @@ def test_a_flag_wins_over_its_environment_variable(monkeypatch: pytest.MonkeyPat
     assert (settings.port, settings.retry.base_delay) == (6002, 3.0)
 
 
+def test_the_readme_shows_the_table_of_options() -> None:
+    assert {flag for flag, *_ in OPTIONS} <= {option.flag for option in TABLE}
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    assert markdown_table() in readme, "README.md's table of options differs from:\n" + (
+        markdown_table()
+    )
+
+
 def test_help_names_every_environment_variable(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         main(["--help"])
@@ -191,6 +216,14 @@ BAD: list[tuple[list[str], dict[str, str]]] = [
     (["--rate-burst", "0"], {}),
     (["--byte-rate", "-5"], {}),
     ([], {"CHAT_BYTE_BURST": "0"}),
+    ([], {"CHAT_HOST": ""}),
+    ([], {"CHAT_HOST": "  "}),
+    (["--host", ""], {}),
+    ([], {"CHAT_DB": ""}),
+    (["--echo", "maybe"], {}),
+    ([], {"CHAT_MAX_ECHO_CONNECTIONS": "-1"}),
+    (["--allowed-hosts", "chat.example.com:443"], {}),
+    ([], {"CHAT_ALLOWED_HOSTS": "http://chat.example.com"}),
     (["--no-such-option"], {}),
     (["--port"], {}),
     (["positional"], {}),
@@ -225,6 +258,47 @@ def test_bad_values_exit_2_with_one_line(
     (line,) = err.splitlines()
     assert line.startswith("python -m server: error: ")
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "says"),
+    [
+        ("CHAT_PORT", "70000", "CHAT_PORT: 70000 is out of range: must be from 0 to 65535"),
+        ("CHAT_RETRY_DELAY", "-1", "CHAT_RETRY_DELAY: -1 must be a number of seconds >= 0"),
+        ("CHAT_HOST", "", "CHAT_HOST: a host must not be empty"),
+        ("CHAT_ECHO", "yes", "CHAT_ECHO: 'yes' is not one of auto, on, off"),
+    ],
+)
+def test_a_bad_variable_is_named_in_the_error_not_its_flag(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    env: str,
+    value: str,
+    says: str,
+) -> None:
+    monkeypatch.setenv(env, value)
+    with pytest.raises(SystemExit):
+        parse_args([])
+    assert capsys.readouterr().err == f"python -m server: error: {says}\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--auth", "jwt"], "--auth jwt needs --jwt-secret (or CHAT_JWT_SECRET)"),
+        (["--auth", "basic"], "--auth basic needs --users FILE (or CHAT_USERS)"),
+        (
+            ["--auth", "jwt", "--jwt-secret", "short"],
+            "--jwt-secret: the secret must be at least 32 bytes (RFC 7518 §3.2)",
+        ),
+    ],
+)
+def test_an_auth_error_says_its_option_once(
+    capsys: pytest.CaptureFixture[str], argv: list[str], says: str
+) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(argv)
+    assert capsys.readouterr().err == f"python -m server: error: {says}\n"
 
 
 def persistence_threads() -> set[threading.Thread]:

@@ -469,7 +469,7 @@ async def test_reads_need_a_started_queue(make_queue: Callable[..., PersistenceQ
 
 async def test_start_fails_when_the_database_cannot_be_opened(tmp_path: Path) -> None:
     queue = PersistenceQueue(tmp_path / "missing" / "messages.db")
-    with pytest.raises(sqlite3.OperationalError, match="unable to open"):
+    with pytest.raises(sqlite3.OperationalError, match="No such file or directory"):
         await queue.start()
 
 
@@ -532,13 +532,20 @@ async def test_seqs_are_handed_out_only_within_a_committed_reservation(
 
 
 async def test_a_crash_skips_the_unused_reservation(
-    make_queue: Callable[..., PersistenceQueue], db: Path
+    make_queue: Callable[..., PersistenceQueue], db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     queue = make_queue(seq_block=10)
     await queue.start()
     queue.accept("c1", "committed")
     await wait_until(lambda: queue.persisted == 1)
     # As after kill -9: the reservation stays; a seq up to it may have been broadcast.
+    assert reserved_seq(db) == 10
+
+    async def crashed(worker: object, store: object) -> None:
+        """A crashed process records nothing more (its lock goes with it)."""
+
+    monkeypatch.setattr(queue, "_release_reservation", crashed)
+    await queue.stop()
     assert reserved_seq(db) == 10
     again = make_queue(seq_block=10)
     await again.start()
