@@ -136,6 +136,8 @@ class Protocol:
         self._discarding = False
         self.close_rcvd: Close | None = None
         self.close_sent: Close | None = None
+        # Which side started the closing handshake (or failed the connection), if one did.
+        self.close_initiator: Side | None = None
         self.eof_sent = False
 
     # Receiving
@@ -287,6 +289,7 @@ class Protocol:
             self.close_rcvd = close
             self._events.append(close)
             if self.state is State.OPEN:
+                self.close_initiator = Side.CLIENT if self.side is Side.SERVER else Side.SERVER
                 # RFC 6455 §5.5.1: answer with a close frame; echoing the code
                 # (but not the reason) tells the peer which close we confirm.
                 self._send_close(Close(close.code))
@@ -400,6 +403,8 @@ class Protocol:
         self._output.append(serialize_frame(Opcode.CLOSE, close.serialize(), mask=self._mask))
         self.close_sent = close
         self.state = State.CLOSING
+        if self.close_initiator is None:
+            self.close_initiator = self.side
 
     def send_eof(self) -> None:
         """Half-close TCP: queue the ``b""`` marker for the I/O layer."""

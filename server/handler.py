@@ -12,12 +12,14 @@ import logging
 import sqlite3
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import rfc6455
 from rfc6455 import CloseCode
 
 from . import messages
 from .auth import close_at_expiry, identity_of
+from .departures import Departures
 from .history import History, Plan, Resume
 from .manager import ConnectionManager, send_now
 from .persistence import PersistenceClosed, PersistenceQueue
@@ -55,26 +57,28 @@ class ChatHandler:
         self.queue = queue
         self.history = history
         self.settings = settings
+        self.departures = Departures(
+            manager.broadcast, lambda: len(manager), rate=settings.leave_rate or None
+        )
 
     async def __call__(self, connection: rfc6455.Connection) -> None:
-        connection_id = str(uuid.uuid4())
-        peer = _peer(connection)
         assert connection.request is not None
         identity = identity_of(connection.request)
-        user = None if identity is None else identity.user
+        client = _Client(connection, str(uuid.uuid4()), None if identity is None else identity.user)
         expiry = close_at_expiry(connection, identity)
         try:
-            await self._join(connection, connection_id, peer)
-            await self._receive(connection, connection_id, user)
+            await self._join(client)
+            await self._receive(client)
         except rfc6455.ConnectionClosed:
             pass
         finally:
             if expiry is not None:
                 expiry.cancel()
-            self._leave(connection, connection_id, peer, user)
+            self._leave(client)
 
-    async def _join(self, connection: rfc6455.Connection, connection_id: str, peer: str) -> None:
+    async def _join(self, client: _Client) -> None:
         """Register, greet and send the history; no broadcast can come between them."""
+        connection, connection_id = client.connection, client.id
         assert connection.request is not None
         settings = self.settings
         plan = self.history.plan(
@@ -86,7 +90,7 @@ class ChatHandler:
         reading = plan is not None and plan.read_after is not None
         # On hold while older messages are read: what is broadcast meanwhile waits for it.
         self.manager.add(connection_id, connection, hold=reading)
-        logger.info("connect %s from %s (%d open)", connection_id, peer, len(self.manager))
+        logger.info("connect %s from %s (%d open)", connection_id, client.peer, len(self.manager))
         send_now(connection, messages.connection_id(connection_id))
         send_now(connection, messages.welcome(settings.welcome, self.history.epoch))
         if plan is None:
@@ -112,12 +116,11 @@ class ChatHandler:
             return plan.fallback, False
         return [payload(record) for record in older] + plan.messages, True
 
-    async def _receive(
-        self, connection: rfc6455.Connection, connection_id: str, user: str | None
-    ) -> None:
+    async def _receive(self, client: _Client) -> None:
+        connection, settings = client.connection, self.settings
         # Made at the first message: an idle client costs no buckets.
         limiter: RateLimiter | None = None
-        limited = self.settings.rate_limit > 0
+        limited = settings.rate_limit > 0
         async for text in connection:
             if not isinstance(text, str):
                 await connection.close(
@@ -127,25 +130,36 @@ class ChatHandler:
             if limited and limiter is None:
                 limiter = self._rate_limiter()
             if limiter is not None and (wait := limiter.admit(text)):
-                # Refused before it gets a seq: neither stored nor broadcast.
-                send_now(connection, messages.rate_limited(retry_after_ms(wait)))
+                # Refused before it gets a seq: neither stored nor broadcast. Its id is read
+                # only now, for the error: a client refused 3 times is disconnected.
+                refused = self._parse(text)
+                client_msg_id = refused.client_msg_id
+                send_now(connection, messages.rate_limited(retry_after_ms(wait), client_msg_id))
                 if limiter.strike():
                     # Fail rather than close: a flooder's further frames are discarded
                     # (RFC 6455 §7.1.7), not queued while it ignores the close frame.
                     connection.fail(CloseCode.POLICY_VIOLATION, "rate limit")
                     return
                 continue
-            try:
-                message = messages.parse(text)
-            except messages.InvalidMessage as exc:
-                send_now(connection, messages.invalid_message(str(exc)))
+            message = self._parse(text)
+            if isinstance(message, messages.InvalidMessage):
+                send_now(connection, messages.invalid_message(str(message), message.client_msg_id))
                 continue
             if not self.queue.ready():
                 # Backpressure: stop reading from this client until the writer catches up.
                 await self.queue.wait_ready()
-            record = self.queue.accept(connection_id, message.text, message.client_msg_id, user)
-            if not self.settings.broadcast_after_commit:
+            record = self.queue.accept(client.id, message.text, message.client_msg_id, client.user)
+            if not settings.broadcast_after_commit:
                 self._publish(record)
+
+    def _parse(self, text: str) -> messages.ChatMessage | messages.InvalidMessage:
+        settings = self.settings
+        try:
+            return messages.parse(
+                text, max_chars=settings.max_text_chars, max_bytes=settings.max_text_bytes
+            )
+        except messages.InvalidMessage as exc:
+            return exc
 
     def _rate_limiter(self) -> RateLimiter:
         """A client's rate limits (``rate_limit`` is not 0)."""
@@ -175,37 +189,55 @@ class ChatHandler:
                 record.connection_id, messages.not_persisted(record.seq, record.client_msg_id)
             )
 
-    def _leave(
-        self, connection: rfc6455.Connection, connection_id: str, peer: str, user: str | None
-    ) -> None:
+    def _leave(self, client: _Client) -> None:
         """Unregister the client and tell the others, exactly once."""
-        if not self.manager.remove(connection_id):
+        if not self.manager.remove(client.id):
             return
-        close = connection.protocol.close_rcvd
+        connection = client.connection
         logger.info(
-            "disconnect %s from %s: %d %s (%d open)",
-            connection_id,
-            peer,
-            connection.protocol.close_code,
-            connection.protocol.close_reason,
+            "disconnect %s from %s: %s (%d open)",
+            client.id,
+            client.peer,
+            describe_close(connection.protocol),
             len(self.manager),
         )
         # closeStatus only when the client sent a code: not for 1005 nor a drop (1006).
+        close = connection.protocol.close_rcvd
         if close is None or close.code == CloseCode.NO_STATUS_RCVD:
-            left = messages.user_left(connection_id, len(self.manager), user=user)
+            departure = messages.Departure(client.id, client.user)
         else:
-            left = messages.user_left(
-                connection_id, len(self.manager), close.code, close.reason, user
-            )
-        self.manager.broadcast(left)
+            departure = messages.Departure(client.id, client.user, close.code, close.reason)
+        self.departures.left(departure)
+
+
+@dataclass(slots=True)
+class _Client:
+    """One chat client while its handler runs."""
+
+    connection: rfc6455.Connection
+    id: str
+    user: str | None
+
+    @property
+    def peer(self) -> str:
+        address = self.connection.remote_address
+        return "unknown" if address is None else f"{address[0]}:{address[1]}"
+
+
+def describe_close(protocol: rfc6455.Protocol) -> str:
+    """How a connection ended, for the log: who closed, the code, the reason escaped.
+
+    A reason is the peer's text: ``repr`` escapes what could forge a log line (a newline)."""
+    rcvd, sent = protocol.close_rcvd, protocol.close_sent
+    if sent is not None and (rcvd is None or protocol.close_initiator is protocol.side):
+        answer = "" if rcvd is None else f", client answered {rcvd.code}"
+        return f"server closed {sent.code} {sent.reason!r}{answer}"
+    if rcvd is not None:
+        return f"client closed {rcvd.code} {rcvd.reason!r}"
+    return "connection lost (1006)"
 
 
 async def echo(connection: rfc6455.Connection) -> None:
     """Send every message back unchanged (for conformance tests and benchmarks)."""
     async for message in connection:
         await connection.send(message)
-
-
-def _peer(connection: rfc6455.Connection) -> str:
-    address = connection.remote_address
-    return "unknown" if address is None else f"{address[0]}:{address[1]}"

@@ -7,12 +7,16 @@ original ones; later features may add keys, never rename them.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = [
     "MAX_CLIENT_MSG_ID",
+    "MAX_TEXT_BYTES",
+    "MAX_TEXT_CHARS",
     "ChatMessage",
+    "Departure",
     "InvalidMessage",
     "ack",
     "broadcast",
@@ -23,6 +27,7 @@ __all__ = [
     "parse",
     "rate_limited",
     "user_left",
+    "users_left",
     "welcome",
 ]
 
@@ -33,6 +38,19 @@ _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 # A client's message id is echoed in every ack: long enough for a UUID or a ULID with a
 # prefix, short enough that acks stay small.
 MAX_CLIENT_MSG_ID = 128
+# A chat message's text: 16,384 characters is a few pages (Slack suggests 4,000, Mattermost
+# allows 16,383), and its bytes as broadcast, UTF-8 and JSON-escaped, are at most 4 a
+# character: 64 KiB. That bound is what the server sends for one message to every client
+# and keeps in its history, whatever the client sent (1 MiB of U+0001 used to become a 6 MiB
+# broadcast).
+MAX_TEXT_CHARS = 16_384
+MAX_TEXT_BYTES = 65_536
+
+# C0 control characters but tab and newline: nothing a person types, and JSON sends each as
+# six bytes (\u0001), the escape that made a message six times its size.
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f]")
+# In a clientMsgId, which acks echo and logs may show, no control character at all.
+_ID_CONTROLS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,15 +62,35 @@ class ChatMessage:
 
 
 class InvalidMessage(ValueError):
-    """A structured message that breaks the rules; the reason is sent back to its sender."""
+    """A message that breaks the rules; the reason is sent back to its sender.
+
+    Attributes:
+        client_msg_id: The message's ``clientMsgId``, if it had a valid one, so that the
+            error can name it.
+    """
+
+    def __init__(self, reason: str, client_msg_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.client_msg_id = client_msg_id
 
 
 def _reject_constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON")
 
 
-def parse(text: str) -> ChatMessage:
-    """Read a text frame from a client.
+def _encodable(text: str) -> bool:
+    """Whether ``text`` is valid Unicode: a JSON escape (\\ud800) can make a lone surrogate."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def parse(
+    text: str, *, max_chars: int = MAX_TEXT_CHARS, max_bytes: int = MAX_TEXT_BYTES
+) -> ChatMessage:
+    """Read a text frame from a client, and check what it says.
 
     A frame that parses as a JSON object with a string ``message`` is a structured message:
     ``{"message": "...", "clientMsgId": "..."}``, ``clientMsgId`` optional. Any other text
@@ -60,23 +98,53 @@ def parse(text: str) -> ChatMessage:
     message itself.
 
     Raises:
-        InvalidMessage: A structured message whose ``clientMsgId`` is present but not a string
-            of at most ``MAX_CLIENT_MSG_ID`` characters.
+        InvalidMessage: ``clientMsgId`` is present but not a string of at most
+            ``MAX_CLIENT_MSG_ID`` characters without control characters; or the text is
+            empty or blank, has a control character other than tab and newline, is not valid
+            Unicode (a JSON escape of a lone surrogate), or is over ``max_chars`` characters
+            or ``max_bytes`` bytes once encoded for the broadcast.
     """
+    client_msg_id = None
     try:
         value = json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError):
-        return ChatMessage(text)
-    if not isinstance(value, dict) or not isinstance(value.get("message"), str):
-        return ChatMessage(text)
-    if "clientMsgId" not in value:
-        return ChatMessage(value["message"])
-    client_msg_id = value["clientMsgId"]
-    if not isinstance(client_msg_id, str) or len(client_msg_id) > MAX_CLIENT_MSG_ID:
+        value = None
+    if isinstance(value, dict) and isinstance(value.get("message"), str):
+        text = value["message"]
+        if "clientMsgId" in value:
+            client_msg_id = value["clientMsgId"]
+            if (
+                not isinstance(client_msg_id, str)
+                or len(client_msg_id) > MAX_CLIENT_MSG_ID
+                or _ID_CONTROLS.search(client_msg_id)
+                or not _encodable(client_msg_id)
+            ):
+                raise InvalidMessage(
+                    f"clientMsgId must be a string of at most {MAX_CLIENT_MSG_ID} characters, "
+                    "without control characters"
+                )
+    _check_text(text, client_msg_id, max_chars, max_bytes)
+    return ChatMessage(text, client_msg_id)
+
+
+def _check_text(text: str, client_msg_id: str | None, max_chars: int, max_bytes: int) -> None:
+    if len(text) > max_chars:
+        raise InvalidMessage(f"a message has at most {max_chars} characters", client_msg_id)
+    if not text or text.isspace():  # isspace() stops at the first other character
+        raise InvalidMessage("a message must not be empty", client_msg_id)
+    if _CONTROLS.search(text):
         raise InvalidMessage(
-            f"clientMsgId must be a string of at most {MAX_CLIENT_MSG_ID} characters"
+            "a message must not contain control characters other than tab and newline",
+            client_msg_id,
         )
-    return ChatMessage(value["message"], client_msg_id)
+    try:
+        size = len(text) if text.isascii() else len(text.encode())
+    except UnicodeEncodeError:
+        raise InvalidMessage("a message must be valid Unicode", client_msg_id) from None
+    # As broadcast: JSON escapes a quote and a backslash with one more byte each.
+    size += text.count('"') + text.count("\\")
+    if size > max_bytes:
+        raise InvalidMessage(f"a message has at most {max_bytes} bytes of UTF-8", client_msg_id)
 
 
 def connection_id(connection_id: str) -> str:
@@ -135,36 +203,69 @@ def not_persisted(seq: int, client_msg_id: str | None) -> str:
     )
 
 
-def invalid_message(reason: str) -> str:
-    """Tells a sender that its structured message was refused (not broadcast, not stored)."""
-    return _dumps({"type": "error", "code": "invalid_message", "message": reason})
+def invalid_message(reason: str, client_msg_id: str | None) -> str:
+    """Tells a sender that its message was refused (not broadcast, not stored)."""
+    return _dumps(
+        {
+            "type": "error",
+            "code": "invalid_message",
+            "message": reason,
+            "clientMsgId": client_msg_id,
+        }
+    )
 
 
-def rate_limited(retry_after_ms: int) -> str:
+def rate_limited(retry_after_ms: int, client_msg_id: str | None) -> str:
     """Tells a sender that its message was over its rate limit (not broadcast, not stored)."""
-    return _dumps({"type": "error", "code": "rate_limited", "retryAfterMs": retry_after_ms})
+    return _dumps(
+        {
+            "type": "error",
+            "code": "rate_limited",
+            "retryAfterMs": retry_after_ms,
+            "clientMsgId": client_msg_id,
+        }
+    )
 
 
-def user_left(
-    connection_id: str,
-    total: int,
-    close_status: int | None = None,
-    close_reason: str = "",
-    user: str | None = None,
-) -> str:
+@dataclass(frozen=True, slots=True)
+class Departure:
+    """A client that left: who, and the close code and reason it sent, if it sent one."""
+
+    connection_id: str
+    user: str | None = None
+    close_status: int | None = None
+    close_reason: str = ""
+
+    def fields(self) -> dict[str, object]:
+        """Its keys in ``user_left``: ``connectionId``, then ``user`` and the close if known."""
+        payload: dict[str, object] = {"connectionId": self.connection_id}
+        if self.user is not None:
+            payload["user"] = self.user
+        if self.close_status is not None:
+            payload["closeStatus"] = self.close_status
+            payload["closeReason"] = self.close_reason
+        return payload
+
+
+def user_left(departure: Departure, total: int) -> str:
     """Tells the remaining clients that one left; ``total`` counts those remaining.
 
     ``closeStatus`` and ``closeReason`` are present when the client sent a close code, ``user``
     when it was authenticated.
     """
-    payload: dict[str, object] = {
-        "type": "user_left",
-        "connectionId": connection_id,
-        "totalConnections": total,
-    }
-    if user is not None:
-        payload["user"] = user
-    if close_status is not None:
-        payload["closeStatus"] = close_status
-        payload["closeReason"] = close_reason
-    return _dumps(payload)
+    return _dumps({"type": "user_left", **departure.fields(), "totalConnections": total})
+
+
+def users_left(departures: Sequence[Departure], more: int, total: int) -> str:
+    """Tells the remaining clients that several left (more than are announced one by one).
+
+    ``users`` holds each like ``user_left`` does, ``more`` counts those left unnamed.
+    """
+    return _dumps(
+        {
+            "type": "users_left",
+            "users": [departure.fields() for departure in departures],
+            "more": more,
+            "totalConnections": total,
+        }
+    )

@@ -268,6 +268,29 @@ OPTIONS: tuple[Option, ...] = (
         "bytes a chat client may send at once",
     ),
     Option(
+        "--max-text-chars",
+        "CHAT_MAX_TEXT_CHARS",
+        "max_text_chars",
+        _whole(1),
+        "characters in a chat message's text; a longer one gets `invalid_message`",
+    ),
+    Option(
+        "--max-text-bytes",
+        "CHAT_MAX_TEXT_BYTES",
+        "max_text_bytes",
+        _whole(1),
+        "bytes of a chat message's text as the server sends it (UTF-8, JSON-escaped): what "
+        "one message may cost every client; a larger one gets `invalid_message`",
+    ),
+    Option(
+        "--leave-rate",
+        "CHAT_LEAVE_RATE",
+        "leave_rate",
+        _rate,
+        "`user_left` notices a second, on average; those who leave beyond it are announced "
+        "together once a second (`users_left`); `0`: every one at once",
+    ),
+    Option(
         "--history",
         "CHAT_HISTORY",
         "history",

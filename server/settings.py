@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rfc6455 import Limits
 
+from .messages import MAX_TEXT_BYTES, MAX_TEXT_CHARS
 from .retry import RetryPolicy
 
 __all__ = ["ECHO_MODES", "WEB_ROOT", "Settings"]
@@ -37,6 +38,12 @@ class Settings:
     # How long SIGTERM may take: closing clients, then draining the queue.
     shutdown_timeout: float = 10.0
     limits: Limits = Limits()
+    # A chat message's text, in characters and in bytes as broadcast (messages.py).
+    max_text_chars: int = MAX_TEXT_CHARS
+    max_text_bytes: int = MAX_TEXT_BYTES
+    # user_left notices a second, one by one; more are announced together once a second
+    # (departures.py); 0: every one at once. Five a second is more than anyone reads.
+    leave_rate: float = 5.0
     # A screenful of context for a newcomer, in one small frame.
     history: int = 50
     # A resume sends at most this many messages: a few minutes of a busy room, a few MB.

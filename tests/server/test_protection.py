@@ -31,10 +31,11 @@ from tests.server.support import (
 PATIENT = RetryPolicy(attempts=1000, base_delay=0.01, max_delay=0.02)
 
 
-def check_rate_limited(message: Json, at_most_ms: int) -> int:
+def check_rate_limited(message: Json, at_most_ms: int, client_msg_id: str | None = None) -> int:
     """Assert ``message`` is the rate_limited error, exactly; return its retryAfterMs."""
-    assert set(message) == {"type", "code", "retryAfterMs"}, message
+    assert set(message) == {"type", "code", "retryAfterMs", "clientMsgId"}, message
     assert (message["type"], message["code"]) == ("error", "rate_limited")
+    assert message["clientMsgId"] == client_msg_id
     wait = message["retryAfterMs"]
     assert isinstance(wait, int)
     assert 0 < wait <= at_most_ms

@@ -237,7 +237,7 @@ async def test_chat_then_signal_shuts_down_cleanly(
     (leaver_line,) = server.lines_with(
         "server: disconnect " + leaver_id, address(leaver.local_address)
     )
-    assert "4001 bye now" in leaver_line
+    assert "client closed 4001 'bye now'" in leaver_line
     for client_id, remote in clients[:2]:
         (line,) = server.lines_with("server: disconnect " + client_id, remote)
         assert " 1001" in line
