@@ -9,6 +9,7 @@ by the start of a ping that must stay buffered without any effect.
 
 from __future__ import annotations
 
+import tracemalloc
 from unittest import mock
 
 import pytest
@@ -1237,7 +1238,49 @@ def test_receive_message_too_big_across_fragments(side: Side, mode: str) -> None
     )
     events = receive(proto, data, mode)
     assert events[0] == Ping(b"p" * 20)
-    assert error(events, PayloadTooBig).close_code == 1009
+    exc = error(events, PayloadTooBig)
+    assert exc.close_code == 1009
+    # The reason names the limit, not what the last fragment had left of it.
+    assert str(exc) == "message over 10 bytes"
+
+
+@pytest.mark.parametrize("opcode", [Opcode.TEXT, Opcode.BINARY])
+@pytest.mark.parametrize("fragment", [1, 2, 7])
+def test_tiny_fragments_cost_about_the_size_of_the_message(
+    side: Side, opcode: Opcode, fragment: int
+) -> None:
+    # The issue: an unfinished 1 MiB message in 1- or 2-byte fragments took 36-56 MB.
+    size = 2**16
+    proto = Protocol(side, max_size=None)
+    payload = ("é" * (size // 2)).encode() if opcode is Opcode.TEXT else bytes(size)
+    frames = [
+        incoming(side, opcode if n == 0 else Opcode.CONT, payload[n : n + fragment], fin=False)
+        for n in range(0, size, fragment)
+    ]
+    tracemalloc.start()
+    try:
+        for start in range(0, len(frames), 4096):
+            proto.receive_data(b"".join(frames[start : start + 4096]))
+        assert proto.events_received() == []
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # The bytearray it is gathered in, with its slack (an eighth), and no object per part.
+    assert held < 1.25 * size + 16 * 1024, held
+    proto.receive_data(incoming(side, Opcode.CONT, b""))
+    (message,) = proto.events_received()
+    assert message == (payload.decode() if opcode is Opcode.TEXT else payload)
+
+
+def test_text_split_inside_code_points_is_checked_and_kept(side: Side, mode: str) -> None:
+    payload = "aé😀中b".encode()
+    proto = Protocol(side)
+    frames = [
+        incoming(side, Opcode.TEXT if n == 0 else Opcode.CONT, payload[n : n + 1], fin=False)
+        for n in range(len(payload))
+    ]
+    events = receive(proto, b"".join(frames) + incoming(side, Opcode.CONT, b""), mode)
+    assert events == ["aé😀中b"]
 
 
 def test_receive_message_at_max_size_across_fragments(side: Side, mode: str) -> None:
