@@ -246,13 +246,12 @@ class Protocol:
         take = min(self._frame_remaining, len(buffer) - pos)
         chunk = buffer[pos : pos + take]
         mask = self._frame_mask
+        data: BytesLike = chunk
         if mask is not None:
             # The key applies from the frame's first payload byte: rotate it by
             # the number of bytes already consumed (RFC 6455 §5.3).
             offset = (self._frame_length - self._frame_remaining) % 4
             data = apply_mask(chunk, mask[offset:] + mask[:offset])
-        else:
-            data = chunk
         self._frame_remaining -= take
         final = self._frame_fin and not self._frame_remaining
         decoder = self._decoder
