@@ -12,8 +12,14 @@ from .retry import RetryPolicy
 
 __all__ = ["ECHO_MODES", "WEB_ROOT", "Settings"]
 
-# The browser client shipped beside the server package.
-WEB_ROOT = Path(__file__).resolve().parent.parent / "web_client"
+# The browser client: inside the package once installed from a wheel (pyproject.toml maps
+# web_client/ to server/web_client/), beside it in a checkout or an editable install.
+_INSTALLED_WEB_ROOT = Path(__file__).resolve().parent / "web_client"
+WEB_ROOT = (
+    _INSTALLED_WEB_ROOT
+    if _INSTALLED_WEB_ROOT.is_dir()
+    else _INSTALLED_WEB_ROOT.parent.parent / "web_client"
+)
 
 # ``--echo``: auto is on, unless clients must authenticate (then an anonymous endpoint is a
 # decision, not a default).
