@@ -15,16 +15,20 @@ per frame. Above ``write_limit`` bytes the frames are written at once, and
 :meth:`Connection.send` waits for the transport to drain.
 
 A peer that does not read is a slow consumer once more is written while over
-``max_send_buffer`` bytes still wait for it: what was not written yet is
-dropped, the connection fails with 1008 "slow consumer", and it is dropped
-after a short grace if the close frame, queued behind what the peer did not
-read, cannot get through. The test costs one attribute check per write, since
-the transport pauses writing above ``write_limit``.
+``max_send_buffer`` bytes wait for it *behind the write in progress*: what was
+not written yet is dropped, the connection fails with 1008 "slow consumer", and
+it is dropped after a short grace if the close frame, queued behind what the
+peer did not read, cannot get through. The write being sent does not count,
+however large (a big message, a long history): a peer that keeps reading is
+never cut off for it. While the transport has paused writing (above
+``write_limit``) the connection notes where each write ends in the transport's
+buffer; otherwise the test costs one attribute check per write.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import threading
@@ -180,6 +184,12 @@ class Connection(asyncio.BufferedProtocol):
         self._unflushed = 0
         self._flush_booked = False
         self._writing_paused = False
+        # Bytes handed to the transport so far (the 101 may still be in its
+        # buffer) and, while it has paused writing, where in that count each
+        # write still in its buffer ends: the first one not sent yet is the
+        # write in progress, the others are behind it (the slow-consumer rule).
+        self._written = transport.get_write_buffer_size()
+        self._ends: collections.deque[int] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self._pings: dict[bytes, tuple[asyncio.Future[float] | None, float]] = {}
         self._keepalive_timer: asyncio.TimerHandle | None = None
@@ -407,10 +417,13 @@ class Connection(asyncio.BufferedProtocol):
         return False
 
     def pause_writing(self) -> None:
+        # Called from within transport.write(): what was written before ends here.
         self._writing_paused = True
+        self._ends = collections.deque([self._written])
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        self._ends = None
         waiter = self._drain_waiter
         if waiter is not None:
             self._drain_waiter = None
@@ -517,13 +530,18 @@ class Connection(asyncio.BufferedProtocol):
         output = self.protocol.data_to_send()
         transport = self._transport
         # The transport pauses writing above write_limit: one test while below.
-        if self._writing_paused and self._over_send_limit():
+        # Nothing new to write, nothing to shed.
+        if output and self._writing_paused and self._over_send_limit():
             output = self._shed_slow_consumer()
         if output and not transport.is_closing():
             if len(output) == 1 and output[0]:
-                transport.write(output[0])
+                data = output[0]
+                transport.write(data)
+                self._written += len(data)
             else:
-                _write_all(transport, output)
+                self._written += _write_all(transport, output)
+            if self._ends is not None:
+                self._note_write()
         if self._close_timer is None and self.protocol.close_expected():
             # The peer's close frame and EOF must be read even if the queue is full.
             self._resume_reading()
@@ -531,14 +549,30 @@ class Connection(asyncio.BufferedProtocol):
             if timeout is not None and not self._done:
                 self._close_timer = self._loop.call_later(timeout, self._close_timed_out)
 
+    def _note_write(self) -> None:
+        """Note where the write just made ends (the transport has paused writing).
+
+        Writes after a small one (under write_limit) extend it rather than add
+        an entry: the count is exact to within write_limit, and there is one
+        entry per write_limit bytes buffered at most.
+        """
+        ends = self._ends
+        assert ends is not None
+        if len(ends) > 1 and ends[-1] - ends[-2] < self._write_limit:
+            ends[-1] = self._written
+        else:
+            ends.append(self._written)
+
     def _over_send_limit(self) -> bool:
-        """Whether more than ``max_send_buffer`` bytes wait for the peer of an open connection."""
+        """Whether over ``max_send_buffer`` bytes wait behind the write in progress."""
         limit = self.limits.max_send_buffer
-        return (
-            limit is not None
-            and self.protocol.state is _OPEN
-            and self._transport.get_write_buffer_size() > limit
-        )
+        ends = self._ends
+        if limit is None or ends is None or self.protocol.state is not _OPEN:
+            return False
+        sent = self._written - self._transport.get_write_buffer_size()
+        while len(ends) > 1 and ends[0] <= sent:
+            ends.popleft()
+        return self._written - ends[0] > limit
 
     def _shed_slow_consumer(self) -> list[bytes]:
         """Fail a peer that does not read with 1008, dropping what was not written yet.
@@ -646,26 +680,42 @@ class Connection(asyncio.BufferedProtocol):
         self._transport.close()
 
 
-def _write_all(transport: asyncio.Transport, output: list[bytes]) -> None:
-    """Write several queued chunks: small runs joined, ``b""`` as a half-close."""
+def _write_all(transport: asyncio.Transport, output: list[bytes]) -> int:
+    """Write several queued chunks: small runs joined, ``b""`` as a half-close.
+
+    Returns:
+        How many bytes were written.
+    """
+    written = 0
     run: list[bytes] = []
     for data in output:
         if data and len(data) < _JOIN_LIMIT:
             run.append(data)
             continue
         if run:
-            transport.write(b"".join(run))
+            joined = b"".join(run)
+            transport.write(joined)
+            written += len(joined)
             run = []
         if data:
             transport.write(data)
-        elif transport.can_write_eof():
-            transport.write_eof()
-            return
+            written += len(data)
+            continue
+        if transport.can_write_eof():
+            try:
+                transport.write_eof()
+            except OSError:
+                # The peer reset the connection meanwhile (a browser tab closed with
+                # unread data): it is gone, which is all a half-close would say.
+                transport.abort()
         else:
             transport.close()  # TLS cannot half-close.
-            return
+        return written
     if run:
-        transport.write(b"".join(run))
+        joined = b"".join(run)
+        transport.write(joined)
+        written += len(joined)
+    return written
 
 
 def _address(value: object) -> tuple[str, int] | None:

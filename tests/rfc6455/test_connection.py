@@ -8,6 +8,7 @@ client end (``net.raw_pair``).
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import struct
 from typing import Any
@@ -538,6 +539,32 @@ async def test_send_blocked_on_drain_when_the_peer_resets(net: Net) -> None:
             await sending
 
 
+async def test_a_peer_that_resets_after_its_close_frame_is_no_error(
+    net: Net, log: pytest.LogCaptureFixture
+) -> None:
+    # A browser tab closing with unread data sends its close frame, then a reset: the
+    # server's half-close (after its close frame) then fails with ENOTCONN. It was logged
+    # as "internal error while receiving", with a traceback, and answered 1011.
+    server_ws, raw = await net.raw_pair()
+    transport = server_ws._transport
+    write_eof = transport.write_eof
+
+    def reset_first() -> None:
+        raw.reset()
+        raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+
+    transport.write_eof = reset_first  # type: ignore[method-assign]
+    try:
+        await raw.send_frame(0x8, close_payload(1001, "tab closed"))
+        async with asyncio.timeout(GUARD):
+            await server_ws.wait_closed()
+    finally:
+        transport.write_eof = write_eof  # type: ignore[method-assign]
+    assert server_ws.close_code == 1001
+    assert server_ws.protocol.close_sent == Close(1001)
+    assert [r for r in log.records if r.levelno >= logging.WARNING] == []
+
+
 async def send_until_closed(server_ws: Connection, frame: bytes, most: int) -> int:
     """Send ``frame`` without waiting, a turn of the loop apart, until closed; bytes sent."""
     sent = 0
@@ -577,6 +604,53 @@ async def test_slow_consumer_that_reads_in_time_gets_the_close_frame(net: Net) -
     while (received := await raw.read_frame()).opcode != 0x8:
         assert received.opcode == 0x2
     assert (received.close_code, received.payload[2:]) == (1008, b"slow consumer")
+
+
+async def test_a_reader_of_one_large_frame_is_not_a_slow_consumer(net: Net) -> None:
+    # The issue: one frame over the limit (a 6 MiB broadcast, a long history) made the
+    # next frame to each reader, however it read, cut it off with 1008.
+    server_ws, client = await net.pair({"max_send_buffer": 2**18}, max_size=None)
+    big = b"\x01" * 2**23
+    server_ws.send_encoded(serialize_frame(Opcode.BINARY, big))
+    small = [serialize_frame(Opcode.TEXT, b"after %d" % n) for n in range(50)]
+    received: list[object] = []
+
+    async def read() -> None:
+        while len(received) < 51:
+            received.append(await client.recv())
+
+    reading = asyncio.create_task(read())
+    for frame in small:  # behind the big one, far less than the limit
+        server_ws.send_encoded(frame)
+        await asyncio.sleep(0.001)
+    async with asyncio.timeout(GUARD):
+        await reading
+    assert received == [big, *(f"after {n}" for n in range(50))]
+    assert server_ws.state is State.OPEN
+
+
+async def test_a_flush_with_nothing_new_sheds_no_one(net: Net) -> None:
+    # A pong from the peer makes the connection flush what it queued: nothing. Over the
+    # limit with one big frame, that used to cut it off.
+    server_ws, raw = await net.raw_pair(max_send_buffer=2**18)
+    server_ws.send_encoded(serialize_frame(Opcode.BINARY, b"\x00" * 2**23))
+    await wait_until(lambda: server_ws._writing_paused)
+    await raw.send_frame(0xA, b"unsolicited")
+    await raw.send_frame(0xA, b"again")
+    await asyncio.sleep(0.05)
+    assert server_ws.state is State.OPEN
+
+
+async def test_what_waits_behind_the_write_in_progress_counts(net: Net) -> None:
+    limit = 2**18
+    server_ws, _ = await net.raw_pair(max_send_buffer=limit)
+    server_ws.send_encoded(serialize_frame(Opcode.BINARY, b"\x00" * 2**23))
+    frame = serialize_frame(Opcode.BINARY, b"\x00" * 2**12)
+    # The raw client reads nothing: the big frame stays in progress, and only what is
+    # queued behind it, over the limit, cuts the connection off.
+    behind = await send_until_closed(server_ws, frame, most=2**24)
+    assert limit - server_ws.limits.write_limit <= behind <= limit + 2 * len(frame)
+    assert server_ws.protocol.close_sent == Close(1008, "slow consumer")
 
 
 async def test_send_waits_so_a_reader_gets_messages_over_max_send_buffer(net: Net) -> None:
