@@ -29,7 +29,7 @@ class App:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.manager = ConnectionManager()
+        self.manager = ConnectionManager(settings.limits.max_send_buffer or 2**20)
         self.queue = PersistenceQueue(
             settings.db_path,
             capacity=settings.queue_capacity,
@@ -82,10 +82,12 @@ class App:
             queue.on_committed = chat.committed
             queue.on_dead_lettered = chat.dead_lettered
             queue.on_pruned = history.pruned_through
-            latest = await queue.last(history.max_messages)
+            # Bounded in bytes as the ring is: a database of large messages must not be read
+            # whole into memory to keep a few of them.
+            latest = await queue.last(history.max_messages, max_bytes=history.max_bytes)
             history.load(
-                [(record.seq, payload(record)) for record in latest],
-                complete=len(latest) < history.max_messages,
+                [(record.seq, payload(record)) for record in latest.records],
+                complete=latest.complete,
             )
             self.server = await rfc6455.serve(
                 self._dispatch,

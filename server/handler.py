@@ -20,7 +20,7 @@ from rfc6455 import CloseCode
 from . import messages
 from .auth import close_at_expiry, identity_of
 from .departures import Departures
-from .history import History, Plan, Resume
+from .history import History, Plan, Resume, payload_size
 from .manager import ConnectionManager, send_now
 from .persistence import PersistenceClosed, PersistenceQueue
 from .ratelimit import RateLimiter, TokenBucket, retry_after_ms
@@ -86,6 +86,7 @@ class ChatHandler:
             last=self.queue.last_seq,
             count=settings.history,
             resume_max=settings.resume_max,
+            max_bytes=settings.history_bytes,
         )
         reading = plan is not None and plan.read_after is not None
         # On hold while older messages are read: what is broadcast meanwhile waits for it.
@@ -108,13 +109,19 @@ class ChatHandler:
         """The resume's messages when the oldest are no longer in memory."""
         assert plan.read_after is not None
         try:
-            older = await self.queue.kept_after(plan.read_after, plan.read_through)
+            older = await self.queue.kept_after(
+                plan.read_after, plan.read_through, most=plan.read_count, max_bytes=plan.read_bytes
+            )
         except (PersistenceClosed, sqlite3.Error, OSError) as exc:
             logger.warning("history: cannot read messages after %d: %s", plan.read_after, exc)
             older = None
-        if older is None:  # failed, or retention deleted some meanwhile
+        # Failed, retention deleted some meanwhile, or more than a history may hold.
+        if older is None:
             return plan.fallback, False
-        return [payload(record) for record in older] + plan.messages, True
+        items = [payload(record) for record in older]
+        if plan.read_bytes is not None and payload_size(items) > plan.read_bytes:
+            return plan.fallback, False
+        return items + plan.messages, True
 
     async def _receive(self, client: _Client) -> None:
         connection, settings = client.connection, self.settings

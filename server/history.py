@@ -10,6 +10,12 @@ byte a broadcast. It is bounded by a count and by a total size, but it never dro
 the writer has not finished with (committed or dead-lettered): whatever it no longer holds is
 therefore in the database, or lost for good, and a resume that reaches further back reads the
 database for that part (``Plan.read_after``).
+
+What one client is sent is bounded in bytes as well as in messages: a history holds the latest
+messages that fit in ``max_bytes``, and a resume whose missed messages do not fit, or number
+more than ``resume_max``, gets the latest messages with ``recovered: false`` instead. Messages
+are counted, not seqs: after a crash the server skips the seqs it had reserved, and those hold
+no messages a client could have missed.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
-__all__ = ["History", "Plan", "Resume"]
+__all__ = ["History", "Plan", "Resume", "payload_size"]
 
 # A seq as a query parameter: ASCII digits, few enough for any real seq (2**63 has 19).
 _SEQ = re.compile(r"[0-9]{1,19}")
@@ -57,14 +63,24 @@ class Plan:
         read_after: If not None, the messages with ``read_after < seq <= read_through`` must be
             read from the database and go before ``messages``.
         read_through: See ``read_after``.
-        fallback: What to send instead (with ``recovered`` False) if that read fails.
+        read_count: The most messages that read may bring for the resume to be recovered.
+        read_bytes: The most payload bytes it may bring (``payload_size``); None: any.
+        fallback: What to send instead (with ``recovered`` False) if that read fails or
+            brings more.
     """
 
     messages: list[bytes]
     recovered: bool
     read_after: int | None = None
     read_through: int = 0
+    read_count: int = 0
+    read_bytes: int | None = None
     fallback: list[bytes] = field(default_factory=list)
+
+
+def payload_size(payloads: list[bytes]) -> int:
+    """What payloads add to a history message: their bytes and the commas between them."""
+    return sum(map(len, payloads)) + len(payloads)
 
 
 class History:
@@ -130,13 +146,28 @@ class History:
         while entries and entries[0][0] <= seq:
             self._bytes -= len(entries.popleft()[1])
 
-    def last(self, n: int) -> list[bytes]:
-        """The latest ``n`` payloads held, oldest first."""
-        latest = [payload for _, payload in itertools.islice(reversed(self._entries), max(0, n))]
+    def last(self, n: int, max_bytes: int | None = None) -> list[bytes]:
+        """The latest payloads held, at most ``n`` of them and ``max_bytes``, oldest first."""
+        latest: list[bytes] = []
+        room = max_bytes
+        for _, payload in itertools.islice(reversed(self._entries), max(0, n)):
+            if room is not None:
+                room -= len(payload) + 1
+                if room < 0:
+                    break
+            latest.append(payload)
         latest.reverse()
         return latest
 
-    def plan(self, resume: Resume | None, *, last: int, count: int, resume_max: int) -> Plan | None:
+    def plan(
+        self,
+        resume: Resume | None,
+        *,
+        last: int,
+        count: int,
+        resume_max: int,
+        max_bytes: int | None = None,
+    ) -> Plan | None:
         """Decide what a connecting client gets; to be used in the step that registers it.
 
         Args:
@@ -144,21 +175,23 @@ class History:
             last: The last seq handed out.
             count: How many messages a client that does not resume gets (``--history``).
             resume_max: The most messages a resume may send (``--resume-max``).
+            max_bytes: The most payload bytes a history may hold (``--history-bytes``).
 
         Returns:
             None if the client gets no history at all (no resume, and ``count`` is 0).
         """
         if resume is None:
-            return Plan(self.last(count), recovered=False) if count > 0 else None
+            return Plan(self.last(count, max_bytes), recovered=False) if count > 0 else None
+        fallback = Plan(self.last(count, max_bytes), recovered=False)
         since = resume.since
-        if (
-            resume.epoch != self.epoch
-            or since < self._pruned
-            or since > last
-            or last - since > resume_max
-        ):
-            return Plan(self.last(count), recovered=False)
-        newer = self._after(since)
+        if resume.epoch != self.epoch or since < self._pruned or since > last:
+            return fallback
+        newer = self._after(since, resume_max)
+        if newer is None:
+            return fallback
+        room = None if max_bytes is None else max_bytes - payload_size(newer)
+        if room is not None and room < 0:
+            return fallback
         if since >= self._evicted:
             return Plan(newer, recovered=True)
         return Plan(
@@ -166,15 +199,19 @@ class History:
             recovered=True,
             read_after=since,
             read_through=self._evicted,
-            fallback=self.last(count),
+            read_count=resume_max - len(newer),
+            read_bytes=room,
+            fallback=fallback.messages,
         )
 
-    def _after(self, seq: int) -> list[bytes]:
-        """The payloads held with a seq above ``seq``, oldest first."""
+    def _after(self, seq: int, most: int) -> list[bytes] | None:
+        """The payloads held with a seq above ``seq``, oldest first; None if over ``most``."""
         newer: list[bytes] = []
         for entry_seq, payload in reversed(self._entries):
             if entry_seq <= seq:
                 break
+            if len(newer) == most:
+                return None
             newer.append(payload)
         newer.reverse()
         return newer

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 
 import rfc6455
-from rfc6455.frames import Opcode, serialize_frame
+from rfc6455.frames import CloseCode, Opcode, serialize_frame
 
 __all__ = ["ConnectionManager", "send_now"]
 
@@ -30,12 +31,18 @@ class ConnectionManager:
 
     A connection may be added on hold: what is sent to it is kept, in order, until
     ``release()``, so a client whose history must first be read from the database misses
-    nothing that is broadcast meanwhile.
+    nothing that is broadcast meanwhile. At most ``max_held`` bytes are kept: a read that
+    takes so long that more was broadcast meanwhile fails the connection with 1013 (try
+    again later), and the client resumes from where it was.
+
+    Args:
+        max_held: The most bytes held for one connection.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_held: int = 2**20) -> None:
+        self.max_held = max_held
         self._connections: dict[str, rfc6455.Connection] = {}
-        self._held: dict[str, list[bytes]] = {}
+        self._held: dict[str, _Held] = {}
 
     def __len__(self) -> int:
         return len(self._connections)
@@ -46,7 +53,7 @@ class ConnectionManager:
         """Register a connection under a new id, on hold or not."""
         self._connections[connection_id] = connection
         if hold:
-            self._held[connection_id] = []
+            self._held[connection_id] = _Held()
 
     def release(self, connection_id: str) -> None:
         """Write what was held for a connection, then send to it directly.
@@ -54,9 +61,9 @@ class ConnectionManager:
         Raises:
             rfc6455.ConnectionClosed: If the connection is closing.
         """
-        frames = self._held.pop(connection_id, [])
+        held = self._held.pop(connection_id, None)
         connection = self._connections[connection_id]
-        for frame in frames:
+        for frame in () if held is None else held.frames:
             connection.send_encoded(frame)
 
     def remove(self, connection_id: str) -> bool:
@@ -92,10 +99,24 @@ class ConnectionManager:
     def _write(self, connection_id: str, connection: rfc6455.Connection, frame: bytes) -> bool:
         held = self._held.get(connection_id)
         if held is not None:
-            held.append(frame)
+            held.frames.append(frame)
+            held.size += len(frame)
+            if held.size > self.max_held:
+                del self._held[connection_id]
+                # RFC 6455 §7.4.1 (IANA registry): 1013, a temporary condition.
+                connection.fail(CloseCode.TRY_AGAIN_LATER, "history too slow: resume again")
+                return False
             return True
         try:
             connection.send_encoded(frame)
         except rfc6455.ConnectionClosed:
             return False
         return True
+
+
+@dataclass(slots=True)
+class _Held:
+    """What is kept for a connection on hold, and its size in bytes."""
+
+    frames: list[bytes] = field(default_factory=list)
+    size: int = 0

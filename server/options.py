@@ -303,7 +303,17 @@ OPTIONS: tuple[Option, ...] = (
         "resume_max",
         _whole(0),
         "most messages a reconnecting client is sent; one that missed more gets the last "
-        "`--history` instead (`0`: no resuming)",
+        "`--history` instead (`0`: no resuming). Messages are counted, not seqs: seqs skipped "
+        "after a crash hold none",
+    ),
+    Option(
+        "--history-bytes",
+        "CHAT_HISTORY_BYTES",
+        "history_bytes",
+        _whole(1),
+        "most bytes of messages in one history, plain or resume: a history holds the latest "
+        "that fit; a resume whose missed messages do not fit gets the latest with "
+        "`recovered: false`",
     ),
     Option(
         "--broadcast-after-commit",

@@ -63,7 +63,7 @@ from typing import Any, TypeAlias, TypeVar
 
 from .retry import RetryPolicy, retry
 from .sequence import DEFAULT_BLOCK, SequenceAllocator
-from .store import MessageRecord, Meta, Store
+from .store import MessageRecord, Meta, Rows, Store
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -369,31 +369,43 @@ class PersistenceQueue:
 
     # Reads, run in the worker thread; they see persisted records only.
 
-    async def last(self, n: int) -> list[MessageRecord]:
+    async def last(self, n: int, *, max_bytes: int | None = None) -> Rows:
         """Return the last ``n`` persisted messages, oldest first (see ``Store.last``)."""
         worker, store = self._running()
-        return await worker.call(partial(store.last, n))
+        return await worker.call(partial(store.last, n, max_bytes=max_bytes))
 
     async def after(
-        self, seq: int, limit: int, *, through: int | None = None
-    ) -> list[MessageRecord]:
+        self, seq: int, limit: int, *, through: int | None = None, max_bytes: int | None = None
+    ) -> Rows:
         """Return up to ``limit`` persisted messages after ``seq``, in order (``Store.after``)."""
         worker, store = self._running()
-        return await worker.call(partial(store.after, seq, limit, through=through))
+        return await worker.call(
+            partial(store.after, seq, limit, through=through, max_bytes=max_bytes)
+        )
 
-    async def kept_after(self, seq: int, through: int) -> list[MessageRecord] | None:
+    async def kept_after(
+        self, seq: int, through: int, *, most: int, max_bytes: int | None = None
+    ) -> list[MessageRecord] | None:
         """Return the persisted messages with ``seq < seq' <= through``, in order.
+
+        Args:
+            seq: Messages after this one...
+            through: ... up to this one.
+            most: The most messages wanted.
+            max_bytes: The most UTF-8 bytes their texts may hold; None: any.
 
         Returns:
             None if retention has deleted some of them (checked in the same thread, after any
-            delete that ran before this read).
+            delete that ran before this read), or if there are more than ``most`` or
+            ``max_bytes``: the read stops there.
         """
         worker, store = self._running()
 
         def read() -> list[MessageRecord] | None:
             if store.meta.pruned > seq:
                 return None
-            return store.after(seq, through - seq, through=through)
+            rows = store.after(seq, most + 1, through=through, max_bytes=max_bytes)
+            return rows.records if rows.complete else None
 
         return await worker.call(read)
 

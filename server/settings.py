@@ -54,6 +54,9 @@ class Settings:
     history: int = 50
     # A resume sends at most this many messages: a few minutes of a busy room, a few MB.
     resume_max: int = 10_000
+    # The most bytes of messages one history (plain or resume) holds: what one client may
+    # cost the server at once on connect, the same as --max-send-buffer lets it lag by.
+    history_bytes: int = 2**20
     # Broadcast at once (latency) rather than after the commit (nothing seen is ever lost).
     broadcast_after_commit: bool = False
     # Per chat connection (not /echo), see ratelimit.py; 0 turns every rate limit off. Nobody

@@ -30,7 +30,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-__all__ = ["TIMESTAMP_FORMAT", "MessageRecord", "Meta", "Store"]
+__all__ = ["TIMESTAMP_FORMAT", "MessageRecord", "Meta", "Rows", "Store"]
 
 logger = logging.getLogger("server.store")
 
@@ -72,6 +72,8 @@ _INSERT = (
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 _COLUMNS = "seq, connection_id, message, timestamp, created_at, client_msg_id, user"
+# The UTF-8 bytes of a message's text, as SQLite counts them (without decoding it).
+_SIZE = "length(CAST(message AS BLOB))"
 
 # Primary result codes that mean another connection holds a lock: the connection itself is
 # fine, so it is kept for the next attempt.
@@ -134,6 +136,14 @@ class MessageRecord:
             client_msg_id=client_msg_id,
             user=user,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Rows:
+    """Records read, and whether they are all the query had (not cut by a limit)."""
+
+    records: list[MessageRecord]
+    complete: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,41 +269,76 @@ class Store:
             self._meta = replace(self.meta, pruned=max(self.meta.pruned, last))
         return last
 
-    def last(self, n: int) -> list[MessageRecord]:
-        """Return the last ``n`` messages, oldest first.
+    def last(self, n: int, *, max_bytes: int | None = None) -> Rows:
+        """Return the last ``n`` messages, oldest first, within ``max_bytes`` of text.
 
         Args:
-            n: How many messages; zero or less gives an empty list.
+            n: How many messages; zero or less gives none.
+            max_bytes: The most UTF-8 bytes their texts may hold; None: any. Rows are read
+                newest first and no further than the first that does not fit.
 
         Returns:
-            At most ``n`` records, in seq order.
+            At most ``n`` records, in seq order, and whether those are all there are.
         """
         if n <= 0:
-            return []
-        rows = self._query(f"SELECT {_COLUMNS} FROM messages ORDER BY seq DESC LIMIT ?", (n,))
-        rows.reverse()
-        return [_record(row) for row in rows]
+            return Rows([], complete=False)
+        rows = self._query_within(
+            f"SELECT {_COLUMNS}, {_SIZE} FROM messages ORDER BY seq DESC LIMIT ?", (n,), max_bytes
+        )
+        rows.records.reverse()
+        return rows
 
-    def after(self, seq: int, limit: int, *, through: int | None = None) -> list[MessageRecord]:
+    def after(
+        self, seq: int, limit: int, *, through: int | None = None, max_bytes: int | None = None
+    ) -> Rows:
         """Return the messages whose seq is greater than ``seq``, in seq order.
 
         Args:
             seq: The last seq the caller has; 0 starts from the beginning.
-            limit: The most records to return; zero or less gives an empty list.
+            limit: The most records to return; zero or less gives none.
             through: If given, the highest seq to return.
+            max_bytes: The most UTF-8 bytes their texts may hold; None: any.
 
         Returns:
-            At most ``limit`` records, in seq order.
+            At most ``limit`` records, in seq order, and whether the read reached the last
+            message there is (``complete``) rather than ``limit`` or ``max_bytes``.
         """
         if limit <= 0:
-            return []
+            return Rows([], complete=False)
         if through is None:
-            sql = f"SELECT {_COLUMNS} FROM messages WHERE seq > ? ORDER BY seq LIMIT ?"
+            sql = f"SELECT {_COLUMNS}, {_SIZE} FROM messages WHERE seq > ? ORDER BY seq LIMIT ?"
             params: tuple[int, ...] = (seq, limit)
         else:
-            sql = f"SELECT {_COLUMNS} FROM messages WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
+            sql = (
+                f"SELECT {_COLUMNS}, {_SIZE} FROM messages"
+                " WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
+            )
             params = (seq, through, limit)
-        return [_record(row) for row in self._query(sql, params)]
+        return self._query_within(sql, params, max_bytes)
+
+    def _query_within(self, sql: str, params: tuple[int, ...], max_bytes: int | None) -> Rows:
+        """Run a query whose last column is ``_SIZE``, keeping rows while they fit.
+
+        The rows are fetched one at a time, so that a query over large messages never
+        holds more than ``max_bytes`` (and one row) in memory.
+        """
+        conn = self._connection()
+        records: list[MessageRecord] = []
+        room = max_bytes
+        try:
+            cursor = conn.execute(sql, params)
+            for row in cursor:
+                if room is not None:
+                    room -= row[-1]
+                    if room < 0:
+                        cursor.close()
+                        return Rows(records, complete=False)
+                records.append(_record(row[:-1]))
+        except sqlite3.Error as exc:
+            self._after_error(exc)
+            raise
+        limit = params[-1]
+        return Rows(records, complete=len(records) < limit)
 
     def count(self) -> int:
         """Return the number of stored messages."""

@@ -18,9 +18,11 @@ import pytest
 
 from server import persistence
 from server.persistence import (
+    DatabaseInUse,
     PersistenceClosed,
     PersistenceQueue,
     dead_letter_path_for,
+    lock_path_for,
 )
 from server.retry import RetryPolicy
 from server.store import MessageRecord, Store
@@ -99,9 +101,9 @@ async def test_messages_are_persisted_in_order(
     assert stored(db) == sent
     # The read helpers run in the worker thread and see the same rows.
     assert await queue.count() == 1000
-    assert await queue.after(0, 2000) == sent
-    assert [r.seq for r in await queue.after(990, 5)] == [991, 992, 993, 994, 995]
-    assert await queue.last(3) == sent[-3:]
+    assert (await queue.after(0, 2000)).records == sent
+    assert [r.seq for r in (await queue.after(990, 5)).records] == [991, 992, 993, 994, 995]
+    assert (await queue.last(3)).records == sent[-3:]
     await queue.stop()
     assert not queue.dead_letter_path.exists()
 
@@ -340,8 +342,8 @@ async def test_reads_are_served_during_an_outage(
         for record in records(5, 10):
             queue.put_nowait(record)
         await wait_until(lambda: queue.failed_attempts >= 1)
-        assert await queue.last(10) == first
-        assert [r.seq for r in await queue.after(3, 10)] == [4, 5]
+        assert (await queue.last(10)).records == first
+        assert [r.seq for r in (await queue.after(3, 10)).records] == [4, 5]
     await wait_until(lambda: queue.persisted == 10)
     assert await queue.count() == 10
 
@@ -604,3 +606,61 @@ async def test_retention_prunes_in_the_background(
     assert [r.seq for r in stored(db)] == [19, 20, 21, 22, 23]
     assert pruned == sorted(pruned)
     assert len(pruned) >= 4  # 18 rows, at most 4 per delete
+
+
+# A record the database refuses costs only itself (issue 11: one attacker lost half of
+# everyone's messages, gathered into the batch its message landed in).
+
+
+async def test_a_record_sqlite_refuses_is_dead_lettered_alone(
+    make_queue: Callable[..., PersistenceQueue], db: Path
+) -> None:
+    queue = make_queue(policy=PATIENT)
+    committed: list[MessageRecord] = []
+    dead: list[MessageRecord] = []
+    queue.on_committed = committed.extend
+    queue.on_dead_lettered = dead.extend
+    await queue.start()
+    with locked(db):  # all of them gather into one batch while the database is locked
+        sent = [
+            queue.accept("c1", "lone \ud800 surrogate" if n in (3, 6) else f"ok {n}", f"m{n}")
+            for n in range(10)
+        ]
+        await wait_until(lambda: queue.failed_attempts >= 1)
+    await wait_until(lambda: len(committed) + len(dead) == 10)
+    assert [r.client_msg_id for r in dead] == ["m3", "m6"]
+    assert committed == [r for r in sent if r not in dead]
+    # Each record is heard of once, and in seq order overall.
+    assert sorted(committed + dead, key=lambda r: r.seq) == sent
+    assert [row[0] for row in rows_of(db)] == [r.seq for r in committed]
+    lines = [json.loads(line) for line in queue.dead_letter_path.read_text().splitlines()]
+    assert [line["client_msg_id"] for line in lines] == ["m3", "m6"]
+    assert lines[0]["message"] == "lone \ud800 surrogate"
+    assert lines[0]["error"].startswith("UnicodeEncodeError")
+    assert (queue.persisted, queue.dead_lettered) == (8, 2)
+
+
+def rows_of(db: Path) -> list[tuple[int, str]]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute("SELECT seq, message FROM messages ORDER BY seq").fetchall()
+    finally:
+        conn.close()
+
+
+# One queue per database (issue 11: two servers on one --db forked the seqs).
+
+
+async def test_a_second_queue_on_the_same_database_refuses_to_start(
+    make_queue: Callable[..., PersistenceQueue], db: Path
+) -> None:
+    first = make_queue()
+    await first.start()
+    second = make_queue()
+    with pytest.raises(DatabaseInUse, match=rf"in use by another server \(pid {os.getpid()}\)"):
+        await second.start()
+    assert lock_path_for(db).read_text() == f"{os.getpid()}\n"
+    await first.stop()
+    third = make_queue()
+    await third.start()  # the lock went with the first one
+    assert third.accept("c", "after").seq == first.last_seq + 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import sqlite3
+import tracemalloc
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -97,7 +98,7 @@ def test_reopening_an_existing_database_keeps_its_messages(db: Path) -> None:
     with Store(db) as store:
         store.insert_many([record(1), record(2)])
     with Store(db) as store:
-        assert [r.message for r in store.last(10)] == ["message 1", "message 2"]
+        assert [r.message for r in store.last(10).records] == ["message 1", "message 2"]
 
 
 def test_missing_folder_fails_to_open(db: Path) -> None:
@@ -161,7 +162,7 @@ TEXTS = [
 
 def test_any_text_round_trips(store: Store) -> None:
     store.insert_many([MessageRecord.create("c1", text, seq=n) for n, text in enumerate(TEXTS)])
-    assert [r.message for r in store.last(len(TEXTS))] == TEXTS
+    assert [r.message for r in store.last(len(TEXTS)).records] == TEXTS
 
 
 # Reads
@@ -169,29 +170,58 @@ def test_any_text_round_trips(store: Store) -> None:
 
 def test_last_returns_the_last_n_oldest_first(store: Store) -> None:
     store.insert_many([record(n) for n in range(1, 8)])
-    last = store.last(3)
+    last = store.last(3).records
     assert [r.message for r in last] == ["message 5", "message 6", "message 7"]
     assert [r.seq for r in last] == [5, 6, 7]
-    assert len(store.last(100)) == 7
-    assert store.last(0) == []
-    assert store.last(-1) == []
+    assert len(store.last(100).records) == 7
+    assert store.last(0).records == []
+    assert store.last(-1).records == []
 
 
 def test_last_of_an_empty_table(store: Store) -> None:
-    assert store.last(5) == []
+    assert store.last(5).records == []
+
+
+def test_reads_stop_at_a_budget_of_bytes(store: Store) -> None:
+    # 10 messages of 100 bytes of UTF-8 each (50 characters of 2 bytes).
+    store.insert_many([MessageRecord.create("c", "é" * 50, seq=n) for n in range(1, 11)])
+    latest = store.last(10, max_bytes=350)
+    assert ([r.seq for r in latest.records], latest.complete) == ([8, 9, 10], False)
+    assert store.last(11, max_bytes=1000).complete is True  # all ten, exactly 1,000 bytes
+    assert store.last(5, max_bytes=1000).complete is False  # the limit cut it
+    assert store.last(11).complete is True
+    after = store.after(2, 10, max_bytes=250)
+    assert ([r.seq for r in after.records], after.complete) == ([3, 4], False)
+    through = store.after(2, 10, through=5, max_bytes=300)
+    assert ([r.seq for r in through.records], through.complete) == ([3, 4, 5], True)
+    assert store.after(2, 3, through=5).complete is False  # 3 of them, as many as asked
+
+
+def test_a_read_within_bytes_never_holds_much_more_than_them(store: Store) -> None:
+    big = "x" * 2**20
+    store.insert_many([MessageRecord.create("c", big, seq=n) for n in range(1, 41)])
+    tracemalloc.start()
+    try:
+        rows = store.last(10_000, max_bytes=2 * 2**20)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(rows.records) == 2
+    # Two messages kept and the batch being read: not the 40 MiB of the table.
+    assert peak < 70 * 2**20 // 8, peak
 
 
 def test_after_returns_later_messages_in_order(store: Store) -> None:
     store.insert_many([record(n) for n in range(1, 11)])
-    after = store.after(4, 3)
+    after = store.after(4, 3).records
     assert [r.seq for r in after] == [5, 6, 7]
     assert [r.message for r in after] == ["message 5", "message 6", "message 7"]
-    assert [r.seq for r in store.after(0, 100)] == list(range(1, 11))
-    assert [r.seq for r in store.after(8, 100)] == [9, 10]
-    assert [r.seq for r in store.after(3, 100, through=6)] == [4, 5, 6]
-    assert [r.seq for r in store.after(3, 2, through=6)] == [4, 5]
-    assert store.after(10, 100) == []
-    assert store.after(0, 0) == []
+    assert [r.seq for r in store.after(0, 100).records] == list(range(1, 11))
+    assert [r.seq for r in store.after(8, 100).records] == [9, 10]
+    assert [r.seq for r in store.after(3, 100, through=6).records] == [4, 5, 6]
+    assert [r.seq for r in store.after(3, 2, through=6).records] == [4, 5]
+    assert store.after(10, 100).records == []
+    assert store.after(0, 0).records == []
 
 
 def test_count(store: Store) -> None:
@@ -215,7 +245,7 @@ def test_reopens_after_the_folder_is_removed_and_recreated(store: Store, db: Pat
     db.parent.mkdir()
     store.insert_many([record(3)])
     assert [row[2] for row in rows(db)] == ["message 3"]
-    assert [r.message for r in store.last(10)] == ["message 3"]
+    assert [r.message for r in store.last(10).records] == ["message 3"]
 
 
 def test_reopens_after_the_file_is_removed(store: Store, db: Path) -> None:
@@ -248,7 +278,7 @@ def test_recreates_a_dropped_table(store: Store, db: Path) -> None:
     with pytest.raises(sqlite3.OperationalError, match="no such table"):
         store.count()
     store.insert_many([record(2)])  # the reopened connection created the schema again
-    assert [r.message for r in store.last(10)] == ["message 2"]
+    assert [r.message for r in store.last(10).records] == ["message 2"]
 
 
 def test_a_file_that_is_not_a_database_fails_to_open(db: Path) -> None:
@@ -315,7 +345,7 @@ def test_a_seq_is_never_stored_twice(store: Store) -> None:
     store.insert_many([record(1)])
     with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
         store.insert_many([record(2), record(1)])
-    assert [r.seq for r in store.last(10)] == [1]
+    assert [r.seq for r in store.last(10).records] == [1]
 
 
 OLD_SCHEMA = """
@@ -349,7 +379,7 @@ def test_a_database_from_before_seqs_is_migrated(db: Path) -> None:
         conn.close()
     with Store(db) as store:
         assert store.meta.reserved == 5  # above every old id: none is given again
-        assert [(r.seq, r.message, r.client_msg_id) for r in store.last(10)] == [
+        assert [(r.seq, r.message, r.client_msg_id) for r in store.last(10).records] == [
             (1, "old 0", None),
             (2, "old 1", None),
             (4, "old 3", None),
@@ -359,8 +389,8 @@ def test_a_database_from_before_seqs_is_migrated(db: Path) -> None:
         epoch = store.meta.epoch
     with Store(db) as store:  # opening again migrates nothing more
         assert store.meta.epoch == epoch
-        assert [r.seq for r in store.after(0, 10)] == [1, 2, 4, 5, 6]
-        assert store.last(1)[0].client_msg_id == "m"
+        assert [r.seq for r in store.after(0, 10).records] == [1, 2, 4, 5, 6]
+        assert store.last(1).records[0].client_msg_id == "m"
 
 
 def test_a_file_that_comes_back_empty_keeps_the_epoch_and_reservation(
@@ -388,7 +418,7 @@ def test_prune_keeps_the_latest_seqs(store: Store, db: Path) -> None:
     assert store.prune(keep=10, before=None, limit=4) == 4  # small deletes
     assert store.prune(keep=10, before=None, limit=100) == 15
     assert store.prune(keep=10, before=None, limit=100) == 0
-    assert [r.seq for r in store.after(0, 100)] == list(range(16, 26))
+    assert [r.seq for r in store.after(0, 100).records] == list(range(16, 26))
     assert meta_row(db)[2] == 15
     assert store.meta.pruned == 15
 
@@ -397,6 +427,6 @@ def test_prune_deletes_what_is_older_than_the_cut_off(store: Store) -> None:
     store.insert_many([aged(1, 40), aged(2, 31), aged(3, 29), aged(4, 0)])
     cutoff = (datetime.now(UTC) - timedelta(days=30)).isoformat(timespec="microseconds")
     assert store.prune(keep=None, before=cutoff, limit=100) == 2
-    assert [r.seq for r in store.after(0, 100)] == [3, 4]
+    assert [r.seq for r in store.after(0, 100).records] == [3, 4]
     assert store.prune(keep=None, before=cutoff, limit=100) == 0
     assert store.prune(keep=None, before=None, limit=100) == 0
