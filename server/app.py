@@ -11,6 +11,7 @@ import rfc6455
 
 from .access import access_hook
 from .auth import CHAT_SUBPROTOCOL
+from .descriptors import raise_descriptor_limit
 from .handler import ChatHandler, echo, payload
 from .history import History
 from .hosts import HostPolicy
@@ -135,6 +136,8 @@ async def run(settings: Settings) -> int:
     # appears must still get a graceful shutdown, not the default action (death).
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    limits = settings.limits
+    raise_descriptor_limit(settings.max_connections, limits.max_handshakes or 0)
     started = False
     try:
         await app.start()

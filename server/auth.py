@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import math
 import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
@@ -71,6 +70,9 @@ SUBPROTOCOL_PREFIX = "access_token."
 CHAT_SUBPROTOCOL = "chat"
 # A user's name goes into every message it sends: as short as a message id.
 MAX_USER = 128
+# exp beyond the year 9999 (in seconds since 1970): no real token lives that long, and the
+# number must fit a float and a timer.
+_LATEST_EXP = 253_402_300_800
 
 _IDENTITY = "server.auth.identity"
 
@@ -192,12 +194,18 @@ class JwtAuthenticator:
             raise self._invalid(f"the token has no {exc.claim} claim") from None
         except jwt.InvalidTokenError:
             raise self._invalid("the token is malformed or its signature is wrong") from None
+        except (OverflowError, ValueError, TypeError):
+            # PyJWT's int() of a time claim: exp: 1e400 parses as infinity.
+            raise self._invalid("a time claim is out of range") from None
         user, expires = claims["sub"], claims["exp"]
         if not isinstance(user, str) or not 0 < len(user) <= MAX_USER:
             raise self._invalid(f"sub must be a name of 1 to {MAX_USER} characters")
-        if not isinstance(expires, int | float) or not math.isfinite(expires):
+        if not isinstance(expires, int | float) or isinstance(expires, bool):
             raise self._invalid("exp must be a number")
-        return Identity(user, expires + self.leeway)
+        # 10**400 is a valid JSON number, and a signed token may carry it: no float holds it.
+        if not -_LATEST_EXP < expires < _LATEST_EXP:
+            raise self._invalid("exp is out of range")
+        return Identity(user, float(expires) + self.leeway)
 
     @staticmethod
     def _invalid(description: str) -> Unauthorized:

@@ -228,6 +228,32 @@ OPTIONS: tuple[Option, ...] = (
         "lets a slowloris hold a connection forever)",
     ),
     Option(
+        "--max-head-size",
+        "CHAT_MAX_HEAD_SIZE",
+        "limits.max_head_size",
+        _whole(1024),
+        "bytes of a request's head (request line and headers); a larger one gets `431`",
+    ),
+    Option(
+        "--max-handshakes",
+        "CHAT_MAX_HANDSHAKES",
+        "limits.max_handshakes",
+        _whole(0, zero_is_none=True),
+        "connections still in their opening handshake, in all, beyond which a new one gets "
+        "`503` at once (`0`: no cap); each holds at most `--max-head-size` bytes for "
+        "`--open-timeout` seconds",
+    ),
+    Option(
+        "--max-handshakes-per-ip",
+        "CHAT_MAX_HANDSHAKES_PER_IP",
+        "limits.max_handshakes_per_address",
+        _whole(0, zero_is_none=True),
+        "connections still in their opening handshake from one address (IPv6: its /64) "
+        "beyond which a new one gets `503` (`0`: no cap): a slowloris cannot take them all, "
+        "and a real handshake takes milliseconds, so even a proxy's reconnect storm stays "
+        "well under it",
+    ),
+    Option(
         "--max-send-buffer",
         "CHAT_MAX_SEND_BUFFER",
         "limits.max_send_buffer",

@@ -47,30 +47,33 @@ _LOG_INTERVAL = 1.0
 class _Throttled:
     """A warning that may happen thousands of times a second, logged once per interval.
 
-    The first is logged at once; the next ones are counted and logged together, with the
-    count, once the interval is over.
+    The first is logged at once; the next ones are counted, and each interval that had
+    some ends with one line that gives their count: one line a second at most.
     """
 
     def __init__(self, message: str) -> None:
         self._message = message
         self._count = 0
+        self._detail: object = None
         self._timer: asyncio.TimerHandle | None = None
 
     def __call__(self, detail: object) -> None:
         if self._timer is None:
             logger.warning("%s: %s", self._message, detail)
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(_LOG_INTERVAL, self._flush, detail)
+            self._timer = asyncio.get_running_loop().call_later(_LOG_INTERVAL, self._flush)
         else:
             self._count += 1
+            self._detail = detail
 
-    def _flush(self, detail: object) -> None:
-        self._timer = None
-        if self._count:
-            count, self._count = self._count, 0
-            logger.warning(
-                "%s %d more times in %g s: %s", self._message, count, _LOG_INTERVAL, detail
-            )
+    def _flush(self) -> None:
+        if not self._count:
+            self._timer = None  # a quiet interval: the next one is logged at once
+            return
+        count, self._count = self._count, 0
+        logger.warning(
+            "%s %d more times in %g s: %s", self._message, count, _LOG_INTERVAL, self._detail
+        )
+        self._timer = asyncio.get_running_loop().call_later(_LOG_INTERVAL, self._flush)
 
     def cancel(self) -> None:
         if self._timer is not None:

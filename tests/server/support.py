@@ -13,7 +13,9 @@ import contextlib
 import json
 import os
 import re
+import socket
 import sqlite3
+import struct
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -157,9 +159,15 @@ class RawClient:
     buffer: bytearray = field(default_factory=bytearray)
     id: str = ""
 
-    async def send_frame(self, opcode: Opcode, data: bytes) -> None:
-        self.writer.write(serialize_frame(opcode, data, mask=True))
+    async def send_frame(self, opcode: Opcode, data: bytes, *, fin: bool = True) -> None:
+        self.writer.write(serialize_frame(opcode, data, fin=fin, mask=True))
         await self.writer.drain()
+
+    def reset(self) -> None:
+        """Drop the connection with a TCP RST (SO_LINGER 0), as a tab closing with unread data."""
+        sock = self.writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.writer.transport.abort()
 
     async def recv_frame(self) -> Frame | None:
         """The next frame, or None at EOF; fails after GUARD seconds."""
@@ -255,16 +263,17 @@ class Chat:
             assert history["epoch"] == second["epoch"]
         return Client(connection, first["connectionId"], second, history)
 
-    async def open_raw(self) -> RawClient:
-        """A bare TCP connection to the server; closed at teardown."""
-        reader, writer = await asyncio.open_connection(HOST, self.port)
+    async def open_raw(self, source: str | None = None) -> RawClient:
+        """A bare TCP connection to the server, from ``source`` (127.0.0.2...) if given."""
+        local = None if source is None else (source, 0)
+        reader, writer = await asyncio.open_connection(HOST, self.port, local_addr=local)
         raw = RawClient(reader, writer)
         self._raw.append(raw)
         return raw
 
-    async def join_raw(self, query: str = "") -> RawClient:
+    async def join_raw(self, query: str = "", source: str | None = None) -> RawClient:
         """Join the chat on a bare TCP stream: handshake by hand, then the greetings."""
-        raw = await self.open_raw()
+        raw = await self.open_raw(source)
         reader, writer = raw.reader, raw.writer
         key = base64.b64encode(os.urandom(16)).decode()
         target = "/?" + query if query else "/"

@@ -98,6 +98,14 @@ async def test_without_a_token_the_handshake_gets_401_with_a_bearer_challenge(
         (lambda: token(exp=None), "no exp"),
         (lambda: token(sub=""), "empty sub"),
         (lambda: "not.a.token", "malformed"),
+        # Signed by the issuer, but with times no float holds (issue 11: 500 and a traceback).
+        (lambda: token(exp=10**400), "exp 10**400"),
+        (lambda: token(exp=float("inf")), "exp Infinity"),
+        (lambda: token(exp=-(10**400)), "exp -10**400"),
+        (lambda: token(nbf=10**400), "nbf 10**400"),
+        (lambda: token(iat=10**400), "iat 10**400"),
+        (lambda: token(exp=True), "exp true"),
+        (lambda: token(exp="soon"), "exp a string"),
     ],
 )
 async def test_a_bad_token_gets_401_invalid_token(
@@ -112,6 +120,7 @@ async def test_a_bad_token_gets_401_invalid_token(
     assert challenge.startswith('Bearer realm="chat", error="invalid_token"'), why
     assert bad not in caplog.text  # never logged
     assert bad not in reply.body.decode()
+    assert "Traceback" not in caplog.text, why
 
 
 async def test_a_token_sent_two_ways_gets_400_invalid_request(start_chat: Start) -> None:

@@ -89,6 +89,20 @@ OPTIONS: list[tuple[str, str, str, Callable[[Settings], Any], Any]] = [
         {"chat.example.com", ".example.org"},
     ),
     ("--echo", "CHAT_ECHO", "OFF", lambda s: s.echo, "off"),
+    ("--max-text-chars", "CHAT_MAX_TEXT_CHARS", "500", lambda s: s.max_text_chars, 500),
+    ("--max-text-bytes", "CHAT_MAX_TEXT_BYTES", "2000", lambda s: s.max_text_bytes, 2000),
+    ("--leave-rate", "CHAT_LEAVE_RATE", "0.5", lambda s: s.leave_rate, 0.5),
+    ("--history-bytes", "CHAT_HISTORY_BYTES", "4096", lambda s: s.history_bytes, 4096),
+    ("--max-head-size", "CHAT_MAX_HEAD_SIZE", "4096", lambda s: s.limits.max_head_size, 4096),
+    ("--max-handshakes", "CHAT_MAX_HANDSHAKES", "50", lambda s: s.limits.max_handshakes, 50),
+    ("--max-handshakes", "CHAT_MAX_HANDSHAKES", "0", lambda s: s.limits.max_handshakes, None),
+    (
+        "--max-handshakes-per-ip",
+        "CHAT_MAX_HANDSHAKES_PER_IP",
+        "7",
+        lambda s: s.limits.max_handshakes_per_address,
+        7,
+    ),
 ]
 
 
@@ -224,6 +238,11 @@ BAD: list[tuple[list[str], dict[str, str]]] = [
     ([], {"CHAT_MAX_ECHO_CONNECTIONS": "-1"}),
     (["--allowed-hosts", "chat.example.com:443"], {}),
     ([], {"CHAT_ALLOWED_HOSTS": "http://chat.example.com"}),
+    (["--max-head-size", "100"], {}),
+    ([], {"CHAT_MAX_HANDSHAKES": "-1"}),
+    (["--history-bytes", "0"], {}),
+    (["--max-text-chars", "0"], {}),
+    (["--leave-rate", "nan"], {}),
     (["--no-such-option"], {}),
     (["--port"], {}),
     (["positional"], {}),

@@ -12,12 +12,14 @@ import json
 import os
 import random
 import re
+import resource
 import signal
 import socket
 import sqlite3
 import sys
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +101,8 @@ async def spawn(
     """Return ``spawn(*args, **env)``, which starts ``python -m server`` in tmp_path."""
     processes: list[ServerProcess] = []
 
-    async def start(*args: str, **env: str) -> ServerProcess:
+    async def start(*args: str, nofile: int | None = None, **env: str) -> ServerProcess:
+        """``nofile``: the child's soft and hard limit of file descriptors."""
         environ = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
         path = environ.get("PYTHONPATH")
         environ["PYTHONPATH"] = str(REPO) if not path else f"{REPO}{os.pathsep}{path}"
@@ -115,6 +118,7 @@ async def spawn(
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            preexec_fn=None if nofile is None else partial(limit_descriptors, nofile),
         )
         server = ServerProcess(process)
         processes.append(server)
@@ -123,6 +127,11 @@ async def spawn(
     yield start
     for server in processes:
         await server.kill()
+
+
+def limit_descriptors(count: int) -> None:
+    """In the child, before exec: at most ``count`` file descriptors, soft and hard."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (count, count))
 
 
 def rows(db: Path) -> list[tuple[Any, ...]]:
