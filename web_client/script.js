@@ -114,8 +114,9 @@
     return state.lastSeq !== null && state.epoch !== null;
   }
 
-  // The one place that turns the URL field into the URL dialled (access
-  // tokens, issue 7, would go here too).
+  // The one place that turns the URL field into the URL dialled: resume's
+  // since= and epoch=. The token is not in it: connect() offers it as a
+  // subprotocol, so that it stays out of URLs, logs and the browser's history.
   function socketUrl() {
     const base = ui.url.value.trim();
     if (!canResume()) return base;
