@@ -101,11 +101,16 @@
 
   // ---------- helpers ----------
 
+  // Served by the chat server (not opened as a file): that server is the one
+  // to talk to.
+  function isServed() {
+    const { protocol } = window.location;
+    return protocol === "http:" || protocol === "https:";
+  }
+
   function defaultUrl() {
     const { protocol, host } = window.location;
-    if (protocol === "http:" || protocol === "https:") {
-      return `${protocol === "https:" ? "wss:" : "ws:"}//${host}/`;
-    }
+    if (isServed()) return `${protocol === "https:" ? "wss:" : "ws:"}//${host}/`;
     // Opened as a file: the original design's default server.
     return "ws://localhost:5000";
   }
@@ -708,4 +713,8 @@
   }
   setState("closed");
   updateCount();
+  // Served by the chat server, the page joins its chat at once, as a chat
+  // does; opened as a file, it waits for Connect, since which server to dial
+  // is the person's choice.
+  if (isServed()) connect();
 })();

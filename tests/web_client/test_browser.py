@@ -35,6 +35,7 @@ def texts(page: Page, kind: str) -> Locator:
 
 
 def open_served(pages: Pages, server: ChatServer) -> Page:
+    """Open the page as the server serves it: it connects by itself (see ``joined``)."""
     page = pages.new()
     page.goto(server.http_url)
     return page
@@ -57,15 +58,20 @@ def click(page: Page, selector: str) -> None:
     page.click(selector)
 
 
+def joined(page: Page) -> str:
+    """Wait until the page is connected; return the connectionId it shows."""
+    expect(page.locator("#status")).to_have_attribute("data-state", "open")
+    own_id = page.locator("#own-id")
+    expect(own_id).to_have_text(UUID)
+    return own_id.inner_text()
+
+
 def connect(page: Page, url: str | None = None) -> str:
     """Click Connect (after typing ``url``) and return the connectionId the page shows."""
     if url is not None:
         page.fill("#url", url)
     click(page, "#connect")
-    expect(page.locator("#status")).to_have_attribute("data-state", "open")
-    own_id = page.locator("#own-id")
-    expect(own_id).to_have_text(UUID)
-    return own_id.inner_text()
+    return joined(page)
 
 
 def send(page: Page, text: str) -> None:
@@ -87,9 +93,8 @@ def test_each_page_shows_its_own_connection_id(pages: Pages, chat_server: ChatSe
     a, b = open_served(pages, chat_server), open_served(pages, chat_server)
     # Served by the server, the page dials its own host and port.
     expect(a.locator("#url")).to_have_value(chat_server.ws_url)
-    expect(a.locator("#status")).to_have_attribute("data-state", "closed")
 
-    a_id, b_id = connect(a), connect(b)
+    a_id, b_id = joined(a), joined(b)
 
     assert a_id != b_id
     for page, own_id in ((a, a_id), (b, b_id)):
@@ -101,11 +106,41 @@ def test_each_page_shows_its_own_connection_id(pages: Pages, chat_server: ChatSe
         expect(page.locator('#log [data-testid="entry-time"]')).to_have_text([HHMMSS] * 4)
 
 
+def test_the_served_page_connects_by_itself_and_the_file_page_waits(
+    pages: Pages, chat_server: ChatServer
+) -> None:
+    # A page opened as a file has the Origin "null", refused unless allowed (origin.py).
+    chat_server.stop()
+    chat_server.start(chat_server.port, args=["--allowed-origins", "null"])
+    served, served_sockets = pages.new(), []
+    served.on("websocket", lambda ws: served_sockets.append(ws.url))
+    served.goto(chat_server.http_url)
+
+    # Nobody clicks Connect: the page dials the server that served it.
+    own_id = joined(served)
+    expect(texts(served, "connected")).to_have_text([f"Connected to {chat_server.ws_url}"])
+    assert served_sockets == [chat_server.ws_url]
+    assert f"connect {own_id} from" in chat_server.log()
+
+    local, local_sockets = pages.new(), []
+    local.on("websocket", lambda ws: local_sockets.append(ws.url))
+    local.goto((WEB_CLIENT / "index.html").as_uri())
+    expect(local.locator("#status")).to_have_attribute("data-state", "closed")
+    expect(local.locator("#connect")).to_be_enabled()
+    expect(local.locator("#disconnect")).to_be_disabled()
+    expect(local.locator("#message")).to_be_disabled()
+    expect(local.locator("#send")).to_be_disabled()
+    expect(local.locator("#log > li")).to_have_count(0)
+    # Connect is what makes it dial: its socket is the first and only one.
+    connect(local, chat_server.ws_url)
+    assert local_sockets == [chat_server.ws_url]
+
+
 def test_a_message_reaches_the_other_page_and_shows_once_on_its_own(
     pages: Pages, chat_server: ChatServer
 ) -> None:
     a, b = open_served(pages, chat_server), open_served(pages, chat_server)
-    a_id, _ = connect(a), connect(b)
+    a_id, _ = joined(a), joined(b)
 
     send(a, "hello from A")
 
@@ -133,8 +168,8 @@ def test_closing_a_page_tells_the_others_with_the_count(
     pages: Pages, chat_server: ChatServer
 ) -> None:
     a, b, c = (open_served(pages, chat_server) for _ in range(3))
-    connect(a)
-    b_id, c_id = connect(b), connect(c)
+    joined(a)
+    b_id, c_id = joined(b), joined(c)
 
     c.close()
     left = entries(a, "user_left")
@@ -153,8 +188,8 @@ def test_closing_a_page_tells_the_others_with_the_count(
 
 def test_markup_in_a_message_is_shown_as_text(pages: Pages, chat_server: ChatServer) -> None:
     a, b = open_served(pages, chat_server), open_served(pages, chat_server)
-    connect(a)
-    connect(b)
+    joined(a)
+    joined(b)
 
     send(a, XSS)
     send(a, "after")
@@ -170,11 +205,8 @@ def test_markup_in_a_message_is_shown_as_text(pages: Pages, chat_server: ChatSer
 
 def test_sending_needs_a_connection_and_text(pages: Pages, chat_server: ChatServer) -> None:
     a, b = open_served(pages, chat_server), open_served(pages, chat_server)
-    expect(a.locator("#message")).to_be_disabled()
-    expect(a.locator("#send")).to_be_disabled()
-    expect(a.locator("#disconnect")).to_be_disabled()
-    connect(a)
-    connect(b)
+    joined(a)
+    joined(b)
 
     for blank in ("", "   "):
         a.fill("#message", blank)
@@ -211,8 +243,8 @@ def test_stopping_the_server_closes_and_reconnect_brings_the_page_back(
 ) -> None:
     a, b = open_served(pages, chat_server), open_served(pages, chat_server)
     b.uncheck("#reconnect")
-    old_id = connect(a)
-    connect(b)
+    old_id = joined(a)
+    joined(b)
     port = chat_server.port
 
     assert chat_server.stop() == 0
@@ -289,7 +321,7 @@ def test_the_page_opened_as_a_file_and_the_served_page_chat(
     expect(local.locator("#url")).to_have_value("ws://localhost:5000")
 
     local_id = connect(local, chat_server.ws_url)
-    served_id = connect(served)
+    served_id = joined(served)
 
     send(local, "from the file page")
     send(served, "from the served page")
@@ -393,8 +425,8 @@ def test_screenshots_of_a_conversation(
     record_screenshot: Callable[[Path], None],
 ) -> None:
     a, b = open_served(pages, chat_server), open_served(pages, chat_server)
-    connect(a)
-    connect(b)
+    joined(a)
+    joined(b)
     script = [
         (a, "Hi! Is the new server up?"),
         (b, "Yes: RFC 6455 from scratch, pure Python."),
@@ -606,10 +638,11 @@ def test_a_dropped_page_resumes_and_shows_every_message_once(
     # 60 messages at once are over the default rate limit's burst: this test is about resuming.
     chat_server.stop()
     chat_server.start(args=["--rate-limit", "0"])
-    a, b = open_served(pages, chat_server), open_served(pages, chat_server)
-    relay = Relay(a)
-    connect(a)
-    connect(b)
+    a, b = pages.new(), open_served(pages, chat_server)
+    relay = Relay(a)  # before the page loads, since it connects at once
+    a.goto(chat_server.http_url)
+    joined(a)
+    joined(b)
     before = chat_client(chat_server.ws_url, ["before 1", "before 2"])
     expect(texts(a, "broadcast")).to_have_text(["before 1", "before 2"])
     send(a, "mine")
@@ -651,7 +684,7 @@ def test_a_dropped_page_resumes_and_shows_every_message_once(
 
 def test_a_new_database_resets_the_view(pages: Pages, chat_server: ChatServer) -> None:
     page = open_served(pages, chat_server)
-    connect(page)
+    joined(page)
     chat_client(chat_server.ws_url, ["old 1", "old 2"])
     send(page, "old mine")
     expect(texts(page, "broadcast")).to_have_text(["old 1", "old 2"])
