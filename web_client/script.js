@@ -76,6 +76,10 @@
     openedAt: 0,
     // Set by the Disconnect button: that close must not trigger a reconnect.
     userClosed: false,
+    // The token the current socket offered, and the last one the server said
+    // had expired: that one is never offered again.
+    token: "",
+    expiredToken: null,
     reconnectTimer: null,
     reconnectAttempt: 0,
     // Whether the log stays at its latest entry when the window is resized.
@@ -442,12 +446,16 @@
       ui.url.focus();
       return;
     }
+    const token = ui.token.value.trim();
+    if (token && token === state.expiredToken) {
+      askForToken("This token has expired: paste a new one in the Token field, then Connect.");
+      return;
+    }
     let ws;
     try {
       // A browser cannot set a header on a WebSocket handshake: the token goes as the
       // subprotocol "access_token.<token>", beside "chat", which the server selects (a
       // browser fails a handshake whose answer selects none of the subprotocols offered).
-      const token = ui.token.value.trim();
       ws = token ? new WebSocket(url, ["chat", `access_token.${token}`]) : new WebSocket(url);
     } catch (error) {
       // A malformed URL, or ws:// from an https:// page.
@@ -456,6 +464,7 @@
       return;
     }
     state.ws = ws;
+    state.token = token;
     state.userClosed = false;
     state.openedAt = 0;
     state.resumeFrom = resumeFrom;
@@ -470,6 +479,7 @@
     ws.addEventListener("open", () => {
       if (state.ws !== ws) return;
       state.openedAt = Date.now();
+      markToken(false);
       setState("open");
       log("connected", `Connected to ${url}`);
       ui.message.focus();
@@ -508,11 +518,40 @@
         "or a client with too many connections (429, 503).");
     }
 
-    if (!state.userClosed && ui.reconnect.checked) {
+    // The server closes a connection whose token expired with exactly this
+    // (server/auth.py): dialling again with that token would only be refused.
+    const expired = event.code === 1008 && event.reason === "token expired";
+    if (expired) {
+      state.expiredToken = state.token;
+      state.reconnectAttempt = 0;
+    } else if (!state.userClosed && ui.reconnect.checked) {
       if (lasted >= STABLE_MS) state.reconnectAttempt = 0;
       scheduleReconnect();
     }
     setState("closed");
+    if (expired) {
+      askForToken("Your access token has expired. Paste a new one in the Token field, then " +
+        "Connect: the chat resumes where it stopped.");
+    }
+  }
+
+  // Says why a token is needed, and puts the cursor in the Token field, its
+  // old value selected so that a paste replaces it.
+  function askForToken(text) {
+    log("token", text);
+    markToken(true);
+    ui.token.focus();
+    ui.token.select();
+  }
+
+  function markToken(expired) {
+    if (expired) {
+      ui.token.setAttribute("aria-invalid", "true");
+      ui.token.title = "This token has expired: enter a new one";
+    } else {
+      ui.token.removeAttribute("aria-invalid");
+      ui.token.removeAttribute("title");
+    }
   }
 
   function scheduleReconnect() {
@@ -639,6 +678,10 @@
   });
 
   ui.disconnect.addEventListener("click", disconnect);
+
+  ui.token.addEventListener("input", () => {
+    markToken(ui.token.value.trim() !== "" && ui.token.value.trim() === state.expiredToken);
+  });
 
   ui.reconnect.addEventListener("change", () => {
     if (!ui.reconnect.checked && cancelReconnect()) {
