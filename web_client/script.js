@@ -27,6 +27,12 @@
   const SHORT_ID_LENGTH = 8;
   // How many seqs are remembered to skip duplicates (the oldest are forgotten).
   const MAX_SEEN = 10000;
+  // The server's default --max-text-chars (server/messages.py): a longer text
+  // is refused there anyway, so the composer does not send it. A server set
+  // lower still refuses with invalid_message, shown on the message.
+  const MAX_TEXT_CHARS = 16384;
+  // C0 control characters but tab and newline: the server refuses them too.
+  const CONTROL_CHARS = /[\x00-\x08\x0b-\x1f]/;
 
   // RFC 6455 §7.4.1 codes, in plain words.
   const CLOSE_CODES = {
@@ -67,6 +73,7 @@
     composer: $("composer"),
     message: $("message"),
     send: $("send"),
+    composerNote: $("composer-note"),
   };
 
   // Everything that changes; one socket at a time.
@@ -101,6 +108,9 @@
     // One's own messages that no ack confirmed yet, by clientMsgId:
     // { entry, text, ownId } (ownId: the connection that sent it).
     pending: new Map(),
+    // One's own messages the server refused, by clientMsgId, until retried:
+    // { entry, text, note, button, retryAt, timer }.
+    failed: new Map(),
   };
 
   // ---------- helpers ----------
@@ -332,6 +342,76 @@
     mark.title = isSeq(seq) ? `${title} (message #${seq})` : title;
   }
 
+  // Why the server refused one's own message, in the words shown under it.
+  function refusal(msg) {
+    switch (msg.code) {
+      case "rate_limited":
+        return "Sent too fast: the server did not take it.";
+      case "invalid_message":
+        return `The server refused it: ${String(msg.message ?? "invalid message")}.`;
+      case "not_persisted":
+        return "The server could not save it (the others may have seen it).";
+      default:
+        return `The server refused it: ${String(msg.code ?? "error")}` +
+          `${msg.message !== undefined ? `: ${msg.message}` : ""}.`;
+    }
+  }
+
+  // An error names one's own message: "not sent", the reason, and Retry
+  // (after retryAfterMs, for a rate limit).
+  function markFailed(clientMsgId, p, msg) {
+    const wait = Number.isFinite(msg.retryAfterMs) ? Math.max(0, msg.retryAfterMs) : 0;
+    const reason = refusal(msg);
+    setDelivery(p.entry, "failed");
+    p.entry.querySelector(".delivery").title = reason;
+    const button = el("button", { className: "retry", text: "Retry", testid: "retry" });
+    button.type = "button";
+    button.addEventListener("click", () => retry(clientMsgId));
+    const note = el("div", { className: "delivery-note", testid: "delivery-note" },
+      el("span", { text: reason, testid: "delivery-reason" }), button);
+    p.entry.querySelector(".entry-body").append(note);
+    state.failed.set(clientMsgId, {
+      entry: p.entry, text: p.text, note, button, retryAt: Date.now() + wait, timer: null,
+    });
+    refreshRetry(clientMsgId);
+  }
+
+  // Retry is possible once connected and once the rate limit's wait is over;
+  // until then it counts the seconds down.
+  function refreshRetry(clientMsgId) {
+    const f = state.failed.get(clientMsgId);
+    if (f === undefined) return;
+    clearTimeout(f.timer);
+    f.timer = null;
+    const wait = f.retryAt - Date.now();
+    const open = ui.status.dataset.state === "open";
+    f.button.disabled = !open || wait > 0;
+    f.button.textContent = wait > 0 ? `Retry in ${Math.ceil(wait / 1000)} s` : "Retry";
+    f.button.title = open ? "Send this message again" : "Connect to send this message again";
+    if (wait > 0) f.timer = setTimeout(() => refreshRetry(clientMsgId), wait % 1000 || 1000);
+  }
+
+  // The same text with the same clientMsgId: "sending…" again, then the ack's
+  // "✓". It moves to the end of the log, since it is sent after all shown.
+  function retry(clientMsgId) {
+    const f = state.failed.get(clientMsgId);
+    const ws = state.ws;
+    if (f === undefined || ws === null || ws.readyState !== WebSocket.OPEN) return;
+    if (Date.now() < f.retryAt) return;
+    clearTimeout(f.timer);
+    state.failed.delete(clientMsgId);
+    f.note.remove();
+    ws.send(JSON.stringify({ message: f.text, clientMsgId }));
+    state.pending.set(clientMsgId, { entry: f.entry, text: f.text, ownId: state.ownId });
+    setDelivery(f.entry, "pending");
+    show(f.entry);
+  }
+
+  function forgetFailed() {
+    for (const f of state.failed.values()) clearTimeout(f.timer);
+    state.failed.clear();
+  }
+
   // The pending message that a history item from one of this page's earlier
   // connections is: by its clientMsgId when the item has one, else the oldest
   // with the same text sent on that connection.
@@ -353,9 +433,11 @@
     return entry;
   }
 
-  // Removes every chat message shown but one's own still waiting for an ack.
+  // Removes every chat message shown but one's own still waiting for an ack
+  // or refused (they can still be retried).
   function resetView() {
-    const waiting = new Set([...state.pending.values()].map((p) => p.entry));
+    const waiting = new Set([...state.pending.values(), ...state.failed.values()]
+      .map((p) => p.entry));
     for (const entry of ui.log.querySelectorAll('li[data-kind="broadcast"], li[data-kind="own"]')) {
       if (!waiting.has(entry)) entry.remove();
     }
@@ -422,6 +504,7 @@
     ui.send.disabled = !open;
     ui.message.placeholder = open ? "Write a message…" : "Connect to send messages";
     document.title = `${open ? "● " : ""}rfc6455 chat`;
+    for (const clientMsgId of state.failed.keys()) refreshRetry(clientMsgId);
   }
 
   function setOwnId(id) {
@@ -647,17 +730,19 @@
         break;
       }
       case "error": {
-        const code = msg.code !== undefined ? ` ${msg.code}` : "";
-        const detail = msg.message !== undefined ? `: ${msg.message}` : "";
-        const retry = Number.isFinite(msg.retryAfterMs)
-          ? ` (retry after ${(msg.retryAfterMs / 1000).toFixed(1)} s)`
-          : "";
-        log("error", `Server error${code}${detail}${retry}`);
+        // One that names a message waiting for its ack is shown on it.
         const p = state.pending.get(msg.clientMsgId);
         if (p !== undefined) {
           state.pending.delete(msg.clientMsgId);
-          setDelivery(p.entry, "failed");
+          markFailed(msg.clientMsgId, p, msg);
+          break;
         }
+        const code = msg.code !== undefined ? ` ${msg.code}` : "";
+        const detail = msg.message !== undefined ? `: ${msg.message}` : "";
+        const after = Number.isFinite(msg.retryAfterMs)
+          ? ` (retry after ${(msg.retryAfterMs / 1000).toFixed(1)} s)`
+          : "";
+        log("error", `Server error${code}${detail}${after}`);
         break;
       }
       default:
@@ -691,12 +776,43 @@
     }
   });
 
+  // Why the server would refuse this text, if it is cheap to tell here.
+  function unsendable(text) {
+    if (!text.trim()) return "A message cannot be blank: write something first.";
+    if (text.length > MAX_TEXT_CHARS) {
+      // Counted as the server counts: code points, not UTF-16 units.
+      const length = [...text].length;
+      if (length > MAX_TEXT_CHARS) {
+        return `This message has ${length.toLocaleString("en")} characters; the server takes ` +
+          `at most ${MAX_TEXT_CHARS.toLocaleString("en")}. Shorten it or send it in parts.`;
+      }
+    }
+    if (CONTROL_CHARS.test(text)) {
+      return "This message contains control characters (other than tab and new line), " +
+        "which the server refuses.";
+    }
+    return null;
+  }
+
+  function composerNote(text) {
+    ui.composerNote.textContent = text ?? "";
+    ui.composerNote.hidden = !text;
+    if (text) ui.message.setAttribute("aria-invalid", "true");
+    else ui.message.removeAttribute("aria-invalid");
+  }
+
   ui.composer.addEventListener("submit", (event) => {
     event.preventDefault();
     const text = ui.message.value;
     const ws = state.ws;
-    // Whitespace-only messages are not sent.
-    if (!text.trim() || ws === null || ws.readyState !== WebSocket.OPEN) return;
+    if (text === "" || ws === null || ws.readyState !== WebSocket.OPEN) return;
+    // What the server would refuse stays in the box, with the reason.
+    const why = unsendable(text);
+    composerNote(why);
+    if (why !== null) {
+      ui.message.focus();
+      return;
+    }
     // The server does not echo a sender's own message: this is its only
     // entry, confirmed by the ack (a server without acks gets plain text).
     const clientMsgId = state.structured ? newMessageId() : null;
@@ -726,11 +842,19 @@
     ui.message.style.height = `${ui.message.scrollHeight + 2}px`;
   }
   ui.message.addEventListener("input", fitComposer);
+  // A note goes once its reason does; one for a text too long comes while typing.
+  ui.message.addEventListener("input", () => {
+    const text = ui.message.value;
+    if (!ui.composerNote.hidden || text.length > MAX_TEXT_CHARS) {
+      composerNote(text === "" ? null : unsendable(text));
+    }
+  });
 
   ui.clear.addEventListener("click", () => {
     ui.log.replaceChildren();
     // Cleared messages stay gone: an ack or a history no longer brings them back.
     state.pending.clear();
+    forgetFailed();
     updateCount();
     ui.jump.hidden = true;
   });

@@ -707,3 +707,163 @@ def test_a_new_database_resets_the_view(pages: Pages, chat_server: ChatServer) -
     expect(entries(page, "own")).to_have_count(0)
     send(page, "new mine")
     expect(entries(page, "own")).to_have_attribute("data-seq", "2")
+
+
+# One's own messages the server refuses: "not sent", the reason, Retry (README, "The web client")
+
+
+def scripted_server(page: Page) -> tuple[list[WebSocketRoute], list[dict[str, Any]]]:
+    """Answer each connection as the chat server greets; returns the routes and what they got."""
+    routes: list[WebSocketRoute] = []
+    received: list[dict[str, Any]] = []
+
+    def handler(ws: WebSocketRoute) -> None:
+        routes.append(ws)
+        ws.on_message(lambda message: received.append(json.loads(message)))
+        ws.send(json.dumps({"connectionId": f"0000000{len(routes)}-0000-4000-8000-000000000000"}))
+        ws.send(json.dumps({"type": "welcome", "message": "hi", "epoch": EPOCH}))
+        ws.send(history([]))
+
+    page.route_web_socket(re.compile(r"^wss?://"), handler)
+    return routes, received
+
+
+def test_a_rate_limited_message_is_not_sent_and_retry_delivers_it(
+    pages: Pages, chat_server: ChatServer
+) -> None:
+    # One message at once, then one every 4 s: the second, sent at once, is refused.
+    chat_server.stop()
+    chat_server.start(args=["--rate-limit", "0.25", "--rate-burst", "1"])
+    a, b = open_served(pages, chat_server), open_served(pages, chat_server)
+    joined(a)
+    joined(b)
+    send(a, "first")
+    own = entries(a, "own")
+    expect(own.first).to_have_attribute("data-status", "confirmed")
+
+    send(a, "second")
+    refused = own.nth(1)
+    expect(refused).to_have_attribute("data-status", "failed")
+    expect(refused.get_by_test_id("delivery")).to_have_text("not sent")
+    expect(refused.get_by_test_id("delivery-reason")).to_have_text(
+        "Sent too fast: the server did not take it."
+    )
+    # Shown on the message, not as a protocol error in the log.
+    expect(entries(a, "error")).to_have_count(0)
+    retry = refused.get_by_test_id("retry")
+    expect(retry).to_be_visible()
+
+    # Enabled once the server's retryAfterMs is over; it sends the same message again.
+    expect(retry).to_be_enabled(timeout=15_000)
+    expect(retry).to_have_text("Retry")
+    click(a, '#log [data-testid="retry"]')
+    expect(refused).to_have_attribute("data-status", "confirmed")
+    expect(refused.get_by_test_id("delivery")).to_have_text("✓")
+    expect(refused.get_by_test_id("delivery-note")).to_have_count(0)
+    expect(texts(b, "broadcast")).to_have_text(["first", "second"])
+    assert int(refused.get_attribute("data-seq") or "") > int(
+        own.first.get_attribute("data-seq") or ""
+    )
+    assert texts(a, "own").all_text_contents() == ["first", "second"]
+
+
+def test_a_refused_message_shows_why_and_retry_resends_it_with_its_id(pages: Pages) -> None:
+    page = open_file(pages)
+    page.uncheck("#reconnect")
+    routes, received = scripted_server(page)
+    connect(page)
+
+    send(page, "too fast")
+    send(page, "odd")
+    send(page, "lost")
+    fast, odd, lost = (received[n]["clientMsgId"] for n in range(3))
+    routes[-1].send(
+        json.dumps(
+            {"type": "error", "code": "rate_limited", "retryAfterMs": 60_000, "clientMsgId": fast}
+        )
+    )
+    reason = "a message must not contain control characters other than tab and newline"
+    routes[-1].send(
+        json.dumps(
+            {"type": "error", "code": "invalid_message", "message": reason, "clientMsgId": odd}
+        )
+    )
+    routes[-1].send(
+        json.dumps({"type": "error", "code": "not_persisted", "seq": 9, "clientMsgId": lost})
+    )
+    own = entries(page, "own")
+    for n in range(3):
+        expect(own.nth(n)).to_have_attribute("data-status", "failed")
+    expect(own.get_by_test_id("delivery")).to_have_text(["not sent"] * 3)
+    expect(own.get_by_test_id("delivery-reason")).to_have_text(
+        [
+            "Sent too fast: the server did not take it.",
+            f"The server refused it: {reason}.",
+            "The server could not save it (the others may have seen it).",
+        ]
+    )
+    expect(entries(page, "error")).to_have_count(0)
+    # The rate limit's wait is counted down; the others may be retried at once.
+    expect(own.get_by_test_id("retry")).to_have_text(
+        [re.compile(r"^Retry in 60 s$"), *["Retry"] * 2]
+    )
+    expect(own.first.get_by_test_id("retry")).to_be_disabled()
+    expect(own.nth(1).get_by_test_id("retry")).to_be_enabled()
+
+    own.nth(1).get_by_test_id("retry").click()
+    # The same text with the same id, shown "sending…" again, at the end of the log.
+    expect(page.locator("#log > li").last).to_have_attribute("data-client-msg-id", odd)
+    assert len(received) == 4
+    assert received[-1] == {"message": "odd", "clientMsgId": odd}
+    assert texts(page, "own").all_text_contents() == ["too fast", "lost", "odd"]
+    retried = own.last
+    expect(retried).to_have_attribute("data-status", "pending")
+    expect(retried.get_by_test_id("delivery")).to_have_text("sending…")
+    expect(retried.get_by_test_id("retry")).to_have_count(0)
+    routes[-1].send(json.dumps({"type": "ack", "seq": 10, "clientMsgId": odd}))
+    expect(retried).to_have_attribute("data-status", "confirmed")
+    expect(retried.get_by_test_id("delivery")).to_have_text("✓")
+
+    # Without a connection, Retry waits for one.
+    routes[-1].close(code=1000)
+    expect(page.locator("#status")).to_have_attribute("data-state", "closed")
+    expect(own.nth(1).get_by_test_id("retry")).to_be_disabled()
+    connect(page)
+    expect(own.nth(1).get_by_test_id("retry")).to_be_enabled()
+    expect(own.first.get_by_test_id("retry")).to_be_disabled()
+
+
+def test_the_composer_keeps_what_the_server_would_refuse(pages: Pages) -> None:
+    page = open_file(pages)
+    _, received = scripted_server(page)
+    connect(page)
+    note = page.get_by_test_id("composer-note")
+    expect(note).to_be_hidden()
+
+    page.fill("#message", "  \n ")
+    page.press("#message", "Enter")
+    expect(note).to_have_text("A message cannot be blank: write something first.")
+    page.fill("#message", "a")
+    expect(note).to_be_hidden()
+
+    # One character over the server's limit (an emoji counts as one, as the server counts).
+    too_long = "😀" * 16_385
+    page.fill("#message", too_long)
+    expect(note).to_have_text(
+        "This message has 16,385 characters; the server takes at most 16,384. "
+        "Shorten it or send it in parts."
+    )
+    page.press("#message", "Enter")
+    expect(page.locator("#message")).to_have_attribute("aria-invalid", "true")
+    assert page.locator("#message").input_value() == too_long
+
+    page.fill("#message", "bell \x07")
+    page.press("#message", "Enter")
+    expect(note).to_contain_text("control characters")
+
+    # Nothing of that went out: the first message the server gets is this one.
+    send(page, "😀" * 16_384)
+    expect(note).to_be_hidden()
+    expect(page.locator("#message")).to_have_value("")
+    assert [message["message"] for message in received] == ["😀" * 16_384]
+    assert texts(page, "own").count() == 1
