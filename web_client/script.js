@@ -25,6 +25,8 @@
   // Within this many pixels of the bottom, the log follows new entries.
   const STICKY_PX = 48;
   const SHORT_ID_LENGTH = 8;
+  // A users_left entry names this many of those who left; its tooltip, all.
+  const NAMED_LEFT = 3;
   // How many seqs are remembered to skip duplicates (the oldest are forgotten).
   const MAX_SEEN = 10000;
   // The server's default --max-text-chars (server/messages.py): a longer text
@@ -666,6 +668,44 @@
 
   // ---------- messages from the server ----------
 
+  function whoLeft(departure) {
+    if (typeof departure.user === "string") return departure.user;
+    return shortId(departure.connectionId ?? "someone");
+  }
+
+  function connectionsOpen(msg) {
+    const total = Number(msg.totalConnections);
+    if (!Number.isFinite(total)) return "";
+    return ` · ${total} ${total === 1 ? "connection" : "connections"} open`;
+  }
+
+  // "ann", "ann and bob", "ann, bob and cy"
+  function listOf(words) {
+    if (words.length < 2) return words.join("");
+    return `${words.slice(0, -1).join(", ")} and ${words[words.length - 1]}`;
+  }
+
+  // {"type": "users_left", "users": [...], "more": K, "totalConnections": T}:
+  // those who left beyond the server's --leave-rate, announced together, and
+  // so shown as one entry, naming a few of them.
+  function showUsersLeft(msg) {
+    const users = (Array.isArray(msg.users) ? msg.users : [])
+      .filter((user) => user !== null && typeof user === "object");
+    const more = Number.isSafeInteger(msg.more) && msg.more > 0 ? msg.more : 0;
+    const count = users.length + more;
+    const names = users.slice(0, NAMED_LEFT).map(whoLeft);
+    const unnamed = count - names.length;
+    const who = unnamed > 0 ? [...names, `${unnamed} more`] : names;
+    const list = who.length ? ` (${listOf(who)})` : "";
+    const entry = log("users_left",
+      `${count} ${count === 1 ? "person" : "people"} left${list}${connectionsOpen(msg)}`, {
+        data: { count: String(count), total: String(msg.totalConnections) },
+      });
+    if (users.length) {
+      entry.title = users.map(whoLeft).join(", ") + (more ? ` and ${more} more` : "");
+    }
+  }
+
   function handleMessage(data) {
     if (typeof data !== "string") {
       log("unknown", "Unexpected binary message from the server (ignored).");
@@ -718,17 +758,15 @@
         break;
       }
       case "user_left": {
-        const total = Number(msg.totalConnections);
-        const who = typeof msg.user === "string" ? msg.user : shortId(msg.connectionId ?? "someone");
-        const count = Number.isFinite(total)
-          ? ` · ${total} ${total === 1 ? "connection" : "connections"} open`
-          : "";
         const how = msg.closeStatus !== undefined ? ` (closed with ${msg.closeStatus})` : "";
-        log("user_left", `${who} left${how}${count}`, {
+        log("user_left", `${whoLeft(msg)} left${how}${connectionsOpen(msg)}`, {
           data: { connectionId: String(msg.connectionId ?? ""), total: String(msg.totalConnections) },
         });
         break;
       }
+      case "users_left":
+        showUsersLeft(msg);
+        break;
       case "error": {
         // One that names a message waiting for its ack is shown on it.
         const p = state.pending.get(msg.clientMsgId);

@@ -186,6 +186,95 @@ def test_closing_a_page_tells_the_others_with_the_count(
     expect(left.nth(1).locator('[data-testid="entry-text"]')).to_contain_text("1 connection open")
 
 
+def crowd(url: str, size: int) -> None:
+    """``size`` Python chat clients connect, are greeted, then all close at once."""
+
+    async def one() -> rfc6455.Connection:
+        ws = await rfc6455.connect(url, ping_interval=None)
+        for _ in range(3):  # connection id, welcome, history
+            await ws.recv()
+        return ws
+
+    async def run() -> None:
+        async with asyncio.timeout(20):
+            clients = await asyncio.gather(*(one() for _ in range(size)))
+            await asyncio.gather(*(ws.close() for ws in clients))
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, run()).result(timeout=30)
+
+
+def test_many_leaving_at_once_are_announced_in_one_entry(
+    pages: Pages, chat_server: ChatServer
+) -> None:
+    # The server announces 20 departures one by one, then those beyond --leave-rate together.
+    chat_server.stop()
+    chat_server.start(args=["--leave-rate", "0.5"])
+    page = pages.new()
+    frames: list[dict[str, Any]] = []
+    page.on(
+        "websocket",
+        lambda ws: ws.on("framereceived", lambda payload: frames.append(json.loads(payload))),
+    )
+    page.goto(chat_server.http_url)
+    joined(page)
+    leaving = 30
+
+    crowd(chat_server.ws_url, leaving)
+
+    # The last announcement is made once all have left: only the page is still there.
+    departures = page.locator('#log > li:is([data-kind="user_left"], [data-kind="users_left"])')
+    expect(departures.last).to_have_attribute("data-total", "1", timeout=15_000)
+    sent = [frame for frame in frames if frame.get("type") in ("user_left", "users_left")]
+    together = [frame for frame in sent if frame["type"] == "users_left"]
+    assert together, "the server announced every departure one by one"
+    # One entry for each announcement, in the order the server sent them.
+    kinds = departures.evaluate_all("ls => ls.map(l => l.dataset.kind)")
+    assert kinds == [frame["type"] for frame in sent]
+    expect(entries(page, "unknown")).to_have_count(0)
+    shown = entries(page, "users_left")
+    for entry, frame in zip(shown.all(), together, strict=True):
+        count = len(frame["users"]) + frame["more"]
+        names = [user["connectionId"][:8] for user in frame["users"][:3]]
+        expect(entry).to_have_attribute("data-count", str(count))
+        expect(entry.get_by_test_id("entry-text")).to_have_text(
+            re.compile(rf"^{count} people left \({', '.join(names)}\b.* · \d+ connections? open$")
+        )
+    assert (
+        entries(page, "user_left").count()
+        + sum(int(entry.get_attribute("data-count") or "") for entry in shown.all())
+        == leaving
+    )
+    expect(shown.last.get_by_test_id("entry-text")).to_contain_text("· 1 connection open")
+
+
+def test_users_left_names_a_few_and_counts_the_others(pages: Pages) -> None:
+    page = open_file(pages)
+    routes = mock_server(page)
+    connect(page)
+    users = [
+        {"connectionId": "a0000000-0000-4000-8000-000000000000", "user": "ann"},
+        {"connectionId": "b0000000-0000-4000-8000-000000000000", "closeStatus": 1001},
+        {"connectionId": "c0000000-0000-4000-8000-000000000000", "user": "cy"},
+        {"connectionId": "d0000000-0000-4000-8000-000000000000"},
+    ]
+    message = {"type": "users_left", "users": users, "more": 7, "totalConnections": 4}
+    routes[-1].send(json.dumps(message))
+    routes[-1].send(json.dumps({**message, "users": users[:2], "more": 0, "totalConnections": 1}))
+
+    shown = entries(page, "users_left")
+    expect(shown.get_by_test_id("entry-text")).to_have_text(
+        [
+            "11 people left (ann, b0000000, cy and 8 more) · 4 connections open",
+            "2 people left (ann and b0000000) · 1 connection open",
+        ]
+    )
+    expect(shown.first).to_have_attribute("title", "ann, b0000000, cy, d0000000 and 7 more")
+    expect(shown.first).to_have_attribute("data-count", "11")
+    expect(shown.first).to_have_attribute("data-total", "4")
+    expect(entries(page, "unknown")).to_have_count(0)
+
+
 def test_markup_in_a_message_is_shown_as_text(pages: Pages, chat_server: ChatServer) -> None:
     a, b = open_served(pages, chat_server), open_served(pages, chat_server)
     joined(a)
