@@ -11,8 +11,11 @@ import asyncio
 import json
 import re
 import socket
+import struct
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -507,6 +510,108 @@ def test_the_log_follows_new_entries_and_can_be_cleared(pages: Pages) -> None:
     expect(page.locator("#log > li")).to_have_count(1)
 
 
+@dataclass(frozen=True)
+class Png:
+    """A decoded 8-bit RGB or RGBA PNG, as Chromium writes screenshots: rows of pixels."""
+
+    width: int
+    height: int
+    channels: int
+    pixels: bytes
+
+    def rgb(self, x: int, y: int) -> tuple[int, int, int]:
+        at = (y * self.width + x) * self.channels
+        r, g, b = self.pixels[at : at + 3]
+        return r, g, b
+
+
+def read_png(path: Path) -> Png:
+    """Decode a PNG with the standard library (PNG spec, §5 chunks, §9 filters)."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    header, compressed, at = b"", bytearray(), 8
+    while at < len(data):
+        length, kind = struct.unpack(">I4s", data[at : at + 8])
+        body = data[at + 8 : at + 8 + length]
+        at += 12 + length  # length, type, data, CRC
+        if kind == b"IHDR":
+            header = body
+        elif kind == b"IDAT":
+            compressed += body
+    width, height, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", header)
+    assert (depth, interlace) == (8, 0), "not 8 bits a channel, or interlaced"
+    assert color in (2, 6), "not RGB or RGBA"
+    channels = 3 if color == 2 else 4
+    raw, stride = zlib.decompress(compressed), width * channels
+    pixels, previous = bytearray(), bytearray(stride)
+    for y in range(height):
+        kind, row = (
+            raw[y * (stride + 1)],
+            bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)]),
+        )
+        for i in range(stride) if kind else ():
+            left = row[i - channels] if i >= channels else 0
+            up, corner = previous[i], previous[i - channels] if i >= channels else 0
+            if kind == 1:
+                row[i] = (row[i] + left) & 255
+            elif kind == 2:
+                row[i] = (row[i] + up) & 255
+            elif kind == 3:
+                row[i] = (row[i] + (left + up) // 2) & 255
+            else:  # 4, Paeth: the neighbour closest to left + up - corner
+                guess = left + up - corner
+                best = min((abs(guess - left), 0, left), (abs(guess - up), 1, up))
+                best = min(best, (abs(guess - corner), 2, corner))
+                row[i] = (row[i] + best[2]) & 255
+        pixels += row
+        previous = row
+    return Png(width, height, channels, bytes(pixels))
+
+
+def css_rgb(locator: Locator, prop: str = "backgroundColor") -> tuple[int, int, int]:
+    """A computed colour, such as rgb(53, 87, 212)."""
+    r, g, b = map(int, re.findall(r"\d+", locator.evaluate(f"e => getComputedStyle(e).{prop}"))[:3])
+    return r, g, b
+
+
+def near(a: tuple[int, int, int], b: tuple[int, int, int], tolerance: int = 2) -> bool:
+    return all(abs(x - y) <= tolerance for x, y in zip(a, b, strict=True))
+
+
+def check_screenshot(page: Page, png: Png, viewport: ViewportSize, scheme: str) -> None:
+    """The PNG is the viewport in its colour scheme, with chat bubbles of both sides in view,
+    each of its own colour and with its message's text drawn in it."""
+    assert (png.width, png.height) == (viewport["width"], viewport["height"])
+    background = png.rgb(1, 1)
+    assert near(background, css_rgb(page.locator("body")))
+    brightness = sum(background) / 3
+    assert brightness < 64 if scheme == "dark" else brightness > 192, (scheme, background)
+
+    log = page.locator("#log-scroll").bounding_box()
+    assert log is not None
+    in_view: dict[str, int] = {"own": 0, "broadcast": 0}
+    for kind in in_view:
+        for body in entries(page, kind).locator(".entry-body").all():
+            box, text = body.bounding_box(), body.get_by_test_id("entry-text").bounding_box()
+            assert box is not None
+            assert text is not None
+            if not log["y"] <= box["y"] < box["y"] + box["height"] <= log["y"] + log["height"]:
+                continue  # not all of it in the log's view
+            bubble = css_rgb(body)
+            # In the top padding, across from any text: the bubble's own colour.
+            x, y = int(box["x"] + box["width"] / 2), int(box["y"] + 3)
+            assert near(png.rgb(x, y), bubble), (kind, (x, y), png.rgb(x, y), bubble)
+            ink = sum(
+                not near(png.rgb(px, py), bubble, 60)
+                for py in range(int(text["y"]), int(text["y"] + text["height"]))
+                for px in range(int(text["x"]), int(text["x"] + text["width"]))
+            )
+            assert ink > 50, f"no text drawn in the {kind} bubble at {(x, y)}"
+            in_view[kind] += 1
+    assert in_view["own"], f"none of one's own messages in view: {in_view}"
+    assert in_view["broadcast"], f"none of the other's messages in view: {in_view}"
+
+
 def test_screenshots_of_a_conversation(
     pages: Pages,
     chat_server: ChatServer,
@@ -527,6 +632,10 @@ def test_screenshots_of_a_conversation(
     expect(entries(a, "broadcast")).to_have_count(2)
     expect(entries(b, "broadcast")).to_have_count(2)
     assert texts(a, "broadcast").last.text_content() == script[-1][1]
+    # Confirmed, so drawn in full colour (a message waiting for its ack is faded).
+    for page in (a, b):
+        for entry in entries(page, "own").all():
+            expect(entry).to_have_attribute("data-status", "confirmed")
 
     shots: list[tuple[Page, ViewportSize, Literal["light", "dark"], str]] = [
         (a, DESKTOP, "light", "conversation-desktop-a.png"),
@@ -535,12 +644,17 @@ def test_screenshots_of_a_conversation(
         (b, PHONE, "dark", "conversation-phone-b-dark.png"),
     ]
     for page, viewport, scheme, name in shots:
+        page.bring_to_front()  # a tab behind another one draws no frames
         page.set_viewport_size(viewport)
         page.emulate_media(color_scheme=scheme)
+        # Two frames: the new layout, then the log kept at its latest entry.
+        page.evaluate(
+            "() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))"
+        )
         path = screenshot_dir / name
         page.screenshot(path=path)
-        assert path.stat().st_size > 0
         record_screenshot(path)
+        check_screenshot(page, read_png(path), viewport, scheme)
 
 
 # Resume after reconnect: seq, epoch, history and acks (README, "The web client")
