@@ -25,8 +25,16 @@
   // Within this many pixels of the bottom, the log follows new entries.
   const STICKY_PX = 48;
   const SHORT_ID_LENGTH = 8;
+  // A users_left entry names this many of those who left; its tooltip, all.
+  const NAMED_LEFT = 3;
   // How many seqs are remembered to skip duplicates (the oldest are forgotten).
   const MAX_SEEN = 10000;
+  // The server's default --max-text-chars (server/messages.py): a longer text
+  // is refused there anyway, so the composer does not send it. A server set
+  // lower still refuses with invalid_message, shown on the message.
+  const MAX_TEXT_CHARS = 16384;
+  // C0 control characters but tab and newline: the server refuses them too.
+  const CONTROL_CHARS = /[\x00-\x08\x0b-\x1f]/;
 
   // RFC 6455 §7.4.1 codes, in plain words.
   const CLOSE_CODES = {
@@ -67,6 +75,7 @@
     composer: $("composer"),
     message: $("message"),
     send: $("send"),
+    composerNote: $("composer-note"),
   };
 
   // Everything that changes; one socket at a time.
@@ -76,6 +85,10 @@
     openedAt: 0,
     // Set by the Disconnect button: that close must not trigger a reconnect.
     userClosed: false,
+    // The token the current socket offered, and the last one the server said
+    // had expired: that one is never offered again.
+    token: "",
+    expiredToken: null,
     reconnectTimer: null,
     reconnectAttempt: 0,
     // Whether the log stays at its latest entry when the window is resized.
@@ -97,15 +110,23 @@
     // One's own messages that no ack confirmed yet, by clientMsgId:
     // { entry, text, ownId } (ownId: the connection that sent it).
     pending: new Map(),
+    // One's own messages the server refused, by clientMsgId, until retried:
+    // { entry, text, note, button, retryAt, timer }.
+    failed: new Map(),
   };
 
   // ---------- helpers ----------
 
+  // Served by the chat server (not opened as a file): that server is the one
+  // to talk to.
+  function isServed() {
+    const { protocol } = window.location;
+    return protocol === "http:" || protocol === "https:";
+  }
+
   function defaultUrl() {
     const { protocol, host } = window.location;
-    if (protocol === "http:" || protocol === "https:") {
-      return `${protocol === "https:" ? "wss:" : "ws:"}//${host}/`;
-    }
+    if (isServed()) return `${protocol === "https:" ? "wss:" : "ws:"}//${host}/`;
     // Opened as a file: the original design's default server.
     return "ws://localhost:5000";
   }
@@ -114,8 +135,9 @@
     return state.lastSeq !== null && state.epoch !== null;
   }
 
-  // The one place that turns the URL field into the URL dialled (access
-  // tokens, issue 7, would go here too).
+  // The one place that turns the URL field into the URL dialled: resume's
+  // since= and epoch=. The token is not in it: connect() offers it as a
+  // subprotocol, so that it stays out of URLs, logs and the browser's history.
   function socketUrl() {
     const base = ui.url.value.trim();
     if (!canResume()) return base;
@@ -322,6 +344,76 @@
     mark.title = isSeq(seq) ? `${title} (message #${seq})` : title;
   }
 
+  // Why the server refused one's own message, in the words shown under it.
+  function refusal(msg) {
+    switch (msg.code) {
+      case "rate_limited":
+        return "Sent too fast: the server did not take it.";
+      case "invalid_message":
+        return `The server refused it: ${String(msg.message ?? "invalid message")}.`;
+      case "not_persisted":
+        return "The server could not save it (the others may have seen it).";
+      default:
+        return `The server refused it: ${String(msg.code ?? "error")}` +
+          `${msg.message !== undefined ? `: ${msg.message}` : ""}.`;
+    }
+  }
+
+  // An error names one's own message: "not sent", the reason, and Retry
+  // (after retryAfterMs, for a rate limit).
+  function markFailed(clientMsgId, p, msg) {
+    const wait = Number.isFinite(msg.retryAfterMs) ? Math.max(0, msg.retryAfterMs) : 0;
+    const reason = refusal(msg);
+    setDelivery(p.entry, "failed");
+    p.entry.querySelector(".delivery").title = reason;
+    const button = el("button", { className: "retry", text: "Retry", testid: "retry" });
+    button.type = "button";
+    button.addEventListener("click", () => retry(clientMsgId));
+    const note = el("div", { className: "delivery-note", testid: "delivery-note" },
+      el("span", { text: reason, testid: "delivery-reason" }), button);
+    p.entry.querySelector(".entry-body").append(note);
+    state.failed.set(clientMsgId, {
+      entry: p.entry, text: p.text, note, button, retryAt: Date.now() + wait, timer: null,
+    });
+    refreshRetry(clientMsgId);
+  }
+
+  // Retry is possible once connected and once the rate limit's wait is over;
+  // until then it counts the seconds down.
+  function refreshRetry(clientMsgId) {
+    const f = state.failed.get(clientMsgId);
+    if (f === undefined) return;
+    clearTimeout(f.timer);
+    f.timer = null;
+    const wait = f.retryAt - Date.now();
+    const open = ui.status.dataset.state === "open";
+    f.button.disabled = !open || wait > 0;
+    f.button.textContent = wait > 0 ? `Retry in ${Math.ceil(wait / 1000)} s` : "Retry";
+    f.button.title = open ? "Send this message again" : "Connect to send this message again";
+    if (wait > 0) f.timer = setTimeout(() => refreshRetry(clientMsgId), wait % 1000 || 1000);
+  }
+
+  // The same text with the same clientMsgId: "sending…" again, then the ack's
+  // "✓". It moves to the end of the log, since it is sent after all shown.
+  function retry(clientMsgId) {
+    const f = state.failed.get(clientMsgId);
+    const ws = state.ws;
+    if (f === undefined || ws === null || ws.readyState !== WebSocket.OPEN) return;
+    if (Date.now() < f.retryAt) return;
+    clearTimeout(f.timer);
+    state.failed.delete(clientMsgId);
+    f.note.remove();
+    ws.send(JSON.stringify({ message: f.text, clientMsgId }));
+    state.pending.set(clientMsgId, { entry: f.entry, text: f.text, ownId: state.ownId });
+    setDelivery(f.entry, "pending");
+    show(f.entry);
+  }
+
+  function forgetFailed() {
+    for (const f of state.failed.values()) clearTimeout(f.timer);
+    state.failed.clear();
+  }
+
   // The pending message that a history item from one of this page's earlier
   // connections is: by its clientMsgId when the item has one, else the oldest
   // with the same text sent on that connection.
@@ -343,9 +435,11 @@
     return entry;
   }
 
-  // Removes every chat message shown but one's own still waiting for an ack.
+  // Removes every chat message shown but one's own still waiting for an ack
+  // or refused (they can still be retried).
   function resetView() {
-    const waiting = new Set([...state.pending.values()].map((p) => p.entry));
+    const waiting = new Set([...state.pending.values(), ...state.failed.values()]
+      .map((p) => p.entry));
     for (const entry of ui.log.querySelectorAll('li[data-kind="broadcast"], li[data-kind="own"]')) {
       if (!waiting.has(entry)) entry.remove();
     }
@@ -412,6 +506,7 @@
     ui.send.disabled = !open;
     ui.message.placeholder = open ? "Write a message…" : "Connect to send messages";
     document.title = `${open ? "● " : ""}rfc6455 chat`;
+    for (const clientMsgId of state.failed.keys()) refreshRetry(clientMsgId);
   }
 
   function setOwnId(id) {
@@ -436,12 +531,16 @@
       ui.url.focus();
       return;
     }
+    const token = ui.token.value.trim();
+    if (token && token === state.expiredToken) {
+      askForToken("This token has expired: paste a new one in the Token field, then Connect.");
+      return;
+    }
     let ws;
     try {
       // A browser cannot set a header on a WebSocket handshake: the token goes as the
       // subprotocol "access_token.<token>", beside "chat", which the server selects (a
       // browser fails a handshake whose answer selects none of the subprotocols offered).
-      const token = ui.token.value.trim();
       ws = token ? new WebSocket(url, ["chat", `access_token.${token}`]) : new WebSocket(url);
     } catch (error) {
       // A malformed URL, or ws:// from an https:// page.
@@ -450,6 +549,7 @@
       return;
     }
     state.ws = ws;
+    state.token = token;
     state.userClosed = false;
     state.openedAt = 0;
     state.resumeFrom = resumeFrom;
@@ -464,6 +564,7 @@
     ws.addEventListener("open", () => {
       if (state.ws !== ws) return;
       state.openedAt = Date.now();
+      markToken(false);
       setState("open");
       log("connected", `Connected to ${url}`);
       ui.message.focus();
@@ -502,11 +603,40 @@
         "or a client with too many connections (429, 503).");
     }
 
-    if (!state.userClosed && ui.reconnect.checked) {
+    // The server closes a connection whose token expired with exactly this
+    // (server/auth.py): dialling again with that token would only be refused.
+    const expired = event.code === 1008 && event.reason === "token expired";
+    if (expired) {
+      state.expiredToken = state.token;
+      state.reconnectAttempt = 0;
+    } else if (!state.userClosed && ui.reconnect.checked) {
       if (lasted >= STABLE_MS) state.reconnectAttempt = 0;
       scheduleReconnect();
     }
     setState("closed");
+    if (expired) {
+      askForToken("Your access token has expired. Paste a new one in the Token field, then " +
+        "Connect: the chat resumes where it stopped.");
+    }
+  }
+
+  // Says why a token is needed, and puts the cursor in the Token field, its
+  // old value selected so that a paste replaces it.
+  function askForToken(text) {
+    log("token", text);
+    markToken(true);
+    ui.token.focus();
+    ui.token.select();
+  }
+
+  function markToken(expired) {
+    if (expired) {
+      ui.token.setAttribute("aria-invalid", "true");
+      ui.token.title = "This token has expired: enter a new one";
+    } else {
+      ui.token.removeAttribute("aria-invalid");
+      ui.token.removeAttribute("title");
+    }
   }
 
   function scheduleReconnect() {
@@ -537,6 +667,44 @@
   }
 
   // ---------- messages from the server ----------
+
+  function whoLeft(departure) {
+    if (typeof departure.user === "string") return departure.user;
+    return shortId(departure.connectionId ?? "someone");
+  }
+
+  function connectionsOpen(msg) {
+    const total = Number(msg.totalConnections);
+    if (!Number.isFinite(total)) return "";
+    return ` · ${total} ${total === 1 ? "connection" : "connections"} open`;
+  }
+
+  // "ann", "ann and bob", "ann, bob and cy"
+  function listOf(words) {
+    if (words.length < 2) return words.join("");
+    return `${words.slice(0, -1).join(", ")} and ${words[words.length - 1]}`;
+  }
+
+  // {"type": "users_left", "users": [...], "more": K, "totalConnections": T}:
+  // those who left beyond the server's --leave-rate, announced together, and
+  // so shown as one entry, naming a few of them.
+  function showUsersLeft(msg) {
+    const users = (Array.isArray(msg.users) ? msg.users : [])
+      .filter((user) => user !== null && typeof user === "object");
+    const more = Number.isSafeInteger(msg.more) && msg.more > 0 ? msg.more : 0;
+    const count = users.length + more;
+    const names = users.slice(0, NAMED_LEFT).map(whoLeft);
+    const unnamed = count - names.length;
+    const who = unnamed > 0 ? [...names, `${unnamed} more`] : names;
+    const list = who.length ? ` (${listOf(who)})` : "";
+    const entry = log("users_left",
+      `${count} ${count === 1 ? "person" : "people"} left${list}${connectionsOpen(msg)}`, {
+        data: { count: String(count), total: String(msg.totalConnections) },
+      });
+    if (users.length) {
+      entry.title = users.map(whoLeft).join(", ") + (more ? ` and ${more} more` : "");
+    }
+  }
 
   function handleMessage(data) {
     if (typeof data !== "string") {
@@ -590,29 +758,29 @@
         break;
       }
       case "user_left": {
-        const total = Number(msg.totalConnections);
-        const who = typeof msg.user === "string" ? msg.user : shortId(msg.connectionId ?? "someone");
-        const count = Number.isFinite(total)
-          ? ` · ${total} ${total === 1 ? "connection" : "connections"} open`
-          : "";
         const how = msg.closeStatus !== undefined ? ` (closed with ${msg.closeStatus})` : "";
-        log("user_left", `${who} left${how}${count}`, {
+        log("user_left", `${whoLeft(msg)} left${how}${connectionsOpen(msg)}`, {
           data: { connectionId: String(msg.connectionId ?? ""), total: String(msg.totalConnections) },
         });
         break;
       }
+      case "users_left":
+        showUsersLeft(msg);
+        break;
       case "error": {
-        const code = msg.code !== undefined ? ` ${msg.code}` : "";
-        const detail = msg.message !== undefined ? `: ${msg.message}` : "";
-        const retry = Number.isFinite(msg.retryAfterMs)
-          ? ` (retry after ${(msg.retryAfterMs / 1000).toFixed(1)} s)`
-          : "";
-        log("error", `Server error${code}${detail}${retry}`);
+        // One that names a message waiting for its ack is shown on it.
         const p = state.pending.get(msg.clientMsgId);
         if (p !== undefined) {
           state.pending.delete(msg.clientMsgId);
-          setDelivery(p.entry, "failed");
+          markFailed(msg.clientMsgId, p, msg);
+          break;
         }
+        const code = msg.code !== undefined ? ` ${msg.code}` : "";
+        const detail = msg.message !== undefined ? `: ${msg.message}` : "";
+        const after = Number.isFinite(msg.retryAfterMs)
+          ? ` (retry after ${(msg.retryAfterMs / 1000).toFixed(1)} s)`
+          : "";
+        log("error", `Server error${code}${detail}${after}`);
         break;
       }
       default:
@@ -634,6 +802,10 @@
 
   ui.disconnect.addEventListener("click", disconnect);
 
+  ui.token.addEventListener("input", () => {
+    markToken(ui.token.value.trim() !== "" && ui.token.value.trim() === state.expiredToken);
+  });
+
   ui.reconnect.addEventListener("change", () => {
     if (!ui.reconnect.checked && cancelReconnect()) {
       log("info", "Automatic reconnect turned off; the pending attempt is cancelled.");
@@ -642,12 +814,43 @@
     }
   });
 
+  // Why the server would refuse this text, if it is cheap to tell here.
+  function unsendable(text) {
+    if (!text.trim()) return "A message cannot be blank: write something first.";
+    if (text.length > MAX_TEXT_CHARS) {
+      // Counted as the server counts: code points, not UTF-16 units.
+      const length = [...text].length;
+      if (length > MAX_TEXT_CHARS) {
+        return `This message has ${length.toLocaleString("en")} characters; the server takes ` +
+          `at most ${MAX_TEXT_CHARS.toLocaleString("en")}. Shorten it or send it in parts.`;
+      }
+    }
+    if (CONTROL_CHARS.test(text)) {
+      return "This message contains control characters (other than tab and new line), " +
+        "which the server refuses.";
+    }
+    return null;
+  }
+
+  function composerNote(text) {
+    ui.composerNote.textContent = text ?? "";
+    ui.composerNote.hidden = !text;
+    if (text) ui.message.setAttribute("aria-invalid", "true");
+    else ui.message.removeAttribute("aria-invalid");
+  }
+
   ui.composer.addEventListener("submit", (event) => {
     event.preventDefault();
     const text = ui.message.value;
     const ws = state.ws;
-    // Whitespace-only messages are not sent.
-    if (!text.trim() || ws === null || ws.readyState !== WebSocket.OPEN) return;
+    if (text === "" || ws === null || ws.readyState !== WebSocket.OPEN) return;
+    // What the server would refuse stays in the box, with the reason.
+    const why = unsendable(text);
+    composerNote(why);
+    if (why !== null) {
+      ui.message.focus();
+      return;
+    }
     // The server does not echo a sender's own message: this is its only
     // entry, confirmed by the ack (a server without acks gets plain text).
     const clientMsgId = state.structured ? newMessageId() : null;
@@ -677,11 +880,19 @@
     ui.message.style.height = `${ui.message.scrollHeight + 2}px`;
   }
   ui.message.addEventListener("input", fitComposer);
+  // A note goes once its reason does; one for a text too long comes while typing.
+  ui.message.addEventListener("input", () => {
+    const text = ui.message.value;
+    if (!ui.composerNote.hidden || text.length > MAX_TEXT_CHARS) {
+      composerNote(text === "" ? null : unsendable(text));
+    }
+  });
 
   ui.clear.addEventListener("click", () => {
     ui.log.replaceChildren();
     // Cleared messages stay gone: an ack or a history no longer brings them back.
     state.pending.clear();
+    forgetFailed();
     updateCount();
     ui.jump.hidden = true;
   });
@@ -707,4 +918,8 @@
   }
   setState("closed");
   updateCount();
+  // Served by the chat server, the page joins its chat at once, as a chat
+  // does; opened as a file, it waits for Connect, since which server to dial
+  // is the person's choice.
+  if (isServed()) connect();
 })();

@@ -11,8 +11,11 @@ import asyncio
 import json
 import re
 import socket
+import struct
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,6 +38,7 @@ def texts(page: Page, kind: str) -> Locator:
 
 
 def open_served(pages: Pages, server: ChatServer) -> Page:
+    """Open the page as the server serves it: it connects by itself (see ``joined``)."""
     page = pages.new()
     page.goto(server.http_url)
     return page
@@ -57,15 +61,20 @@ def click(page: Page, selector: str) -> None:
     page.click(selector)
 
 
+def joined(page: Page) -> str:
+    """Wait until the page is connected; return the connectionId it shows."""
+    expect(page.locator("#status")).to_have_attribute("data-state", "open")
+    own_id = page.locator("#own-id")
+    expect(own_id).to_have_text(UUID)
+    return own_id.inner_text()
+
+
 def connect(page: Page, url: str | None = None) -> str:
     """Click Connect (after typing ``url``) and return the connectionId the page shows."""
     if url is not None:
         page.fill("#url", url)
     click(page, "#connect")
-    expect(page.locator("#status")).to_have_attribute("data-state", "open")
-    own_id = page.locator("#own-id")
-    expect(own_id).to_have_text(UUID)
-    return own_id.inner_text()
+    return joined(page)
 
 
 def send(page: Page, text: str) -> None:
@@ -87,9 +96,8 @@ def test_each_page_shows_its_own_connection_id(pages: Pages, chat_server: ChatSe
     a, b = open_served(pages, chat_server), open_served(pages, chat_server)
     # Served by the server, the page dials its own host and port.
     expect(a.locator("#url")).to_have_value(chat_server.ws_url)
-    expect(a.locator("#status")).to_have_attribute("data-state", "closed")
 
-    a_id, b_id = connect(a), connect(b)
+    a_id, b_id = joined(a), joined(b)
 
     assert a_id != b_id
     for page, own_id in ((a, a_id), (b, b_id)):
@@ -101,11 +109,41 @@ def test_each_page_shows_its_own_connection_id(pages: Pages, chat_server: ChatSe
         expect(page.locator('#log [data-testid="entry-time"]')).to_have_text([HHMMSS] * 4)
 
 
+def test_the_served_page_connects_by_itself_and_the_file_page_waits(
+    pages: Pages, chat_server: ChatServer
+) -> None:
+    # A page opened as a file has the Origin "null", refused unless allowed (origin.py).
+    chat_server.stop()
+    chat_server.start(chat_server.port, args=["--allowed-origins", "null"])
+    served, served_sockets = pages.new(), []
+    served.on("websocket", lambda ws: served_sockets.append(ws.url))
+    served.goto(chat_server.http_url)
+
+    # Nobody clicks Connect: the page dials the server that served it.
+    own_id = joined(served)
+    expect(texts(served, "connected")).to_have_text([f"Connected to {chat_server.ws_url}"])
+    assert served_sockets == [chat_server.ws_url]
+    assert f"connect {own_id} from" in chat_server.log()
+
+    local, local_sockets = pages.new(), []
+    local.on("websocket", lambda ws: local_sockets.append(ws.url))
+    local.goto((WEB_CLIENT / "index.html").as_uri())
+    expect(local.locator("#status")).to_have_attribute("data-state", "closed")
+    expect(local.locator("#connect")).to_be_enabled()
+    expect(local.locator("#disconnect")).to_be_disabled()
+    expect(local.locator("#message")).to_be_disabled()
+    expect(local.locator("#send")).to_be_disabled()
+    expect(local.locator("#log > li")).to_have_count(0)
+    # Connect is what makes it dial: its socket is the first and only one.
+    connect(local, chat_server.ws_url)
+    assert local_sockets == [chat_server.ws_url]
+
+
 def test_a_message_reaches_the_other_page_and_shows_once_on_its_own(
     pages: Pages, chat_server: ChatServer
 ) -> None:
     a, b = open_served(pages, chat_server), open_served(pages, chat_server)
-    a_id, _ = connect(a), connect(b)
+    a_id, _ = joined(a), joined(b)
 
     send(a, "hello from A")
 
@@ -133,8 +171,8 @@ def test_closing_a_page_tells_the_others_with_the_count(
     pages: Pages, chat_server: ChatServer
 ) -> None:
     a, b, c = (open_served(pages, chat_server) for _ in range(3))
-    connect(a)
-    b_id, c_id = connect(b), connect(c)
+    joined(a)
+    b_id, c_id = joined(b), joined(c)
 
     c.close()
     left = entries(a, "user_left")
@@ -151,10 +189,99 @@ def test_closing_a_page_tells_the_others_with_the_count(
     expect(left.nth(1).locator('[data-testid="entry-text"]')).to_contain_text("1 connection open")
 
 
+def crowd(url: str, size: int) -> None:
+    """``size`` Python chat clients connect, are greeted, then all close at once."""
+
+    async def one() -> rfc6455.Connection:
+        ws = await rfc6455.connect(url, ping_interval=None)
+        for _ in range(3):  # connection id, welcome, history
+            await ws.recv()
+        return ws
+
+    async def run() -> None:
+        async with asyncio.timeout(20):
+            clients = await asyncio.gather(*(one() for _ in range(size)))
+            await asyncio.gather(*(ws.close() for ws in clients))
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, run()).result(timeout=30)
+
+
+def test_many_leaving_at_once_are_announced_in_one_entry(
+    pages: Pages, chat_server: ChatServer
+) -> None:
+    # The server announces 20 departures one by one, then those beyond --leave-rate together.
+    chat_server.stop()
+    chat_server.start(args=["--leave-rate", "0.5"])
+    page = pages.new()
+    frames: list[dict[str, Any]] = []
+    page.on(
+        "websocket",
+        lambda ws: ws.on("framereceived", lambda payload: frames.append(json.loads(payload))),
+    )
+    page.goto(chat_server.http_url)
+    joined(page)
+    leaving = 30
+
+    crowd(chat_server.ws_url, leaving)
+
+    # The last announcement is made once all have left: only the page is still there.
+    departures = page.locator('#log > li:is([data-kind="user_left"], [data-kind="users_left"])')
+    expect(departures.last).to_have_attribute("data-total", "1", timeout=15_000)
+    sent = [frame for frame in frames if frame.get("type") in ("user_left", "users_left")]
+    together = [frame for frame in sent if frame["type"] == "users_left"]
+    assert together, "the server announced every departure one by one"
+    # One entry for each announcement, in the order the server sent them.
+    kinds = departures.evaluate_all("ls => ls.map(l => l.dataset.kind)")
+    assert kinds == [frame["type"] for frame in sent]
+    expect(entries(page, "unknown")).to_have_count(0)
+    shown = entries(page, "users_left")
+    for entry, frame in zip(shown.all(), together, strict=True):
+        count = len(frame["users"]) + frame["more"]
+        names = [user["connectionId"][:8] for user in frame["users"][:3]]
+        expect(entry).to_have_attribute("data-count", str(count))
+        expect(entry.get_by_test_id("entry-text")).to_have_text(
+            re.compile(rf"^{count} people left \({', '.join(names)}\b.* · \d+ connections? open$")
+        )
+    assert (
+        entries(page, "user_left").count()
+        + sum(int(entry.get_attribute("data-count") or "") for entry in shown.all())
+        == leaving
+    )
+    expect(shown.last.get_by_test_id("entry-text")).to_contain_text("· 1 connection open")
+
+
+def test_users_left_names_a_few_and_counts_the_others(pages: Pages) -> None:
+    page = open_file(pages)
+    routes = mock_server(page)
+    connect(page)
+    users = [
+        {"connectionId": "a0000000-0000-4000-8000-000000000000", "user": "ann"},
+        {"connectionId": "b0000000-0000-4000-8000-000000000000", "closeStatus": 1001},
+        {"connectionId": "c0000000-0000-4000-8000-000000000000", "user": "cy"},
+        {"connectionId": "d0000000-0000-4000-8000-000000000000"},
+    ]
+    message = {"type": "users_left", "users": users, "more": 7, "totalConnections": 4}
+    routes[-1].send(json.dumps(message))
+    routes[-1].send(json.dumps({**message, "users": users[:2], "more": 0, "totalConnections": 1}))
+
+    shown = entries(page, "users_left")
+    expect(shown.get_by_test_id("entry-text")).to_have_text(
+        [
+            "11 people left (ann, b0000000, cy and 8 more) · 4 connections open",
+            "2 people left (ann and b0000000) · 1 connection open",
+        ]
+    )
+    expect(shown.first).to_have_attribute("title", "ann, b0000000, cy, d0000000 and 7 more")
+    expect(shown.first).to_have_attribute("data-count", "11")
+    expect(shown.first).to_have_attribute("data-total", "4")
+    expect(entries(page, "unknown")).to_have_count(0)
+
+
 def test_markup_in_a_message_is_shown_as_text(pages: Pages, chat_server: ChatServer) -> None:
     a, b = open_served(pages, chat_server), open_served(pages, chat_server)
-    connect(a)
-    connect(b)
+    joined(a)
+    joined(b)
 
     send(a, XSS)
     send(a, "after")
@@ -170,11 +297,8 @@ def test_markup_in_a_message_is_shown_as_text(pages: Pages, chat_server: ChatSer
 
 def test_sending_needs_a_connection_and_text(pages: Pages, chat_server: ChatServer) -> None:
     a, b = open_served(pages, chat_server), open_served(pages, chat_server)
-    expect(a.locator("#message")).to_be_disabled()
-    expect(a.locator("#send")).to_be_disabled()
-    expect(a.locator("#disconnect")).to_be_disabled()
-    connect(a)
-    connect(b)
+    joined(a)
+    joined(b)
 
     for blank in ("", "   "):
         a.fill("#message", blank)
@@ -211,8 +335,8 @@ def test_stopping_the_server_closes_and_reconnect_brings_the_page_back(
 ) -> None:
     a, b = open_served(pages, chat_server), open_served(pages, chat_server)
     b.uncheck("#reconnect")
-    old_id = connect(a)
-    connect(b)
+    old_id = joined(a)
+    joined(b)
     port = chat_server.port
 
     assert chat_server.stop() == 0
@@ -289,7 +413,7 @@ def test_the_page_opened_as_a_file_and_the_served_page_chat(
     expect(local.locator("#url")).to_have_value("ws://localhost:5000")
 
     local_id = connect(local, chat_server.ws_url)
-    served_id = connect(served)
+    served_id = joined(served)
 
     send(local, "from the file page")
     send(served, "from the served page")
@@ -386,6 +510,108 @@ def test_the_log_follows_new_entries_and_can_be_cleared(pages: Pages) -> None:
     expect(page.locator("#log > li")).to_have_count(1)
 
 
+@dataclass(frozen=True)
+class Png:
+    """A decoded 8-bit RGB or RGBA PNG, as Chromium writes screenshots: rows of pixels."""
+
+    width: int
+    height: int
+    channels: int
+    pixels: bytes
+
+    def rgb(self, x: int, y: int) -> tuple[int, int, int]:
+        at = (y * self.width + x) * self.channels
+        r, g, b = self.pixels[at : at + 3]
+        return r, g, b
+
+
+def read_png(path: Path) -> Png:
+    """Decode a PNG with the standard library (PNG spec, §5 chunks, §9 filters)."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    header, compressed, at = b"", bytearray(), 8
+    while at < len(data):
+        length, kind = struct.unpack(">I4s", data[at : at + 8])
+        body = data[at + 8 : at + 8 + length]
+        at += 12 + length  # length, type, data, CRC
+        if kind == b"IHDR":
+            header = body
+        elif kind == b"IDAT":
+            compressed += body
+    width, height, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", header)
+    assert (depth, interlace) == (8, 0), "not 8 bits a channel, or interlaced"
+    assert color in (2, 6), "not RGB or RGBA"
+    channels = 3 if color == 2 else 4
+    raw, stride = zlib.decompress(compressed), width * channels
+    pixels, previous = bytearray(), bytearray(stride)
+    for y in range(height):
+        kind, row = (
+            raw[y * (stride + 1)],
+            bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)]),
+        )
+        for i in range(stride) if kind else ():
+            left = row[i - channels] if i >= channels else 0
+            up, corner = previous[i], previous[i - channels] if i >= channels else 0
+            if kind == 1:
+                row[i] = (row[i] + left) & 255
+            elif kind == 2:
+                row[i] = (row[i] + up) & 255
+            elif kind == 3:
+                row[i] = (row[i] + (left + up) // 2) & 255
+            else:  # 4, Paeth: the neighbour closest to left + up - corner
+                guess = left + up - corner
+                best = min((abs(guess - left), 0, left), (abs(guess - up), 1, up))
+                best = min(best, (abs(guess - corner), 2, corner))
+                row[i] = (row[i] + best[2]) & 255
+        pixels += row
+        previous = row
+    return Png(width, height, channels, bytes(pixels))
+
+
+def css_rgb(locator: Locator, prop: str = "backgroundColor") -> tuple[int, int, int]:
+    """A computed colour, such as rgb(53, 87, 212)."""
+    r, g, b = map(int, re.findall(r"\d+", locator.evaluate(f"e => getComputedStyle(e).{prop}"))[:3])
+    return r, g, b
+
+
+def near(a: tuple[int, int, int], b: tuple[int, int, int], tolerance: int = 2) -> bool:
+    return all(abs(x - y) <= tolerance for x, y in zip(a, b, strict=True))
+
+
+def check_screenshot(page: Page, png: Png, viewport: ViewportSize, scheme: str) -> None:
+    """The PNG is the viewport in its colour scheme, with chat bubbles of both sides in view,
+    each of its own colour and with its message's text drawn in it."""
+    assert (png.width, png.height) == (viewport["width"], viewport["height"])
+    background = png.rgb(1, 1)
+    assert near(background, css_rgb(page.locator("body")))
+    brightness = sum(background) / 3
+    assert brightness < 64 if scheme == "dark" else brightness > 192, (scheme, background)
+
+    log = page.locator("#log-scroll").bounding_box()
+    assert log is not None
+    in_view: dict[str, int] = {"own": 0, "broadcast": 0}
+    for kind in in_view:
+        for body in entries(page, kind).locator(".entry-body").all():
+            box, text = body.bounding_box(), body.get_by_test_id("entry-text").bounding_box()
+            assert box is not None
+            assert text is not None
+            if not log["y"] <= box["y"] < box["y"] + box["height"] <= log["y"] + log["height"]:
+                continue  # not all of it in the log's view
+            bubble = css_rgb(body)
+            # In the top padding, across from any text: the bubble's own colour.
+            x, y = int(box["x"] + box["width"] / 2), int(box["y"] + 3)
+            assert near(png.rgb(x, y), bubble), (kind, (x, y), png.rgb(x, y), bubble)
+            ink = sum(
+                not near(png.rgb(px, py), bubble, 60)
+                for py in range(int(text["y"]), int(text["y"] + text["height"]))
+                for px in range(int(text["x"]), int(text["x"] + text["width"]))
+            )
+            assert ink > 50, f"no text drawn in the {kind} bubble at {(x, y)}"
+            in_view[kind] += 1
+    assert in_view["own"], f"none of one's own messages in view: {in_view}"
+    assert in_view["broadcast"], f"none of the other's messages in view: {in_view}"
+
+
 def test_screenshots_of_a_conversation(
     pages: Pages,
     chat_server: ChatServer,
@@ -393,8 +619,8 @@ def test_screenshots_of_a_conversation(
     record_screenshot: Callable[[Path], None],
 ) -> None:
     a, b = open_served(pages, chat_server), open_served(pages, chat_server)
-    connect(a)
-    connect(b)
+    joined(a)
+    joined(b)
     script = [
         (a, "Hi! Is the new server up?"),
         (b, "Yes: RFC 6455 from scratch, pure Python."),
@@ -406,6 +632,10 @@ def test_screenshots_of_a_conversation(
     expect(entries(a, "broadcast")).to_have_count(2)
     expect(entries(b, "broadcast")).to_have_count(2)
     assert texts(a, "broadcast").last.text_content() == script[-1][1]
+    # Confirmed, so drawn in full colour (a message waiting for its ack is faded).
+    for page in (a, b):
+        for entry in entries(page, "own").all():
+            expect(entry).to_have_attribute("data-status", "confirmed")
 
     shots: list[tuple[Page, ViewportSize, Literal["light", "dark"], str]] = [
         (a, DESKTOP, "light", "conversation-desktop-a.png"),
@@ -414,12 +644,17 @@ def test_screenshots_of_a_conversation(
         (b, PHONE, "dark", "conversation-phone-b-dark.png"),
     ]
     for page, viewport, scheme, name in shots:
+        page.bring_to_front()  # a tab behind another one draws no frames
         page.set_viewport_size(viewport)
         page.emulate_media(color_scheme=scheme)
+        # Two frames: the new layout, then the log kept at its latest entry.
+        page.evaluate(
+            "() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))"
+        )
         path = screenshot_dir / name
         page.screenshot(path=path)
-        assert path.stat().st_size > 0
         record_screenshot(path)
+        check_screenshot(page, read_png(path), viewport, scheme)
 
 
 # Resume after reconnect: seq, epoch, history and acks (README, "The web client")
@@ -606,10 +841,11 @@ def test_a_dropped_page_resumes_and_shows_every_message_once(
     # 60 messages at once are over the default rate limit's burst: this test is about resuming.
     chat_server.stop()
     chat_server.start(args=["--rate-limit", "0"])
-    a, b = open_served(pages, chat_server), open_served(pages, chat_server)
-    relay = Relay(a)
-    connect(a)
-    connect(b)
+    a, b = pages.new(), open_served(pages, chat_server)
+    relay = Relay(a)  # before the page loads, since it connects at once
+    a.goto(chat_server.http_url)
+    joined(a)
+    joined(b)
     before = chat_client(chat_server.ws_url, ["before 1", "before 2"])
     expect(texts(a, "broadcast")).to_have_text(["before 1", "before 2"])
     send(a, "mine")
@@ -651,7 +887,7 @@ def test_a_dropped_page_resumes_and_shows_every_message_once(
 
 def test_a_new_database_resets_the_view(pages: Pages, chat_server: ChatServer) -> None:
     page = open_served(pages, chat_server)
-    connect(page)
+    joined(page)
     chat_client(chat_server.ws_url, ["old 1", "old 2"])
     send(page, "old mine")
     expect(texts(page, "broadcast")).to_have_text(["old 1", "old 2"])
@@ -674,3 +910,163 @@ def test_a_new_database_resets_the_view(pages: Pages, chat_server: ChatServer) -
     expect(entries(page, "own")).to_have_count(0)
     send(page, "new mine")
     expect(entries(page, "own")).to_have_attribute("data-seq", "2")
+
+
+# One's own messages the server refuses: "not sent", the reason, Retry (README, "The web client")
+
+
+def scripted_server(page: Page) -> tuple[list[WebSocketRoute], list[dict[str, Any]]]:
+    """Answer each connection as the chat server greets; returns the routes and what they got."""
+    routes: list[WebSocketRoute] = []
+    received: list[dict[str, Any]] = []
+
+    def handler(ws: WebSocketRoute) -> None:
+        routes.append(ws)
+        ws.on_message(lambda message: received.append(json.loads(message)))
+        ws.send(json.dumps({"connectionId": f"0000000{len(routes)}-0000-4000-8000-000000000000"}))
+        ws.send(json.dumps({"type": "welcome", "message": "hi", "epoch": EPOCH}))
+        ws.send(history([]))
+
+    page.route_web_socket(re.compile(r"^wss?://"), handler)
+    return routes, received
+
+
+def test_a_rate_limited_message_is_not_sent_and_retry_delivers_it(
+    pages: Pages, chat_server: ChatServer
+) -> None:
+    # One message at once, then one every 4 s: the second, sent at once, is refused.
+    chat_server.stop()
+    chat_server.start(args=["--rate-limit", "0.25", "--rate-burst", "1"])
+    a, b = open_served(pages, chat_server), open_served(pages, chat_server)
+    joined(a)
+    joined(b)
+    send(a, "first")
+    own = entries(a, "own")
+    expect(own.first).to_have_attribute("data-status", "confirmed")
+
+    send(a, "second")
+    refused = own.nth(1)
+    expect(refused).to_have_attribute("data-status", "failed")
+    expect(refused.get_by_test_id("delivery")).to_have_text("not sent")
+    expect(refused.get_by_test_id("delivery-reason")).to_have_text(
+        "Sent too fast: the server did not take it."
+    )
+    # Shown on the message, not as a protocol error in the log.
+    expect(entries(a, "error")).to_have_count(0)
+    retry = refused.get_by_test_id("retry")
+    expect(retry).to_be_visible()
+
+    # Enabled once the server's retryAfterMs is over; it sends the same message again.
+    expect(retry).to_be_enabled(timeout=15_000)
+    expect(retry).to_have_text("Retry")
+    click(a, '#log [data-testid="retry"]')
+    expect(refused).to_have_attribute("data-status", "confirmed")
+    expect(refused.get_by_test_id("delivery")).to_have_text("✓")
+    expect(refused.get_by_test_id("delivery-note")).to_have_count(0)
+    expect(texts(b, "broadcast")).to_have_text(["first", "second"])
+    assert int(refused.get_attribute("data-seq") or "") > int(
+        own.first.get_attribute("data-seq") or ""
+    )
+    assert texts(a, "own").all_text_contents() == ["first", "second"]
+
+
+def test_a_refused_message_shows_why_and_retry_resends_it_with_its_id(pages: Pages) -> None:
+    page = open_file(pages)
+    page.uncheck("#reconnect")
+    routes, received = scripted_server(page)
+    connect(page)
+
+    send(page, "too fast")
+    send(page, "odd")
+    send(page, "lost")
+    fast, odd, lost = (received[n]["clientMsgId"] for n in range(3))
+    routes[-1].send(
+        json.dumps(
+            {"type": "error", "code": "rate_limited", "retryAfterMs": 60_000, "clientMsgId": fast}
+        )
+    )
+    reason = "a message must not contain control characters other than tab and newline"
+    routes[-1].send(
+        json.dumps(
+            {"type": "error", "code": "invalid_message", "message": reason, "clientMsgId": odd}
+        )
+    )
+    routes[-1].send(
+        json.dumps({"type": "error", "code": "not_persisted", "seq": 9, "clientMsgId": lost})
+    )
+    own = entries(page, "own")
+    for n in range(3):
+        expect(own.nth(n)).to_have_attribute("data-status", "failed")
+    expect(own.get_by_test_id("delivery")).to_have_text(["not sent"] * 3)
+    expect(own.get_by_test_id("delivery-reason")).to_have_text(
+        [
+            "Sent too fast: the server did not take it.",
+            f"The server refused it: {reason}.",
+            "The server could not save it (the others may have seen it).",
+        ]
+    )
+    expect(entries(page, "error")).to_have_count(0)
+    # The rate limit's wait is counted down; the others may be retried at once.
+    expect(own.get_by_test_id("retry")).to_have_text(
+        [re.compile(r"^Retry in 60 s$"), *["Retry"] * 2]
+    )
+    expect(own.first.get_by_test_id("retry")).to_be_disabled()
+    expect(own.nth(1).get_by_test_id("retry")).to_be_enabled()
+
+    own.nth(1).get_by_test_id("retry").click()
+    # The same text with the same id, shown "sending…" again, at the end of the log.
+    expect(page.locator("#log > li").last).to_have_attribute("data-client-msg-id", odd)
+    assert len(received) == 4
+    assert received[-1] == {"message": "odd", "clientMsgId": odd}
+    assert texts(page, "own").all_text_contents() == ["too fast", "lost", "odd"]
+    retried = own.last
+    expect(retried).to_have_attribute("data-status", "pending")
+    expect(retried.get_by_test_id("delivery")).to_have_text("sending…")
+    expect(retried.get_by_test_id("retry")).to_have_count(0)
+    routes[-1].send(json.dumps({"type": "ack", "seq": 10, "clientMsgId": odd}))
+    expect(retried).to_have_attribute("data-status", "confirmed")
+    expect(retried.get_by_test_id("delivery")).to_have_text("✓")
+
+    # Without a connection, Retry waits for one.
+    routes[-1].close(code=1000)
+    expect(page.locator("#status")).to_have_attribute("data-state", "closed")
+    expect(own.nth(1).get_by_test_id("retry")).to_be_disabled()
+    connect(page)
+    expect(own.nth(1).get_by_test_id("retry")).to_be_enabled()
+    expect(own.first.get_by_test_id("retry")).to_be_disabled()
+
+
+def test_the_composer_keeps_what_the_server_would_refuse(pages: Pages) -> None:
+    page = open_file(pages)
+    _, received = scripted_server(page)
+    connect(page)
+    note = page.get_by_test_id("composer-note")
+    expect(note).to_be_hidden()
+
+    page.fill("#message", "  \n ")
+    page.press("#message", "Enter")
+    expect(note).to_have_text("A message cannot be blank: write something first.")
+    page.fill("#message", "a")
+    expect(note).to_be_hidden()
+
+    # One character over the server's limit (an emoji counts as one, as the server counts).
+    too_long = "😀" * 16_385
+    page.fill("#message", too_long)
+    expect(note).to_have_text(
+        "This message has 16,385 characters; the server takes at most 16,384. "
+        "Shorten it or send it in parts."
+    )
+    page.press("#message", "Enter")
+    expect(page.locator("#message")).to_have_attribute("aria-invalid", "true")
+    assert page.locator("#message").input_value() == too_long
+
+    page.fill("#message", "bell \x07")
+    page.press("#message", "Enter")
+    expect(note).to_contain_text("control characters")
+
+    # Nothing of that went out: the first message the server gets is this one.
+    send(page, "😀" * 16_384)
+    expect(note).to_be_hidden()
+    expect(page.locator("#message")).to_have_value("")
+    assert [message["message"] for message in received] == ["😀" * 16_384]
+    assert texts(page, "own").count() == 1
