@@ -607,9 +607,8 @@ async def test_http_requests_get_what_rfc_9112_says(start_chat: Any) -> None:
     chat = await start_chat(history=0)
     port = chat.port
     # §3.2.2: "a server MUST accept the absolute-form in requests" (it got 404).
-    page = await chat.request(
-        f"GET http://127.0.0.1:{port}/index.html HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
-    )
+    target = f"http://127.0.0.1:{port}/index.html"
+    page = await chat.request(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
     assert page.status == 200
     assert page.body == (chat.app.settings.web_root / "index.html").read_bytes()
     # The absolute-form's host is the one checked (§3.2.2: the Host field is ignored).
