@@ -15,8 +15,12 @@ The tree::
         └── ConnectionClosedError   any other code, or dropped without a close frame (1006)
 
 A ``ProtocolError`` is always about the *peer's* bytes; it carries the close code
-that the connection is failed with (RFC 6455 §7.1.7), so the conversion from
-error to close code happens in exactly one place (``Protocol.fail``).
+that the connection is failed with (RFC 6455 §7.1.7) as ``close_code``, so no
+table maps errors to codes. ``Protocol`` hands the error over as its last event
+and leaves the failing to its user: the asyncio adapter fails the connection
+with ``Protocol.fail(error.close_code, str(error))`` in
+``Connection._fail_if_pending``, once a waiting ``recv()`` has had the messages
+that came before the error.
 """
 
 from __future__ import annotations
