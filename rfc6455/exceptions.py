@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .frames import Close
+    from .http11 import Response
 
 __all__ = [
     "ConnectionClosed",
@@ -70,7 +71,16 @@ class InvalidRequest(HandshakeError):
 
 
 class InvalidResponse(HandshakeError):
-    """The server's reply to an upgrade request is not a valid RFC 6455 §4.2.2 answer."""
+    """The server's reply to an upgrade request is not a valid RFC 6455 §4.2.2 answer.
+
+    Args:
+        message: what is wrong, e.g. ``server refused the WebSocket upgrade: 401 Unauthorized``.
+        response: the reply, when one was parsed; a refusal's carries the start of its body.
+    """
+
+    def __init__(self, message: str, response: Response | None = None) -> None:
+        super().__init__(message)
+        self.response = response
 
 
 class ProtocolError(WebSocketError):
