@@ -11,7 +11,8 @@ worked. Stdin is not read.
 
 Received messages go to stdout, and nothing else does: status lines (connected,
 closing, closed) and errors go to stderr, so that ``--json`` output can be piped
-as it is.
+as it is. A URI is printed through :func:`redact_uri`, which hides the values of
+secret-looking query parameters (``access_token=REDACTED``).
 
 ``--resume`` (either mode): when the connection drops or the server goes away,
 connect again after a short delay, asking for what was missed with the chat
@@ -36,6 +37,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -69,6 +71,7 @@ __all__ = [
     "describe_close",
     "main",
     "parse_args",
+    "redact_uri",
     "resume_uri",
     "stdin_lines",
 ]
@@ -100,7 +103,10 @@ non-interactive mode (any of --send, --expect, --timeout):
   a close with another code, or a first connection that failed. --send
   messages are sent once, --expect counts across connections.
 
-received messages go to stdout; status lines and errors go to stderr.
+received messages go to stdout; status lines and errors go to stderr. In the
+URIs printed, the values of secret-looking query parameters (access_token,
+token, jwt, password, secret, api_key, key, auth, sig, ... in any case) are
+shown as REDACTED; the URI connected to is the one given.
 --json prints one object per message:
   {"time": "<local ISO 8601>", "type": "text", "data": <parsed JSON or the string>,
    "json": <whether the text parsed as JSON>}
@@ -332,7 +338,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
             target, generate_key(), subprotocols=options.subprotocols, headers=options.headers
         ).serialize()
     except ValueError as exc:
-        parser.error(str(exc))
+        # parse_uri's messages quote the URI: with its secrets hidden, as everywhere.
+        parser.error(str(exc).replace(repr(options.uri), repr(redact_uri(options.uri))))
     return options
 
 
@@ -508,6 +515,48 @@ def resume_uri(uri: str, since: int | None, epoch: str | None) -> str:
     return urllib.parse.urlunsplit(parts._replace(query="&".join(query)))
 
 
+# Query (and fragment) parameters whose values are secrets: a name that, once
+# lowercased and without "-", "_" and ".", ends with one of these. So
+# access_token, id_token, client_secret, api-key, apikey, X-Amz-Signature...
+_SECRET_NAMES = (
+    "token",
+    "jwt",
+    "password",
+    "passwd",
+    "pwd",
+    "secret",
+    "key",
+    "auth",
+    "authorization",
+    "sig",
+    "signature",
+    "credential",
+    "credentials",
+)
+# A parameter of a query or fragment: name=value after "?", "&", ";" or "#".
+_PARAMETER = re.compile(r"(?<=[?&;#])([^=?&;#]*)=([^&;#]*)")
+# The password of user info (scheme://user:password@host), which parse_uri refuses.
+_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/?#@:]*:)[^/?#@]*@")
+_REDACTED = "REDACTED"
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` as printed: the values of secret-looking parameters replaced by ``REDACTED``.
+
+    ``ws://h/?access_token=abc&room=1`` is printed as
+    ``ws://h/?access_token=REDACTED&room=1``; the URI dialled is unchanged.
+    """
+    return _PARAMETER.sub(_redact_parameter, _PASSWORD.sub(rf"\1{_REDACTED}@", uri))
+
+
+def _redact_parameter(match: re.Match[str]) -> str:
+    name, value = match.groups()
+    words = re.sub(r"[-_.]", "", urllib.parse.unquote_plus(name)).lower()
+    if value and words.endswith(_SECRET_NAMES):
+        return f"{name}={_REDACTED}"
+    return match.group()
+
+
 def _seq(value: object) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
@@ -515,7 +564,8 @@ def _seq(value: object) -> int | None:
 
 
 def _connect_error(exc: BaseException, uri: str) -> str:
-    """One line that says why connecting to ``uri`` failed."""
+    """One line that says why connecting to ``uri`` failed (its secrets redacted)."""
+    uri = redact_uri(uri)
     if isinstance(exc, TimeoutError):
         return f"timed out connecting to {uri}"
     if isinstance(exc, socket.gaierror):
@@ -649,7 +699,7 @@ class Console:
             if not self._interrupted.is_set():
                 raise
             self.output.leave_input_line(interrupted=True)
-            self.output.error(f"interrupted while connecting to {options.uri}")
+            self.output.error(f"interrupted while connecting to {redact_uri(options.uri)}")
             return EXIT_CONNECT
         # A TimeoutError is an OSError; ValueError: a host name that cannot be encoded.
         except (OSError, ValueError, WebSocketError) as exc:
@@ -731,7 +781,7 @@ class Console:
                 self.output.error(_connect_error(exc, uri))
                 continue
             self.output.leave_input_line(interrupted=True)
-            self.output.error(f"interrupted while reconnecting to {uri}")
+            self.output.error(f"interrupted while reconnecting to {redact_uri(uri)}")
             return None
         self._gave_up = True
         self.output.error(f"gave up after {len(delays)} attempts to reconnect")
@@ -763,7 +813,7 @@ class Console:
     async def _session(self, ws: Connection, uri: str, deadline: float | None) -> int:
         """Exchange messages on one connection until it ends; return its exit status."""
         options = self.options
-        connected = f"connected to {uri}"
+        connected = f"connected to {redact_uri(uri)}"
         if ws.subprotocol is not None:
             connected += f", subprotocol {ws.subprotocol}"
         elif options.subprotocols:

@@ -344,6 +344,47 @@ async def test_handshake_refused_403(net: Net, tmp_path: Path) -> None:
     )
 
 
+SECRETS = ("s3cr3t-one", "s3cr3t-two", "s3cr3t-three")
+# Secrets in the query, in several spellings, and a parameter that is not one.
+SECRET_QUERY = f"access_token={SECRETS[0]}&Token={SECRETS[1]}&room=lobby&API_KEY={SECRETS[2]}"
+REDACTED_QUERY = "access_token=REDACTED&Token=REDACTED&room=lobby&API_KEY=REDACTED"
+
+
+def assert_no_secret(text: str) -> None:
+    for secret in SECRETS:
+        assert secret not in text, text
+
+
+async def test_secrets_in_the_uri_are_not_printed(
+    recorder: tuple[Recorder, str], tmp_path: Path
+) -> None:
+    """The status lines show the URI redacted; the server gets it as it was given."""
+    server, uri = recorder
+    result = await run_console(
+        f"{uri}?{SECRET_QUERY}", "--send", "hi", "--expect", "1", cwd=tmp_path
+    )
+    assert result.status == 0, result
+    assert f"connected to {uri}?{REDACTED_QUERY}\n" in result.stderr
+    assert_no_secret(result.stderr)
+    (request,) = server.requests
+    assert request.query == SECRET_QUERY
+
+
+async def test_secrets_in_error_lines_are_not_printed(net: Net, tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        uri = f"ws://{HOST}:{sock.getsockname()[1]}/?{SECRET_QUERY}"
+        result = await run_console(uri, cwd=tmp_path)
+    assert result.status == console.EXIT_CONNECT, result
+    assert REDACTED_QUERY in one_error_line(result.stderr)
+    assert_no_secret(result.stderr)
+    # A usage error quotes the URI: redacted too.
+    result = await run_console(f"ws://{HOST}/?{SECRET_QUERY}#fragment", cwd=tmp_path)
+    assert result.status == console.EXIT_USAGE, result
+    assert "fragment" in one_error_line(result.stderr)
+    assert_no_secret(result.stderr)
+
+
 async def test_open_timeout(net: Net, tmp_path: Path) -> None:
     """A server that accepts TCP and never answers the upgrade."""
     hold = asyncio.Event()
@@ -674,6 +715,46 @@ async def test_console_interrupt_while_connecting(net: Net) -> None:
     assert printed(client)[1] == f"rfc6455: interrupted while connecting to {net.uri(plain)}\n"
 
 
+async def test_console_redacts_while_connecting_and_reconnecting(net: Net) -> None:
+    """The lines printed while (re)connecting: interrupted, refused, timed out."""
+    hold = asyncio.Event()
+    accepted = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set()
+        await hold.wait()
+
+    plain = await net.plain_server(silent)
+    uri = net.uri(plain, f"/?{SECRET_QUERY}")
+    try:
+        interrupted = make_console(Options(uri, expect=1))
+        running = asyncio.create_task(interrupted.run())
+        await wait_until(accepted.is_set)
+        interrupted.interrupt()
+        async with asyncio.timeout(GUARD):
+            assert await running == console.EXIT_CONNECT
+        timed_out = make_console(Options(uri, expect=1, timeout=0.2))
+        assert await timed_out.run() == console.EXIT_CONNECT
+    finally:
+        hold.set()
+    for client in (interrupted, timed_out):
+        line = one_error_line(printed(client)[1])
+        assert REDACTED_QUERY in line
+        assert_no_secret(line)
+
+    async def first(ws: Connection) -> None:
+        await ws.send('{"seq": 1, "epoch": "e"}')
+        await ws.close(1012, "restart")
+
+    script, script_uri = await scripted(net, first)  # later connections: 503
+    resumed = fast_console(Options(f"{script_uri}&{SECRET_QUERY}", expect=2, resume=True))
+    assert await resumed.run() == console.EXIT_EXPECT
+    err = printed(resumed)[1]
+    assert err.count(f"handshake with {script_uri}&{REDACTED_QUERY}&since=1&epoch=e ") == 2
+    assert_no_secret(err)
+    assert script.queries[1] == f"x=1&{SECRET_QUERY}&since=1&epoch=e"
+
+
 async def test_console_interrupt_while_waiting(recorder: tuple[Recorder, str]) -> None:
     _, uri = recorder
     client = make_console(Options(uri, sends=("a",), expect=2))
@@ -816,6 +897,33 @@ def test_connect_errors() -> None:
         "No route to host"
     )
     assert console._connect_error(ValueError("label too long"), uri).endswith("label too long")
+
+
+@pytest.mark.parametrize(
+    ("uri", "printed"),
+    [
+        ("ws://h/?access_token=abc&room=1", "ws://h/?access_token=REDACTED&room=1"),
+        (
+            "ws://h/p?TOKEN=a&jwt=b&password=c&secret=d&api_key=e&apikey=f&key=g&auth=h",
+            "ws://h/p?TOKEN=REDACTED&jwt=REDACTED&password=REDACTED&secret=REDACTED"
+            "&api_key=REDACTED&apikey=REDACTED&key=REDACTED&auth=REDACTED",
+        ),
+        (
+            "ws://h/?sig=a&Signature=b&X-Amz-Signature=c&id_token=d&client-secret=e",
+            "ws://h/?sig=REDACTED&Signature=REDACTED&X-Amz-Signature=REDACTED"
+            "&id_token=REDACTED&client-secret=REDACTED",
+        ),
+        ("ws://h/?access%5Ftoken=a%20b", "ws://h/?access%5Ftoken=REDACTED"),  # encoded name
+        ("ws://h/?a=1;token=x&b=2", "ws://h/?a=1;token=REDACTED&b=2"),
+        ("ws://h/?token=&token&since=3&epoch=e", "ws://h/?token=&token&since=3&epoch=e"),
+        ("ws://h/?x=1#access_token=t", "ws://h/?x=1#access_token=REDACTED"),
+        ("ws://user:pw@h/?room=1", "ws://user:REDACTED@h/?room=1"),
+        ("ws://[::1]:80/token=x", "ws://[::1]:80/token=x"),  # a path, not a query
+        ("ws://h/", "ws://h/"),
+    ],
+)
+def test_redact_uri(uri: str, printed: str) -> None:
+    assert console.redact_uri(uri) == printed
 
 
 async def test_tls_certificate_not_trusted(net: Net, tls: Tls) -> None:
