@@ -12,7 +12,8 @@ worked. Stdin is not read.
 Received messages go to stdout, and nothing else does: status lines (connected,
 closing, closed) and errors go to stderr, so that ``--json`` output can be piped
 as it is. A URI is printed through :func:`redact_uri`, which hides the values of
-secret-looking query parameters (``access_token=REDACTED``).
+secret-looking query parameters (``access_token=REDACTED``). A refused handshake
+is one line with the server's reason (:func:`describe_refusal`).
 
 ``--resume`` (either mode): when the connection drops or the server goes away,
 connect again after a short delay, asking for what was missed with the chat
@@ -51,9 +52,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import NoReturn, TextIO
 
-from ..exceptions import ConnectionClosed, WebSocketError
+from ..exceptions import ConnectionClosed, InvalidResponse, WebSocketError
 from ..frames import Close, CloseCode
 from ..handshake import client_request, generate_key, parse_uri
+from ..http11 import Response
 from ..protocol import State
 from ..typing import Data
 from .client import connect
@@ -69,6 +71,7 @@ __all__ = [
     "Options",
     "Output",
     "describe_close",
+    "describe_refusal",
     "main",
     "parse_args",
     "redact_uri",
@@ -115,7 +118,7 @@ shown as REDACTED; the URI connected to is the one given.
 exit status:
   0  success: connected, sent, got the --expect messages, closed normally
   1  could not connect: refused, unreachable, TLS error, handshake refused
-     (e.g. 401, 403, 404) or timed out
+     (e.g. 401, 403, 404: the server's reason is shown) or timed out
   2  usage error: a bad option, URI or header
   3  fewer than --expect messages arrived (--timeout, Ctrl-C or the server closed)
   4  the connection closed abnormally: a close code other than 1000/1001
@@ -367,6 +370,78 @@ def describe_close(close: Close) -> str:
     return f"{text} {json.dumps(close.reason, ensure_ascii=False)}" if close.reason else text
 
 
+# At most this many characters of a server's text on a line: a reason, not a page.
+_UNTRUSTED_WIDTH = 200
+
+# RFC 9110 §11.6.1: where a challenge of the Bearer scheme (RFC 6750 §3) starts
+# in a WWW-Authenticate value, and each of its auth-params, name=token or
+# name="quoted-string".
+_BEARER = re.compile(r"(?:^|,)\s*Bearer(?=[\s,]|$)", re.IGNORECASE)
+_AUTH_PARAM = re.compile(
+    r'\s*,?\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,"]*)'
+)
+
+
+def describe_refusal(response: Response) -> str:
+    """``401 Unauthorized: invalid token: the token has expired``: a refusal and its reason.
+
+    The reason is the ``error`` and ``error_description`` of a ``WWW-Authenticate:
+    Bearer`` challenge (RFC 6750 §3), else the first line of the body (but not of
+    an HTML page: that is markup). It is the server's text, so it is made one
+    line of printable characters (others escaped) of at most ~200 characters.
+    """
+    text = f"{response.status} {response.reason}".rstrip()
+    reason = _bearer_error(response) or _first_line(response)
+    if reason:
+        text += f": {reason}"
+    return _one_line(text)
+
+
+def _bearer_error(response: Response) -> str:
+    """``invalid token: the token has expired``, from the first Bearer challenge that has one."""
+    # A "Bearer" in another challenge's quoted string is a false start: it has no params.
+    values = response.headers.get_all("WWW-Authenticate")
+    for start in (match for value in values for match in _BEARER.finditer(value)):
+        params: dict[str, str] = {}
+        pos = start.end()
+        while (param := _AUTH_PARAM.match(start.string, pos)) is not None:
+            name, text = param.groups()
+            if text.startswith('"'):
+                text = re.sub(r"\\(.)", r"\1", text[1:-1])  # RFC 9110 §5.6.4: quoted-pair
+            params.setdefault(name.lower(), text)
+            pos = param.end()
+        error = params.get("error", "").replace("_", " ")
+        found = ": ".join(part for part in (error, params.get("error_description", "")) if part)
+        if found:
+            return found
+    return ""
+
+
+def _first_line(response: Response) -> str:
+    """The first line of a refusal's body that is not blank, unless the body is HTML."""
+    media_type = (response.headers.get("Content-Type") or "").partition(";")[0]
+    if media_type.strip().lower() == "text/html":
+        return ""
+    for line in response.body.decode("utf-8", "replace").splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def _one_line(text: str) -> str:
+    """Untrusted ``text`` as one line: non-printable characters escaped, then cut with "…"."""
+    pieces: list[str] = []
+    width = 0
+    for char in text:
+        piece = char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+        width += len(piece)
+        if width > _UNTRUSTED_WIDTH:
+            pieces.append("…")
+            break
+        pieces.append(piece)
+    return "".join(pieces)
+
+
 def _printable(text: str) -> str:
     """Escape control characters but newlines: a message must not drive the terminal."""
     if text.isprintable():
@@ -579,6 +654,9 @@ def _connect_error(exc: BaseException, uri: str) -> str:
         return f"cannot connect to {uri}: connection refused"
     if isinstance(exc, OSError):
         return f"cannot connect to {uri}: {exc.strerror or exc}"
+    response = exc.response if isinstance(exc, InvalidResponse) else None
+    if response is not None and response.status != 101:
+        return f"handshake with {uri} refused: {describe_refusal(response)}"
     return f"handshake with {uri} failed: {exc}"
 
 

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 import rfc6455
-from rfc6455 import Close, Connection, Request, Response
+from rfc6455 import Close, Connection, Headers, InvalidResponse, Request, Response
 from rfc6455.aio import console
 from rfc6455.aio.console import Console, Options, Output
 from rfc6455.handshake import accept_key, reject
@@ -340,10 +340,13 @@ async def test_handshake_refused_403(net: Net, tmp_path: Path) -> None:
     result = await run_console(uri, "--expect", "1", cwd=tmp_path)
     assert result.status == console.EXIT_CONNECT, result
     assert one_error_line(result.stderr) == (
-        f"rfc6455: handshake with {uri} failed: server refused the WebSocket upgrade: 403 Forbidden"
+        f"rfc6455: handshake with {uri} refused: 403 Forbidden: no token"
     )
 
 
+BEARER_EXPIRED = (
+    'Bearer realm="chat", error="invalid_token", error_description="the token has expired"'
+)
 SECRETS = ("s3cr3t-one", "s3cr3t-two", "s3cr3t-three")
 # Secrets in the query, in several spellings, and a parameter that is not one.
 SECRET_QUERY = f"access_token={SECRETS[0]}&Token={SECRETS[1]}&room=lobby&API_KEY={SECRETS[2]}"
@@ -353,6 +356,23 @@ REDACTED_QUERY = "access_token=REDACTED&Token=REDACTED&room=lobby&API_KEY=REDACT
 def assert_no_secret(text: str) -> None:
     for secret in SECRETS:
         assert secret not in text, text
+
+
+async def test_handshake_refused_401_shows_the_bearer_error(net: Net, tmp_path: Path) -> None:
+    """The chat server's refusal: the error description of its challenge, on one line."""
+
+    def hook(request: Request) -> Response:
+        return reject(401, "unauthorized", [("WWW-Authenticate", BEARER_EXPIRED)])
+
+    server = await net.serve(echo, process_request=hook)
+    uri = net.uri(server, f"/?{SECRET_QUERY}")
+    result = await run_console(uri, cwd=tmp_path)
+    assert result.status == console.EXIT_CONNECT, result
+    assert one_error_line(result.stderr) == (
+        f"rfc6455: handshake with {net.uri(server, '/?' + REDACTED_QUERY)} refused: "
+        "401 Unauthorized: invalid token: the token has expired"
+    )
+    assert_no_secret(result.stderr)
 
 
 async def test_secrets_in_the_uri_are_not_printed(
@@ -755,6 +775,28 @@ async def test_console_redacts_while_connecting_and_reconnecting(net: Net) -> No
     assert script.queries[1] == f"x=1&{SECRET_QUERY}&since=1&epoch=e"
 
 
+async def test_console_refused_with_an_endless_body(net: Net) -> None:
+    """A refusal whose body never ends: one line, cut short, and no hang."""
+
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 403 Forbidden\r\n\r\n\x1b[2J" + b"x" * 1000)
+        with contextlib.suppress(ConnectionError):
+            while True:
+                writer.write(b"x" * 65536)
+                await writer.drain()
+
+    plain = await net.plain_server(endless)
+    client = make_console(Options(net.uri(plain), expect=1))
+    async with asyncio.timeout(GUARD):
+        assert await client.run() == console.EXIT_CONNECT
+    line = one_error_line(printed(client)[1])
+    prefix = f"rfc6455: handshake with {net.uri(plain)} refused: 403 Forbidden: \\x1b[2J"
+    assert line.startswith(prefix)
+    assert line.endswith("x…")
+    assert len(line) <= len(f"rfc6455: handshake with {net.uri(plain)} refused: ") + 201
+
+
 async def test_console_interrupt_while_waiting(recorder: tuple[Recorder, str]) -> None:
     _, uri = recorder
     client = make_console(Options(uri, sends=("a",), expect=2))
@@ -899,6 +941,15 @@ def test_connect_errors() -> None:
     assert console._connect_error(ValueError("label too long"), uri).endswith("label too long")
 
 
+def test_connect_error_of_an_invalid_101() -> None:
+    """A 101 that is not a valid upgrade is a failure, not a refusal."""
+    response = Response(101, "Switching Protocols", Headers())
+    error = InvalidResponse("missing or invalid Upgrade header; expected websocket", response)
+    assert console._connect_error(error, "ws://h/") == (
+        "handshake with ws://h/ failed: missing or invalid Upgrade header; expected websocket"
+    )
+
+
 @pytest.mark.parametrize(
     ("uri", "printed"),
     [
@@ -924,6 +975,79 @@ def test_connect_errors() -> None:
 )
 def test_redact_uri(uri: str, printed: str) -> None:
     assert console.redact_uri(uri) == printed
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "body", "text"),
+    [
+        (
+            401,
+            [("WWW-Authenticate", BEARER_EXPIRED)],
+            b"unauthorized\n",
+            "401 Unauthorized: invalid token: the token has expired",
+        ),
+        (
+            401,
+            [("WWW-Authenticate", "bearer error=insufficient_scope")],
+            b"",
+            "401 Unauthorized: insufficient scope",
+        ),
+        (
+            401,
+            [("WWW-Authenticate", 'Bearer error_description="say \\"hi\\", then go"')],
+            b"",
+            '401 Unauthorized: say "hi", then go',
+        ),
+        # "Bearer" in another challenge's quoted string; then the real one, in another field.
+        (
+            401,
+            [
+                ("WWW-Authenticate", 'Basic realm="a, Bearer b"'),
+                ("WWW-Authenticate", 'Newauth x=1, Bearer realm="r", error="invalid_token"'),
+            ],
+            b"",
+            "401 Unauthorized: invalid token",
+        ),
+        # A challenge without an error: the body says why.
+        (
+            401,
+            [("WWW-Authenticate", 'Bearer realm="chat"')],
+            b"log in first\n",
+            "401 Unauthorized: log in first",
+        ),
+        (403, [], b"\n  no token \nsecond line", "403 Forbidden: no token"),
+        (403, [("Content-Type", "text/html; charset=utf-8")], b"<html>\n", "403 Forbidden"),
+        (404, [], b"", "404 Not Found"),
+        (
+            403,
+            [],
+            b"\x1b]0;pwned\x07 \xe2\x80\xae\xff",
+            "403 Forbidden: \\x1b]0;pwned\\x07 \\u202e\ufffd",
+        ),
+        (403, [], b"a" * 300, "403 Forbidden: " + "a" * 185 + "…"),
+    ],
+    ids=[
+        "bearer",
+        "error_only",
+        "quoted_pair",
+        "several_challenges",
+        "bearer_without_error",
+        "first_line",
+        "html",
+        "no_body",
+        "escaped",
+        "truncated",
+    ],
+)
+def test_describe_refusal(
+    status: int, headers: list[tuple[str, str]], body: bytes, text: str
+) -> None:
+    phrase = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found"}[status]
+    assert console.describe_refusal(Response(status, phrase, Headers(headers), body)) == text
+
+
+def test_describe_refusal_without_a_reason_phrase() -> None:
+    assert console.describe_refusal(Response(418, "", Headers(), b"short\n")) == "418: short"
 
 
 async def test_tls_certificate_not_trusted(net: Net, tls: Tls) -> None:
@@ -1144,8 +1268,8 @@ async def test_resume_gives_up(net: Net) -> None:
     assert len(script.requests) == 3
     assert err[-4:] == [
         "reconnecting in 0.01 s (attempt 2 of 2)",
-        f"rfc6455: handshake with {uri}&since=1&epoch=e failed: "
-        "server refused the WebSocket upgrade: 503 Service Unavailable",
+        f"rfc6455: handshake with {uri}&since=1&epoch=e refused: "
+        "503 Service Unavailable: no more connections in this script",
         "rfc6455: gave up after 2 attempts to reconnect",
         "rfc6455: expected 3 messages, received 1",
     ]
