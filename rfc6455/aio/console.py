@@ -1,8 +1,10 @@
 """``python -m rfc6455 URI``: an interactive and scriptable WebSocket console client.
 
 Interactive mode (the default): every line read from stdin is sent as a text
-message, and every message received is printed as it arrives. End of input
-(Ctrl-D) or SIGINT (Ctrl-C; SIGTERM too) closes the connection with 1000.
+message, and every message received is printed as it arrives. At the end of
+input (Ctrl-D, or the end of a pipe) the replies are still printed until none
+came for ``--linger`` seconds, then the connection is closed with 1000; SIGINT
+(Ctrl-C; SIGTERM too) closes it at once.
 
 Non-interactive mode (any of ``--send``, ``--expect`` or ``--timeout``): connect,
 send the ``--send`` messages in order, wait for ``--expect`` messages or until
@@ -88,8 +90,10 @@ EXIT_CLOSED = 4  # the connection did not close normally (a close code other tha
 _EPILOG = """\
 interactive mode (no --send, --expect or --timeout):
   each line of stdin is sent as a text message; received messages are printed
-  with the local time, JSON pretty-printed. Ctrl-D (end of input) or Ctrl-C
-  closes with 1000; a second Ctrl-C drops the connection.
+  with the local time, JSON pretty-printed. At the end of input (Ctrl-D, or
+  the end of a pipe) the replies are still printed until none came for
+  --linger seconds (default 1), then it closes with 1000. Ctrl-C closes at
+  once; a second Ctrl-C drops the connection.
 
 non-interactive mode (any of --send, --expect, --timeout):
   connect, send each --send in order, wait for --expect messages (or until
@@ -187,6 +191,8 @@ class Options:
     json: bool = False
     # Reconnect with since=&epoch= after a drop (see the module docstring).
     resume: bool = False
+    # Interactive: after the end of input, close once no message came for this long.
+    linger: float = 1.0
 
     @property
     def interactive(self) -> bool:
@@ -225,14 +231,19 @@ def _size(text: str) -> int | None:
     return value or None
 
 
-def _seconds(text: str) -> float:
+def _seconds(text: str, *, zero: bool = False) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be a number of seconds > 0")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        bound = ">= 0" if zero else "> 0"
+        raise argparse.ArgumentTypeError(f"{text} must be a number of seconds {bound}")
     return value
+
+
+def _seconds_or_zero(text: str) -> float:
+    return _seconds(text, zero=True)
 
 
 def _count(text: str) -> int:
@@ -307,6 +318,14 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         help="non-interactive: wait for N messages, then close; fewer is exit status 3",
     )
     parser.add_argument(
+        "--linger",
+        metavar="S",
+        type=_seconds_or_zero,
+        default=1.0,
+        help="interactive: after the end of input, print the replies until none came "
+        "for S seconds, then close (default 1; 0: close at once)",
+    )
+    parser.add_argument(
         "--json",
         action="store_true",
         help="print each message as one line of JSON (shape below)",
@@ -332,6 +351,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         expect=args.expect,
         json=args.json,
         resume=args.resume,
+        linger=args.linger,
     )
     # Build the request once, so that a bad URI, subprotocol name or header
     # value is a usage error rather than a failed connection.
@@ -746,6 +766,8 @@ class Console:
         self._reading: asyncio.Task[None] | None = None
         self._unsent: str | None = None  # a line whose connection closed under it
         self._input_ended = False
+        # --linger counts from this loop time: the end of input, or the last message since.
+        self._quiet_since = 0.0
         self._sends_done = 0  # --send messages sent, over every connection
 
     def interrupt(self) -> None:
@@ -925,6 +947,7 @@ class Console:
         with contextlib.suppress(ConnectionClosed):
             while expect is None or self.received < expect:
                 message = await ws.recv()
+                self._quiet_since = asyncio.get_running_loop().time()
                 self.received += 1
                 self._attempts = 0
                 if self.options.resume:
@@ -932,20 +955,42 @@ class Console:
                 self.output.message(message)
 
     async def _interact(self, ws: Connection, receiving: asyncio.Task[None]) -> None:
-        """Send the input lines until their end, Ctrl-C, or the server closes."""
+        """Send the input lines until their end (then linger), Ctrl-C, or the server closes."""
         sending = asyncio.create_task(self._send_lines(ws))
         interrupted = asyncio.create_task(self._interrupted.wait())
         try:
             await asyncio.wait(
                 {receiving, sending, interrupted}, return_when=asyncio.FIRST_COMPLETED
             )
+            if not receiving.done() and (self._input_ended or self._interrupted.is_set()):
+                self.output.leave_input_line(interrupted=self._interrupted.is_set())
+            if self._input_ended:
+                await self._linger(receiving, interrupted)
         finally:
             for task in (sending, interrupted):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        if not receiving.done() and (self._input_ended or self._interrupted.is_set()):
-            self.output.leave_input_line(interrupted=self._interrupted.is_set())
+
+    async def _linger(self, receiving: asyncio.Task[None], interrupted: asyncio.Task[bool]) -> None:
+        """The input ended: print the replies until none came for --linger seconds.
+
+        A pipe ends as soon as its last line is sent, before the replies to it
+        arrive. Ctrl-C, or the server closing, ends the wait at once.
+        """
+        linger = self.options.linger
+        if linger and not receiving.done() and not interrupted.done():
+            self.output.status(f"end of input: closing after {linger:g} s without a message")
+        loop = asyncio.get_running_loop()
+        while not (receiving.done() or interrupted.done()):
+            quiet = loop.time() - self._quiet_since
+            if quiet >= linger:
+                return
+            await asyncio.wait(
+                {receiving, interrupted},
+                timeout=linger - quiet,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
 
     async def _read_input(self, queue: asyncio.Queue[str | None]) -> None:
         if self.lines is None:
@@ -971,6 +1016,7 @@ class Console:
                 line = await self._input.get()
             if line is None:
                 self._input_ended = True
+                self._quiet_since = asyncio.get_running_loop().time()
                 return
             try:
                 await ws.send(line)

@@ -471,7 +471,7 @@ async def test_interactive_through_a_pipe(
     recorder: tuple[Recorder, str], interactive: Callable[..., Any]
 ) -> None:
     server, uri = recorder
-    client = await interactive(uri)
+    client = await interactive(uri, "--linger", "0")
     await client.write("hello\n")
     (line,) = await client.read_lines(1)
     assert re.fullmatch(TIME + r" hello\n", line)
@@ -518,6 +518,68 @@ async def test_interactive_server_closes(net: Net, interactive: Callable[..., An
     assert status == 0, client.stderr
     assert client.stderr_lines[-1] == 'closed by server: 1001 (going away) "going down"\n'
     assert not any(line.startswith("closing") for line in client.stderr_lines)
+
+
+async def test_piped_input_prints_the_replies(net: Net, interactive: Callable[..., Any]) -> None:
+    """``printf 'x\\n' | python -m rfc6455 ws://…/echo``: the echo comes after the input ended."""
+
+    async def slow_echo(ws: Connection) -> None:
+        message = await ws.recv()
+        await asyncio.sleep(0.1)  # the client has read the end of its input by then
+        await ws.send(message)
+        await ws.close(1000, "done")
+
+    server = await net.serve(slow_echo)
+    # A generous --linger: the server closes first, so the run takes no longer.
+    client = await interactive(net.uri(server, "/echo"), "--linger", "5")
+    await client.write("x\n")
+    await client.close_stdin()
+    status, rest = await client.wait()
+    assert status == 0, client.stderr
+    assert re.fullmatch(f"{TIME} x\n", rest), rest
+    assert "end of input: closing after 5 s without a message\n" in client.stderr_lines
+    assert client.stderr_lines[-1] == 'closed by server: 1000 (normal closure) "done"\n'
+
+
+async def test_linger_lasts_while_messages_keep_coming(net: Net) -> None:
+    """Each message starts the quiet period again; after it, the client closes with 1000."""
+    closes: asyncio.Queue[int | None] = asyncio.Queue()
+
+    async def ticker(ws: Connection) -> None:
+        await ws.recv()
+        for n in range(4):  # 1.2 s in all, more than --linger; 0.3 s apart, far less
+            await asyncio.sleep(0.3)
+            await ws.send(f"tick {n}")
+        await ws.wait_closed()
+        closes.put_nowait(ws.close_code)
+
+    server = await net.serve(ticker)
+    client = make_console(Options(net.uri(server), linger=1.0, json=True), ["go"])
+    async with asyncio.timeout(GUARD):
+        assert await client.run() == 0
+    out, err = printed(client)
+    assert [json.loads(line)["data"] for line in out.splitlines()] == [
+        f"tick {n}" for n in range(4)
+    ]
+    assert err.splitlines()[-3:] == [
+        "end of input: closing after 1 s without a message",
+        "closing: 1000 (normal closure)",
+        "closed: server answered 1000 (normal closure)",
+    ]
+    async with asyncio.timeout(GUARD):
+        assert await closes.get() == 1000
+
+
+async def test_interrupt_while_lingering(recorder: tuple[Recorder, str]) -> None:
+    """Ctrl-C after the end of input closes at once, however long --linger is."""
+    server, uri = recorder
+    client = make_console(Options(uri, linger=GUARD * 10), ["one"])
+    running = asyncio.create_task(client.run())
+    await wait_until(lambda: "end of input" in printed(client)[1])
+    client.interrupt()
+    async with asyncio.timeout(GUARD):
+        assert await running == 0
+    assert await server.closed() == (1000, "")
 
 
 # End to end, with the chat server
@@ -582,6 +644,9 @@ async def test_chat_server_end_to_end(tmp_path: Path, loop_errors: list[Any]) ->
         (["ws://h/", "--subprotocol", "a b"], "invalid subprotocol name"),
         (["ws://h/", "--timeout", "0"], "must be a number of seconds > 0"),
         (["ws://h/", "--timeout", "soon"], "is not a number of seconds"),
+        (["ws://h/", "--timeout", "-1"], "must be a number of seconds > 0"),
+        (["ws://h/", "--linger", "-1"], "must be a number of seconds >= 0"),
+        (["ws://h/", "--linger", "nan"], "must be a number of seconds >= 0"),
         (["ws://h/", "--expect", "-1"], "must be >= 0"),
         (["ws://h/", "--expect", "two"], "is not a whole number"),
         (["ws://h/", "--max-size", "-1"], "must be >= 0"),
@@ -607,6 +672,8 @@ def test_parse_args() -> None:
     )
     assert not options.interactive
     assert console.parse_args(["ws://h/"]).interactive
+    assert console.parse_args(["ws://h/"]).linger == 1.0
+    assert console.parse_args(["ws://h/", "--linger", "0"]).linger == 0
     assert not console.parse_args(["ws://h/", "--expect", "0"]).interactive
     assert not console.parse_args(["ws://h/", "--timeout", "1"]).interactive
 
@@ -642,7 +709,7 @@ def printed(client: Console) -> tuple[str, str]:
 
 async def test_console_interactive_lines(recorder: tuple[Recorder, str]) -> None:
     server, uri = recorder
-    client = make_console(Options(uri), ["one", "two"])
+    client = make_console(Options(uri, linger=0), ["one", "two"])
     assert await client.run() == 0
     out, err = printed(client)
     assert err.splitlines()[-2:] == [
@@ -651,7 +718,7 @@ async def test_console_interactive_lines(recorder: tuple[Recorder, str]) -> None
     ]
     assert await server.closed() == (1000, "")
     assert server.messages == ["one", "two"]
-    # The end of input closes at once: the echoes that came before the
+    # --linger 0: the end of input closes at once; the echoes that came before the
     # server's close frame are printed, the others were never sent.
     assert re.fullmatch(rf"({TIME} one\n({TIME} two\n)?)?", out)
 
@@ -1100,7 +1167,7 @@ async def test_console_reads_stdin(
         monkeypatch.setattr(sys, "stdin", SimpleNamespace(fileno=lambda: read_fd))
         os.write(write_fd, b"from stdin\n")
         os.close(write_fd)
-        client = make_console(Options(uri))
+        client = make_console(Options(uri, linger=0))
         assert await client.run() == 0
     finally:
         os.close(read_fd)
@@ -1300,7 +1367,7 @@ async def test_resume_keeps_the_input(net: Net) -> None:
         await ws.wait_closed()
 
     script, uri = await scripted(net, first, second)
-    client = fast_console(Options(uri, resume=True), feed())
+    client = fast_console(Options(uri, resume=True, linger=0), feed())
     client.resume_delays = (0.3,)
     running = asyncio.create_task(client.run())
     lines.put_nowait("one")
@@ -1312,6 +1379,27 @@ async def test_resume_keeps_the_input(net: Net) -> None:
         assert await running == console.EXIT_OK
     assert received == ["one", "two"]
     assert script.queries[1] == "x=1&since=1&epoch=e"
+
+
+async def test_resume_not_after_the_end_of_input(net: Net) -> None:
+    """A drop while lingering after the end of input: the session is over, no reconnect."""
+
+    async def drops(ws: Connection) -> None:
+        await ws.recv()
+        await ws.send('{"seq": 1, "epoch": "e"}')
+        ws.abort()
+
+    async def lines() -> AsyncIterator[str]:
+        yield "one"
+
+    script, uri = await scripted(net, drops, drops)
+    client = fast_console(Options(uri, resume=True, linger=GUARD * 10), lines())
+    async with asyncio.timeout(GUARD):
+        assert await client.run() == console.EXIT_CLOSED
+    err = printed(client)[1]
+    assert "reconnecting" not in err
+    assert err.splitlines()[-1] == "connection lost: 1006 (abnormal closure)"
+    assert len(script.requests) == 1
 
 
 async def test_resume_sends_each_send_once(net: Net) -> None:
