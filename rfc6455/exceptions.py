@@ -15,8 +15,12 @@ The tree::
         └── ConnectionClosedError   any other code, or dropped without a close frame (1006)
 
 A ``ProtocolError`` is always about the *peer's* bytes; it carries the close code
-that the connection is failed with (RFC 6455 §7.1.7), so the conversion from
-error to close code happens in exactly one place (``Protocol.fail``).
+that the connection is failed with (RFC 6455 §7.1.7) as ``close_code``, so no
+table maps errors to codes. ``Protocol`` hands the error over as its last event
+and leaves the failing to its user: the asyncio adapter fails the connection
+with ``Protocol.fail(error.close_code, str(error))`` in
+``Connection._fail_if_pending``, once a waiting ``recv()`` has had the messages
+that came before the error.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .frames import Close
+    from .http11 import Response
 
 __all__ = [
     "ConnectionClosed",
@@ -66,7 +71,16 @@ class InvalidRequest(HandshakeError):
 
 
 class InvalidResponse(HandshakeError):
-    """The server's reply to an upgrade request is not a valid RFC 6455 §4.2.2 answer."""
+    """The server's reply to an upgrade request is not a valid RFC 6455 §4.2.2 answer.
+
+    Args:
+        message: what is wrong, e.g. ``server refused the WebSocket upgrade: 401 Unauthorized``.
+        response: the reply, when one was parsed; a refusal's carries the start of its body.
+    """
+
+    def __init__(self, message: str, response: Response | None = None) -> None:
+        super().__init__(message)
+        self.response = response
 
 
 class ProtocolError(WebSocketError):

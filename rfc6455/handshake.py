@@ -7,7 +7,7 @@ key, or raises ``InvalidRequest`` carrying the status to answer with; then
 Client: ``parse_uri`` reads a ``ws://`` or ``wss://`` URI (§3),
 ``client_request`` builds the upgrade request (§4.1) and ``check_response``
 validates the server's reply (§4.1, "the client MUST validate the server's
-response").
+response"); ``refused`` is its error for a status other than 101.
 
 No extension is ever negotiated: the server never returns
 ``Sec-WebSocket-Extensions`` and the client refuses a reply that has one.
@@ -40,6 +40,7 @@ __all__ = [
     "is_upgrade",
     "offered_subprotocols",
     "parse_uri",
+    "refused",
     "reject",
     "select_subprotocol",
 ]
@@ -343,6 +344,13 @@ def client_request(
     return Request("GET", uri.resource, request_headers)
 
 
+def refused(response: Response) -> InvalidResponse:
+    """The error for a reply whose status is not 101: the server refused the upgrade (§4.1)."""
+    return InvalidResponse(
+        f"server refused the WebSocket upgrade: {response.status} {response.reason}", response
+    )
+
+
 def check_response(response: Response, key: str, subprotocols: Sequence[str] = ()) -> str | None:
     """Validate the server's reply to the opening handshake (RFC 6455 §4.1).
 
@@ -357,35 +365,38 @@ def check_response(response: Response, key: str, subprotocols: Sequence[str] = (
     Raises:
         InvalidResponse: the server refused the upgrade or its reply is invalid;
             §4.1 says the client then "MUST _Fail the WebSocket Connection_".
+            It carries ``response``.
     """
     headers = response.headers
     # §4.1: "If the status code received from the server is not 101, the client
     # handles the response per HTTP procedures": this client gives up.
     if response.status != 101:
-        raise InvalidResponse(
-            f"server refused the WebSocket upgrade: {response.status} {response.reason}"
-        )
+        raise refused(response)
     # §4.1 item 2: |Upgrade| must be a case-insensitive match for "websocket".
     upgrade = _tokens(headers, "Upgrade")
     if len(upgrade) != 1 or upgrade[0].lower() != "websocket":
-        raise InvalidResponse("missing or invalid Upgrade header; expected websocket")
+        raise InvalidResponse("missing or invalid Upgrade header; expected websocket", response)
     # §4.1 item 3: |Connection| must contain the token "Upgrade".
     if not _has_token(headers, "Connection", "upgrade"):
-        raise InvalidResponse("missing or invalid Connection header; expected Upgrade")
+        raise InvalidResponse("missing or invalid Connection header; expected Upgrade", response)
     # §4.1 item 4: |Sec-WebSocket-Accept| must be the key's accept value.
     if headers.get_all("Sec-WebSocket-Accept") != [accept_key(key)]:
-        raise InvalidResponse("missing or invalid Sec-WebSocket-Accept header")
+        raise InvalidResponse("missing or invalid Sec-WebSocket-Accept header", response)
     # §4.1 item 5: an extension "not present in the client's handshake" fails
     # the connection, and this client offers none.
     if _tokens(headers, "Sec-WebSocket-Extensions"):
-        raise InvalidResponse("server selected an extension, and none was offered")
+        raise InvalidResponse("server selected an extension, and none was offered", response)
     # §4.1 item 6: a subprotocol "that was not present in the client's handshake"
     # fails the connection; so does more than one, as only one can be selected.
     selected = _tokens(headers, "Sec-WebSocket-Protocol")
     if not selected:
         return None
     if len(selected) > 1:
-        raise InvalidResponse(f"server selected several subprotocols: {', '.join(selected)}")
+        raise InvalidResponse(
+            f"server selected several subprotocols: {', '.join(selected)}", response
+        )
     if selected[0] not in subprotocols:
-        raise InvalidResponse(f"server selected subprotocol {selected[0]}, which was not offered")
+        raise InvalidResponse(
+            f"server selected subprotocol {selected[0]}, which was not offered", response
+        )
     return selected[0]

@@ -3,8 +3,9 @@
 Sans-I/O: ``RequestParser`` and ``ResponseParser`` take bytes as they arrive and
 hand back a ``Request`` or ``Response`` once the blank line ending the head has
 been received; whatever followed it (the first WebSocket frames, possibly) is
-left in ``rest``. Bodies are never read: a WebSocket handshake has none, and the
-server answers every other request with a short reply of its own.
+left in ``rest``. The parsers never read a body: a WebSocket handshake has none,
+and the server answers every other request with a short reply of its own (the
+client reads the start of a refusal's body itself, in ``aio/client.py``).
 
 Lines may end in CRLF or, leniently, in a bare LF (RFC 9112 §2.2 allows a
 recipient to accept a bare LF as a line terminator). A bare CR anywhere else is

@@ -9,15 +9,21 @@ import ssl as ssl_module
 from collections.abc import Iterable, Mapping, Sequence
 
 from ..exceptions import InvalidResponse
-from ..handshake import check_response, client_request, generate_key, parse_uri
-from ..http11 import Request, ResponseParser
+from ..handshake import check_response, client_request, generate_key, parse_uri, refused
+from ..http11 import Request, Response, ResponseParser
 from ..limits import Limits
 from ..protocol import Side
+from ..typing import BytesLike
 from .connection import Connection, _receive_buffer
 
 __all__ = ["connect"]
 
 logger = logging.getLogger("rfc6455.client")
+
+# How much of a refusal's body is kept: its reason is a line of text or the
+# start of a short error page (nginx's are under 1 KiB), and a server that
+# sends more, or never stops, must not make the client buffer it all.
+_MAX_REFUSAL_BODY = 4096
 
 
 async def connect(
@@ -41,8 +47,10 @@ async def connect(
     Raises:
         ValueError: ``uri`` is not a valid WebSocket URI.
         OSError: the TCP connection could not be opened.
-        TimeoutError: the handshake did not complete within ``open_timeout``.
-        InvalidResponse: the server refused the upgrade or answered wrongly.
+        TimeoutError: the handshake did not complete within ``open_timeout``
+            (a refusal whose body is late is an ``InvalidResponse`` all the same).
+        InvalidResponse: the server refused the upgrade or answered wrongly;
+            a refusal carries the ``response``, with the start of its body.
     """
     limits = dataclasses.replace(limits or Limits(), **options)  # type: ignore[arg-type]
     target = parse_uri(uri)
@@ -55,18 +63,24 @@ async def connect(
     loop = asyncio.get_running_loop()
     opened: asyncio.Future[Connection] = loop.create_future()
     transport: asyncio.Transport | None = None
+    handshake: _Handshake | None = None
     try:
         async with asyncio.timeout(limits.open_timeout):
-            transport, _ = await loop.create_connection(
+            transport, handshake = await loop.create_connection(
                 lambda: _Handshake(request, key, subprotocols, limits, opened),
                 target.host,
                 target.port,
                 ssl=ssl if target.secure else None,
             )
             return await opened
-    except BaseException:
+    except BaseException as exc:
         if transport is not None:
             transport.abort()
+        if isinstance(exc, TimeoutError) and handshake is not None:
+            # Refused, but the body is late: what the server said beats "timed out".
+            refusal = handshake.refusal()
+            if refusal is not None:
+                raise refusal from None
         raise
 
 
@@ -74,7 +88,10 @@ class _Handshake(asyncio.BufferedProtocol):
     """The client's side of the opening handshake (RFC 6455 §4.1).
 
     Sends the request, reads the response and, on a valid 101, hands the
-    transport to a new :class:`Connection`, which ``opened`` then holds.
+    transport to a new :class:`Connection`, which ``opened`` then holds. Any
+    other status is a refusal: the start of its body is read (at most
+    ``_MAX_REFUSAL_BODY`` bytes, up to its ``Content-Length`` or the end of the
+    connection), then ``opened`` holds the ``InvalidResponse``.
     """
 
     def __init__(
@@ -92,6 +109,10 @@ class _Handshake(asyncio.BufferedProtocol):
         self._opened = opened
         self._parser = ResponseParser(limits)
         self._transport: asyncio.Transport | None = None
+        # A refusal: its head, the body so far, and how much of it to wait for.
+        self._refused: Response | None = None
+        self._body = bytearray()
+        self._body_size = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -102,9 +123,18 @@ class _Handshake(asyncio.BufferedProtocol):
         return _receive_buffer.view
 
     def buffer_updated(self, nbytes: int) -> None:
+        data = _receive_buffer.view[:nbytes]
+        if self._refused is not None:
+            self._read_body(data)
+            return
         try:
-            response = self._parser.feed(_receive_buffer.view[:nbytes])
+            response = self._parser.feed(data)
             if response is None:
+                return
+            if response.status != 101:
+                self._refused = response
+                self._body_size = _body_size(response)
+                self._read_body(self._parser.rest)
                 return
             subprotocol = check_response(response, self._key, self._subprotocols)
         except InvalidResponse as exc:
@@ -126,15 +156,53 @@ class _Handshake(asyncio.BufferedProtocol):
             connection.receive(self._parser.rest)
 
     def eof_received(self) -> bool:
-        self._fail(InvalidResponse("connection closed before the handshake response"))
+        self._end()
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None  # Nothing left to abort.
-        self._fail(exc or InvalidResponse("connection closed before the handshake response"))
+        self._end(exc)
+
+    def refusal(self) -> InvalidResponse | None:
+        """The error for the refusal received, with its body so far; None before one came."""
+        if self._refused is None:
+            return None
+        return refused(dataclasses.replace(self._refused, body=bytes(self._body)))
+
+    def _read_body(self, data: BytesLike) -> None:
+        """Keep the next bytes of a refusal's body, up to ``_body_size``; then fail."""
+        self._body += data[: self._body_size - len(self._body)]
+        if len(self._body) >= self._body_size:
+            self._end()
+
+    def _end(self, exc: Exception | None = None) -> None:
+        """No more of the response is read: fail with the refusal, if one came, else ``exc``."""
+        self._fail(
+            self.refusal()
+            or exc
+            or InvalidResponse("connection closed before the handshake response")
+        )
 
     def _fail(self, exc: Exception) -> None:
         if not self._opened.done():
             self._opened.set_exception(exc)
         if self._transport is not None:
             self._transport.abort()
+
+
+def _body_size(response: Response) -> int:
+    """How many bytes of a refusal's body to wait for: at most ``_MAX_REFUSAL_BODY``.
+
+    RFC 9112 §6.3: none for a 1xx, 204 or 304, which have no body; none either
+    for a ``Transfer-Encoding`` (chunked), which is not decoded; ``Content-Length``
+    if given, else up to the end of the connection.
+    """
+    if response.status < 200 or response.status in (204, 304):
+        return 0
+    if "Transfer-Encoding" in response.headers:
+        return 0
+    length = response.headers.get("Content-Length")
+    # A longer number is over the cap anyway, and int() of a huge one is slow.
+    if length is not None and length.isdecimal() and len(length) < 19:
+        return min(int(length), _MAX_REFUSAL_BODY)
+    return _MAX_REFUSAL_BODY

@@ -1,8 +1,10 @@
 """``python -m rfc6455 URI``: an interactive and scriptable WebSocket console client.
 
 Interactive mode (the default): every line read from stdin is sent as a text
-message, and every message received is printed as it arrives. End of input
-(Ctrl-D) or SIGINT (Ctrl-C; SIGTERM too) closes the connection with 1000.
+message, and every message received is printed as it arrives. At the end of
+input (Ctrl-D, or the end of a pipe) the replies are still printed until none
+came for ``--linger`` seconds, then the connection is closed with 1000; SIGINT
+(Ctrl-C; SIGTERM too) closes it at once.
 
 Non-interactive mode (any of ``--send``, ``--expect`` or ``--timeout``): connect,
 send the ``--send`` messages in order, wait for ``--expect`` messages or until
@@ -11,7 +13,9 @@ worked. Stdin is not read.
 
 Received messages go to stdout, and nothing else does: status lines (connected,
 closing, closed) and errors go to stderr, so that ``--json`` output can be piped
-as it is.
+as it is. A URI is printed through :func:`redact_uri`, which hides the values of
+secret-looking query parameters (``access_token=REDACTED``). A refused handshake
+is one line with the server's reason (:func:`describe_refusal`).
 
 ``--resume`` (either mode): when the connection drops or the server goes away,
 connect again after a short delay, asking for what was missed with the chat
@@ -36,6 +40,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -49,9 +54,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import NoReturn, TextIO
 
-from ..exceptions import ConnectionClosed, WebSocketError
+from ..exceptions import ConnectionClosed, InvalidResponse, WebSocketError
 from ..frames import Close, CloseCode
 from ..handshake import client_request, generate_key, parse_uri
+from ..http11 import Response
 from ..protocol import State
 from ..typing import Data
 from .client import connect
@@ -67,8 +73,10 @@ __all__ = [
     "Options",
     "Output",
     "describe_close",
+    "describe_refusal",
     "main",
     "parse_args",
+    "redact_uri",
     "resume_uri",
     "stdin_lines",
 ]
@@ -82,8 +90,10 @@ EXIT_CLOSED = 4  # the connection did not close normally (a close code other tha
 _EPILOG = """\
 interactive mode (no --send, --expect or --timeout):
   each line of stdin is sent as a text message; received messages are printed
-  with the local time, JSON pretty-printed. Ctrl-D (end of input) or Ctrl-C
-  closes with 1000; a second Ctrl-C drops the connection.
+  with the local time, JSON pretty-printed. At the end of input (Ctrl-D, or
+  the end of a pipe) the replies are still printed until none came for
+  --linger seconds (default 1), then it closes with 1000. Ctrl-C closes at
+  once; a second Ctrl-C drops the connection.
 
 non-interactive mode (any of --send, --expect, --timeout):
   connect, send each --send in order, wait for --expect messages (or until
@@ -100,7 +110,10 @@ non-interactive mode (any of --send, --expect, --timeout):
   a close with another code, or a first connection that failed. --send
   messages are sent once, --expect counts across connections.
 
-received messages go to stdout; status lines and errors go to stderr.
+received messages go to stdout; status lines and errors go to stderr. In the
+URIs printed, the values of secret-looking query parameters (access_token,
+token, jwt, password, secret, api_key, key, auth, sig, ... in any case) are
+shown as REDACTED; the URI connected to is the one given.
 --json prints one object per message:
   {"time": "<local ISO 8601>", "type": "text", "data": <parsed JSON or the string>,
    "json": <whether the text parsed as JSON>}
@@ -109,7 +122,7 @@ received messages go to stdout; status lines and errors go to stderr.
 exit status:
   0  success: connected, sent, got the --expect messages, closed normally
   1  could not connect: refused, unreachable, TLS error, handshake refused
-     (e.g. 401, 403, 404) or timed out
+     (e.g. 401, 403, 404: the server's reason is shown) or timed out
   2  usage error: a bad option, URI or header
   3  fewer than --expect messages arrived (--timeout, Ctrl-C or the server closed)
   4  the connection closed abnormally: a close code other than 1000/1001
@@ -178,6 +191,8 @@ class Options:
     json: bool = False
     # Reconnect with since=&epoch= after a drop (see the module docstring).
     resume: bool = False
+    # Interactive: after the end of input, close once no message came for this long.
+    linger: float = 1.0
 
     @property
     def interactive(self) -> bool:
@@ -216,14 +231,19 @@ def _size(text: str) -> int | None:
     return value or None
 
 
-def _seconds(text: str) -> float:
+def _seconds(text: str, *, zero: bool = False) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be a number of seconds > 0")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        bound = ">= 0" if zero else "> 0"
+        raise argparse.ArgumentTypeError(f"{text} must be a number of seconds {bound}")
     return value
+
+
+def _seconds_or_zero(text: str) -> float:
+    return _seconds(text, zero=True)
 
 
 def _count(text: str) -> int:
@@ -298,6 +318,14 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         help="non-interactive: wait for N messages, then close; fewer is exit status 3",
     )
     parser.add_argument(
+        "--linger",
+        metavar="S",
+        type=_seconds_or_zero,
+        default=1.0,
+        help="interactive: after the end of input, print the replies until none came "
+        "for S seconds, then close (default 1; 0: close at once)",
+    )
+    parser.add_argument(
         "--json",
         action="store_true",
         help="print each message as one line of JSON (shape below)",
@@ -323,6 +351,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         expect=args.expect,
         json=args.json,
         resume=args.resume,
+        linger=args.linger,
     )
     # Build the request once, so that a bad URI, subprotocol name or header
     # value is a usage error rather than a failed connection.
@@ -332,7 +361,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
             target, generate_key(), subprotocols=options.subprotocols, headers=options.headers
         ).serialize()
     except ValueError as exc:
-        parser.error(str(exc))
+        # parse_uri's messages quote the URI: with its secrets hidden, as everywhere.
+        parser.error(str(exc).replace(repr(options.uri), repr(redact_uri(options.uri))))
     return options
 
 
@@ -358,6 +388,78 @@ def describe_close(close: Close) -> str:
     """``1001 (going away) "server shutting down"``."""
     text = _code_name(close.code)
     return f"{text} {json.dumps(close.reason, ensure_ascii=False)}" if close.reason else text
+
+
+# At most this many characters of a server's text on a line: a reason, not a page.
+_UNTRUSTED_WIDTH = 200
+
+# RFC 9110 §11.6.1: where a challenge of the Bearer scheme (RFC 6750 §3) starts
+# in a WWW-Authenticate value, and each of its auth-params, name=token or
+# name="quoted-string".
+_BEARER = re.compile(r"(?:^|,)\s*Bearer(?=[\s,]|$)", re.IGNORECASE)
+_AUTH_PARAM = re.compile(
+    r'\s*,?\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,"]*)'
+)
+
+
+def describe_refusal(response: Response) -> str:
+    """``401 Unauthorized: invalid token: the token has expired``: a refusal and its reason.
+
+    The reason is the ``error`` and ``error_description`` of a ``WWW-Authenticate:
+    Bearer`` challenge (RFC 6750 §3), else the first line of the body (but not of
+    an HTML page: that is markup). It is the server's text, so it is made one
+    line of printable characters (others escaped) of at most ~200 characters.
+    """
+    text = f"{response.status} {response.reason}".rstrip()
+    reason = _bearer_error(response) or _first_line(response)
+    if reason:
+        text += f": {reason}"
+    return _one_line(text)
+
+
+def _bearer_error(response: Response) -> str:
+    """``invalid token: the token has expired``, from the first Bearer challenge that has one."""
+    # A "Bearer" in another challenge's quoted string is a false start: it has no params.
+    values = response.headers.get_all("WWW-Authenticate")
+    for start in (match for value in values for match in _BEARER.finditer(value)):
+        params: dict[str, str] = {}
+        pos = start.end()
+        while (param := _AUTH_PARAM.match(start.string, pos)) is not None:
+            name, text = param.groups()
+            if text.startswith('"'):
+                text = re.sub(r"\\(.)", r"\1", text[1:-1])  # RFC 9110 §5.6.4: quoted-pair
+            params.setdefault(name.lower(), text)
+            pos = param.end()
+        error = params.get("error", "").replace("_", " ")
+        found = ": ".join(part for part in (error, params.get("error_description", "")) if part)
+        if found:
+            return found
+    return ""
+
+
+def _first_line(response: Response) -> str:
+    """The first line of a refusal's body that is not blank, unless the body is HTML."""
+    media_type = (response.headers.get("Content-Type") or "").partition(";")[0]
+    if media_type.strip().lower() == "text/html":
+        return ""
+    for line in response.body.decode("utf-8", "replace").splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def _one_line(text: str) -> str:
+    """Untrusted ``text`` as one line: non-printable characters escaped, then cut with "…"."""
+    pieces: list[str] = []
+    width = 0
+    for char in text:
+        piece = char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+        width += len(piece)
+        if width > _UNTRUSTED_WIDTH:
+            pieces.append("…")
+            break
+        pieces.append(piece)
+    return "".join(pieces)
 
 
 def _printable(text: str) -> str:
@@ -508,6 +610,48 @@ def resume_uri(uri: str, since: int | None, epoch: str | None) -> str:
     return urllib.parse.urlunsplit(parts._replace(query="&".join(query)))
 
 
+# Query (and fragment) parameters whose values are secrets: a name that, once
+# lowercased and without "-", "_" and ".", ends with one of these. So
+# access_token, id_token, client_secret, api-key, apikey, X-Amz-Signature...
+_SECRET_NAMES = (
+    "token",
+    "jwt",
+    "password",
+    "passwd",
+    "pwd",
+    "secret",
+    "key",
+    "auth",
+    "authorization",
+    "sig",
+    "signature",
+    "credential",
+    "credentials",
+)
+# A parameter of a query or fragment: name=value after "?", "&", ";" or "#".
+_PARAMETER = re.compile(r"(?<=[?&;#])([^=?&;#]*)=([^&;#]*)")
+# The password of user info (scheme://user:password@host), which parse_uri refuses.
+_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/?#@:]*:)[^/?#@]*@")
+_REDACTED = "REDACTED"
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` as printed: the values of secret-looking parameters replaced by ``REDACTED``.
+
+    ``ws://h/?access_token=abc&room=1`` is printed as
+    ``ws://h/?access_token=REDACTED&room=1``; the URI dialled is unchanged.
+    """
+    return _PARAMETER.sub(_redact_parameter, _PASSWORD.sub(rf"\1{_REDACTED}@", uri))
+
+
+def _redact_parameter(match: re.Match[str]) -> str:
+    name, value = match.groups()
+    words = re.sub(r"[-_.]", "", urllib.parse.unquote_plus(name)).lower()
+    if value and words.endswith(_SECRET_NAMES):
+        return f"{name}={_REDACTED}"
+    return match.group()
+
+
 def _seq(value: object) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
@@ -515,7 +659,8 @@ def _seq(value: object) -> int | None:
 
 
 def _connect_error(exc: BaseException, uri: str) -> str:
-    """One line that says why connecting to ``uri`` failed."""
+    """One line that says why connecting to ``uri`` failed (its secrets redacted)."""
+    uri = redact_uri(uri)
     if isinstance(exc, TimeoutError):
         return f"timed out connecting to {uri}"
     if isinstance(exc, socket.gaierror):
@@ -529,6 +674,9 @@ def _connect_error(exc: BaseException, uri: str) -> str:
         return f"cannot connect to {uri}: connection refused"
     if isinstance(exc, OSError):
         return f"cannot connect to {uri}: {exc.strerror or exc}"
+    response = exc.response if isinstance(exc, InvalidResponse) else None
+    if response is not None and response.status != 101:
+        return f"handshake with {uri} refused: {describe_refusal(response)}"
     return f"handshake with {uri} failed: {exc}"
 
 
@@ -618,6 +766,8 @@ class Console:
         self._reading: asyncio.Task[None] | None = None
         self._unsent: str | None = None  # a line whose connection closed under it
         self._input_ended = False
+        # --linger counts from this loop time: the end of input, or the last message since.
+        self._quiet_since = 0.0
         self._sends_done = 0  # --send messages sent, over every connection
 
     def interrupt(self) -> None:
@@ -649,7 +799,7 @@ class Console:
             if not self._interrupted.is_set():
                 raise
             self.output.leave_input_line(interrupted=True)
-            self.output.error(f"interrupted while connecting to {options.uri}")
+            self.output.error(f"interrupted while connecting to {redact_uri(options.uri)}")
             return EXIT_CONNECT
         # A TimeoutError is an OSError; ValueError: a host name that cannot be encoded.
         except (OSError, ValueError, WebSocketError) as exc:
@@ -731,7 +881,7 @@ class Console:
                 self.output.error(_connect_error(exc, uri))
                 continue
             self.output.leave_input_line(interrupted=True)
-            self.output.error(f"interrupted while reconnecting to {uri}")
+            self.output.error(f"interrupted while reconnecting to {redact_uri(uri)}")
             return None
         self._gave_up = True
         self.output.error(f"gave up after {len(delays)} attempts to reconnect")
@@ -763,7 +913,7 @@ class Console:
     async def _session(self, ws: Connection, uri: str, deadline: float | None) -> int:
         """Exchange messages on one connection until it ends; return its exit status."""
         options = self.options
-        connected = f"connected to {uri}"
+        connected = f"connected to {redact_uri(uri)}"
         if ws.subprotocol is not None:
             connected += f", subprotocol {ws.subprotocol}"
         elif options.subprotocols:
@@ -797,6 +947,7 @@ class Console:
         with contextlib.suppress(ConnectionClosed):
             while expect is None or self.received < expect:
                 message = await ws.recv()
+                self._quiet_since = asyncio.get_running_loop().time()
                 self.received += 1
                 self._attempts = 0
                 if self.options.resume:
@@ -804,20 +955,42 @@ class Console:
                 self.output.message(message)
 
     async def _interact(self, ws: Connection, receiving: asyncio.Task[None]) -> None:
-        """Send the input lines until their end, Ctrl-C, or the server closes."""
+        """Send the input lines until their end (then linger), Ctrl-C, or the server closes."""
         sending = asyncio.create_task(self._send_lines(ws))
         interrupted = asyncio.create_task(self._interrupted.wait())
         try:
             await asyncio.wait(
                 {receiving, sending, interrupted}, return_when=asyncio.FIRST_COMPLETED
             )
+            if not receiving.done() and (self._input_ended or self._interrupted.is_set()):
+                self.output.leave_input_line(interrupted=self._interrupted.is_set())
+            if self._input_ended:
+                await self._linger(receiving, interrupted)
         finally:
             for task in (sending, interrupted):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        if not receiving.done() and (self._input_ended or self._interrupted.is_set()):
-            self.output.leave_input_line(interrupted=self._interrupted.is_set())
+
+    async def _linger(self, receiving: asyncio.Task[None], interrupted: asyncio.Task[bool]) -> None:
+        """The input ended: print the replies until none came for --linger seconds.
+
+        A pipe ends as soon as its last line is sent, before the replies to it
+        arrive. Ctrl-C, or the server closing, ends the wait at once.
+        """
+        linger = self.options.linger
+        if linger and not receiving.done() and not interrupted.done():
+            self.output.status(f"end of input: closing after {linger:g} s without a message")
+        loop = asyncio.get_running_loop()
+        while not (receiving.done() or interrupted.done()):
+            quiet = loop.time() - self._quiet_since
+            if quiet >= linger:
+                return
+            await asyncio.wait(
+                {receiving, interrupted},
+                timeout=linger - quiet,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
 
     async def _read_input(self, queue: asyncio.Queue[str | None]) -> None:
         if self.lines is None:
@@ -843,6 +1016,7 @@ class Console:
                 line = await self._input.get()
             if line is None:
                 self._input_ended = True
+                self._quiet_since = asyncio.get_running_loop().time()
                 return
             try:
                 await ws.send(line)

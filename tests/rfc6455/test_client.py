@@ -13,6 +13,7 @@ import pytest
 
 import rfc6455
 from rfc6455 import Connection, ConnectionClosedOK, InvalidResponse, Request, Response, State
+from rfc6455.aio import client as client_module
 from rfc6455.frames import Opcode
 from rfc6455.handshake import accept_key, reject
 from tests.rfc6455.conftest import (
@@ -352,3 +353,122 @@ async def test_server_closing_the_connection(net: Net) -> None:
     with pytest.raises(ConnectionClosedOK) as info:
         await client.recv()
     assert (info.value.code, info.value.reason) == (1001, "bye!")
+
+
+# Refusals: the response, with the start of its body
+
+
+async def test_refusal_carries_the_response_and_its_body(net: Net) -> None:
+    challenge = 'Bearer realm="chat", error="invalid_token", error_description="expired"'
+
+    def hook(request: Request) -> Response:
+        if request.path == "/401":
+            return reject(401, "the token has expired", [("WWW-Authenticate", challenge)])
+        return reject(403, "no token")
+
+    server = await net.serve(process_request=hook)
+    with pytest.raises(InvalidResponse) as unauthorized:
+        await net.connect(server, "/401")
+    # The message is as it was; the response comes with it.
+    assert str(unauthorized.value) == "server refused the WebSocket upgrade: 401 Unauthorized"
+    response = unauthorized.value.response
+    assert response is not None
+    assert (response.status, response.reason) == (401, "Unauthorized")
+    assert response.headers.get("WWW-Authenticate") == challenge
+    assert response.body == b"the token has expired\n"
+    with pytest.raises(InvalidResponse) as forbidden:
+        await net.connect(server, "/")
+    assert forbidden.value.response is not None
+    assert forbidden.value.response.body == b"no token\n"
+
+
+async def refused_by(net: Net, *reply: bytes, then_close: bool = False) -> InvalidResponse:
+    """Connect to a fake server that sends ``reply``, then holds the connection or closes it.
+
+    The parts of ``reply`` are sent a moment apart, to arrive in several reads.
+    No ``open_timeout``: only the end of what is read can end the handshake,
+    and the hang guard fails a client that waits for more.
+    """
+
+    async def fake(reader: Reader, writer: Writer) -> None:
+        await read_request(reader)
+        for part in reply:
+            writer.write(part)
+            await writer.drain()
+            await asyncio.sleep(0.01)
+        if not then_close:
+            with contextlib.suppress(ConnectionError):
+                await reader.read()
+
+    server = await net.plain_server(fake)
+    with pytest.raises(InvalidResponse) as info:
+        async with asyncio.timeout(GUARD):
+            await net.connect(server, open_timeout=None)
+    assert info.value.response is not None
+    return info.value
+
+
+@pytest.mark.parametrize(
+    ("reply", "body"),
+    [
+        (b"HTTP/1.1 403 Forbidden\r\nContent-Length: 9\r\n\r\nno token\n", b"no token\n"),
+        (b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno token\n", b"no"),
+        (b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n", b""),
+        (b"HTTP/1.1 204 No Content\r\n\r\n", b""),
+        # Not decoded, so not waited for.
+        (b"HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nno!\r\n", b""),
+    ],
+    ids=["content_length", "shorter_content_length", "empty", "204", "chunked"],
+)
+async def test_refusal_body_up_to_its_length(net: Net, reply: bytes, body: bytes) -> None:
+    """The server keeps the connection open: the client stops reading where the body ends."""
+    error = await refused_by(net, reply)
+    assert error.response is not None
+    assert error.response.body == body
+
+
+async def test_refusal_body_up_to_the_end_of_the_connection(net: Net) -> None:
+    head = b"HTTP/1.0 404 Not Found\r\n\r\n"
+    error = await refused_by(net, head, b"no such room\n", b"second line", then_close=True)
+    assert str(error) == "server refused the WebSocket upgrade: 404 Not Found"
+    assert error.response is not None
+    assert error.response.body == b"no such room\nsecond line"
+
+
+@pytest.mark.parametrize("length", ["Content-Length: 100000000\r\n", ""], ids=["huge", "endless"])
+async def test_refusal_body_is_bounded(net: Net, length: str) -> None:
+    """A server that sends a body without end: the client keeps 4 KiB and stops reading."""
+
+    async def fake(reader: Reader, writer: Writer) -> None:
+        await read_request(reader)
+        writer.write(f"HTTP/1.1 403 Forbidden\r\n{length}\r\n".encode())
+        with contextlib.suppress(ConnectionError):
+            while True:  # until the client drops the connection
+                writer.write(b"x" * 65536)
+                await writer.drain()
+
+    server = await net.plain_server(fake)
+    with pytest.raises(InvalidResponse) as info:
+        async with asyncio.timeout(GUARD):
+            await net.connect(server, open_timeout=None)
+    assert info.value.response is not None
+    assert info.value.response.body == b"x" * client_module._MAX_REFUSAL_BODY
+
+
+async def test_refusal_whose_body_is_late(net: Net) -> None:
+    """The body never comes in full: at ``open_timeout`` the refusal is raised, not TimeoutError."""
+    reply = b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 100\r\n\r\nbad t"
+
+    async def fake(reader: Reader, writer: Writer) -> None:
+        await read_request(reader)
+        writer.write(reply)
+        with contextlib.suppress(ConnectionError):
+            await reader.read()
+
+    server = await net.plain_server(fake)
+    with pytest.raises(InvalidResponse) as info:
+        async with asyncio.timeout(GUARD):
+            await net.connect(server, open_timeout=0.5)
+    assert info.value.response is not None
+    assert info.value.response.status == 401
+    assert info.value.response.body == b"bad t"

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 import rfc6455
-from rfc6455 import Close, Connection, Request, Response
+from rfc6455 import Close, Connection, Headers, InvalidResponse, Request, Response
 from rfc6455.aio import console
 from rfc6455.aio.console import Console, Options, Output
 from rfc6455.handshake import accept_key, reject
@@ -340,8 +340,69 @@ async def test_handshake_refused_403(net: Net, tmp_path: Path) -> None:
     result = await run_console(uri, "--expect", "1", cwd=tmp_path)
     assert result.status == console.EXIT_CONNECT, result
     assert one_error_line(result.stderr) == (
-        f"rfc6455: handshake with {uri} failed: server refused the WebSocket upgrade: 403 Forbidden"
+        f"rfc6455: handshake with {uri} refused: 403 Forbidden: no token"
     )
+
+
+BEARER_EXPIRED = (
+    'Bearer realm="chat", error="invalid_token", error_description="the token has expired"'
+)
+SECRETS = ("s3cr3t-one", "s3cr3t-two", "s3cr3t-three")
+# Secrets in the query, in several spellings, and a parameter that is not one.
+SECRET_QUERY = f"access_token={SECRETS[0]}&Token={SECRETS[1]}&room=lobby&API_KEY={SECRETS[2]}"
+REDACTED_QUERY = "access_token=REDACTED&Token=REDACTED&room=lobby&API_KEY=REDACTED"
+
+
+def assert_no_secret(text: str) -> None:
+    for secret in SECRETS:
+        assert secret not in text, text
+
+
+async def test_handshake_refused_401_shows_the_bearer_error(net: Net, tmp_path: Path) -> None:
+    """The chat server's refusal: the error description of its challenge, on one line."""
+
+    def hook(request: Request) -> Response:
+        return reject(401, "unauthorized", [("WWW-Authenticate", BEARER_EXPIRED)])
+
+    server = await net.serve(echo, process_request=hook)
+    uri = net.uri(server, f"/?{SECRET_QUERY}")
+    result = await run_console(uri, cwd=tmp_path)
+    assert result.status == console.EXIT_CONNECT, result
+    assert one_error_line(result.stderr) == (
+        f"rfc6455: handshake with {net.uri(server, '/?' + REDACTED_QUERY)} refused: "
+        "401 Unauthorized: invalid token: the token has expired"
+    )
+    assert_no_secret(result.stderr)
+
+
+async def test_secrets_in_the_uri_are_not_printed(
+    recorder: tuple[Recorder, str], tmp_path: Path
+) -> None:
+    """The status lines show the URI redacted; the server gets it as it was given."""
+    server, uri = recorder
+    result = await run_console(
+        f"{uri}?{SECRET_QUERY}", "--send", "hi", "--expect", "1", cwd=tmp_path
+    )
+    assert result.status == 0, result
+    assert f"connected to {uri}?{REDACTED_QUERY}\n" in result.stderr
+    assert_no_secret(result.stderr)
+    (request,) = server.requests
+    assert request.query == SECRET_QUERY
+
+
+async def test_secrets_in_error_lines_are_not_printed(net: Net, tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        uri = f"ws://{HOST}:{sock.getsockname()[1]}/?{SECRET_QUERY}"
+        result = await run_console(uri, cwd=tmp_path)
+    assert result.status == console.EXIT_CONNECT, result
+    assert REDACTED_QUERY in one_error_line(result.stderr)
+    assert_no_secret(result.stderr)
+    # A usage error quotes the URI: redacted too.
+    result = await run_console(f"ws://{HOST}/?{SECRET_QUERY}#fragment", cwd=tmp_path)
+    assert result.status == console.EXIT_USAGE, result
+    assert "fragment" in one_error_line(result.stderr)
+    assert_no_secret(result.stderr)
 
 
 async def test_open_timeout(net: Net, tmp_path: Path) -> None:
@@ -410,7 +471,7 @@ async def test_interactive_through_a_pipe(
     recorder: tuple[Recorder, str], interactive: Callable[..., Any]
 ) -> None:
     server, uri = recorder
-    client = await interactive(uri)
+    client = await interactive(uri, "--linger", "0")
     await client.write("hello\n")
     (line,) = await client.read_lines(1)
     assert re.fullmatch(TIME + r" hello\n", line)
@@ -457,6 +518,68 @@ async def test_interactive_server_closes(net: Net, interactive: Callable[..., An
     assert status == 0, client.stderr
     assert client.stderr_lines[-1] == 'closed by server: 1001 (going away) "going down"\n'
     assert not any(line.startswith("closing") for line in client.stderr_lines)
+
+
+async def test_piped_input_prints_the_replies(net: Net, interactive: Callable[..., Any]) -> None:
+    """``printf 'x\\n' | python -m rfc6455 ws://…/echo``: the echo comes after the input ended."""
+
+    async def slow_echo(ws: Connection) -> None:
+        message = await ws.recv()
+        await asyncio.sleep(0.1)  # the client has read the end of its input by then
+        await ws.send(message)
+        await ws.close(1000, "done")
+
+    server = await net.serve(slow_echo)
+    # A generous --linger: the server closes first, so the run takes no longer.
+    client = await interactive(net.uri(server, "/echo"), "--linger", "5")
+    await client.write("x\n")
+    await client.close_stdin()
+    status, rest = await client.wait()
+    assert status == 0, client.stderr
+    assert re.fullmatch(f"{TIME} x\n", rest), rest
+    assert "end of input: closing after 5 s without a message\n" in client.stderr_lines
+    assert client.stderr_lines[-1] == 'closed by server: 1000 (normal closure) "done"\n'
+
+
+async def test_linger_lasts_while_messages_keep_coming(net: Net) -> None:
+    """Each message starts the quiet period again; after it, the client closes with 1000."""
+    closes: asyncio.Queue[int | None] = asyncio.Queue()
+
+    async def ticker(ws: Connection) -> None:
+        await ws.recv()
+        for n in range(4):  # 1.2 s in all, more than --linger; 0.3 s apart, far less
+            await asyncio.sleep(0.3)
+            await ws.send(f"tick {n}")
+        await ws.wait_closed()
+        closes.put_nowait(ws.close_code)
+
+    server = await net.serve(ticker)
+    client = make_console(Options(net.uri(server), linger=1.0, json=True), ["go"])
+    async with asyncio.timeout(GUARD):
+        assert await client.run() == 0
+    out, err = printed(client)
+    assert [json.loads(line)["data"] for line in out.splitlines()] == [
+        f"tick {n}" for n in range(4)
+    ]
+    assert err.splitlines()[-3:] == [
+        "end of input: closing after 1 s without a message",
+        "closing: 1000 (normal closure)",
+        "closed: server answered 1000 (normal closure)",
+    ]
+    async with asyncio.timeout(GUARD):
+        assert await closes.get() == 1000
+
+
+async def test_interrupt_while_lingering(recorder: tuple[Recorder, str]) -> None:
+    """Ctrl-C after the end of input closes at once, however long --linger is."""
+    server, uri = recorder
+    client = make_console(Options(uri, linger=GUARD * 10), ["one"])
+    running = asyncio.create_task(client.run())
+    await wait_until(lambda: "end of input" in printed(client)[1])
+    client.interrupt()
+    async with asyncio.timeout(GUARD):
+        assert await running == 0
+    assert await server.closed() == (1000, "")
 
 
 # End to end, with the chat server
@@ -521,6 +644,9 @@ async def test_chat_server_end_to_end(tmp_path: Path, loop_errors: list[Any]) ->
         (["ws://h/", "--subprotocol", "a b"], "invalid subprotocol name"),
         (["ws://h/", "--timeout", "0"], "must be a number of seconds > 0"),
         (["ws://h/", "--timeout", "soon"], "is not a number of seconds"),
+        (["ws://h/", "--timeout", "-1"], "must be a number of seconds > 0"),
+        (["ws://h/", "--linger", "-1"], "must be a number of seconds >= 0"),
+        (["ws://h/", "--linger", "nan"], "must be a number of seconds >= 0"),
         (["ws://h/", "--expect", "-1"], "must be >= 0"),
         (["ws://h/", "--expect", "two"], "is not a whole number"),
         (["ws://h/", "--max-size", "-1"], "must be >= 0"),
@@ -546,6 +672,8 @@ def test_parse_args() -> None:
     )
     assert not options.interactive
     assert console.parse_args(["ws://h/"]).interactive
+    assert console.parse_args(["ws://h/"]).linger == 1.0
+    assert console.parse_args(["ws://h/", "--linger", "0"]).linger == 0
     assert not console.parse_args(["ws://h/", "--expect", "0"]).interactive
     assert not console.parse_args(["ws://h/", "--timeout", "1"]).interactive
 
@@ -581,7 +709,7 @@ def printed(client: Console) -> tuple[str, str]:
 
 async def test_console_interactive_lines(recorder: tuple[Recorder, str]) -> None:
     server, uri = recorder
-    client = make_console(Options(uri), ["one", "two"])
+    client = make_console(Options(uri, linger=0), ["one", "two"])
     assert await client.run() == 0
     out, err = printed(client)
     assert err.splitlines()[-2:] == [
@@ -590,7 +718,7 @@ async def test_console_interactive_lines(recorder: tuple[Recorder, str]) -> None
     ]
     assert await server.closed() == (1000, "")
     assert server.messages == ["one", "two"]
-    # The end of input closes at once: the echoes that came before the
+    # --linger 0: the end of input closes at once; the echoes that came before the
     # server's close frame are printed, the others were never sent.
     assert re.fullmatch(rf"({TIME} one\n({TIME} two\n)?)?", out)
 
@@ -672,6 +800,68 @@ async def test_console_interrupt_while_connecting(net: Net) -> None:
         assert await running == console.EXIT_CONNECT
     hold.set()
     assert printed(client)[1] == f"rfc6455: interrupted while connecting to {net.uri(plain)}\n"
+
+
+async def test_console_redacts_while_connecting_and_reconnecting(net: Net) -> None:
+    """The lines printed while (re)connecting: interrupted, refused, timed out."""
+    hold = asyncio.Event()
+    accepted = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set()
+        await hold.wait()
+
+    plain = await net.plain_server(silent)
+    uri = net.uri(plain, f"/?{SECRET_QUERY}")
+    try:
+        interrupted = make_console(Options(uri, expect=1))
+        running = asyncio.create_task(interrupted.run())
+        await wait_until(accepted.is_set)
+        interrupted.interrupt()
+        async with asyncio.timeout(GUARD):
+            assert await running == console.EXIT_CONNECT
+        timed_out = make_console(Options(uri, expect=1, timeout=0.2))
+        assert await timed_out.run() == console.EXIT_CONNECT
+    finally:
+        hold.set()
+    for client in (interrupted, timed_out):
+        line = one_error_line(printed(client)[1])
+        assert REDACTED_QUERY in line
+        assert_no_secret(line)
+
+    async def first(ws: Connection) -> None:
+        await ws.send('{"seq": 1, "epoch": "e"}')
+        await ws.close(1012, "restart")
+
+    script, script_uri = await scripted(net, first)  # later connections: 503
+    resumed = fast_console(Options(f"{script_uri}&{SECRET_QUERY}", expect=2, resume=True))
+    assert await resumed.run() == console.EXIT_EXPECT
+    err = printed(resumed)[1]
+    assert err.count(f"handshake with {script_uri}&{REDACTED_QUERY}&since=1&epoch=e ") == 2
+    assert_no_secret(err)
+    assert script.queries[1] == f"x=1&{SECRET_QUERY}&since=1&epoch=e"
+
+
+async def test_console_refused_with_an_endless_body(net: Net) -> None:
+    """A refusal whose body never ends: one line, cut short, and no hang."""
+
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 403 Forbidden\r\n\r\n\x1b[2J" + b"x" * 1000)
+        with contextlib.suppress(ConnectionError):
+            while True:
+                writer.write(b"x" * 65536)
+                await writer.drain()
+
+    plain = await net.plain_server(endless)
+    client = make_console(Options(net.uri(plain), expect=1))
+    async with asyncio.timeout(GUARD):
+        assert await client.run() == console.EXIT_CONNECT
+    line = one_error_line(printed(client)[1])
+    prefix = f"rfc6455: handshake with {net.uri(plain)} refused: 403 Forbidden: \\x1b[2J"
+    assert line.startswith(prefix)
+    assert line.endswith("x…")
+    assert len(line) <= len(f"rfc6455: handshake with {net.uri(plain)} refused: ") + 201
 
 
 async def test_console_interrupt_while_waiting(recorder: tuple[Recorder, str]) -> None:
@@ -818,6 +1008,115 @@ def test_connect_errors() -> None:
     assert console._connect_error(ValueError("label too long"), uri).endswith("label too long")
 
 
+def test_connect_error_of_an_invalid_101() -> None:
+    """A 101 that is not a valid upgrade is a failure, not a refusal."""
+    response = Response(101, "Switching Protocols", Headers())
+    error = InvalidResponse("missing or invalid Upgrade header; expected websocket", response)
+    assert console._connect_error(error, "ws://h/") == (
+        "handshake with ws://h/ failed: missing or invalid Upgrade header; expected websocket"
+    )
+
+
+@pytest.mark.parametrize(
+    ("uri", "printed"),
+    [
+        ("ws://h/?access_token=abc&room=1", "ws://h/?access_token=REDACTED&room=1"),
+        (
+            "ws://h/p?TOKEN=a&jwt=b&password=c&secret=d&api_key=e&apikey=f&key=g&auth=h",
+            "ws://h/p?TOKEN=REDACTED&jwt=REDACTED&password=REDACTED&secret=REDACTED"
+            "&api_key=REDACTED&apikey=REDACTED&key=REDACTED&auth=REDACTED",
+        ),
+        (
+            "ws://h/?sig=a&Signature=b&X-Amz-Signature=c&id_token=d&client-secret=e",
+            "ws://h/?sig=REDACTED&Signature=REDACTED&X-Amz-Signature=REDACTED"
+            "&id_token=REDACTED&client-secret=REDACTED",
+        ),
+        ("ws://h/?access%5Ftoken=a%20b", "ws://h/?access%5Ftoken=REDACTED"),  # encoded name
+        ("ws://h/?a=1;token=x&b=2", "ws://h/?a=1;token=REDACTED&b=2"),
+        ("ws://h/?token=&token&since=3&epoch=e", "ws://h/?token=&token&since=3&epoch=e"),
+        ("ws://h/?x=1#access_token=t", "ws://h/?x=1#access_token=REDACTED"),
+        ("ws://user:pw@h/?room=1", "ws://user:REDACTED@h/?room=1"),
+        ("ws://[::1]:80/token=x", "ws://[::1]:80/token=x"),  # a path, not a query
+        ("ws://h/", "ws://h/"),
+    ],
+)
+def test_redact_uri(uri: str, printed: str) -> None:
+    assert console.redact_uri(uri) == printed
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "body", "text"),
+    [
+        (
+            401,
+            [("WWW-Authenticate", BEARER_EXPIRED)],
+            b"unauthorized\n",
+            "401 Unauthorized: invalid token: the token has expired",
+        ),
+        (
+            401,
+            [("WWW-Authenticate", "bearer error=insufficient_scope")],
+            b"",
+            "401 Unauthorized: insufficient scope",
+        ),
+        (
+            401,
+            [("WWW-Authenticate", 'Bearer error_description="say \\"hi\\", then go"')],
+            b"",
+            '401 Unauthorized: say "hi", then go',
+        ),
+        # "Bearer" in another challenge's quoted string; then the real one, in another field.
+        (
+            401,
+            [
+                ("WWW-Authenticate", 'Basic realm="a, Bearer b"'),
+                ("WWW-Authenticate", 'Newauth x=1, Bearer realm="r", error="invalid_token"'),
+            ],
+            b"",
+            "401 Unauthorized: invalid token",
+        ),
+        # A challenge without an error: the body says why.
+        (
+            401,
+            [("WWW-Authenticate", 'Bearer realm="chat"')],
+            b"log in first\n",
+            "401 Unauthorized: log in first",
+        ),
+        (403, [], b"\n  no token \nsecond line", "403 Forbidden: no token"),
+        (403, [("Content-Type", "text/html; charset=utf-8")], b"<html>\n", "403 Forbidden"),
+        (404, [], b"", "404 Not Found"),
+        (
+            403,
+            [],
+            b"\x1b]0;pwned\x07 \xe2\x80\xae\xff",
+            "403 Forbidden: \\x1b]0;pwned\\x07 \\u202e\ufffd",
+        ),
+        (403, [], b"a" * 300, "403 Forbidden: " + "a" * 185 + "…"),
+    ],
+    ids=[
+        "bearer",
+        "error_only",
+        "quoted_pair",
+        "several_challenges",
+        "bearer_without_error",
+        "first_line",
+        "html",
+        "no_body",
+        "escaped",
+        "truncated",
+    ],
+)
+def test_describe_refusal(
+    status: int, headers: list[tuple[str, str]], body: bytes, text: str
+) -> None:
+    phrase = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found"}[status]
+    assert console.describe_refusal(Response(status, phrase, Headers(headers), body)) == text
+
+
+def test_describe_refusal_without_a_reason_phrase() -> None:
+    assert console.describe_refusal(Response(418, "", Headers(), b"short\n")) == "418: short"
+
+
 async def test_tls_certificate_not_trusted(net: Net, tls: Tls) -> None:
     server = await net.serve(echo, ssl=tls.server)
     uri = f"wss://{HOST}:{server.port}/"
@@ -868,7 +1167,7 @@ async def test_console_reads_stdin(
         monkeypatch.setattr(sys, "stdin", SimpleNamespace(fileno=lambda: read_fd))
         os.write(write_fd, b"from stdin\n")
         os.close(write_fd)
-        client = make_console(Options(uri))
+        client = make_console(Options(uri, linger=0))
         assert await client.run() == 0
     finally:
         os.close(read_fd)
@@ -1036,8 +1335,8 @@ async def test_resume_gives_up(net: Net) -> None:
     assert len(script.requests) == 3
     assert err[-4:] == [
         "reconnecting in 0.01 s (attempt 2 of 2)",
-        f"rfc6455: handshake with {uri}&since=1&epoch=e failed: "
-        "server refused the WebSocket upgrade: 503 Service Unavailable",
+        f"rfc6455: handshake with {uri}&since=1&epoch=e refused: "
+        "503 Service Unavailable: no more connections in this script",
         "rfc6455: gave up after 2 attempts to reconnect",
         "rfc6455: expected 3 messages, received 1",
     ]
@@ -1068,7 +1367,7 @@ async def test_resume_keeps_the_input(net: Net) -> None:
         await ws.wait_closed()
 
     script, uri = await scripted(net, first, second)
-    client = fast_console(Options(uri, resume=True), feed())
+    client = fast_console(Options(uri, resume=True, linger=0), feed())
     client.resume_delays = (0.3,)
     running = asyncio.create_task(client.run())
     lines.put_nowait("one")
@@ -1080,6 +1379,27 @@ async def test_resume_keeps_the_input(net: Net) -> None:
         assert await running == console.EXIT_OK
     assert received == ["one", "two"]
     assert script.queries[1] == "x=1&since=1&epoch=e"
+
+
+async def test_resume_not_after_the_end_of_input(net: Net) -> None:
+    """A drop while lingering after the end of input: the session is over, no reconnect."""
+
+    async def drops(ws: Connection) -> None:
+        await ws.recv()
+        await ws.send('{"seq": 1, "epoch": "e"}')
+        ws.abort()
+
+    async def lines() -> AsyncIterator[str]:
+        yield "one"
+
+    script, uri = await scripted(net, drops, drops)
+    client = fast_console(Options(uri, resume=True, linger=GUARD * 10), lines())
+    async with asyncio.timeout(GUARD):
+        assert await client.run() == console.EXIT_CLOSED
+    err = printed(client)[1]
+    assert "reconnecting" not in err
+    assert err.splitlines()[-1] == "connection lost: 1006 (abnormal closure)"
+    assert len(script.requests) == 1
 
 
 async def test_resume_sends_each_send_once(net: Net) -> None:

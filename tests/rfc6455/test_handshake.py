@@ -514,8 +514,9 @@ def test_check_response_not_101() -> None:
     reply = response([b"HTTP/1.1 403 Forbidden", b"Content-Length: 0"])
     with pytest.raises(
         InvalidResponse, match="server refused the WebSocket upgrade: 403 Forbidden"
-    ):
+    ) as info:
         check_response(reply, KEY, [])
+    assert info.value.response is reply
 
 
 @pytest.mark.parametrize(
@@ -537,8 +538,9 @@ def test_check_response_upgrade_and_connection(lines: list[str], message: str) -
             b"Sec-WebSocket-Accept: " + ACCEPT.encode(),
         ]
     )
-    with pytest.raises(InvalidResponse, match=message):
+    with pytest.raises(InvalidResponse, match=message) as info:
         check_response(reply, KEY, [])
+    assert info.value.response is reply
 
 
 @pytest.mark.parametrize(
