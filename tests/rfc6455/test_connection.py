@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import logging
 import struct
 from typing import Any
@@ -235,10 +236,19 @@ async def test_ping_is_completed_by_its_pong(net: Net) -> None:
 
 
 async def test_ping_with_a_random_payload(net: Net) -> None:
-    _, client = await net.pair()
-    waiters = [await client.ping() for _ in range(3)]
+    server_ws, raw = await net.raw_pair()
+    waiters = [await server_ws.ping() for _ in range(3)]
+    pings = [await raw.read_frame() for _ in range(3)]
+    assert [frame.opcode for frame in pings] == [Opcode.PING] * 3
+    payloads = [frame.payload for frame in pings]
+    # Four random bytes each (os.urandom): three pings, three payloads.
+    assert [len(payload) for payload in payloads] == [4, 4, 4]
+    assert len(set(payloads)) == 3
+    for payload in payloads:
+        await raw.send_frame(Opcode.PONG, payload)
     async with asyncio.timeout(GUARD):
-        await asyncio.gather(*waiters)
+        latencies = await asyncio.gather(*waiters)
+    assert all(isinstance(latency, float) and latency >= 0 for latency in latencies)
 
 
 async def test_pong_answers_the_ping_payload(net: Net) -> None:
@@ -314,11 +324,18 @@ async def test_pending_ping_fails_when_the_connection_drops(net: Net) -> None:
             await waiter
 
 
-async def test_pending_ping_not_awaited_when_the_connection_drops(net: Net) -> None:
+async def test_pending_ping_not_awaited_when_the_connection_drops(
+    net: Net, loop_errors: list[dict[str, Any]]
+) -> None:
     server_ws, raw = await net.raw_pair()
-    await server_ws.ping(b"nobody awaits this")
+    waiter = await server_ws.ping(b"nobody awaits this")
     raw.writer.transport.abort()
-    await server_ws.wait_closed()  # and no "exception was never retrieved"
+    await server_ws.wait_closed()
+    assert waiter.done()
+    assert not waiter.cancelled()  # it failed with ConnectionClosed, which nobody retrieves
+    del waiter
+    gc.collect()  # a future whose exception nobody retrieved logs it when collected
+    assert loop_errors == []
 
 
 async def test_unsolicited_pong(net: Net) -> None:

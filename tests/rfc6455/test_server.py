@@ -585,8 +585,12 @@ async def test_close_with_code_and_reason(net: Net) -> None:
 
 async def test_close_without_connections(net: Net) -> None:
     server = await net.serve()
+    port = server.port
     await server.close()
     await server.close()  # twice is harmless
+    assert server.sockets == ()
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection(HOST, port)
 
 
 async def test_server_as_async_context_manager(loop_errors: list[dict[str, Any]]) -> None:
@@ -649,7 +653,8 @@ async def test_close_does_not_wait_for_idle_handshakes(net: Net) -> None:
     await wait_until(lambda: len(server._handshakes) == 1)
     async with asyncio.timeout(GUARD):
         await server.close(timeout=3600)
-    await idle.at_eof()
+    assert await idle.at_eof() is True  # closed, having sent nothing that could be reset
+    assert not server._handshakes
 
 
 # What process_request leaves for the handler, and what it can count
