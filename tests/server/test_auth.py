@@ -183,7 +183,10 @@ async def test_the_user_is_named_in_broadcasts_history_and_user_left(start_chat:
         conn.close()
 
 
-async def test_a_connection_is_closed_with_1008_when_its_token_expires(start_chat: Start) -> None:
+async def test_a_connection_is_closed_with_1008_when_its_token_expires(
+    start_chat: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
     chat = await jwt_chat(start_chat)
     # Accepted thanks to the leeway, and expiring a second or two later (exp is whole seconds).
     expiring = token(sub="eve", exp=int(time.time() - JWT_LEEWAY) + 2)
@@ -199,6 +202,13 @@ async def test_a_connection_is_closed_with_1008_when_its_token_expires(start_cha
     assert (eve.close_code, eve.close_reason) == (1008, "token expired")
     left = await next_of(bob, "user_left")
     assert left["user"] == "eve"
+    # Logged with what the server sent, not as a drop (1006).
+    (line,) = [
+        r.getMessage()
+        for r in caplog.records
+        if "disconnect " + left["connectionId"] in r.getMessage()
+    ]
+    assert "server closed 1008 'token expired'" in line
     # The other one, whose token is valid for an hour, goes on.
     assert bob.state is rfc6455.State.OPEN
 

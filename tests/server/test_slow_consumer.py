@@ -124,7 +124,8 @@ async def test_slow_consumer_is_cut_off_and_memory_stays_bounded(
         await wait_until(lambda: server.lines_with("is a slow consumer"))
         (line,) = server.lines_with("is a slow consumer")
         assert f":{slow_port} " in line, line
-        assert server.lines_with(f"disconnect {slow_id}")
+        (disconnect,) = server.lines_with(f"disconnect {slow_id}")
+        assert "server closed 1008 'slow consumer'" in disconnect  # not 1006
         for received in results:
             broadcasts = [m for m in received if m["type"] == "broadcast"]
             # Every message, in order, at full speed for the readers that keep up.
