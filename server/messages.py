@@ -196,35 +196,24 @@ def ack(seq: int, client_msg_id: str | None) -> str:
     return _dumps({"type": "ack", "seq": seq, "clientMsgId": client_msg_id})
 
 
+def _error(code: str, client_msg_id: str | None, **details: object) -> str:
+    """An error about one of the sender's messages, naming it by its ``clientMsgId``."""
+    return _dumps({"type": "error", "code": code, **details, "clientMsgId": client_msg_id})
+
+
 def not_persisted(seq: int, client_msg_id: str | None) -> str:
     """Tells a sender that its message ``seq`` could not be stored (it was dead-lettered)."""
-    return _dumps(
-        {"type": "error", "code": "not_persisted", "seq": seq, "clientMsgId": client_msg_id}
-    )
+    return _error("not_persisted", client_msg_id, seq=seq)
 
 
 def invalid_message(reason: str, client_msg_id: str | None) -> str:
     """Tells a sender that its message was refused (not broadcast, not stored)."""
-    return _dumps(
-        {
-            "type": "error",
-            "code": "invalid_message",
-            "message": reason,
-            "clientMsgId": client_msg_id,
-        }
-    )
+    return _error("invalid_message", client_msg_id, message=reason)
 
 
 def rate_limited(retry_after_ms: int, client_msg_id: str | None) -> str:
     """Tells a sender that its message was over its rate limit (not broadcast, not stored)."""
-    return _dumps(
-        {
-            "type": "error",
-            "code": "rate_limited",
-            "retryAfterMs": retry_after_ms,
-            "clientMsgId": client_msg_id,
-        }
-    )
+    return _error("rate_limited", client_msg_id, retryAfterMs=retry_after_ms)
 
 
 @dataclass(frozen=True, slots=True)

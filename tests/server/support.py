@@ -275,13 +275,7 @@ class Chat:
         """Join the chat on a bare TCP stream: handshake by hand, then the greetings."""
         raw = await self.open_raw(source)
         reader, writer = raw.reader, raw.writer
-        key = base64.b64encode(os.urandom(16)).decode()
-        target = "/?" + query if query else "/"
-        writer.write(
-            f"GET {target} HTTP/1.1\r\nHost: {HOST}:{self.port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
-        )
+        writer.write(upgrade_head("/?" + query if query else "/", f"{HOST}:{self.port}"))
         async with asyncio.timeout(GUARD):
             head = await reader.readuntil(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 101 "), head
@@ -379,18 +373,24 @@ def locked(db: Path) -> Iterator[None]:
         conn.close()
 
 
-async def upgrade(chat: Chat, target: str = "/", *headers: str) -> Reply:
-    """Send an upgrade request by hand and read the refusal (a 101 would never reach EOF)."""
+def upgrade_head(target: str, host: str, *headers: str) -> bytes:
+    """A WebSocket upgrade request for ``target`` on ``host``: a fresh key, then ``headers``."""
     key = base64.b64encode(os.urandom(16)).decode()
-    return await chat.get(
-        target,
-        "GET",
+    lines = [
+        f"GET {target} HTTP/1.1",
+        f"Host: {host}",
         "Upgrade: websocket",
         "Connection: Upgrade",
         f"Sec-WebSocket-Key: {key}",
         "Sec-WebSocket-Version: 13",
         *headers,
-    )
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def upgrade(chat: Chat, target: str = "/", *headers: str) -> Reply:
+    """Send an upgrade request by hand and read the refusal (a 101 would never reach EOF)."""
+    return await chat.request(upgrade_head(target, f"{HOST}:{chat.port}", *headers))
 
 
 def check_refusal(reply: Reply, status: int, retry_after: int | None = None) -> str:

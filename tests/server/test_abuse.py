@@ -11,10 +11,8 @@ client that joins shows a valid token (as ``?access_token=``).
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
-import os
 import signal
 import sqlite3
 from collections.abc import Callable
@@ -26,10 +24,19 @@ import pytest
 import rfc6455
 from rfc6455 import ConnectionClosed, Limits
 from rfc6455.frames import Opcode, serialize_frame
-from tests.server.support import GUARD, HOST, Chat, Json, check_refusal, upgrade, wait_until
+from tests.server.support import (
+    GUARD,
+    HOST,
+    Chat,
+    Json,
+    check_refusal,
+    upgrade,
+    upgrade_head,
+    wait_until,
+)
 from tests.server.test_auth import SECRET, token
 from tests.server.test_protection import check_rate_limited, read_close, slowloris
-from tests.server.test_slow_consumer import join_without_reading
+from tests.server.test_slow_consumer import join_without_reading, rss
 from tests.server.test_subprocess import spawn  # noqa: F401  (the fixture)
 
 GOOD = 20
@@ -332,14 +339,6 @@ async def test_a_history_and_a_resume_are_bounded_in_bytes(start_chat: Any) -> N
     assert [m["message"][:2] for m in far.history["messages"]] == ["7 ", "8 ", "9 "]
 
 
-def rss(pid: int) -> int:
-    """A process's resident memory in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
 def fill(db: Path, count: int, size: int) -> str:
     """Put ``count`` messages of ``size`` bytes in a server's database; return its epoch."""
     conn = sqlite3.connect(db, isolation_level=None)
@@ -399,11 +398,7 @@ async def test_tiny_fragments_cost_about_their_size(
     server = await spawn("--port", "0", "--db", str(tmp_path / "m.db"), "--ping-interval", "0")
     port = await server.port()
     reader, writer = await asyncio.open_connection(HOST, port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write(
-        f"GET /echo HTTP/1.1\r\nHost: {HOST}:{port}\r\nUpgrade: websocket\r\nConnection: "
-        f"Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
+    writer.write(upgrade_head("/echo", f"{HOST}:{port}"))
     await reader.readuntil(b"\r\n\r\n")
     before = rss(server.process.pid)
     size = 2**19
@@ -472,17 +467,9 @@ async def test_dns_rebinding_is_refused_and_the_real_names_are_not(start_chat: A
     chat = await start_chat(allowed_hosts=frozenset({"chat.example.com", ".example.org"}))
     port = chat.port
 
-    async def ask(target: str, host: str, *headers: str) -> Any:
-        key = base64.b64encode(os.urandom(16)).decode()
-        lines = [f"GET {target} HTTP/1.1", f"Host: {host}", *headers]
-        if target.startswith("/"):
-            lines += ["Upgrade: websocket", "Connection: Upgrade", f"Sec-WebSocket-Key: {key}"]
-            lines += ["Sec-WebSocket-Version: 13"]
-        return await chat.request(("\r\n".join(lines) + "\r\n\r\n").encode())
-
     for host in (f"evil.example:{port}", "evil.example", f"localhost.evil.example:{port}"):
         for target in ("/", "/echo"):
-            reply = await ask(target, host, f"Origin: http://{host}")
+            reply = await chat.request(upgrade_head(target, host, f"Origin: http://{host}"))
             check_refusal(reply, 421)
         page = await chat.request(f"GET /index.html HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
         assert page.status == 421, host
@@ -496,12 +483,7 @@ async def test_dns_rebinding_is_refused_and_the_real_names_are_not(start_chat: A
         "example.org",
     ):
         raw = await chat.open_raw()
-        key = base64.b64encode(os.urandom(16)).decode()
-        raw.writer.write(
-            f"GET / HTTP/1.1\r\nHost: {host}\r\nOrigin: http://{host}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13"
-            "\r\n\r\n".encode()
-        )
+        raw.writer.write(upgrade_head("/", host, f"Origin: http://{host}"))
         async with asyncio.timeout(GUARD):
             head = await raw.reader.readuntil(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 101 "), (host, head)
@@ -621,14 +603,9 @@ async def test_http_requests_get_what_rfc_9112_says(start_chat: Any) -> None:
         reply = await chat.request(head)
         check_refusal(reply, 400)
     # An upgrade with a body: its bytes were read as frames (an empty message was stored).
-    key = base64.b64encode(os.urandom(16)).decode()
     body = serialize_frame(Opcode.TEXT, b"smuggled", mask=True)
-    reply = await chat.request(
-        f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade"
-        f"\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nContent-Length: "
-        f"{len(body)}\r\n\r\n".encode()
-        + body
-    )
+    head = upgrade_head("/", f"127.0.0.1:{port}", f"Content-Length: {len(body)}")
+    reply = await chat.request(head + body)
     assert check_refusal(reply, 400) == "a WebSocket upgrade request has no body\n"
     await wait_until(lambda: chat.app.queue.depth == 0)
     assert chat.rows() == []

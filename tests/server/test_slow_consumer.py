@@ -6,16 +6,14 @@ The server runs in its own process so that its memory can be read from ``/proc/P
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import rfc6455
-from tests.server.support import GUARD, HOST, check_user_left, wait_until
+from tests.server.support import GUARD, HOST, check_user_left, upgrade_head, wait_until
 from tests.server.test_subprocess import spawn  # noqa: F401  (the fixture)
 
 FAST = 50
@@ -47,13 +45,7 @@ async def join_without_reading(port: int, target: str = "/") -> tuple[socket.soc
     sock.setblocking(False)
     loop = asyncio.get_running_loop()
     await loop.sock_connect(sock, (HOST, port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    await loop.sock_sendall(
-        sock,
-        f"GET {target} HTTP/1.1\r\nHost: {HOST}:{port}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-        "Sec-WebSocket-Version: 13\r\n\r\n".encode(),
-    )
+    await loop.sock_sendall(sock, upgrade_head(target, f"{HOST}:{port}"))
     data = b""
     async with asyncio.timeout(GUARD):
         while b'"welcome"' not in data:
