@@ -205,7 +205,7 @@ class ChatHandler:
             "disconnect %s from %s: %s (%d open)",
             client.id,
             client.peer,
-            describe_close(connection.protocol),
+            _describe_close(connection.protocol),
             len(self.manager),
         )
         # closeStatus only when the client sent a code: not for 1005 nor a drop (1006).
@@ -231,10 +231,11 @@ class _Client:
         return "unknown" if address is None else f"{address[0]}:{address[1]}"
 
 
-def describe_close(protocol: rfc6455.Protocol) -> str:
+def _describe_close(protocol: rfc6455.Protocol) -> str:
     """How a connection ended, for the log: who closed, the code, the reason escaped.
 
-    A reason is the peer's text: ``repr`` escapes what could forge a log line (a newline)."""
+    A reason is the peer's text: ``repr`` escapes what could forge a log line (a newline).
+    """
     rcvd, sent = protocol.close_rcvd, protocol.close_sent
     if sent is not None and (rcvd is None or protocol.close_initiator is protocol.side):
         answer = "" if rcvd is None else f", client answered {rcvd.code}"
