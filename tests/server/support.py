@@ -15,7 +15,7 @@ import os
 import re
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -255,23 +255,34 @@ class Chat:
             assert history["epoch"] == second["epoch"]
         return Client(connection, first["connectionId"], second, history)
 
-    async def open_raw(self) -> RawClient:
-        """A bare TCP connection to the server; closed at teardown."""
-        reader, writer = await asyncio.open_connection(HOST, self.port)
+    async def open_raw(self, source: str | None = None) -> RawClient:
+        """A bare TCP connection to the server; closed at teardown.
+
+        ``source``: the address to connect from (any of 127.0.0.0/8 is this machine).
+        """
+        local = None if source is None else (source, 0)
+        reader, writer = await asyncio.open_connection(HOST, self.port, local_addr=local)
         raw = RawClient(reader, writer)
         self._raw.append(raw)
         return raw
 
-    async def join_raw(self, query: str = "") -> RawClient:
-        """Join the chat on a bare TCP stream: handshake by hand, then the greetings."""
-        raw = await self.open_raw()
+    async def join_raw(
+        self, query: str = "", *, headers: Sequence[str] = (), source: str | None = None
+    ) -> RawClient:
+        """Join the chat on a bare TCP stream: handshake by hand, then the greetings.
+
+        ``headers``: extra lines of the request; ``source``: the address to connect from.
+        """
+        raw = await self.open_raw(source)
         reader, writer = raw.reader, raw.writer
         key = base64.b64encode(os.urandom(16)).decode()
         target = "/?" + query if query else "/"
         writer.write(
             f"GET {target} HTTP/1.1\r\nHost: {HOST}:{self.port}\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+            "Sec-WebSocket-Version: 13\r\n".encode()
+            + "".join(f"{line}\r\n" for line in headers).encode()
+            + b"\r\n"
         )
         async with asyncio.timeout(GUARD):
             head = await reader.readuntil(b"\r\n\r\n")
@@ -283,9 +294,9 @@ class Chat:
             assert (await raw.recv())["type"] == "history"
         return raw
 
-    async def request(self, data: bytes) -> Reply:
-        """Send raw bytes as an HTTP request and read the reply up to EOF."""
-        raw = await self.open_raw()
+    async def request(self, data: bytes, source: str | None = None) -> Reply:
+        """Send raw bytes as an HTTP request (from ``source``) and read the reply up to EOF."""
+        raw = await self.open_raw(source)
         reader, writer = raw.reader, raw.writer
         writer.write(data)
         async with asyncio.timeout(GUARD):
@@ -304,9 +315,11 @@ class Chat:
             assert len(body) == int(headers["content-length"])
         return Reply(int(status), headers, body)
 
-    async def get(self, target: str, method: str = "GET", *headers: str) -> Reply:
+    async def get(
+        self, target: str, method: str = "GET", *headers: str, source: str | None = None
+    ) -> Reply:
         lines = [f"{method} {target} HTTP/1.1", f"Host: {HOST}:{self.port}", *headers]
-        return await self.request(("\r\n".join(lines) + "\r\n\r\n").encode())
+        return await self.request(("\r\n".join(lines) + "\r\n\r\n").encode(), source)
 
     async def health(self) -> Json:
         reply = await self.get("/healthz")
@@ -370,7 +383,7 @@ def locked(db: Path) -> Iterator[None]:
         conn.close()
 
 
-async def upgrade(chat: Chat, target: str = "/", *headers: str) -> Reply:
+async def upgrade(chat: Chat, target: str = "/", *headers: str, source: str | None = None) -> Reply:
     """Send an upgrade request by hand and read the refusal (a 101 would never reach EOF)."""
     key = base64.b64encode(os.urandom(16)).decode()
     return await chat.get(
@@ -381,6 +394,7 @@ async def upgrade(chat: Chat, target: str = "/", *headers: str) -> Reply:
         f"Sec-WebSocket-Key: {key}",
         "Sec-WebSocket-Version: 13",
         *headers,
+        source=source,
     )
 
 
