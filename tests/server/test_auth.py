@@ -563,6 +563,11 @@ async def test_the_guard_forgets_addresses_without_recent_failures() -> None:
 
 def test_auth_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, users_file: Path) -> None:
     db = ["--db", str(tmp_path / "m.db")]
+    # Failed logins are limited by default.
+    assert parse_args(db).max_login_failures == 10
+    assert parse_args([*db, "--max-login-failures", "0"]).max_login_failures == 0
+    monkeypatch.setenv("CHAT_MAX_LOGIN_FAILURES", "25")
+    assert parse_args(db).max_login_failures == 25
     settings = parse_args([*db, "--auth", "jwt", "--jwt-secret", SECRET])
     assert (settings.auth, settings.jwt_secret) == ("jwt", SECRET)
     assert SECRET not in repr(settings)

@@ -89,6 +89,8 @@ OPTIONS: list[tuple[str, str, str, Callable[[Settings], Any], Any]] = [
         {"chat.example.com", ".example.org"},
     ),
     ("--echo", "CHAT_ECHO", "OFF", lambda s: s.echo, "off"),
+    ("--max-login-failures", "CHAT_MAX_LOGIN_FAILURES", "3", lambda s: s.max_login_failures, 3),
+    ("--max-login-failures", "CHAT_MAX_LOGIN_FAILURES", "0", lambda s: s.max_login_failures, 0),
 ]
 
 
@@ -224,6 +226,8 @@ BAD: list[tuple[list[str], dict[str, str]]] = [
     ([], {"CHAT_MAX_ECHO_CONNECTIONS": "-1"}),
     (["--allowed-hosts", "chat.example.com:443"], {}),
     ([], {"CHAT_ALLOWED_HOSTS": "http://chat.example.com"}),
+    (["--max-login-failures", "-1"], {}),
+    ([], {"CHAT_MAX_LOGIN_FAILURES": "ten"}),
     (["--no-such-option"], {}),
     (["--port"], {}),
     (["positional"], {}),
