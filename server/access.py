@@ -15,7 +15,9 @@ conformance suites and benchmarks open hundreds of connections a second through 
 2. the Origin (``origin.py``): 403 for a browser page of another site;
 3. ``--connect-rate-per-ip``: 429 for an address opening connections too fast;
 4. ``--max-connections-per-ip``: 429 for an address with that many chat connections open;
-5. ``--auth``: 401 without valid credentials (``auth.py``).
+5. ``--auth``: 401 without valid credentials (``auth.py``); with ``basic``, 429 for an address
+   out of failed logins or with its most password checks in flight, 503 when the server has
+   its most in flight (``logins.py``), each without a check.
 
 The counts are exact: ``Server.connections`` holds a connection from the step of its 101 on,
 and nothing is awaited between the last count and the upgrade (after a password check in a
@@ -33,7 +35,14 @@ from rfc6455 import Request, Response, Server
 from rfc6455.addresses import address_key
 from rfc6455.handshake import is_upgrade, reject
 
-from .auth import Authenticator, Identity, Unauthorized, authenticator, remember
+from .auth import (
+    Authenticator,
+    BasicAuthenticator,
+    Identity,
+    Unauthorized,
+    authenticator,
+    remember,
+)
 from .iplimits import ConnectRate
 from .origin import OriginPolicy
 from .settings import Settings
@@ -136,6 +145,11 @@ class Access:
         remember(request, identity)
         return None
 
+    def close(self) -> None:
+        """Stop the password checks' worker threads (``--auth basic``); once the server is."""
+        if isinstance(self.authenticator, BasicAuthenticator):
+            self.authenticator.close()
+
     def _full(self, path: str) -> Response | None:
         """503 if ``max_connections`` are open, or ``max_echo`` on /echo."""
         server = self.server()
@@ -193,5 +207,7 @@ def access_hook(router: Router, server: Callable[[], Server | None], settings: S
         origins=OriginPolicy(settings.allowed_origins),
         max_per_ip=settings.max_connections_per_ip or None,
         connect_rate=ConnectRate(rate, settings.connect_burst_per_ip) if rate else None,
-        authenticator=authenticator(settings.auth, settings.jwt_secret, settings.users_file),
+        authenticator=authenticator(
+            settings.auth, settings.jwt_secret, settings.users_file, settings.max_login_failures
+        ),
     )

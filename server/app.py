@@ -117,6 +117,7 @@ class App:
         timeout = self.settings.shutdown_timeout
         if self.server is not None:
             await self.server.close(rfc6455.CloseCode.GOING_AWAY, "server shutting down", timeout)
+        self.access.close()
         if self.chat is not None:
             self.chat.departures.close()
         await self.queue.stop(timeout)

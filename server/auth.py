@@ -11,11 +11,13 @@ browsers, which can set neither a header nor anything else on a WebSocket handsh
 
 ``--auth basic``: ``Authorization: Basic`` (RFC 7617) checked against a users file
 (``server.users``); each check runs scrypt in a worker thread, so a flood of guesses does not
-stall the event loop.
+stall the event loop, and within the bounds of ``server.logins``: failed logins per address,
+checks in flight per address and in all (429 or 503 at once, without a check, beyond them).
 
-A refusal is a 401 with ``WWW-Authenticate`` (RFC 9110 §11.6.1), or a 400 for a request that
-sends a token more than one way (RFC 6750 §3.1). Tokens and passwords are never logged nor echoed
-in a reply. The identity goes to the chat handler in ``request.state`` (``identity_of``).
+A refusal is a 401 with ``WWW-Authenticate`` (RFC 9110 §11.6.1), a 400 for a request that sends
+a token more than one way (RFC 6750 §3.1), or a 429 or 503 with ``Retry-After`` as well. Tokens
+and passwords are never logged nor echoed in a reply. The identity goes to the chat handler in
+``request.state`` (``identity_of``).
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ from urllib.parse import parse_qs
 
 import rfc6455
 from rfc6455 import CloseCode, Request, Response
+from rfc6455.addresses import address_key
 from rfc6455.handshake import offered_subprotocols, reject
 
+from .logins import LoginGuard, LoginRefused
 from .users import PasswordHash, UsersFileError, hash_password, load_users
 
 if TYPE_CHECKING:
@@ -91,16 +95,25 @@ class Identity:
 
 
 class Unauthorized(Exception):
-    """Credentials missing or refused; ``response()`` is the answer to the handshake."""
+    """Credentials missing or refused, or not checked now; ``response()`` answers the handshake.
 
-    def __init__(self, reason: str, challenge: str, status: int = 401) -> None:
+    ``retry_after``: seconds for ``Retry-After`` (RFC 9110 §10.2.3), with a 429 or a 503.
+    """
+
+    def __init__(
+        self, reason: str, challenge: str, status: int = 401, retry_after: int | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.challenge = challenge
         self.status = status
+        self.retry_after = retry_after
 
     def response(self) -> Response:
-        return reject(self.status, self.reason, (("WWW-Authenticate", self.challenge),))
+        headers = [("WWW-Authenticate", self.challenge)]
+        if self.retry_after is not None:
+            headers.append(("Retry-After", str(self.retry_after)))
+        return reject(self.status, self.reason, headers)
 
 
 class Authenticator(Protocol):
@@ -223,12 +236,18 @@ def _import_jwt() -> ModuleType:
 
 
 class BasicAuthenticator:
-    """``--auth basic``: names and passwords checked against the users file's hashes."""
+    """``--auth basic``: names and passwords checked against the users file's hashes.
+
+    Args:
+        users: Each user's hash.
+        guard: Runs the checks, within its bounds; one with no limit on failures by default.
+    """
 
     _CHALLENGE = f'Basic realm="{REALM}", charset="UTF-8"'
 
-    def __init__(self, users: Mapping[str, PasswordHash]) -> None:
+    def __init__(self, users: Mapping[str, PasswordHash], guard: LoginGuard | None = None) -> None:
         self.users = dict(users)
+        self.guard = guard if guard is not None else LoginGuard()
         # Checked for a name that is not in the file, so that the answer takes as long and
         # does not tell which names exist.
         self._decoy = hash_password("")
@@ -245,18 +264,37 @@ class BasicAuthenticator:
         user, colon, password = decoded.partition(":")
         if not colon:
             raise Unauthorized("malformed basic credentials", self._CHALLENGE)
-        return self._check(user, password)
+        key = address_key(request.remote_address[0]) if request.remote_address else ""
+        known = user in self.users
+        hashed = self.users[user] if known else self._decoy
+        try:
+            checked = self.guard.check(key, lambda: _verify(hashed, password, known))
+        except LoginRefused as exc:
+            raise Unauthorized(exc.reason, self._CHALLENGE, exc.status, exc.retry_after) from None
+        return self._identity(checked, user)
 
-    async def _check(self, user: str, password: str) -> Identity:
-        hashed = self.users.get(user, self._decoy)
-        valid = await asyncio.to_thread(hashed.verify, password)
-        if not valid or user not in self.users:
+    async def _identity(self, checked: Awaitable[bool], user: str) -> Identity:
+        if not await checked:
             raise Unauthorized("wrong user name or password", self._CHALLENGE)
         return Identity(user)
 
+    def close(self) -> None:
+        """Stop the worker threads of the checks."""
+        self.guard.close()
 
-def authenticator(mode: str, jwt_secret: str, users_file: Path | None) -> Authenticator | None:
+
+def _verify(hashed: PasswordHash, password: str, known: bool) -> bool:
+    """Whether a login succeeds, in a worker thread; an unknown name's decoy is checked too."""
+    valid = hashed.verify(password)
+    return valid and known
+
+
+def authenticator(
+    mode: str, jwt_secret: str, users_file: Path | None, max_login_failures: int = 0
+) -> Authenticator | None:
     """The authenticator of an ``--auth`` mode; None for ``none``.
+
+    ``max_login_failures``: ``--auth basic``'s failed logins a minute per address (0: no limit).
 
     Raises:
         ValueError: The mode is unknown, the secret or users file is missing or unusable.
@@ -272,9 +310,10 @@ def authenticator(mode: str, jwt_secret: str, users_file: Path | None) -> Authen
         if users_file is None:
             raise ValueError("--auth basic needs --users FILE (or CHAT_USERS)")
         try:
-            return BasicAuthenticator(load_users(users_file))
+            users = load_users(users_file)
         except UsersFileError as exc:
             raise ValueError(f"--users: {exc}") from None
+        return BasicAuthenticator(users, LoginGuard(max_login_failures))
     raise ValueError(f"{mode!r} is not one of {', '.join(AUTH_MODES)}")
 
 

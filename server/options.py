@@ -462,6 +462,14 @@ OPTIONS: tuple[Option, ...] = (
         "`--auth basic`: the users file",
         shown="",
     ),
+    Option(
+        "--max-login-failures",
+        "CHAT_MAX_LOGIN_FAILURES",
+        "max_login_failures",
+        _whole(0),
+        "`--auth basic`: failed logins a minute per address (IPv6: its /64), and as many at "
+        "once; beyond, `429` with `Retry-After` and no password check (`0`: off)",
+    ),
 )
 
 

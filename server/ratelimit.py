@@ -67,6 +67,10 @@ class TokenBucket:
         """Remove ``cost`` tokens (at most ``burst``); call it once ``wait(cost)`` returned 0."""
         self._tokens -= min(cost, self.burst)
 
+    def give_back(self, cost: float) -> None:
+        """Return ``cost`` tokens taken for what turned out not to count; ``burst`` at most."""
+        self._tokens = min(self.burst, self._tokens + cost)
+
 
 class RateLimiter:
     """One chat connection's limits: messages, optionally bytes, and strikes for refusals.

@@ -90,6 +90,10 @@ class Settings:
     auth: str = "none"
     jwt_secret: str = field(default="", repr=False)
     users_file: Path | None = None
+    # --auth basic: failed logins a minute per address, and as many at once (logins.py). One who
+    # mistypes gets ten tries in a row, then one every 6 s; a guesser gets 600 an hour from an
+    # address, not the 50 a second that scrypt at 40 ms lets two cores check.
+    max_login_failures: int = 10
     # A million short messages are a few hundred MB of SQLite; 30 days is a month of context.
     retention_messages: int = 1_000_000
     retention_days: int = 30

@@ -17,7 +17,7 @@ import socket
 import sqlite3
 import struct
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -264,18 +264,27 @@ class Chat:
         return Client(connection, first["connectionId"], second, history)
 
     async def open_raw(self, source: str | None = None) -> RawClient:
-        """A bare TCP connection to the server, from ``source`` (127.0.0.2...) if given."""
+        """A bare TCP connection to the server; closed at teardown.
+
+        ``source``: the address to connect from (any of 127.0.0.0/8 is this machine).
+        """
         local = None if source is None else (source, 0)
         reader, writer = await asyncio.open_connection(HOST, self.port, local_addr=local)
         raw = RawClient(reader, writer)
         self._raw.append(raw)
         return raw
 
-    async def join_raw(self, query: str = "", source: str | None = None) -> RawClient:
-        """Join the chat on a bare TCP stream: handshake by hand, then the greetings."""
+    async def join_raw(
+        self, query: str = "", *, headers: Sequence[str] = (), source: str | None = None
+    ) -> RawClient:
+        """Join the chat on a bare TCP stream: handshake by hand, then the greetings.
+
+        ``headers``: extra lines of the request; ``source``: the address to connect from.
+        """
         raw = await self.open_raw(source)
         reader, writer = raw.reader, raw.writer
-        writer.write(upgrade_head("/?" + query if query else "/", f"{HOST}:{self.port}"))
+        target = "/?" + query if query else "/"
+        writer.write(upgrade_head(target, f"{HOST}:{self.port}", *headers))
         async with asyncio.timeout(GUARD):
             head = await reader.readuntil(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 101 "), head
@@ -286,9 +295,9 @@ class Chat:
             assert (await raw.recv())["type"] == "history"
         return raw
 
-    async def request(self, data: bytes) -> Reply:
-        """Send raw bytes as an HTTP request and read the reply up to EOF."""
-        raw = await self.open_raw()
+    async def request(self, data: bytes, source: str | None = None) -> Reply:
+        """Send raw bytes as an HTTP request (from ``source``) and read the reply up to EOF."""
+        raw = await self.open_raw(source)
         reader, writer = raw.reader, raw.writer
         writer.write(data)
         async with asyncio.timeout(GUARD):
@@ -307,9 +316,11 @@ class Chat:
             assert len(body) == int(headers["content-length"])
         return Reply(int(status), headers, body)
 
-    async def get(self, target: str, method: str = "GET", *headers: str) -> Reply:
+    async def get(
+        self, target: str, method: str = "GET", *headers: str, source: str | None = None
+    ) -> Reply:
         lines = [f"{method} {target} HTTP/1.1", f"Host: {HOST}:{self.port}", *headers]
-        return await self.request(("\r\n".join(lines) + "\r\n\r\n").encode())
+        return await self.request(("\r\n".join(lines) + "\r\n\r\n").encode(), source)
 
     async def health(self) -> Json:
         reply = await self.get("/healthz")
@@ -388,9 +399,9 @@ def upgrade_head(target: str, host: str, *headers: str) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-async def upgrade(chat: Chat, target: str = "/", *headers: str) -> Reply:
+async def upgrade(chat: Chat, target: str = "/", *headers: str, source: str | None = None) -> Reply:
     """Send an upgrade request by hand and read the refusal (a 101 would never reach EOF)."""
-    return await chat.request(upgrade_head(target, f"{HOST}:{chat.port}", *headers))
+    return await chat.request(upgrade_head(target, f"{HOST}:{chat.port}", *headers), source)
 
 
 def check_refusal(reply: Reply, status: int, retry_after: int | None = None) -> str:

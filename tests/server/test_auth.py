@@ -8,10 +8,13 @@ import contextlib
 import io
 import json
 import logging
+import math
 import sqlite3
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +22,21 @@ import jwt
 import pytest
 
 import rfc6455
+from rfc6455 import Limits
+from rfc6455.frames import Opcode
 from server import users
-from server.auth import JWT_LEEWAY
+from server.auth import JWT_LEEWAY, BasicAuthenticator
 from server.cli import parse_args
+from server.logins import MAX_CHECKS_PER_ADDRESS, RETRY_CHECKS, LoginGuard, LoginRefused
 from server.users import PasswordHash, hash_password, load_users
-from tests.server.support import GUARD, Chat, check_refusal, upgrade, wait_until
+from tests.server.support import (
+    GUARD,
+    Chat,
+    Reply,
+    check_refusal,
+    upgrade,
+    wait_until,
+)
 
 Start = Callable[..., Any]
 
@@ -309,11 +322,271 @@ def test_users_add_creates_and_updates_entries(
     assert users.main(["add", str(path), "a:b"]) == 2
 
 
+# --auth basic: password guessing (server/logins.py)
+
+CHALLENGE = 'Basic realm="chat", charset="UTF-8"'
+# The prefix of every wrong password a test sends; the right ones are ann's and bob's.
+WRONG = "guess"
+# 150 handshakes from one address at once all reach the hook: the transport's own cap on
+# handshakes in progress per address (100, answered 503) is not what these tests are about.
+UNCAPPED = Limits(max_handshakes_per_address=None)
+
+
+class Checks:
+    """The scrypt checks the server runs, as ``PasswordHash.verify`` sees them.
+
+    ``started``: the passwords, in the order their checks start (in worker threads).
+    ``hold``: while clear, a check of a wrong password waits for it (at most GUARD seconds).
+    """
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.hold = threading.Event()
+        self.hold.set()
+        self.guesses_at_once = 0
+        self._guessing = 0
+        self._lock = threading.Lock()
+
+    def counting(
+        self, verify: Callable[[PasswordHash, str], bool]
+    ) -> Callable[[PasswordHash, str], bool]:
+        def counted(hashed: PasswordHash, password: str) -> bool:
+            guess = password.startswith(WRONG)
+            with self._lock:
+                self.started.append(password)
+                self._guessing += guess
+                self.guesses_at_once = max(self.guesses_at_once, self._guessing)
+            try:
+                if guess:
+                    self.hold.wait(GUARD)
+                return verify(hashed, password)
+            finally:
+                with self._lock:
+                    self._guessing -= guess
+
+        return counted
+
+    @property
+    def guesses(self) -> list[str]:
+        return [password for password in self.started if password.startswith(WRONG)]
+
+
+@pytest.fixture
+def checks(monkeypatch: pytest.MonkeyPatch) -> Iterator[Checks]:
+    counted = Checks()
+    monkeypatch.setattr(PasswordHash, "verify", counted.counting(PasswordHash.verify))
+    yield counted
+    counted.hold.set()  # no worker thread is left waiting, whatever the test did
+
+
+async def log_in(chat: Chat, name: str, password: str, source: str) -> Reply:
+    """A handshake with basic credentials from the address ``source``; its refusal."""
+    return await upgrade(chat, "/", basic(name, password), source=source)
+
+
+async def gets_in(chat: Chat, name: str, password: str, source: str) -> None:
+    """Log in from ``source``: a 101 and the greetings; then leave (the server sees EOF)."""
+    raw = await chat.join_raw(headers=[basic(name, password)], source=source)
+    await raw.close()
+
+
+def guard_of(chat: Chat) -> LoginGuard:
+    authenticator = chat.app.access.authenticator
+    assert isinstance(authenticator, BasicAuthenticator)
+    return authenticator.guard
+
+
+async def test_a_flood_of_wrong_passwords_is_answered_at_once_and_a_real_user_still_gets_in(
+    start_chat: Start, users_file: Path, checks: Checks, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    chat = await start_chat(auth="basic", users_file=users_file, history=0, limits=UNCAPPED)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    flood = [
+        asyncio.create_task(log_in(chat, "ann", f"{WRONG}{i}", "127.0.0.1")) for i in range(150)
+    ]
+    await wait_until(lambda: checks.guesses)
+    # During the flood, a real user from another address.
+    bob = await chat.join_raw(headers=[basic("bob", "pw")], source="127.0.0.2")
+    replies = await asyncio.gather(*flood)
+    elapsed = loop.time() - began
+
+    # Every guess was answered (none waited for the open timeout), 401 after a check, else 429.
+    statuses = Counter(reply.status for reply in replies)
+    assert set(statuses) <= {401, 429}, statuses
+    assert statuses[401] == len(checks.guesses)
+    # Far fewer than 150 checks: 10 failures at once, then 10 a minute, at most 2 at a time.
+    assert len(checks.guesses) <= 10 + math.ceil(elapsed / 6)
+    assert checks.guesses_at_once <= MAX_CHECKS_PER_ADDRESS
+    for reply in replies:
+        check_refusal(reply, reply.status)
+        assert reply.headers["www-authenticate"] == CHALLENGE
+        if reply.status == 429:
+            assert int(reply.headers["retry-after"]) >= 1
+    # bob was checked during the flood, after its first guess, and got in.
+    assert checks.started.index("pw") > checks.started.index(checks.guesses[0])
+    assert "no complete request" not in caplog.text
+
+    # ...and chats: ann, from a third address, gets what bob says.
+    ann = await chat.join_raw(headers=[basic("ann", "s3cret: with colon")], source="127.0.0.3")
+    await bob.send_frame(Opcode.TEXT, b"hi")
+    broadcast = await ann.recv()
+    assert (broadcast["type"], broadcast["user"], broadcast["message"]) == (
+        "broadcast",
+        "bob",
+        "hi",
+    )
+    await bob.close()
+    await ann.close()
+
+    # One log line per refusal, with neither a password nor the credentials.
+    refused = [r.getMessage() for r in caplog.records if r.name == "server.access"]
+    assert len(refused) == 150
+    credentials = [basic("ann", f"{WRONG}{i}").split()[-1] for i in range(150)]
+    for line in refused:
+        assert "\n" not in line
+        assert WRONG not in line
+        assert not any(text in line for text in credentials)
+
+
+async def test_a_real_login_waits_behind_the_flooding_address_s_share_only(
+    start_chat: Start, users_file: Path, checks: Checks
+) -> None:
+    chat = await start_chat(auth="basic", users_file=users_file, history=0, limits=UNCAPPED)
+    checks.hold.clear()  # the guesses' checks keep their threads until released
+    flood = [
+        asyncio.create_task(log_in(chat, "ann", f"{WRONG}{i}", "127.0.0.1")) for i in range(150)
+    ]
+    # All but the address's share are refused before a single check is over.
+    await wait_until(lambda: sum(task.done() for task in flood) == 150 - MAX_CHECKS_PER_ADDRESS)
+    assert all(task.result().status == 429 for task in flood if task.done())
+    assert guard_of(chat).in_flight == MAX_CHECKS_PER_ADDRESS
+    bob = asyncio.create_task(chat.join_raw(headers=[basic("bob", "pw")], source="127.0.0.2"))
+    await wait_until(lambda: guard_of(chat).in_flight == MAX_CHECKS_PER_ADDRESS + 1)
+    checks.hold.set()
+    async with asyncio.timeout(GUARD):
+        await (await bob).close()
+        replies = await asyncio.gather(*flood)
+    # bob's check came right after the flood's two, whatever else the flood sent.
+    assert len(checks.guesses) == MAX_CHECKS_PER_ADDRESS
+    assert checks.started[MAX_CHECKS_PER_ADDRESS:] == ["pw"]
+    assert Counter(reply.status for reply in replies) == {429: 148, 401: 2}
+    assert guard_of(chat).in_flight == 0
+
+
+async def test_beyond_its_checks_in_flight_an_address_gets_429_and_the_server_503(
+    start_chat: Start, users_file: Path, checks: Checks
+) -> None:
+    chat = await start_chat(auth="basic", users_file=users_file, history=0)
+    authenticator = chat.app.access.authenticator
+    assert isinstance(authenticator, BasicAuthenticator)
+    authenticator.guard.close()
+    # Tiny bounds: one check in flight per address, two in all, one thread.
+    authenticator.guard = guard = LoginGuard(10, per_address=1, total=2, workers=1)
+    checks.hold.clear()
+    first = asyncio.create_task(log_in(chat, "ann", WRONG, "127.0.0.1"))
+    await wait_until(lambda: checks.started)
+    # 127.0.0.1 has its one check running.
+    reply = await log_in(chat, "ann", WRONG, "127.0.0.1")
+    body = check_refusal(reply, 429, RETRY_CHECKS)
+    assert "127.0.0.1" in body
+    assert reply.headers["www-authenticate"] == CHALLENGE
+    # 127.0.0.2's waits for the thread; then the server has its two in flight.
+    queued = asyncio.create_task(log_in(chat, "bob", "nope", "127.0.0.2"))
+    await wait_until(lambda: guard.in_flight == 2)
+    reply = await log_in(chat, "bob", "pw", "127.0.0.3")
+    check_refusal(reply, 503, RETRY_CHECKS)
+    assert reply.headers["www-authenticate"] == CHALLENGE
+    checks.hold.set()
+    assert (await first).status == 401
+    assert (await queued).status == 401
+    assert guard.in_flight == 0
+    assert checks.started == [WRONG, "nope"]  # the refused ones were never checked
+    # Room again.
+    await gets_in(chat, "bob", "pw", "127.0.0.3")
+
+
+async def test_an_address_out_of_failed_logins_gets_429_without_a_check(
+    start_chat: Start, users_file: Path, checks: Checks
+) -> None:
+    chat = await start_chat(auth="basic", users_file=users_file, history=0, max_login_failures=3)
+    # Logins that succeed cost nothing: more of them than the failures allowed.
+    for _ in range(5):
+        await gets_in(chat, "bob", "pw", "127.0.0.1")
+    for _ in range(3):
+        check_refusal(await log_in(chat, "bob", WRONG, "127.0.0.1"), 401)
+    assert len(checks.started) == 8
+    # Three failures a minute: the next one in 20 s, and until then not even bob gets in.
+    for password in (WRONG, "pw"):
+        reply = await log_in(chat, "bob", password, "127.0.0.1")
+        body = check_refusal(reply, 429)
+        assert 1 <= int(reply.headers["retry-after"]) <= 20
+        assert reply.headers["www-authenticate"] == CHALLENGE
+        assert "too many failed logins from 127.0.0.1" in body
+    assert len(checks.started) == 8
+    # Another address is not concerned.
+    await gets_in(chat, "bob", "pw", "127.0.0.2")
+    # 0: no limit on failures.
+    unlimited = await start_chat(
+        auth="basic", users_file=users_file, history=0, max_login_failures=0
+    )
+    for _ in range(5):
+        check_refusal(await log_in(unlimited, "bob", WRONG, "127.0.0.1"), 401)
+
+
+async def test_a_failed_check_takes_a_token_and_one_that_succeeds_gives_it_back() -> None:
+    now = 0.0
+    guard = LoginGuard(2, clock=lambda: now)
+    try:
+        for _ in range(5):
+            assert await guard.check("192.0.2.1", lambda: True)
+        for _ in range(2):
+            assert not await guard.check("192.0.2.1", lambda: False)
+        with pytest.raises(LoginRefused) as refused:
+            guard.check("192.0.2.1", lambda: True)
+        # Two failures a minute: one back in 30 s.
+        assert (refused.value.status, refused.value.retry_after) == (429, 30)
+        assert await guard.check("192.0.2.2", lambda: True)
+        now += 30
+        assert await guard.check("192.0.2.1", lambda: True)
+        assert guard.in_flight == 0
+    finally:
+        guard.close()
+
+
+async def test_the_guard_forgets_addresses_without_recent_failures() -> None:
+    now = 0.0
+    guard = LoginGuard(10, per_address=1, total=4096, workers=2, clock=lambda: now)
+
+    async def fail(key: str) -> None:
+        assert not await guard.check(key, lambda: False)
+
+    try:
+        await asyncio.gather(*(fail(f"10.0.{i // 256}.{i % 256}") for i in range(1024)))
+        now = 3.0
+        await fail("192.0.2.1")
+        assert len(guard) == 1025
+        # A failure is forgotten once its token is back, 6 s later: the first 1024 by now,
+        # not the one 4 s ago, nor the new ones.
+        now = 7.0
+        await asyncio.gather(*(fail(f"10.1.{i // 256}.{i % 256}") for i in range(1024)))
+        assert len(guard) == 1 + 1024
+        assert guard.in_flight == 0
+    finally:
+        guard.close()
+
+
 # The command line
 
 
 def test_auth_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, users_file: Path) -> None:
     db = ["--db", str(tmp_path / "m.db")]
+    # Failed logins are limited by default.
+    assert parse_args(db).max_login_failures == 10
+    assert parse_args([*db, "--max-login-failures", "0"]).max_login_failures == 0
+    monkeypatch.setenv("CHAT_MAX_LOGIN_FAILURES", "25")
+    assert parse_args(db).max_login_failures == 25
     settings = parse_args([*db, "--auth", "jwt", "--jwt-secret", SECRET])
     assert (settings.auth, settings.jwt_secret) == ("jwt", SECRET)
     assert SECRET not in repr(settings)

@@ -103,6 +103,8 @@ OPTIONS: list[tuple[str, str, str, Callable[[Settings], Any], Any]] = [
         lambda s: s.limits.max_handshakes_per_address,
         7,
     ),
+    ("--max-login-failures", "CHAT_MAX_LOGIN_FAILURES", "3", lambda s: s.max_login_failures, 3),
+    ("--max-login-failures", "CHAT_MAX_LOGIN_FAILURES", "0", lambda s: s.max_login_failures, 0),
 ]
 
 
@@ -243,6 +245,8 @@ BAD: list[tuple[list[str], dict[str, str]]] = [
     (["--history-bytes", "0"], {}),
     (["--max-text-chars", "0"], {}),
     (["--leave-rate", "nan"], {}),
+    (["--max-login-failures", "-1"], {}),
+    ([], {"CHAT_MAX_LOGIN_FAILURES": "ten"}),
     (["--no-such-option"], {}),
     (["--port"], {}),
     (["positional"], {}),

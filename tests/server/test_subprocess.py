@@ -402,7 +402,9 @@ async def test_sigkill_loses_no_acknowledged_message_and_reuses_no_seq(
     print(f"sent {sent}, acknowledged {len(acked)}, broadcast {len(seen)}")
     assert seen == sorted(set(seen))
 
-    server = await spawn("--port", "0", "--db", str(db), "--resume-max", "1000000")
+    server = await spawn(
+        "--port", "0", "--db", str(db), "--resume-max", "1000000", "--history-bytes", str(2**30)
+    )
     url = f"ws://127.0.0.1:{await server.port()}/?since=0&epoch={epoch}"
     async with await rfc6455.connect(url, ping_interval=None, max_size=None) as client:
         client_id = (await recv_rfc6455(client))["connectionId"]
