@@ -18,13 +18,14 @@ that name). An HTTP/1.0 request without a Host passes: browsers always send one.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable
 
 from rfc6455 import Request
 
-__all__ = ["HostPolicy", "parse_hosts"]
+__all__ = ["HostPolicy", "host_name", "parse_hosts"]
 
 ANY = "*"
 # RFC 1123 §2.1 labels (letters, digits, hyphens), plus "_" which real DNS names carry.
@@ -74,12 +75,16 @@ class HostPolicy:
         self.allowed = frozenset(allowed)
         self._any = ANY in self.allowed
         self._suffixes = tuple(host for host in self.allowed if host.startswith("."))
+        # Clients name the server a few ways, and parsing an address costs microseconds a
+        # handshake: the verdicts are kept for the last few hundred names.
+        self._allows_name = functools.lru_cache(maxsize=256)(self._decide)
 
     def allows(self, request: Request) -> bool:
         """True if the request's host is an address, localhost, or allowed."""
         authority = request.authority
-        if authority is None or self._any:
-            return True
+        return authority is None or self._any or self._allows_name(authority)
+
+    def _decide(self, authority: str) -> bool:
         name = host_name(authority)
         return (
             name == "localhost"
