@@ -131,10 +131,10 @@ class Protocol:
         # The data message being reassembled: opcode 0 when none (§5.4). Binary is
         # gathered in one bytearray; text, decoded as it comes, in parts of at least
         # _SMALL_PART characters: one object per 1-byte fragment cost 36 to 56 times
-        # the message.
+        # the message. Made when a message starts: an idle connection has neither.
         self._message_opcode = 0
-        self._message_data = bytearray()
-        self._message_text: list[str] = []
+        self._message_data: bytearray | None = None
+        self._message_text: list[str] | None = None
         self._message_size = 0
         self._decoder: codecs.IncrementalDecoder | None = None
         # The data frame whose payload is still arriving.
@@ -230,7 +230,12 @@ class Protocol:
             if self._message_opcode:
                 raise ProtocolError("expected a continuation frame")
             self._message_opcode = opcode
-            self._decoder = _Utf8Decoder() if opcode is Opcode.TEXT else None
+            if opcode is Opcode.TEXT:
+                self._decoder = _Utf8Decoder()
+                self._message_text = []
+            else:
+                self._decoder = None
+                self._message_data = bytearray()
         self._message_size += length
         self._frame_length = length
         self._frame_remaining = length
@@ -266,19 +271,23 @@ class Protocol:
             if len(pending) == 2 and pending[0] == 0xED and pending[1] >= 0xA0:
                 raise InvalidPayloadData("invalid UTF-8 in text message")
             parts = self._message_text
+            assert parts is not None
             if parts and len(text) < _SMALL_PART and len(parts[-1]) < _SMALL_PART:
                 parts[-1] += text  # copies at most _SMALL_PART characters
             else:
                 parts.append(text)
         else:
+            assert self._message_data is not None
             self._message_data += data
         if final:
             if decoder is not None:
+                assert self._message_text is not None
                 message: str | bytes = "".join(self._message_text)
-                self._message_text = []
+                self._message_text = None
             else:
+                assert self._message_data is not None
                 message = bytes(self._message_data)
-                self._message_data = bytearray()
+                self._message_data = None
             self._events.append(message)
             self._message_opcode = 0
             self._message_size = 0

@@ -184,11 +184,12 @@ class Connection(asyncio.BufferedProtocol):
         self._unflushed = 0
         self._flush_booked = False
         self._writing_paused = False
-        # Bytes handed to the transport so far (the 101 may still be in its
-        # buffer) and, while it has paused writing, where in that count each
-        # write still in its buffer ends: the first one not sent yet is the
-        # write in progress, the others are behind it (the slow-consumer rule).
-        self._written = transport.get_write_buffer_size()
+        # While the transport has paused writing: bytes handed to it since it
+        # paused, counting what its buffer held then, and where in that count
+        # each write still in its buffer ends. The first one not sent yet is
+        # the write in progress, the others are behind it (the slow-consumer
+        # rule). Nothing is counted while it writes freely.
+        self._written = 0
         self._ends: collections.deque[int] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self._pings: dict[bytes, tuple[asyncio.Future[float] | None, float]] = {}
@@ -417,12 +418,15 @@ class Connection(asyncio.BufferedProtocol):
         return False
 
     def pause_writing(self) -> None:
-        # Called from within transport.write(): what was written before ends here.
+        # Called from within transport.write(): its buffer, the write that made
+        # it pause included, is the first write to count.
         self._writing_paused = True
+        self._written = self._transport.get_write_buffer_size()
         self._ends = collections.deque([self._written])
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        self._written = 0
         self._ends = None
         waiter = self._drain_waiter
         if waiter is not None:
@@ -534,14 +538,12 @@ class Connection(asyncio.BufferedProtocol):
         if output and self._writing_paused and self._over_send_limit():
             output = self._shed_slow_consumer()
         if output and not transport.is_closing():
-            if len(output) == 1 and output[0]:
-                data = output[0]
-                transport.write(data)
-                self._written += len(data)
+            if len(output) != 1 or not output[0]:
+                self._write_all(output)
+            elif self._ends is None:  # the usual case: nothing to note
+                transport.write(output[0])
             else:
-                self._written += _write_all(transport, output)
-            if self._ends is not None:
-                self._note_write()
+                self._write(output[0])
         if self._close_timer is None and self.protocol.close_expected():
             # The peer's close frame and EOF must be read even if the queue is full.
             self._resume_reading()
@@ -549,19 +551,49 @@ class Connection(asyncio.BufferedProtocol):
             if timeout is not None and not self._done:
                 self._close_timer = self._loop.call_later(timeout, self._close_timed_out)
 
-    def _note_write(self) -> None:
-        """Note where the write just made ends (the transport has paused writing).
+    def _write(self, data: bytes) -> None:
+        """Hand ``data`` to the transport; while it has paused, note where it ends.
 
-        Writes after a small one (under write_limit) extend it rather than add
-        an entry: the count is exact to within write_limit, and there is one
-        entry per write_limit bytes buffered at most.
+        A write that makes it pause is counted in what its buffer held then
+        (``pause_writing``). Writes after a small one (under write_limit)
+        extend it rather than add an entry: the count is exact to within
+        write_limit, and there is one entry per write_limit bytes buffered.
         """
         ends = self._ends
-        assert ends is not None
-        if len(ends) > 1 and ends[-1] - ends[-2] < self._write_limit:
-            ends[-1] = self._written
-        else:
-            ends.append(self._written)
+        self._transport.write(data)
+        if ends is not None:
+            self._written += len(data)
+            if len(ends) > 1 and ends[-1] - ends[-2] < self._write_limit:
+                ends[-1] = self._written
+            else:
+                ends.append(self._written)
+
+    def _write_all(self, output: list[bytes]) -> None:
+        """Write several queued chunks: small runs joined, ``b""`` as a half-close."""
+        transport = self._transport
+        run: list[bytes] = []
+        for data in output:
+            if data and len(data) < _JOIN_LIMIT:
+                run.append(data)
+                continue
+            if run:
+                self._write(b"".join(run))
+                run = []
+            if data:
+                self._write(data)
+                continue
+            if transport.can_write_eof():
+                try:
+                    transport.write_eof()
+                except OSError:
+                    # The peer reset the connection meanwhile (a browser tab closed with
+                    # unread data): it is gone, which is all a half-close would say.
+                    transport.abort()
+            else:
+                transport.close()  # TLS cannot half-close.
+            return
+        if run:
+            self._write(b"".join(run))
 
     def _over_send_limit(self) -> bool:
         """Whether over ``max_send_buffer`` bytes wait behind the write in progress."""
@@ -678,44 +710,6 @@ class Connection(asyncio.BufferedProtocol):
         # close_timeout (§7.1.7 ends a failed connection by closing TCP).
         self.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
         self._transport.close()
-
-
-def _write_all(transport: asyncio.Transport, output: list[bytes]) -> int:
-    """Write several queued chunks: small runs joined, ``b""`` as a half-close.
-
-    Returns:
-        How many bytes were written.
-    """
-    written = 0
-    run: list[bytes] = []
-    for data in output:
-        if data and len(data) < _JOIN_LIMIT:
-            run.append(data)
-            continue
-        if run:
-            joined = b"".join(run)
-            transport.write(joined)
-            written += len(joined)
-            run = []
-        if data:
-            transport.write(data)
-            written += len(data)
-            continue
-        if transport.can_write_eof():
-            try:
-                transport.write_eof()
-            except OSError:
-                # The peer reset the connection meanwhile (a browser tab closed with
-                # unread data): it is gone, which is all a half-close would say.
-                transport.abort()
-        else:
-            transport.close()  # TLS cannot half-close.
-        return written
-    if run:
-        joined = b"".join(run)
-        transport.write(joined)
-        written += len(joined)
-    return written
 
 
 def _address(value: object) -> tuple[str, int] | None:
