@@ -129,8 +129,10 @@ def check_request(request: Request) -> str:
     # §4.2.1 item 1 is a GET, whose content "has no generally defined semantics"
     # (RFC 9110 §9.3.1): bytes after the head are WebSocket frames, so a request
     # announcing a body would have it read as frames.
-    if "Transfer-Encoding" in headers or headers.get("Content-Length", "0") != "0":
-        raise InvalidRequest(400, "a WebSocket upgrade request has no body")
+    for name, value in headers:  # one pass for both fields
+        field = name.lower()
+        if field == "transfer-encoding" or (field == "content-length" and value != "0"):
+            raise InvalidRequest(400, "a WebSocket upgrade request has no body")
     # §4.2.1 item 3: an |Upgrade| header field containing "websocket".
     if not _has_token(headers, "Upgrade", "websocket"):
         raise InvalidRequest(400, "missing Upgrade: websocket header")
