@@ -8,13 +8,9 @@ from __future__ import annotations
 
 import time
 
-from .ratelimit import Clock, TokenBucket
+from .ratelimit import Clock, KeyedBuckets
 
 __all__ = ["ConnectRate"]
-
-# Buckets kept before the full ones (idle for burst/rate seconds, so no different from new ones)
-# are dropped: the memory of the limiter stays in proportion to the recent clients.
-_PRUNE_ABOVE = 1024
 
 
 class ConnectRate:
@@ -29,9 +25,7 @@ class ConnectRate:
     def __init__(self, rate: float, burst: int, clock: Clock = time.monotonic) -> None:
         self.rate = rate
         self.burst = burst
-        self._clock = clock
-        self._buckets: dict[str, TokenBucket] = {}
-        self._prune_at = _PRUNE_ABOVE
+        self._buckets = KeyedBuckets(rate, burst, clock)
 
     def admit(self, key: str) -> float:
         """Count a new connection from ``key``.
@@ -39,10 +33,7 @@ class ConnectRate:
         Returns:
             0.0 if it may open (a token is taken); otherwise the seconds until it could.
         """
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            self._prune()
-            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, self._clock)
+        bucket = self._buckets.bucket(key)
         wait = bucket.wait(1)
         if not wait:
             bucket.take(1)
@@ -50,12 +41,3 @@ class ConnectRate:
 
     def __len__(self) -> int:
         return len(self._buckets)
-
-    def _prune(self) -> None:
-        if len(self._buckets) < self._prune_at:
-            return
-        self._buckets = {
-            key: bucket for key, bucket in self._buckets.items() if bucket.wait(bucket.burst)
-        }
-        # Amortised: the next pass waits until as many buckets again were added.
-        self._prune_at = max(_PRUNE_ABOVE, 2 * len(self._buckets))

@@ -29,7 +29,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from .ratelimit import Clock, TokenBucket
+from .ratelimit import Clock, KeyedBuckets
 
 __all__ = [
     "MAX_CHECKS_PER_ADDRESS",
@@ -63,11 +63,6 @@ MAX_CHECKS_PER_ADDRESS = 2
 # Retry-After (RFC 9110 §10.2.3) of a refusal for checks in flight: a check is over in tens of
 # milliseconds, and a second is the least a header of whole seconds can say.
 RETRY_CHECKS = 1
-
-# Buckets kept before the full ones (no failure within the last minute: no different from new
-# ones) are dropped. A bucket is made only when a check starts, so there are at most as many as
-# checks started in the last minute, which the pool's pace bounds.
-_PRUNE_ABOVE = 1024
 
 
 class LoginRefused(Exception):
@@ -104,11 +99,12 @@ class LoginGuard:
         self.failures = failures
         self.per_address = per_address
         self.total = total if total is not None else MAX_CHECKS_PER_WORKER * workers
-        self._clock = clock
         # Threads start with the first checks: a guard that never checks costs none.
         self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="login")
-        self._buckets: dict[str, TokenBucket] = {}
-        self._prune_at = _PRUNE_ABOVE
+        # As many at once as a minute: a person who mistypes gets several tries in a row, then
+        # one more every 60/failures seconds. A bucket is made only when a check starts, so
+        # there are about as many as checks started in the last minute, which the pool paces.
+        self._buckets = KeyedBuckets(failures / 60, failures, clock) if failures else None
         self._in_flight: Counter[str] = Counter()
 
     @property
@@ -118,7 +114,7 @@ class LoginGuard:
 
     def __len__(self) -> int:
         """Addresses whose failures are remembered."""
-        return len(self._buckets)
+        return 0 if self._buckets is None else len(self._buckets)
 
     def check(self, key: str, verify: Callable[[], bool]) -> asyncio.Future[bool]:
         """Start ``verify`` in a worker thread for a client at address ``key``.
@@ -134,7 +130,8 @@ class LoginGuard:
             LoginRefused: 429 if ``key`` is out of failures or has its most checks in flight,
                 503 if the server has; nothing was started.
         """
-        bucket = self._buckets.get(key)
+        buckets = self._buckets
+        bucket = None if buckets is None else buckets.get(key)
         if bucket is not None and (wait := bucket.wait(1)):
             seconds = math.ceil(wait)
             reason = f"too many failed logins from {key}: retry in {seconds} s"
@@ -145,14 +142,8 @@ class LoginGuard:
         if self.in_flight >= self.total:
             reason = f"{self.total} logins are being checked: retry later"
             raise LoginRefused(503, reason, RETRY_CHECKS)
-        if self.failures:
-            if bucket is None:
-                self._prune()
-                # As many at once as a minute: a person who mistypes gets several tries in a
-                # row, then one more every 60/failures seconds.
-                bucket = TokenBucket(self.failures / 60, self.failures, self._clock)
-                self._buckets[key] = bucket
-            bucket.take(1)
+        if buckets is not None:
+            buckets.bucket(key).take(1)
         loop = asyncio.get_running_loop()
         self._in_flight[key] += 1
         work = self._pool.submit(verify)
@@ -166,22 +157,13 @@ class LoginGuard:
         if not self._in_flight[key]:
             del self._in_flight[key]
         succeeded = not work.cancelled() and work.exception() is None and work.result()
-        bucket = self._buckets.get(key)
+        bucket = None if self._buckets is None else self._buckets.get(key)
         if succeeded and bucket is not None:
             bucket.give_back(1)
 
     def close(self) -> None:
         """Drop the checks not started yet; the threads end once their check is over."""
         self._pool.shutdown(wait=False, cancel_futures=True)
-
-    def _prune(self) -> None:
-        if len(self._buckets) < self._prune_at:
-            return
-        self._buckets = {
-            key: bucket for key, bucket in self._buckets.items() if bucket.wait(bucket.burst)
-        }
-        # Amortised: the next pass waits until as many buckets again were added.
-        self._prune_at = max(_PRUNE_ABOVE, 2 * len(self._buckets))
 
 
 def _call_soon(

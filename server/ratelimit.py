@@ -13,7 +13,14 @@ import math
 import time
 from collections.abc import Callable
 
-__all__ = ["STRIKES", "STRIKE_WINDOW", "RateLimiter", "TokenBucket", "retry_after_ms"]
+__all__ = [
+    "STRIKES",
+    "STRIKE_WINDOW",
+    "KeyedBuckets",
+    "RateLimiter",
+    "TokenBucket",
+    "retry_after_ms",
+]
 
 Clock = Callable[[], float]
 
@@ -70,6 +77,55 @@ class TokenBucket:
     def give_back(self, cost: float) -> None:
         """Return ``cost`` tokens taken for what turned out not to count; ``burst`` at most."""
         self._tokens = min(self.burst, self._tokens + cost)
+
+
+# Buckets kept before the full ones (idle for burst/rate seconds, so no different from new
+# ones) are dropped: the memory of a KeyedBuckets stays in proportion to the recent clients.
+_PRUNE_ABOVE = 1024
+
+
+class KeyedBuckets:
+    """A token bucket per key (a client's address), made when first needed.
+
+    Full buckets, no different from new ones, are forgotten once there are many: a pass over
+    them when their number doubles, so the cost is amortised and the memory bounded.
+
+    Args:
+        rate: Tokens added per second to each bucket.
+        burst: The most tokens a bucket holds.
+        clock: Seconds from a monotonic clock.
+    """
+
+    def __init__(self, rate: float, burst: float, clock: Clock = time.monotonic) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._buckets: dict[str, TokenBucket] = {}
+        self._prune_at = _PRUNE_ABOVE
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def get(self, key: str) -> TokenBucket | None:
+        """The bucket of ``key``, if it has one."""
+        return self._buckets.get(key)
+
+    def bucket(self, key: str) -> TokenBucket:
+        """The bucket of ``key``, made (full) if it has none."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            self._prune()
+            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, self._clock)
+        return bucket
+
+    def _prune(self) -> None:
+        if len(self._buckets) < self._prune_at:
+            return
+        self._buckets = {
+            key: bucket for key, bucket in self._buckets.items() if bucket.wait(bucket.burst)
+        }
+        # Amortised: the next pass waits until as many buckets again were added.
+        self._prune_at = max(_PRUNE_ABOVE, 2 * len(self._buckets))
 
 
 class RateLimiter:
