@@ -28,6 +28,7 @@ from rfc6455 import Request
 __all__ = ["HostPolicy", "host_name", "parse_hosts"]
 
 ANY = "*"
+_LONGEST = 255 + len(":65535")
 # RFC 1123 §2.1 labels (letters, digits, hyphens), plus "_" which real DNS names carry.
 _NAME = re.compile(r"\.?[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*")
 
@@ -82,7 +83,11 @@ class HostPolicy:
     def allows(self, request: Request) -> bool:
         """True if the request's host is an address, localhost, or allowed."""
         authority = request.authority
-        return authority is None or self._any or self._allows_name(authority)
+        if authority is None or self._any:
+            return True
+        # No name or address with its port is longer (RFC 1035 §2.3.4: 255 bytes a name):
+        # refused without a place in the cache, which stays a few hundred short strings.
+        return len(authority) <= _LONGEST and self._allows_name(authority)
 
     def _decide(self, authority: str) -> bool:
         name = host_name(authority)

@@ -83,3 +83,9 @@ def test_an_http_10_request_without_host_passes() -> None:
 def test_parse_hosts_refuses_what_is_not_a_host_name(text: str) -> None:
     with pytest.raises(ValueError, match="is not a host name"):
         parse_hosts(text)
+
+
+def test_an_overlong_host_is_refused_even_when_listed() -> None:
+    name = "a" * 63 + "." + "b" * 63 + "." + "c" * 63 + "." + "d" * 63 + ".example"
+    assert not HostPolicy(parse_hosts(name)).allows(request(name))
+    assert HostPolicy(parse_hosts("*")).allows(request(name))  # unless any host is allowed
