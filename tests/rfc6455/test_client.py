@@ -8,6 +8,7 @@ import logging
 import socket
 import ssl
 import struct
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -400,6 +401,13 @@ async def refused_by(net: Net, *reply: bytes, then_close: bool = False) -> Inval
             with contextlib.suppress(ConnectionError):
                 await reader.read()
 
+    return await refusal_of(net, fake)
+
+
+async def refusal_of(
+    net: Net, fake: Callable[[Reader, Writer], Awaitable[None]]
+) -> InvalidResponse:
+    """What connecting to the fake server ``fake`` raises: a refusal that has its response."""
     server = await net.plain_server(fake)
     with pytest.raises(InvalidResponse) as info:
         async with asyncio.timeout(GUARD):
@@ -447,12 +455,9 @@ async def test_refusal_body_is_bounded(net: Net, length: str) -> None:
                 writer.write(b"x" * 65536)
                 await writer.drain()
 
-    server = await net.plain_server(fake)
-    with pytest.raises(InvalidResponse) as info:
-        async with asyncio.timeout(GUARD):
-            await net.connect(server, open_timeout=None)
-    assert info.value.response is not None
-    assert info.value.response.body == b"x" * client_module._MAX_REFUSAL_BODY
+    error = await refusal_of(net, fake)
+    assert error.response is not None
+    assert error.response.body == b"x" * client_module._MAX_REFUSAL_BODY
 
 
 async def test_refusal_whose_body_is_late(net: Net) -> None:
