@@ -12,35 +12,52 @@ import rfc6455
 from .access import access_hook
 from .auth import CHAT_SUBPROTOCOL
 from .descriptors import raise_descriptor_limit
-from .handler import ChatHandler, echo, payload
-from .history import History
+from .handler import ChatHandler, echo
 from .hosts import HostPolicy
+from .hub import Hub
+from .local_engine import LocalEngine
 from .manager import ConnectionManager
+from .namespaces import Namespace, Namespaces
 from .persistence import PersistenceQueue
 from .settings import Settings
 from .web import CHAT_PATH, ECHO_PATH, Router
 
-__all__ = ["App", "run"]
+__all__ = ["App", "namespaces_of", "run"]
 
 logger = logging.getLogger("server")
 
 
+def namespaces_of(settings: Settings) -> Namespaces:
+    """The channels' options: the flags' defaults, and the ``--channels`` file over them.
+
+    Raises:
+        NamespaceError: The file is not valid.
+    """
+    defaults = Namespace(
+        history=settings.history,
+        retention_messages=settings.retention_messages,
+        retention_days=settings.retention_days,
+    )
+    if settings.channels_file is None:
+        return Namespaces(defaults)
+    return Namespaces.load(settings.channels_file, defaults)
+
+
 class App:
-    """One chat server: start it, then stop it gracefully."""
+    """One chat server: start it, then stop it gracefully.
+
+    Raises:
+        NamespaceError: The ``--channels`` file is not valid.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.manager = ConnectionManager(settings.limits.max_send_buffer or 2**20)
-        self.queue = PersistenceQueue(
-            settings.db_path,
-            capacity=settings.queue_capacity,
-            batch_size=settings.batch_size,
-            policy=settings.retry,
-            retention_messages=settings.retention_messages,
-            retention_days=settings.retention_days,
-            prune_interval=settings.prune_interval,
-        )
-        self.chat: ChatHandler | None = None
+        self.namespaces = namespaces = namespaces_of(settings)
+        self.manager = ConnectionManager()
+        self.engine = LocalEngine(settings, namespaces)
+        self.hub = Hub(self.manager, namespaces, settings.limits.max_send_buffer or 2**20)
+        self.engine.listener = self.hub
+        self.chat = ChatHandler(self.manager, self.engine, self.hub, namespaces, settings)
         paths = frozenset({CHAT_PATH, ECHO_PATH} if settings.echo_enabled else {CHAT_PATH})
         self.router = Router(
             settings.web_root, self.health, paths, HostPolicy(settings.allowed_hosts)
@@ -48,18 +65,17 @@ class App:
         self.server: rfc6455.Server | None = None
         self.access = access_hook(self.router, lambda: self.server, settings)
 
+    @property
+    def queue(self) -> PersistenceQueue:
+        """The engine's persistence queue (its figures and its epoch, for tests and tools)."""
+        return self.engine.queue
+
     def health(self) -> dict[str, object]:
         """The figures ``GET /healthz`` reports."""
-        return {
-            "connections": len(self.manager),
-            "queueDepth": self.queue.depth,
-            "persisted": self.queue.persisted,
-            "deadLettered": self.queue.dead_lettered,
-        }
+        return {"connections": len(self.manager), **self.engine.health()}
 
     async def _dispatch(self, connection: rfc6455.Connection) -> None:
         assert connection.request is not None
-        assert self.chat is not None
         if connection.request.path == ECHO_PATH:
             await echo(connection)
         else:
@@ -68,28 +84,8 @@ class App:
     async def start(self) -> int:
         """Open the database, load the latest messages and start listening; returns the port."""
         settings = self.settings
-        queue = self.queue
-        await queue.start()
+        await self.engine.start()
         try:
-            # The listeners are set in the step start() returns in, before any batch or delete.
-            history = History(
-                queue.meta.epoch,
-                max_messages=max(settings.history, settings.resume_max),
-                max_bytes=settings.history_memory,
-                finished=queue.last_seq,
-                pruned=queue.meta.pruned,
-            )
-            self.chat = chat = ChatHandler(self.manager, queue, history, settings)
-            queue.on_committed = chat.committed
-            queue.on_dead_lettered = chat.dead_lettered
-            queue.on_pruned = history.pruned_through
-            # Bounded in bytes as the ring is: a database of large messages must not be read
-            # whole into memory to keep a few of them.
-            latest = await queue.last(history.max_messages, max_bytes=history.max_bytes)
-            history.load(
-                [(record.seq, payload(record)) for record in latest.records],
-                complete=latest.complete,
-            )
             self.server = await rfc6455.serve(
                 self._dispatch,
                 settings.host,
@@ -100,7 +96,7 @@ class App:
             )
         except BaseException:
             # Cannot listen (port taken, unknown host): close the database and its thread again.
-            await self.queue.stop(0)
+            await self.engine.stop(0)
             raise
         port = self.server.port
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
@@ -118,9 +114,8 @@ class App:
         if self.server is not None:
             await self.server.close(rfc6455.CloseCode.GOING_AWAY, "server shutting down", timeout)
         self.access.close()
-        if self.chat is not None:
-            self.chat.departures.close()
-        await self.queue.stop(timeout)
+        self.chat.departures.close()
+        await self.engine.stop(timeout)
         logger.info(
             "stopped: %d messages persisted, %d dead-lettered",
             self.queue.persisted,

@@ -3,8 +3,10 @@
 ``--auth jwt``: a JSON Web Token (RFC 7519) signed with HS256 and the server's secret, checked
 by PyJWT (the optional ``auth`` dependencies, imported only in this mode). It must carry ``sub``
 (the user's name) and ``exp``; ``exp`` and ``nbf`` are checked with ``JWT_LEEWAY`` seconds of
-leeway. Only HS256 is accepted, so neither ``alg: none`` nor another algorithm gets through
-(RFC 8725 §2.1, §3.1). A bearer token (RFC 6750) may come three ways, one at a time (§2): the
+leeway. An optional ``channels`` claim, a list of glob patterns (``room:*``), limits the
+channels the user may subscribe and publish to. Only HS256 is accepted, so neither
+``alg: none`` nor another algorithm gets through (RFC 8725 §2.1, §3.1). A bearer token
+(RFC 6750) may come three ways, one at a time (§2): the
 ``Authorization: Bearer`` header (§2.1), the ``access_token`` query parameter (§2.3), or, for
 browsers, which can set neither a header nor anything else on a WebSocket handshake, a
 ``Sec-WebSocket-Protocol`` value ``access_token.<token>``.
@@ -74,6 +76,8 @@ SUBPROTOCOL_PREFIX = "access_token."
 CHAT_SUBPROTOCOL = "chat"
 # A user's name goes into every message it sends: as short as a message id.
 MAX_USER = 128
+# Patterns in a token's channels claim: a user's rooms, not a directory.
+MAX_CHANNEL_PATTERNS = 256
 # exp beyond the year 9999 (in seconds since 1970): no real token lives that long, and the
 # number must fit a float and a timer.
 _LATEST_EXP = 253_402_300_800
@@ -88,10 +92,13 @@ class Identity:
     Attributes:
         user: The name shown with its messages (the token's ``sub``, or the basic user name).
         expires: When the credentials stop being valid (Unix time, leeway included), or None.
+        channels: Glob patterns of the channels the user may use (the token's ``channels``
+            claim); None: any the namespaces allow.
     """
 
     user: str
     expires: float | None = None
+    channels: tuple[str, ...] | None = None
 
 
 class Unauthorized(Exception):
@@ -218,7 +225,17 @@ class JwtAuthenticator:
         # 10**400 is a valid JSON number, and a signed token may carry it: no float holds it.
         if not -_LATEST_EXP < expires < _LATEST_EXP:
             raise self._invalid("exp is out of range")
-        return Identity(user, float(expires) + self.leeway)
+        patterns = claims.get("channels")
+        if patterns is not None and (
+            not isinstance(patterns, list)
+            or len(patterns) > MAX_CHANNEL_PATTERNS
+            or not all(isinstance(p, str) and 0 < len(p) <= MAX_USER for p in patterns)
+        ):
+            raise self._invalid(
+                f"channels must be a list of at most {MAX_CHANNEL_PATTERNS} glob patterns"
+            )
+        channels = None if patterns is None else tuple(patterns)
+        return Identity(user, float(expires) + self.leeway, channels)
 
     @staticmethod
     def _invalid(description: str) -> Unauthorized:

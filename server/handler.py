@@ -1,70 +1,141 @@
 """The per-client coroutines: the chat endpoint and the echo endpoint.
 
-The chat keeps one order: a message gets its seq, is queued for the database and (unless
-``broadcast_after_commit``) is broadcast and added to the history, all in one event-loop step.
-A new client is registered, greeted and given its history in one step too. So every client
-sees the messages in seq order, and its history ends exactly where its live messages begin.
+A chat client is subscribed to the default channel from the start: it is registered, greeted
+and given that channel's history as before. Then each text frame is one command
+(``commands.py``), answered in order: a publish goes to the engine, which numbers, stores and
+delivers it (``local_engine.py``); a subscribe holds the channel's live messages until its
+history is sent (``hub.py``), so history and live messages meet with no gap and no duplicate.
+A refused request gets an error and the connection stays open, but every error costs the
+client one more token of its rate limit, so that a client that keeps sending bad requests is
+refused and, three refusals later, disconnected (1008).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import logging
-import sqlite3
+import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs
 
 import rfc6455
 from rfc6455 import CloseCode
 
-from . import messages
+from . import commands, messages
 from .auth import close_at_expiry, identity_of
+from .channels import DEFAULT_CHANNEL, direct_channel, direct_users
+from .commands import CommandError
 from .departures import Departures
-from .history import History, Plan, Resume, payload_size
+from .engine import Draft, Engine, Member
+from .history import Resume
+from .hub import Hub, Subscriber
 from .manager import ConnectionManager, send_now
-from .persistence import PersistenceClosed, PersistenceQueue
+from .namespaces import Namespaces
+from .persistence import PersistenceClosed
 from .ratelimit import RateLimiter, TokenBucket, retry_after_ms
 from .settings import Settings
-from .store import MessageRecord
 
-__all__ = ["ChatHandler", "echo", "payload"]
+__all__ = ["MAX_CHANNELS", "TYPING_INTERVAL", "ChatHandler", "echo"]
 
 logger = logging.getLogger("server")
 
+#: Channels one connection may be subscribed to at once (Centrifugo's default).
+MAX_CHANNELS = 128
+#: Seconds between two typing signals of one member in one channel that are forwarded.
+TYPING_INTERVAL = 2.0
+# Typing times kept before the stale ones are swept.
+_TYPING_SWEEP = 10_000
 
-def payload(record: MessageRecord) -> bytes:
-    """A message's broadcast, as sent on the wire (and kept in the history)."""
-    return messages.broadcast(
-        record.connection_id, record.message, record.timestamp, record.seq, record.user
-    ).encode()
+
+@dataclass(slots=True)
+class _Client:
+    """One chat client while its handler runs."""
+
+    connection: rfc6455.Connection
+    id: str
+    user: str | None
+    patterns: tuple[str, ...] | None = None
+    client_id: str | None = None
+    name: str | None = None
+    subscriptions: dict[str, Subscriber] = field(default_factory=dict)
+    limiter: RateLimiter | None = None
+
+    @property
+    def peer(self) -> str:
+        address = self.connection.remote_address
+        return "unknown" if address is None else f"{address[0]}:{address[1]}"
+
+    @property
+    def member(self) -> Member:
+        """Who the client is in presence: its user, its client id, or its connection."""
+        if self.user is not None:
+            return Member(f"user:{self.user}", (("user", self.user), ("name", self.user)))
+        if self.client_id is not None:
+            fields = [("clientId", self.client_id)]
+            if self.name is not None:
+                fields.append(("name", self.name))
+            return Member(f"client:{self.client_id}", tuple(fields))
+        return Member(f"connection:{self.id}", (("connectionId", self.id),))
+
+    @property
+    def reader(self) -> str | None:
+        """Whose read positions the client records: its user or its client id."""
+        if self.user is not None:
+            return f"user:{self.user}"
+        if self.client_id is not None:
+            return f"client:{self.client_id}"
+        return None
+
+    def draft(self, channel: str, text: str, client_msg_id: str | None) -> Draft:
+        return Draft(channel, text, self.id, client_msg_id, self.user, self.client_id, self.name)
 
 
 class ChatHandler:
-    """Runs one chat client: greeting and history, then receive, persist and broadcast.
+    """Runs one chat client: greeting and history, then its commands.
 
-    It also hears from the persistence queue (``committed``, ``dead_lettered``) to answer
-    each sender with an ack or an error, and, with ``broadcast_after_commit``, to broadcast.
+    Args:
+        manager: The open connections.
+        engine: Seqs, storage, history, presence.
+        hub: The subscriptions here, and the fan-out.
+        namespaces: The channels' options.
+        settings: The server's settings.
     """
 
     def __init__(
         self,
         manager: ConnectionManager,
-        queue: PersistenceQueue,
-        history: History,
+        engine: Engine,
+        hub: Hub,
+        namespaces: Namespaces,
         settings: Settings,
     ) -> None:
         self.manager = manager
-        self.queue = queue
-        self.history = history
+        self.engine = engine
+        self.hub = hub
+        self.namespaces = namespaces
         self.settings = settings
         self.departures = Departures(
-            manager.broadcast, lambda: len(manager), rate=settings.leave_rate or None
+            lambda payload: hub.broadcast(DEFAULT_CHANNEL, payload),
+            lambda: len(manager),
+            rate=settings.leave_rate or None,
         )
+        self._typing: dict[tuple[str, str], float] = {}
+        # The clients connected, by connection id: a direct message subscribes its users'.
+        self._clients: dict[str, _Client] = {}
 
     async def __call__(self, connection: rfc6455.Connection) -> None:
-        assert connection.request is not None
-        identity = identity_of(connection.request)
-        client = _Client(connection, str(uuid.uuid4()), None if identity is None else identity.user)
+        request = connection.request
+        assert request is not None
+        identity = identity_of(request)
+        client = _Client(
+            connection,
+            str(uuid.uuid4()),
+            None if identity is None else identity.user,
+            None if identity is None else identity.channels,
+        )
+        if client.user is None:
+            self._identify_from_query(client, request.query)
         expiry = close_at_expiry(connection, identity)
         try:
             await self._join(client)
@@ -76,57 +147,60 @@ class ChatHandler:
                 expiry.cancel()
             self._leave(client)
 
+    def _identify_from_query(self, client: _Client, query: str) -> None:
+        """``?clientId=&name=``: ``hello`` at connect; invalid values are ignored."""
+        values = parse_qs(query)
+        ids, names = values.get("clientId", []), values.get("name", [])
+        try:
+            client.client_id = commands.check_client_id(ids[0]) if len(ids) == 1 else None
+            if client.client_id is not None and len(names) == 1:
+                client.name = commands.check_display_name(names[0])
+        except CommandError:
+            client.client_id = client.name = None
+
     async def _join(self, client: _Client) -> None:
-        """Register, greet and send the history; no broadcast can come between them."""
-        connection, connection_id = client.connection, client.id
+        """Register, greet and send the default channel's history (none comes between)."""
+        connection, engine, settings = client.connection, self.engine, self.settings
         assert connection.request is not None
-        settings = self.settings
-        plan = self.history.plan(
-            Resume.from_query(connection.request.query),
-            last=self.queue.last_seq,
-            count=settings.history,
+        self.manager.add(client.id, connection, client.user)
+        self._clients[client.id] = client
+        subscriber = self._subscribe_now(client, DEFAULT_CHANNEL)
+        logger.info("connect %s from %s (%d open)", client.id, client.peer, len(self.manager))
+        send_now(connection, messages.connection_id(client.id))
+        send_now(connection, messages.welcome(settings.welcome, engine.epoch(DEFAULT_CHANNEL)))
+        resume = Resume.from_query(connection.request.query)
+        count = self.namespaces.of(DEFAULT_CHANNEL).history
+        if resume is None and count == 0:
+            self.hub.release(subscriber, engine.last_seq(DEFAULT_CHANNEL))
+            return
+        recovery = await engine.history(
+            DEFAULT_CHANNEL,
+            resume,
+            count=count,
             resume_max=settings.resume_max,
             max_bytes=settings.history_bytes,
         )
-        reading = plan is not None and plan.read_after is not None
-        # On hold while older messages are read: what is broadcast meanwhile waits for it.
-        self.manager.add(connection_id, connection, hold=reading)
-        logger.info("connect %s from %s (%d open)", connection_id, client.peer, len(self.manager))
-        send_now(connection, messages.connection_id(connection_id))
-        send_now(connection, messages.welcome(settings.welcome, self.history.epoch))
-        if plan is None:
-            return
-        if not reading:
-            send_now(
-                connection, messages.history(plan.messages, self.history.epoch, plan.recovered)
-            )
-            return
-        items, recovered = await self._read_older(plan)
-        send_now(connection, messages.history(items, self.history.epoch, recovered))
-        self.manager.release(connection_id)
+        send_now(
+            connection, messages.history(recovery.messages, recovery.epoch, recovery.recovered)
+        )
+        self.hub.release(subscriber, recovery.top)
 
-    async def _read_older(self, plan: Plan) -> tuple[list[bytes], bool]:
-        """The resume's messages when the oldest are no longer in memory."""
-        assert plan.read_after is not None
-        try:
-            older = await self.queue.kept_after(
-                plan.read_after, plan.read_through, most=plan.read_count, max_bytes=plan.read_bytes
-            )
-        except (PersistenceClosed, sqlite3.Error, OSError) as exc:
-            logger.warning("history: cannot read messages after %d: %s", plan.read_after, exc)
-            older = None
-        # Failed, retention deleted some meanwhile, or more than a history may hold.
-        if older is None:
-            return plan.fallback, False
-        items = [payload(record) for record in older]
-        if plan.read_bytes is not None and payload_size(items) > plan.read_bytes:
-            return plan.fallback, False
-        return items + plan.messages, True
+    def _subscribe_now(self, client: _Client, channel: str) -> Subscriber:
+        """Subscribe (held until its history is sent) and count the client in presence."""
+        subscriber = self.hub.subscribe(channel, client.id, client.connection)
+        client.subscriptions[channel] = subscriber
+        self.engine.join(channel, client.member)
+        return subscriber
+
+    def _unsubscribe_now(self, client: _Client, channel: str) -> None:
+        del client.subscriptions[channel]
+        self.hub.unsubscribe(channel, client.id)
+        self.engine.leave(channel, client.member)
+        if not self.hub.count(channel):
+            self.engine.forget(channel)
 
     async def _receive(self, client: _Client) -> None:
         connection, settings = client.connection, self.settings
-        # Made at the first message: an idle client costs no buckets.
-        limiter: RateLimiter | None = None
         limited = settings.rate_limit > 0
         async for text in connection:
             if not isinstance(text, str):
@@ -134,39 +208,212 @@ class ChatHandler:
                     CloseCode.UNSUPPORTED_DATA, "binary messages are not supported"
                 )
                 return
-            if limited and limiter is None:
-                limiter = self._rate_limiter()
+            if limited and client.limiter is None:
+                # Made at the first message: an idle client costs no buckets.
+                client.limiter = self._rate_limiter()
+            limiter = client.limiter
             if limiter is not None and (wait := limiter.admit(text)):
                 # Refused before it gets a seq: neither stored nor broadcast. Its id is read
                 # only now, for the error: a client refused 3 times is disconnected.
-                refused = self._parse(text)
-                client_msg_id = refused.client_msg_id
-                send_now(connection, messages.rate_limited(retry_after_ms(wait), client_msg_id))
+                send_now(connection, messages.rate_limited(retry_after_ms(wait), _id_of(text)))
                 if limiter.strike():
                     # Fail rather than close: a flooder's further frames are discarded
                     # (RFC 6455 §7.1.7), not queued while it ignores the close frame.
                     connection.fail(CloseCode.POLICY_VIOLATION, "rate limit")
                     return
                 continue
-            message = self._parse(text)
-            if isinstance(message, messages.InvalidMessage):
-                send_now(connection, messages.invalid_message(str(message), message.client_msg_id))
-                continue
-            if not self.queue.ready():
-                # Backpressure: stop reading from this client until the writer catches up.
-                await self.queue.wait_ready()
-            record = self.queue.accept(client.id, message.text, message.client_msg_id, client.user)
-            if not settings.broadcast_after_commit:
-                self._publish(record)
+            try:
+                command = commands.read(
+                    text, max_chars=settings.max_text_chars, max_bytes=settings.max_text_bytes
+                )
+                await self._run(client, command)
+            except CommandError as exc:
+                if limiter is not None:
+                    limiter.messages.take(1)
+                send_now(
+                    connection,
+                    messages.error(exc.code, str(exc), exc.client_msg_id, exc.channel),
+                )
 
-    def _parse(self, text: str) -> messages.ChatMessage | messages.InvalidMessage:
-        settings = self.settings
-        try:
-            return messages.parse(
-                text, max_chars=settings.max_text_chars, max_bytes=settings.max_text_bytes
+    async def _run(self, client: _Client, command: commands.Command) -> None:
+        """Do what a command asks; raises ``CommandError`` to refuse it."""
+        match command:
+            case commands.Publish(channel, text, client_msg_id):
+                await self._publish(client, channel, text, client_msg_id)
+            case commands.Subscribe(channel, since, epoch):
+                resume = None if since is None or epoch is None else Resume(since, epoch)
+                await self._subscribe(client, channel, resume)
+            case commands.Unsubscribe(channel):
+                if channel not in client.subscriptions:
+                    raise CommandError(
+                        "not_subscribed", f"not subscribed to {channel}", None, channel
+                    )
+                self._unsubscribe_now(client, channel)
+                send_now(client.connection, messages.unsubscribed(channel))
+            case commands.Direct(to, text, client_msg_id):
+                await self._direct(client, to, text, client_msg_id)
+            case commands.Hello(client_id, name):
+                self._hello(client, client_id, name)
+            case commands.PresenceQuery(channel):
+                self._check_presence(client, channel)
+                send_now(
+                    client.connection, messages.presence(channel, self.engine.members(channel))
+                )
+            case commands.Typing(channel):
+                self._check_subscribed(client, channel)
+                self._typed(client, channel)
+            case commands.Read(channel, seq):
+                self._read(client, channel, seq)
+
+    async def _publish(
+        self, client: _Client, channel: str, text: str, client_msg_id: str | None
+    ) -> None:
+        self._check_subscribed(client, channel, client_msg_id)
+        if self.namespaces.of(channel).publish != "members":
+            raise CommandError(
+                "forbidden", f"only the server publishes in {channel}", client_msg_id, channel
             )
-        except messages.InvalidMessage as exc:
-            return exc
+        await self._submit(client.draft(channel, text, client_msg_id))
+
+    async def _submit(self, draft: Draft) -> None:
+        engine = self.engine
+        if not engine.ready():
+            # Backpressure: stop reading from this client until the writer catches up.
+            try:
+                await engine.wait_ready()
+            except PersistenceClosed:
+                return
+        engine.publish(draft)
+
+    async def _direct(self, client: _Client, to: str, text: str, client_msg_id: str | None) -> None:
+        if client.user is None:
+            raise CommandError(
+                "forbidden", "direct messages are between authenticated users", client_msg_id
+            )
+        channel = direct_channel(client.user, to)
+        if channel is None:
+            raise CommandError(
+                "unknown_user", f"no direct messages with {to[:64]!r}", client_msg_id
+            )
+        # It reaches every connection of both users: those not subscribed to the pair's
+        # channel are now, without a history (they get what comes from now on; a client
+        # resumes the channel with subscribe when it reconnects).
+        for user in {client.user, to}:
+            for connection_id in self.manager.of_user(user):
+                other = self._clients.get(connection_id)
+                if other is not None and channel not in other.subscriptions:
+                    self.hub.release(self._subscribe_now(other, channel), 0)
+        await self._submit(client.draft(channel, text, client_msg_id))
+
+    async def _subscribe(self, client: _Client, channel: str, resume: Resume | None) -> None:
+        if channel in client.subscriptions:
+            raise CommandError(
+                "already_subscribed", f"already subscribed to {channel}", None, channel
+            )
+        if len(client.subscriptions) >= MAX_CHANNELS:
+            raise CommandError(
+                "too_many_channels",
+                f"at most {MAX_CHANNELS} channels at once: unsubscribe from one first",
+                None,
+                channel,
+            )
+        self._check_allowed(client, channel)
+        options = self.namespaces.of(channel)
+        if options.max_members and self.engine.member_count(channel) >= options.max_members:
+            raise CommandError("forbidden", f"{channel} is full", None, channel)
+        subscriber = self._subscribe_now(client, channel)
+        engine, settings = self.engine, self.settings
+        recovery = await engine.history(
+            channel,
+            resume,
+            count=options.history,
+            resume_max=settings.resume_max,
+            max_bytes=settings.history_bytes,
+        )
+        reader = client.reader
+        last_read = None if reader is None else await engine.read_position(channel, reader)
+        if client.subscriptions.get(channel) is not subscriber:
+            return  # the connection is gone
+        presence = engine.members(channel) if options.presence else None
+        send_now(
+            client.connection,
+            messages.subscribed(
+                channel, recovery.messages, recovery.epoch, recovery.recovered, last_read, presence
+            ),
+        )
+        self.hub.release(subscriber, recovery.top)
+
+    def _check_allowed(self, client: _Client, channel: str) -> None:
+        """Whether the client may use ``channel``: its namespace, its token's claim."""
+        options = self.namespaces.of(channel)
+        users = direct_users(channel)
+        if users is not None:
+            if client.user not in users:
+                raise CommandError("forbidden", f"{channel} is another pair's", None, channel)
+            return
+        if client.user is None and not options.anonymous:
+            raise CommandError("forbidden", f"{channel} is for authenticated users", None, channel)
+        patterns = client.patterns
+        if patterns is None:
+            if options.require_claim and client.user is not None:
+                raise CommandError(
+                    "forbidden", f"your token does not allow {channel}", None, channel
+                )
+            return
+        if not any(fnmatch.fnmatchcase(channel, pattern) for pattern in patterns):
+            raise CommandError("forbidden", f"your token does not allow {channel}", None, channel)
+
+    def _check_subscribed(
+        self, client: _Client, channel: str, client_msg_id: str | None = None
+    ) -> None:
+        if channel not in client.subscriptions:
+            raise CommandError(
+                "not_subscribed", f"subscribe to {channel} first", client_msg_id, channel
+            )
+
+    def _check_presence(self, client: _Client, channel: str) -> None:
+        self._check_subscribed(client, channel)
+        if not self.namespaces.of(channel).presence:
+            raise CommandError("forbidden", f"{channel} does not show its members", None, channel)
+
+    def _hello(self, client: _Client, client_id: str, name: str | None) -> None:
+        if client.user is not None:
+            raise CommandError("forbidden", "an authenticated client is known by its user")
+        # Presence counts the client under its new identity from now on.
+        for channel in client.subscriptions:
+            self.engine.leave(channel, client.member)
+        client.client_id, client.name = client_id, name
+        for channel in client.subscriptions:
+            self.engine.join(channel, client.member)
+        fields = dict(client.member.fields)
+        send_now(client.connection, messages.hello(fields))
+
+    def _typed(self, client: _Client, channel: str) -> None:
+        """Forward a typing signal, at most one per member and channel every 2 s."""
+        member = client.member
+        key = (channel, member.key)
+        now = time.monotonic()
+        if now - self._typing.get(key, -TYPING_INTERVAL) < TYPING_INTERVAL:
+            return
+        if len(self._typing) >= _TYPING_SWEEP:
+            self._typing = {k: t for k, t in self._typing.items() if now - t < TYPING_INTERVAL}
+        self._typing[key] = now
+        payload = messages.typing(channel, dict(member.fields)).encode()
+        self.engine.signal(channel, payload, client.id)
+
+    def _read(self, client: _Client, channel: str, seq: int) -> None:
+        self._check_subscribed(client, channel)
+        reader = client.reader
+        if reader is None:
+            raise CommandError(
+                "forbidden",
+                "read positions are kept for a user or a clientId (hello)",
+                None,
+                channel,
+            )
+        if seq > self.engine.last_seq(channel):
+            raise CommandError("bad_request", f"{channel} has no message {seq}", None, channel)
+        self.engine.set_read(channel, reader, seq)
 
     def _rate_limiter(self) -> RateLimiter:
         """A client's rate limits (``rate_limit`` is not 0)."""
@@ -174,31 +421,12 @@ class ChatHandler:
         size = TokenBucket(settings.byte_rate, settings.byte_burst) if settings.byte_rate else None
         return RateLimiter(TokenBucket(settings.rate_limit, settings.rate_burst), size)
 
-    def _publish(self, record: MessageRecord) -> None:
-        encoded = payload(record)
-        self.history.append(record.seq, encoded)
-        self.manager.broadcast(encoded, exclude=record.connection_id)
-
-    def committed(self, batch: Sequence[MessageRecord]) -> None:
-        """A batch is in the database: broadcast it if that waited for the commit, then ack."""
-        self.history.finished(batch[-1].seq)
-        after_commit = self.settings.broadcast_after_commit
-        for record in batch:
-            if after_commit:
-                self._publish(record)
-            self.manager.send(record.connection_id, messages.ack(record.seq, record.client_msg_id))
-
-    def dead_lettered(self, batch: Sequence[MessageRecord]) -> None:
-        """A batch could not be stored: its senders get an error instead of an ack."""
-        self.history.finished(batch[-1].seq)
-        for record in batch:
-            self.manager.send(
-                record.connection_id, messages.not_persisted(record.seq, record.client_msg_id)
-            )
-
     def _leave(self, client: _Client) -> None:
-        """Unregister the client and tell the others, exactly once."""
-        if not self.manager.remove(client.id):
+        """Unsubscribe and unregister the client, and tell the others, exactly once."""
+        for channel in list(client.subscriptions):
+            self._unsubscribe_now(client, channel)
+        self._clients.pop(client.id, None)
+        if not self.manager.remove(client.id, client.user):
             return
         connection = client.connection
         logger.info(
@@ -217,18 +445,15 @@ class ChatHandler:
         self.departures.left(departure)
 
 
-@dataclass(slots=True)
-class _Client:
-    """One chat client while its handler runs."""
-
-    connection: rfc6455.Connection
-    id: str
-    user: str | None
-
-    @property
-    def peer(self) -> str:
-        address = self.connection.remote_address
-        return "unknown" if address is None else f"{address[0]}:{address[1]}"
+def _id_of(text: str) -> str | None:
+    """A refused frame's clientMsgId, if it has a valid one (for the error)."""
+    value = messages.loads(text)
+    if isinstance(value, dict) and "clientMsgId" in value:
+        try:
+            return messages.check_client_msg_id(value["clientMsgId"])
+        except messages.InvalidMessage:
+            return None
+    return None
 
 
 def _describe_close(protocol: rfc6455.Protocol) -> str:

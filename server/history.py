@@ -91,11 +91,19 @@ class History:
         max_messages: The most payloads held.
         max_bytes: The most payload bytes held.
         finished: The highest seq the writer is done with (everything stored at start-up).
-        pruned: The highest seq deleted by retention (``Meta.pruned``).
+        pruned: The highest seq deleted by retention.
+        evicted: The highest seq stored but not held: ``load()`` brings the latest of them.
     """
 
     def __init__(
-        self, epoch: str, *, max_messages: int, max_bytes: int, finished: int, pruned: int
+        self,
+        epoch: str,
+        *,
+        max_messages: int,
+        max_bytes: int,
+        finished: int,
+        pruned: int,
+        evicted: int = 0,
     ) -> None:
         self.epoch = epoch
         self.max_messages = max_messages
@@ -104,7 +112,7 @@ class History:
         self._bytes = 0
         self._finished = finished
         # Every message above this seq is in the ring (or was never stored).
-        self._evicted = 0
+        self._evicted = evicted
         self._pruned = pruned
 
     def __len__(self) -> int:
@@ -115,23 +123,39 @@ class History:
         """The highest seq deleted by retention."""
         return self._pruned
 
-    def load(self, stored: list[tuple[int, bytes]], *, complete: bool) -> None:
-        """Fill the ring at start-up with the latest stored payloads, oldest first.
+    @property
+    def evicted(self) -> int:
+        """Every message above this seq is held (or was never stored)."""
+        return self._evicted
+
+    def load(self, stored: list[tuple[int, bytes]], *, complete: bool, through: int) -> None:
+        """Put the latest stored payloads before those held, oldest first.
 
         Args:
-            stored: (seq, payload) pairs in seq order.
-            complete: Whether these are all the stored messages; if not, older ones exist.
+            stored: (seq, payload) pairs in seq order, all at most ``through``.
+            complete: Whether these are all the stored messages up to ``through``.
+            through: ``evicted`` when the read began: if the ring has dropped messages since,
+                what was read no longer joins what it holds, and is left out.
         """
-        if stored and not complete:
-            self._evicted = max(self._evicted, stored[0][0] - 1)
-        for seq, payload in stored:
-            self.append(seq, payload)
+        if self._evicted != through:
+            return
+        if complete:
+            self._evicted = self._pruned
+        elif stored:
+            self._evicted = stored[0][0] - 1
+        self._entries.extendleft(reversed(stored))
+        self._bytes += sum(len(payload) for _, payload in stored)
+        self._trim()
 
     def append(self, seq: int, payload: bytes) -> None:
         """Add the payload of a message just broadcast (seqs must increase)."""
         self._entries.append((seq, payload))
         self._bytes += len(payload)
         self._trim()
+
+    def settled(self) -> bool:
+        """Whether the writer is done with every payload held."""
+        return not self._entries or self._entries[-1][0] <= self._finished
 
     def finished(self, seq: int) -> None:
         """The writer is done with every message up to ``seq``: the ring may drop them."""

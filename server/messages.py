@@ -20,12 +20,24 @@ __all__ = [
     "InvalidMessage",
     "ack",
     "broadcast",
+    "chat_message",
+    "check_client_msg_id",
+    "check_text",
     "connection_id",
+    "error",
+    "hello",
     "history",
     "invalid_message",
+    "is_unicode",
+    "loads",
+    "membership",
     "not_persisted",
     "parse",
+    "presence",
     "rate_limited",
+    "subscribed",
+    "typing",
+    "unsubscribed",
     "user_left",
     "users_left",
     "welcome",
@@ -78,7 +90,7 @@ def _reject_constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON")
 
 
-def _encodable(text: str) -> bool:
+def is_unicode(text: str) -> bool:
     """Whether ``text`` is valid Unicode: a JSON escape (\\ud800) can make a lone surrogate."""
     try:
         text.encode()
@@ -104,30 +116,61 @@ def parse(
             Unicode (a JSON escape of a lone surrogate), or is over ``max_chars`` characters
             or ``max_bytes`` bytes once encoded for the broadcast.
     """
-    client_msg_id = None
+    return chat_message(text, loads(text), max_chars=max_chars, max_bytes=max_bytes)
+
+
+def loads(text: str) -> object:
+    """The JSON value of a frame's text, or None if it is not JSON (NaN and Infinity are not)."""
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError):
-        value = None
+        return None
+
+
+def chat_message(
+    text: str, value: object, *, max_chars: int = MAX_TEXT_CHARS, max_bytes: int = MAX_TEXT_BYTES
+) -> ChatMessage:
+    """``parse`` of a frame whose JSON value (``loads``) is already known."""
+    client_msg_id = None
     if isinstance(value, dict) and isinstance(value.get("message"), str):
         text = value["message"]
         if "clientMsgId" in value:
-            client_msg_id = value["clientMsgId"]
-            if (
-                not isinstance(client_msg_id, str)
-                or len(client_msg_id) > MAX_CLIENT_MSG_ID
-                or _ID_CONTROLS.search(client_msg_id)
-                or not _encodable(client_msg_id)
-            ):
-                raise InvalidMessage(
-                    f"clientMsgId must be a string of at most {MAX_CLIENT_MSG_ID} characters, "
-                    "without control characters"
-                )
-    _check_text(text, client_msg_id, max_chars, max_bytes)
+            client_msg_id = check_client_msg_id(value["clientMsgId"])
+    check_text(text, client_msg_id, max_chars, max_bytes)
     return ChatMessage(text, client_msg_id)
 
 
-def _check_text(text: str, client_msg_id: str | None, max_chars: int, max_bytes: int) -> None:
+def check_client_msg_id(value: object) -> str:
+    """``value`` if it is a valid ``clientMsgId``.
+
+    Raises:
+        InvalidMessage: It is not a string of at most ``MAX_CLIENT_MSG_ID`` characters without
+            control characters, or is not valid Unicode.
+    """
+    if (
+        not isinstance(value, str)
+        or len(value) > MAX_CLIENT_MSG_ID
+        or _ID_CONTROLS.search(value)
+        or not is_unicode(value)
+    ):
+        raise InvalidMessage(
+            f"clientMsgId must be a string of at most {MAX_CLIENT_MSG_ID} characters, "
+            "without control characters"
+        )
+    return value
+
+
+def check_text(
+    text: str,
+    client_msg_id: str | None = None,
+    max_chars: int = MAX_TEXT_CHARS,
+    max_bytes: int = MAX_TEXT_BYTES,
+) -> None:
+    """Check a message's text (``parse`` says the rules).
+
+    Raises:
+        InvalidMessage: It breaks one, naming ``client_msg_id``.
+    """
     if len(text) > max_chars:
         raise InvalidMessage(f"a message has at most {max_chars} characters", client_msg_id)
     if not text or text.isspace():  # isspace() stops at the first other character
@@ -157,14 +200,26 @@ def welcome(message: str, epoch: str) -> str:
     return _dumps({"type": "welcome", "message": message, "epoch": epoch})
 
 
-def broadcast(sender: str, message: str, timestamp: str, seq: int, user: str | None = None) -> str:
-    """A chat message, as every client but its sender receives it.
+def broadcast(
+    sender: str,
+    message: str,
+    timestamp: str,
+    seq: int,
+    user: str | None = None,
+    *,
+    channel: str = "general",
+    client_id: str | None = None,
+    name: str | None = None,
+) -> str:
+    """A chat message, as every subscriber of its channel but its sender receives it.
 
     ``timestamp`` is "YYYY-MM-DD HH:mm:ss" in UTC (``store.TIMESTAMP_FORMAT``); ``user`` is
-    the sender's authenticated name, present only when it has one.
+    the sender's authenticated name, ``clientId`` and ``name`` an anonymous sender's
+    (``hello``), each present only when the sender has it.
     """
     payload: dict[str, object] = {
         "type": "broadcast",
+        "channel": channel,
         "connectionId": sender,
         "message": message,
         "timestamp": timestamp,
@@ -172,28 +227,89 @@ def broadcast(sender: str, message: str, timestamp: str, seq: int, user: str | N
     }
     if user is not None:
         payload["user"] = user
+    if client_id is not None:
+        payload["clientId"] = client_id
+    if name is not None:
+        payload["name"] = name
     return _dumps(payload)
 
 
-def history(items: Sequence[bytes], epoch: str, recovered: bool) -> bytes:
-    """The third message a client receives: earlier broadcasts, oldest first, as UTF-8.
-
-    ``items`` are broadcast payloads as encoded for the wire, spliced in without re-encoding.
-    """
+def _messages(head: bytes, items: Sequence[bytes], epoch: str, recovered: bool) -> bytes:
+    """``head`` then ``"messages"``: broadcast payloads as encoded for the wire, spliced in
+    without re-encoding, then ``epoch`` and ``recovered``."""
     return b"".join(
         (
-            b'{"type":"history","messages":[',
+            head,
+            b'"messages":[',
             b",".join(items),
             b'],"epoch":',
             _dumps(epoch).encode(),
-            b',"recovered":true}' if recovered else b',"recovered":false}',
+            b',"recovered":true' if recovered else b',"recovered":false',
         )
     )
 
 
-def ack(seq: int, client_msg_id: str | None) -> str:
+def history(items: Sequence[bytes], epoch: str, recovered: bool, channel: str = "general") -> bytes:
+    """The third message a client receives: the default channel's past, oldest first."""
+    head = b'{"type":"history","channel":' + _dumps(channel).encode() + b","
+    return _messages(head, items, epoch, recovered) + b"}"
+
+
+def subscribed(
+    channel: str,
+    items: Sequence[bytes],
+    epoch: str,
+    recovered: bool,
+    last_read: int | None,
+    presence: Sequence[dict[str, object]] | None,
+) -> bytes:
+    """The answer to ``subscribe``: the channel's past (as ``history``), the subscriber's last
+    read seq, and the channel's members when presence is on."""
+    head = b'{"type":"subscribed","channel":' + _dumps(channel).encode() + b","
+    tail: dict[str, object] = {"lastRead": last_read}
+    if presence is not None:
+        tail["presence"] = list(presence)
+    return _messages(head, items, epoch, recovered) + b"," + _dumps(tail)[1:].encode()
+
+
+def unsubscribed(channel: str) -> str:
+    """The answer to ``unsubscribe``: nothing of ``channel`` comes after it."""
+    return _dumps({"type": "unsubscribed", "channel": channel})
+
+
+def hello(fields: dict[str, str]) -> str:
+    """The answer to ``hello``: who the server now knows the client as."""
+    return _dumps({"type": "hello", **fields})
+
+
+def presence(channel: str, members: Sequence[dict[str, object]]) -> str:
+    """The answer to ``presence``: a snapshot of the channel's members."""
+    return _dumps({"type": "presence", "channel": channel, "members": list(members)})
+
+
+def membership(kind: str, channel: str, member: dict[str, object]) -> str:
+    """``joined`` or ``left``: a member's first connection came, or its last one went."""
+    return _dumps({"type": kind, "channel": channel, "member": member})
+
+
+def typing(channel: str, member: dict[str, object]) -> str:
+    """A member is typing in ``channel`` (not stored, no seq)."""
+    return _dumps({"type": "typing", "channel": channel, "member": member})
+
+
+def ack(
+    seq: int, client_msg_id: str | None, channel: str = "general", *, duplicate: bool = False
+) -> str:
     """Tells a sender that its message ``seq`` is committed to the database."""
-    return _dumps({"type": "ack", "seq": seq, "clientMsgId": client_msg_id})
+    payload: dict[str, object] = {
+        "type": "ack",
+        "channel": channel,
+        "seq": seq,
+        "clientMsgId": client_msg_id,
+    }
+    if duplicate:
+        payload["duplicate"] = True
+    return _dumps(payload)
 
 
 def _error(code: str, client_msg_id: str | None, **details: object) -> str:
@@ -201,9 +317,18 @@ def _error(code: str, client_msg_id: str | None, **details: object) -> str:
     return _dumps({"type": "error", "code": code, **details, "clientMsgId": client_msg_id})
 
 
-def not_persisted(seq: int, client_msg_id: str | None) -> str:
+def error(
+    code: str, message: str, client_msg_id: str | None = None, channel: str | None = None
+) -> str:
+    """An error about a request; ``channel`` when the request named a valid one."""
+    if channel is None:
+        return _error(code, client_msg_id, message=message)
+    return _error(code, client_msg_id, message=message, channel=channel)
+
+
+def not_persisted(seq: int, client_msg_id: str | None, channel: str = "general") -> str:
     """Tells a sender that its message ``seq`` could not be stored (it was dead-lettered)."""
-    return _error("not_persisted", client_msg_id, seq=seq)
+    return _error("not_persisted", client_msg_id, seq=seq, channel=channel)
 
 
 def invalid_message(reason: str, client_msg_id: str | None) -> str:
@@ -242,7 +367,14 @@ def user_left(departure: Departure, total: int) -> str:
     ``closeStatus`` and ``closeReason`` are present when the client sent a close code, ``user``
     when it was authenticated.
     """
-    return _dumps({"type": "user_left", **departure.fields(), "totalConnections": total})
+    return _dumps(
+        {
+            "type": "user_left",
+            "channel": "general",
+            **departure.fields(),
+            "totalConnections": total,
+        }
+    )
 
 
 def users_left(departures: Sequence[Departure], more: int, total: int) -> str:
@@ -253,6 +385,7 @@ def users_left(departures: Sequence[Departure], more: int, total: int) -> str:
     return _dumps(
         {
             "type": "users_left",
+            "channel": "general",
             "users": [departure.fields() for departure in departures],
             "more": more,
             "totalConnections": total,

@@ -321,7 +321,16 @@ OPTIONS: tuple[Option, ...] = (
         "CHAT_HISTORY",
         "history",
         _whole(0),
-        "messages a new client gets on connect (`0`: no history message)",
+        "messages a new subscriber of a channel gets (`0`: no history message on connect)",
+    ),
+    Option(
+        "--channels",
+        "CHAT_CHANNELS",
+        "channels_file",
+        _optional_path,
+        "a TOML file of namespace options: history, retention, presence, who may publish "
+        "(`docs/protocol.md`)",
+        shown="",
     ),
     Option(
         "--resume-max",

@@ -12,15 +12,21 @@ split in halves, written again, until only the records at fault are dead-lettere
 The queue owns its database: ``start()`` takes an exclusive lock on ``<db>.lock``, so a second
 server on the same file refuses to start (``DatabaseInUse``) instead of forking the seqs.
 
-The queue also numbers the messages. ``accept()`` gives each one the next seq of a
-``SequenceAllocator`` and queues it in the same step, so the queue is in seq order; the writer
-commits the allocator's next reservation in the transaction of a batch (a group commit: one
-fsync for the batch and the reservation). After each batch it calls ``on_committed`` or
-``on_dead_lettered`` with the records, in seq order. On a clean stop the reservation is set back
-to the last seq used, so seqs stay consecutive across restarts.
+The queue also numbers the messages. ``accept()`` gives each one the next seq of its channel
+and queues it in the same step, so the queue is in seq order in every channel. It counts every
+message it numbers with a ``SequenceAllocator`` and numbers one only below that count's durable
+reservation; the writer commits, in the transaction of a batch (a group commit: one fsync), the
+allocator's next reservation when it is due, the last seq of every channel that numbered
+messages since the last batch, and the count when the batch was formed (``store.py`` says why
+that makes a seq never handed out twice, even after a crash). After each batch it calls
+``on_committed`` or ``on_dead_lettered`` with the records, in order. On a clean stop both
+counts are recorded as equal, so seqs stay consecutive across restarts.
 
-Retention runs in the same worker thread: every ``prune_interval`` seconds, deletes of at most
-``PRUNE_CHUNK`` rows each, one transaction per delete, interleaved with the batches.
+Read positions (``set_read``) are kept in memory and written with the next batch.
+
+Retention runs in the same worker thread: every ``prune_interval`` seconds, for each channel,
+deletes of at most ``PRUNE_CHUNK`` rows each, one transaction per delete, interleaved with the
+batches; ``retention(channel)`` may give a channel limits of its own.
 
 Decisions:
 
@@ -55,7 +61,9 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -63,7 +71,7 @@ from typing import Any, TypeAlias, TypeVar
 
 from .retry import RetryPolicy, retry
 from .sequence import DEFAULT_BLOCK, SequenceAllocator
-from .store import MessageRecord, Meta, Rows, Store
+from .store import DEFAULT_CHANNEL, ChannelRow, MessageRecord, Meta, Rows, Store
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -124,17 +132,38 @@ class DatabaseInUse(RuntimeError):
 
 
 class _Signal(enum.Enum):
-    WAKE = enum.auto()  # queued by stop() to wake a writer waiting on an empty queue
+    WAKE = enum.auto()  # queued to wake a writer waiting on an empty queue
 
 
 class _RecordError(Exception):
     """A batch failed because of a record in it (``RECORD_ERRORS``): the cause is chained."""
 
 
-def _insert(store: Store, batch: list[MessageRecord], reserve: int | None) -> None:
+@dataclass(slots=True)
+class _Extras:
+    """What a batch's transaction records besides its rows (``Store.insert_many``)."""
+
+    reserve: int | None = None
+    positions: dict[str, ChannelRow] = field(default_factory=dict)
+    committed: int | None = None
+    reads: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.reserve is not None or self.positions or self.committed is not None or self.reads
+        )
+
+
+def _insert(store: Store, batch: list[MessageRecord], extras: _Extras) -> None:
     """``Store.insert_many``, in the worker thread; a record's fault becomes ``_RecordError``."""
     try:
-        store.insert_many(batch, reserve=reserve)
+        store.insert_many(
+            batch,
+            reserve=extras.reserve,
+            positions=extras.positions,
+            committed=extras.committed,
+            reads=extras.reads,
+        )
     except RECORD_ERRORS as exc:
         raise _RecordError(str(exc)) from exc
 
@@ -202,6 +231,7 @@ class PersistenceQueue:
         retention_messages: Keep at most this many of the latest seqs; 0 keeps any number.
         retention_days: Delete messages older than this; 0 keeps them forever.
         prune_interval: Seconds between two retention passes.
+        retention: A channel's (messages, days) if not the two above; None: those for all.
 
     Raises:
         ValueError: If ``capacity`` or ``batch_size`` is less than 1.
@@ -220,6 +250,7 @@ class PersistenceQueue:
         retention_messages: int = 0,
         retention_days: float = 0,
         prune_interval: float = 60.0,
+        retention: Callable[[str], tuple[int, float]] | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, not {capacity}")
@@ -236,11 +267,13 @@ class PersistenceQueue:
         self.retention_messages = retention_messages
         self.retention_days = retention_days
         self.prune_interval = prune_interval
+        self.retention = retention or (lambda channel: (retention_messages, retention_days))
+        self._prunes = bool(retention_messages or retention_days or retention)
         # Called in the event loop after each batch, with its records in seq order.
         self.on_committed: Callable[[Sequence[MessageRecord]], object] = _ignore
         self.on_dead_lettered: Callable[[Sequence[MessageRecord]], object] = _ignore
-        # Called with the highest seq that retention deleted.
-        self.on_pruned: Callable[[int], object] = _ignore
+        # Called with a channel and the highest seq of it that retention deleted.
+        self.on_pruned: Callable[[str, int], object] = _ignore_pruned
         self._busy_timeout = busy_timeout
         self._queue: asyncio.Queue[MessageRecord | _Signal] = asyncio.Queue(maxsize=capacity)
         self._lock: int | None = None  # the lock file's descriptor, while started
@@ -248,6 +281,12 @@ class PersistenceQueue:
         self._store: Store | None = None
         self._meta: Meta | None = None
         self._sequence: SequenceAllocator | None = None
+        # Every channel's row as this process numbers its messages, and those changed since
+        # the last batch was formed; read positions not written yet.
+        self._channels: dict[str, ChannelRow] = {}
+        self._dirty: dict[str, ChannelRow] = {}
+        self._reads: dict[tuple[str, str], int] = {}
+        self._reads_queued = False
         self._task: asyncio.Task[None] | None = None
         self._pruner: asyncio.Task[None] | None = None
         self._in_flight: list[MessageRecord] | None = None
@@ -296,8 +335,28 @@ class PersistenceQueue:
 
     @property
     def last_seq(self) -> int:
-        """The last seq handed out by ``accept()``."""
-        return self._allocator().last
+        """The last seq handed out by ``accept()`` in the default channel."""
+        return self.channel(DEFAULT_CHANNEL).last
+
+    @property
+    def channels(self) -> Mapping[str, ChannelRow]:
+        """The rows of the channels known: stored, published to, or asked about."""
+        return self._channels
+
+    def channel(self, name: str) -> ChannelRow:
+        """A channel's row; a channel not known yet gets one, with a new epoch, in memory
+        (stored with its first message; ``forget()`` drops it if none comes)."""
+        row = self._channels.get(name)
+        if row is None:
+            self._allocator()  # started: the stored rows are known
+            row = self._channels[name] = ChannelRow(str(uuid.uuid4()), 0, 0)
+        return row
+
+    def forget(self, name: str) -> None:
+        """Drop the row of a channel that never had a message (nothing of it is stored)."""
+        row = self._channels.get(name)
+        if row is not None and row.last == 0 and row.pruned == 0 and name not in self._dirty:
+            del self._channels[name]
 
     # The receive path.
 
@@ -328,8 +387,12 @@ class PersistenceQueue:
         message: str,
         client_msg_id: str | None = None,
         user: str | None = None,
+        *,
+        channel: str = DEFAULT_CHANNEL,
+        client_id: str | None = None,
+        name: str | None = None,
     ) -> MessageRecord:
-        """Give a message received now the next seq and queue it, without waiting.
+        """Give a message received now the next seq of its channel and queue it, without waiting.
 
         Returns:
             The queued record.
@@ -342,15 +405,39 @@ class PersistenceQueue:
             raise PersistenceClosed("the persistence queue is stopped")
         if not self.ready():
             raise asyncio.QueueFull("no room in the queue, or no seq reserved yet")
+        self._allocator().take()
+        row = self.channel(channel)
+        row = self._channels[channel] = self._dirty[channel] = ChannelRow(
+            row.epoch, row.last + 1, row.pruned
+        )
         record = MessageRecord.create(
             connection_id,
             message,
-            seq=self._allocator().take(),
+            seq=row.last,
             client_msg_id=client_msg_id,
             user=user,
+            channel=channel,
+            client_id=client_id,
+            name=name,
         )
         self.put_nowait(record)
         return record
+
+    def set_read(self, channel: str, reader: str, seq: int) -> None:
+        """Keep ``seq`` as ``reader``'s last read in ``channel``; written with the next batch.
+
+        Raises:
+            PersistenceClosed: If the queue has stopped.
+        """
+        if not self._accepting:
+            raise PersistenceClosed("the persistence queue is stopped")
+        key = (channel, reader)
+        self._reads[key] = max(seq, self._reads.get(key, 0))
+        if not self._reads_queued:
+            # Wake a writer waiting for records; a full queue wakes it anyway.
+            with contextlib.suppress(asyncio.QueueFull):
+                self._queue.put_nowait(_Signal.WAKE)
+                self._reads_queued = True
 
     def put_nowait(self, record: MessageRecord) -> None:
         """Queue a record that already has its seq, without waiting or touching the database.
@@ -369,30 +456,52 @@ class PersistenceQueue:
 
     # Reads, run in the worker thread; they see persisted records only.
 
-    async def last(self, n: int, *, max_bytes: int | None = None) -> Rows:
-        """Return the last ``n`` persisted messages, oldest first (see ``Store.last``)."""
+    async def last(
+        self,
+        n: int,
+        *,
+        max_bytes: int | None = None,
+        channel: str = DEFAULT_CHANNEL,
+        through: int | None = None,
+    ) -> Rows:
+        """Return a channel's last ``n`` persisted messages, oldest first (``Store.last``)."""
         worker, store = self._running()
-        return await worker.call(partial(store.last, n, max_bytes=max_bytes))
+        return await worker.call(
+            partial(store.last, n, max_bytes=max_bytes, channel=channel, through=through)
+        )
 
     async def after(
-        self, seq: int, limit: int, *, through: int | None = None, max_bytes: int | None = None
+        self,
+        seq: int,
+        limit: int,
+        *,
+        through: int | None = None,
+        max_bytes: int | None = None,
+        channel: str = DEFAULT_CHANNEL,
     ) -> Rows:
         """Return up to ``limit`` persisted messages after ``seq``, in order (``Store.after``)."""
         worker, store = self._running()
         return await worker.call(
-            partial(store.after, seq, limit, through=through, max_bytes=max_bytes)
+            partial(store.after, seq, limit, through=through, max_bytes=max_bytes, channel=channel)
         )
 
     async def kept_after(
-        self, seq: int, through: int, *, most: int, max_bytes: int | None = None
+        self,
+        seq: int,
+        through: int,
+        *,
+        most: int,
+        max_bytes: int | None = None,
+        channel: str = DEFAULT_CHANNEL,
     ) -> list[MessageRecord] | None:
-        """Return the persisted messages with ``seq < seq' <= through``, in order.
+        """Return a channel's persisted messages with ``seq < seq' <= through``, in order.
 
         Args:
             seq: Messages after this one...
             through: ... up to this one.
             most: The most messages wanted.
             max_bytes: The most UTF-8 bytes their texts may hold; None: any.
+            channel: The channel.
 
         Returns:
             None if retention has deleted some of them (checked in the same thread, after any
@@ -402,12 +511,26 @@ class PersistenceQueue:
         worker, store = self._running()
 
         def read() -> list[MessageRecord] | None:
-            if store.meta.pruned > seq:
+            if store.pruned(channel) > seq:
                 return None
-            rows = store.after(seq, most + 1, through=through, max_bytes=max_bytes)
+            rows = store.after(seq, most + 1, through=through, max_bytes=max_bytes, channel=channel)
             return rows.records if rows.complete else None
 
         return await worker.call(read)
+
+    async def read_position(self, channel: str, reader: str) -> int | None:
+        """``reader``'s last read seq in ``channel`` (``set_read``), if it has one."""
+        pending = self._reads.get((channel, reader))
+        worker, store = self._running()
+        stored = await worker.call(partial(store.read_position, channel, reader))
+        if pending is None or (stored is not None and stored > pending):
+            return stored
+        return pending
+
+    async def recent_ids(self, since: str, most: int) -> list[MessageRecord]:
+        """The latest stored messages with a clientMsgId, newest first (``Store.recent_ids``)."""
+        worker, store = self._running()
+        return await worker.call(partial(store.recent_ids, since, most))
 
     async def count(self) -> int:
         """Return the number of messages in the database."""
@@ -437,6 +560,7 @@ class PersistenceQueue:
         try:
             store = await worker.call(partial(Store, self.db_path, busy_timeout=self._busy_timeout))
             self._meta = meta = store.meta
+            self._channels = dict(store.channels)
             sequence = SequenceAllocator(meta.reserved, self.seq_block)
             first = sequence.due()
             assert first is not None
@@ -452,7 +576,7 @@ class PersistenceQueue:
         self._worker, self._store, self._sequence = worker, store, sequence
         self._task = asyncio.create_task(self._run(), name="persistence writer")
         self._task.add_done_callback(self._writer_done)
-        if self.retention_messages or self.retention_days:
+        if self._prunes:
             self._pruner = asyncio.create_task(self._prune_periodically(), name="retention")
 
     # A parameter rather than asyncio.timeout() around the call: cancelling could only lose
@@ -527,10 +651,12 @@ class PersistenceQueue:
             self._lock = None
 
     async def _release_reservation(self, worker: _Worker, store: Store) -> None:
-        """Record the last seq used as the reservation, so the next start continues from it."""
+        """Record the channels' last seqs, and the count of messages numbered as both the
+        reservation and what is committed, so the next start continues from them."""
         last = self._allocator().last
+        extras = _Extras(last, self._dirty, last, self._reads)
         try:
-            await worker.call(partial(store.reserve, last))
+            await worker.call(partial(_insert, store, [], extras))
         except RETRYABLE_ERRORS as exc:
             # Harmless: the next start skips the seqs reserved but unused.
             logger.warning("could not record the last seq %d: %s", last, exc)
@@ -564,24 +690,42 @@ class PersistenceQueue:
             await self._write(batch)
 
     async def _write(self, batch: list[MessageRecord]) -> None:
-        reserve = self._allocator().due()
-        if not batch and reserve is None:
+        extras = self._take_extras()
+        if not batch and not extras:
             return
         self._in_flight = batch
         if self._deadline is not None and asyncio.get_running_loop().time() >= self._deadline:
+            self._keep_extras(extras)
             await self._dead_letter(batch, "shutdown timeout expired before it could be written")
         else:
-            await self._write_part(batch, reserve)
+            await self._write_part(batch, extras)
         self._in_flight = None
 
-    async def _write_part(self, batch: list[MessageRecord], reserve: int | None) -> None:
-        """Write ``batch`` (and ``reserve``) with retries; halve it if a record is at fault."""
+    def _take_extras(self) -> _Extras:
+        """What the next transaction records besides the batch: taken in the step the batch
+        was formed in, so the channels' last seqs cover every seq handed out so far."""
+        sequence = self._allocator()
+        extras = _Extras(sequence.due(), self._dirty, None, self._reads)
+        if self._dirty:
+            extras.committed = sequence.last
+        self._dirty, self._reads, self._reads_queued = {}, {}, False
+        return extras
+
+    def _keep_extras(self, extras: _Extras) -> None:
+        """A transaction failed: its channel rows and read positions go with the next one."""
+        for name, row in extras.positions.items():
+            self._dirty.setdefault(name, row)
+        for key, seq in extras.reads.items():
+            self._reads[key] = max(seq, self._reads.get(key, 0))
+
+    async def _write_part(self, batch: list[MessageRecord], extras: _Extras) -> None:
+        """Write ``batch`` (and ``extras``) with retries; halve it if a record is at fault."""
         worker, store, sequence = self._worker, self._store, self._allocator()
         assert worker is not None
         assert store is not None
         try:
             await retry(
-                partial(worker.call, partial(_insert, store, batch, reserve)),
+                partial(worker.call, partial(_insert, store, batch, extras)),
                 policy=self.policy,
                 retry_on=RETRYABLE_ERRORS,
                 sleep=self._sleep,
@@ -592,22 +736,24 @@ class PersistenceQueue:
             if len(batch) > 1:
                 # The others must not pay for it: each half is written on its own, in seq
                 # order, so that only the record at fault is dead-lettered (log2 n rounds).
-                # The reservation goes with the first half; if that fails, the next round
-                # asks for it again.
+                # The extras go with the first half; if that fails, with the next batch.
                 half = len(batch) // 2
-                await self._write_part(batch[:half], reserve)
-                await self._write_part(batch[half:], None)
+                await self._write_part(batch[:half], extras)
+                await self._write_part(batch[half:], _Extras())
                 return
             cause = exc.__cause__
+            self._keep_extras(extras)
             await self._dead_letter(batch, f"{type(cause).__name__}: {cause}")
         except Exception as exc:
+            self._keep_extras(extras)
             await self._dead_letter(batch, f"{type(exc).__name__}: {exc}")
         else:
             self._persisted += len(batch)
-            if reserve is not None:
-                sequence.reserved_through(reserve)
+            if extras.reserve is not None:
+                sequence.reserved_through(extras.reserve)
                 self._ready.set()
-            self._notify(self.on_committed, batch)
+            if batch:
+                self._notify(self.on_committed, batch)
 
     async def _dead_letter(self, batch: list[MessageRecord], reason: str) -> None:
         assert self._worker is not None
@@ -672,21 +818,24 @@ class PersistenceQueue:
         """Delete what retention no longer keeps now, then every ``prune_interval`` seconds."""
         worker, store = self._running()
         while True:
-            try:
-                while last := await worker.call(self._prune_job(store)):
-                    self.on_pruned(last)
-            except RETRYABLE_ERRORS as exc:
-                logger.warning("retention: deleting old messages failed: %s", exc)
+            for channel in [name for name, row in self._channels.items() if row.last]:
+                try:
+                    while last := await worker.call(self._prune_job(store, channel)):
+                        self.on_pruned(channel, last)
+                except RETRYABLE_ERRORS as exc:
+                    logger.warning("retention: deleting old messages failed: %s", exc)
+                    break
             await asyncio.sleep(self.prune_interval)
 
-    def _prune_job(self, store: Store) -> Callable[[], int]:
+    def _prune_job(self, store: Store, channel: str) -> Callable[[], int]:
         """One delete of at most ``PRUNE_CHUNK`` rows, with the age cut-off taken now."""
+        messages, days = self.retention(channel)
         before = None
-        if self.retention_days:
-            cutoff = datetime.now(UTC) - timedelta(days=self.retention_days)
+        if days:
+            cutoff = datetime.now(UTC) - timedelta(days=days)
             before = cutoff.isoformat(timespec="microseconds")
         return partial(
-            store.prune, keep=self.retention_messages or None, before=before, limit=PRUNE_CHUNK
+            store.prune, keep=messages or None, before=before, limit=PRUNE_CHUNK, channel=channel
         )
 
     def _allocator(self) -> SequenceAllocator:
@@ -749,6 +898,10 @@ class _Worker:
 
 def _ignore(value: object) -> None:
     """The listener until one is set."""
+
+
+def _ignore_pruned(channel: str, seq: int) -> None:
+    """The retention listener until one is set."""
 
 
 def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:

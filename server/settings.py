@@ -52,6 +52,8 @@ class Settings:
     leave_rate: float = 5.0
     # A screenful of context for a newcomer, in one small frame.
     history: int = 50
+    # Namespaces' options (namespaces.py); without a file every channel has the defaults.
+    channels_file: Path | None = None
     # A resume sends at most this many messages: a few minutes of a busy room, a few MB.
     resume_max: int = 10_000
     # The most bytes of messages one history (plain or resume) holds: what one client may

@@ -10,11 +10,23 @@ the next call opens the database again, creating an empty one if only the file i
 held by another process is reported at once (``busy_timeout`` is short): the caller's retry
 policy, not SQLite, decides how long to wait.
 
-Sequence numbers: ``messages.seq`` is the primary key, assigned by the server, never by
-SQLite. The one-row ``meta`` table holds the database's ``epoch`` (a random id made with it),
-``reserved_seq`` (every seq handed out so far is at most this, so a restart after a crash
-starts above it) and ``pruned_seq`` (the highest seq deleted by retention). A file that is gone
-and comes back empty while the store runs gets the meta row it had, so seqs never go back.
+Channels: every message belongs to a channel and has that channel's ``seq``, assigned by the
+server, never by SQLite; ``(channel, seq)`` is unique. The ``channels`` table holds, per
+channel, its ``epoch`` (a random id made with it; ``general``'s is the database's), ``last_seq``
+(at least every seq handed out in it before the last commit) and ``pruned_seq`` (the highest
+seq deleted by retention).
+
+The one-row ``meta`` table holds the database's ``epoch``, ``reserved_seq`` and
+``committed_seq``. The server counts every message it numbers, in all channels; it hands out a
+number only below ``reserved_seq``, and each batch commits, with the channels' ``last_seq``, the
+count reached when the batch was formed (``committed_seq``). So after a crash at most
+``reserved_seq - committed_seq`` messages were numbered that no ``last_seq`` covers: opening the
+database adds that many to every channel's ``last_seq``, and no seq is ever handed out twice.
+A clean stop records both counts as equal, so seqs stay consecutive.
+
+A file that is gone and comes back empty while the store runs gets the meta and channel rows
+it had, so seqs never go back. Read positions (``read_positions``): a reader's last read seq
+per channel.
 """
 
 from __future__ import annotations
@@ -23,57 +35,113 @@ import logging
 import os
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-__all__ = ["TIMESTAMP_FORMAT", "MessageRecord", "Meta", "Rows", "Store"]
+__all__ = [
+    "DEFAULT_CHANNEL",
+    "TIMESTAMP_FORMAT",
+    "ChannelRow",
+    "MessageRecord",
+    "Meta",
+    "Rows",
+    "Store",
+]
 
 logger = logging.getLogger("server.store")
 
 #: The broadcast's ``timestamp`` (``YYYY-MM-DD HH:mm:ss`` in the original design), always UTC.
 TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
 
-# ``seq`` is the primary key: the server assigns it, so rows are appended in key order.
+#: The channel every client is in from the start, and where messages without one go.
+DEFAULT_CHANNEL = "general"
+
+# Rows are appended in rowid order; ``(channel, seq)`` is unique and is how they are read.
 _SCHEMA = """
 CREATE TABLE messages (
-    seq           INTEGER PRIMARY KEY,
+    seq           INTEGER NOT NULL,
     connection_id TEXT NOT NULL,
     message       TEXT NOT NULL,
     timestamp     TEXT NOT NULL,
     created_at    TEXT NOT NULL,
     client_msg_id TEXT,
-    user          TEXT
+    user          TEXT,
+    channel       TEXT NOT NULL DEFAULT 'general',
+    client_id     TEXT,
+    name          TEXT,
+    UNIQUE (channel, seq)
 )
 """
 # Databases from before sequence numbers: ``id INTEGER PRIMARY KEY AUTOINCREMENT`` and no
 # ``client_msg_id``. The ids were assigned in arrival order, so they become the seqs.
-_MIGRATE = (
+_MIGRATE_IDS = (
     "ALTER TABLE messages RENAME COLUMN id TO seq",
     "ALTER TABLE messages ADD COLUMN client_msg_id TEXT",
 )
 # Databases from before authentication: their messages have no user.
 _ADD_USER = "ALTER TABLE messages ADD COLUMN user TEXT"
-# One row: the database's identity, the seqs reserved so far, the highest seq pruned.
+# Databases from before channels (``seq INTEGER PRIMARY KEY``): every message is general's,
+# with its seq (and its rowid, so that the rows stay in order).
+_MIGRATE_CHANNELS = (
+    "ALTER TABLE messages RENAME TO messages_before_channels",
+    _SCHEMA,
+    "INSERT INTO messages (rowid, seq, connection_id, message, timestamp, created_at,"
+    " client_msg_id, user) SELECT seq, seq, connection_id, message, timestamp, created_at,"
+    " client_msg_id, user FROM messages_before_channels",
+    "DROP TABLE messages_before_channels",
+)
+# One row: the database's identity, the messages numbered (reserved, committed), and, from
+# before channels, general's highest seq pruned.
 _META_SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
-    id           INTEGER PRIMARY KEY CHECK (id = 1),
-    epoch        TEXT NOT NULL,
-    reserved_seq INTEGER NOT NULL,
-    pruned_seq   INTEGER NOT NULL
+    id            INTEGER PRIMARY KEY CHECK (id = 1),
+    epoch         TEXT NOT NULL,
+    reserved_seq  INTEGER NOT NULL,
+    pruned_seq    INTEGER NOT NULL,
+    committed_seq INTEGER NOT NULL DEFAULT 0
 )
 """
-_INSERT = (
-    "INSERT INTO messages"
-    " (seq, connection_id, message, timestamp, created_at, client_msg_id, user)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+_ADD_COMMITTED = "ALTER TABLE meta ADD COLUMN committed_seq INTEGER NOT NULL DEFAULT 0"
+_CHANNELS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS channels (
+    name       TEXT PRIMARY KEY,
+    epoch      TEXT NOT NULL,
+    last_seq   INTEGER NOT NULL,
+    pruned_seq INTEGER NOT NULL
 )
-_COLUMNS = "seq, connection_id, message, timestamp, created_at, client_msg_id, user"
+"""
+_READS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS read_positions (
+    channel TEXT NOT NULL,
+    reader  TEXT NOT NULL,
+    seq     INTEGER NOT NULL,
+    PRIMARY KEY (channel, reader)
+) WITHOUT ROWID
+"""
+_UPSERT_CHANNEL = (
+    "INSERT INTO channels (name, epoch, last_seq, pruned_seq) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (name) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)"
+)
+_UPSERT_READ = (
+    "INSERT INTO read_positions (channel, reader, seq) VALUES (?, ?, ?)"
+    " ON CONFLICT (channel, reader) DO UPDATE SET seq = max(seq, excluded.seq)"
+)
+_INSERT = (
+    "INSERT INTO messages (seq, connection_id, message, timestamp, created_at, client_msg_id,"
+    " user, channel, client_id, name) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_COLUMNS = (
+    "seq, connection_id, message, timestamp, created_at, client_msg_id, user, channel,"
+    " client_id, name"
+)
 # The UTF-8 bytes of a message's text, as SQLite counts them (without decoding it).
 _SIZE = "length(CAST(message AS BLOB))"
+# Above every seq: SQLite's integers are 64-bit.
+_MAX_SEQ = 2**63 - 1
 
 # Primary result codes that mean another connection holds a lock: the connection itself is
 # fine, so it is kept for the next attempt.
@@ -88,13 +156,16 @@ class MessageRecord:
     """One chat message, as queued and as stored (the original ``Message`` entity).
 
     Attributes:
-        connection_id: The sender's connection id.
+        connection_id: The sender's connection id (``api`` for the server API).
         message: The text, exactly as received.
         timestamp: The broadcast timestamp, ``YYYY-MM-DD HH:MM:SS`` in UTC.
         created_at: When the server received it, ISO-8601 in UTC with microseconds.
-        seq: The sequence number the server gave it: its position in the chat, never reused.
-        client_msg_id: The sender's id for it, if it sent a structured message with one.
+        seq: The sequence number the server gave it: its position in its channel, never reused.
+        client_msg_id: The sender's id for it (or the API's idempotency key), if it gave one.
         user: The sender's authenticated name, if it had one.
+        channel: The channel it was published to.
+        client_id: The anonymous sender's stable id (``hello``), if it gave one.
+        name: The anonymous sender's display name, if it gave one.
     """
 
     connection_id: str
@@ -104,6 +175,9 @@ class MessageRecord:
     seq: int
     client_msg_id: str | None = None
     user: str | None = None
+    channel: str = DEFAULT_CHANNEL
+    client_id: str | None = None
+    name: str | None = None
 
     @classmethod
     def create(
@@ -114,6 +188,9 @@ class MessageRecord:
         seq: int,
         client_msg_id: str | None = None,
         user: str | None = None,
+        channel: str = DEFAULT_CHANNEL,
+        client_id: str | None = None,
+        name: str | None = None,
         now: datetime | None = None,
     ) -> MessageRecord:
         """Build a record received now, both timestamps taken from the same instant.
@@ -121,9 +198,12 @@ class MessageRecord:
         Args:
             connection_id: The sender's connection id.
             message: The text.
-            seq: Its sequence number.
+            seq: Its sequence number in ``channel``.
             client_msg_id: The sender's id for the message, if any.
             user: The sender's authenticated name, if any.
+            channel: Its channel.
+            client_id: The anonymous sender's stable id, if any.
+            name: The anonymous sender's display name, if any.
             now: The instant of reception (converted to UTC); defaults to the current time.
         """
         when = datetime.now(UTC) if now is None else now.astimezone(UTC)
@@ -135,6 +215,9 @@ class MessageRecord:
             seq=seq,
             client_msg_id=client_msg_id,
             user=user,
+            channel=channel,
+            client_id=client_id,
+            name=name,
         )
 
 
@@ -151,23 +234,35 @@ class Meta:
     """The ``meta`` row of a database.
 
     Attributes:
-        epoch: A random id made with the database: history from another epoch is not ours.
-        reserved: Every seq up to this one may have been handed out; the next start uses the
-            next one, so no seq is ever given twice, even after a crash.
-        pruned: The highest seq deleted by retention; older messages are no longer kept.
+        epoch: A random id made with the database (``general``'s epoch).
+        reserved: The server numbers at most this many messages (in all channels) before it
+            reserves more; see the module's docstring.
+        pruned: From before channels: ``general``'s highest seq deleted by retention.
+        committed: How many messages were numbered when the last committed batch was formed.
     """
 
     epoch: str
     reserved: int
     pruned: int
+    committed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelRow:
+    """A channel's row: its epoch, the last seq handed out in it, the last seq pruned."""
+
+    epoch: str
+    last: int
+    pruned: int
 
 
 class Store:
-    """The ``messages`` and ``meta`` tables of one SQLite database file (the original repository).
+    """The tables of one SQLite database file (the original repository), for every channel.
 
-    Opening a database creates its tables, or migrates a database from before sequence numbers
-    (each old row keeps its ``id`` as its ``seq``), and creates its ``meta`` row if it has none:
-    a new epoch and, as reserved, the highest seq stored.
+    Opening a database creates its tables, or migrates one from an earlier version (each old
+    message keeps its seq, in ``general``, with the database's epoch), and creates its ``meta``
+    row if it has none. After a crash it moves every channel's ``last_seq`` past the seqs that
+    may have been handed out unstored (see the module's docstring).
 
     Args:
         path: The database file; its folder must exist.
@@ -184,9 +279,10 @@ class Store:
         self._conn: sqlite3.Connection | None = None
         self._identity: tuple[int, int] | None = None
         self._closed = False
-        # The meta row as last read or written: a database file that is gone and comes back
-        # empty gets it again, so its seqs continue rather than start over.
+        # The meta and channel rows as last read or written: a database file that is gone and
+        # comes back empty gets them again, so its seqs continue rather than start over.
         self._meta: Meta | None = None
+        self._channels: dict[str, ChannelRow] = {}
         self._connection()
 
     @property
@@ -195,48 +291,100 @@ class Store:
         assert self._meta is not None
         return self._meta
 
-    def insert_many(self, records: Iterable[MessageRecord], *, reserve: int | None = None) -> None:
+    @property
+    def channels(self) -> Mapping[str, ChannelRow]:
+        """Every channel's row, as last read or written."""
+        return self._channels
+
+    def insert_many(
+        self,
+        records: Iterable[MessageRecord],
+        *,
+        reserve: int | None = None,
+        positions: Mapping[str, ChannelRow] | None = None,
+        committed: int | None = None,
+        reads: Mapping[tuple[str, str], int] | None = None,
+    ) -> None:
         """Insert records in one transaction: all of them or, on error, none.
 
         Args:
-            records: The records to add, with their seqs.
-            reserve: If given, the new reserved seq, recorded in the same transaction.
+            records: The records to add, with their channels and seqs.
+            reserve: If given, the new ``Meta.reserved``, recorded in the same transaction.
+            positions: Channels' rows to record (``last_seq`` only ever grows).
+            committed: If given, the new ``Meta.committed``.
+            reads: Read positions to record, by (channel, reader) (see ``set_read``).
 
         Raises:
             sqlite3.Error: If the transaction failed; nothing was written.
             OSError: If the database file could not be examined.
         """
         rows = [
-            (r.seq, r.connection_id, r.message, r.timestamp, r.created_at, r.client_msg_id, r.user)
+            (
+                r.seq,
+                r.connection_id,
+                r.message,
+                r.timestamp,
+                r.created_at,
+                r.client_msg_id,
+                r.user,
+                r.channel,
+                r.client_id,
+                r.name,
+            )
             for r in records
         ]
-        if not rows and reserve is None:
+        if not rows and reserve is None and not positions and committed is None and not reads:
             return
+        read_rows = [(channel, reader, seq) for (channel, reader), seq in (reads or {}).items()]
+        channel_rows = [
+            (name, row.epoch, row.last, row.pruned) for name, row in (positions or {}).items()
+        ]
 
         def insert(conn: sqlite3.Connection) -> None:
             conn.executemany(_INSERT, rows)
+            if channel_rows:
+                conn.executemany(_UPSERT_CHANNEL, channel_rows)
             if reserve is not None:
                 conn.execute("UPDATE meta SET reserved_seq = ?", (reserve,))
+            if committed is not None:
+                conn.execute("UPDATE meta SET committed_seq = ?", (committed,))
+            if read_rows:
+                conn.executemany(_UPSERT_READ, read_rows)
 
         self._write(insert)
+        for name, row in (positions or {}).items():
+            known = self._channels.get(name)
+            self._channels[name] = (
+                row if known is None else replace(known, last=max(known.last, row.last))
+            )
         if reserve is not None:
             self._meta = replace(self.meta, reserved=reserve)
+        if committed is not None:
+            self._meta = replace(self.meta, committed=committed)
 
     def reserve(self, seq: int) -> None:
-        """Record ``seq`` as the highest seq that may be handed out (see ``Meta.reserved``)."""
+        """Record ``seq`` as ``Meta.reserved``."""
         self.insert_many((), reserve=seq)
 
-    def prune(self, *, keep: int | None, before: str | None, limit: int) -> int:
-        """Delete the oldest messages past retention, at most ``limit`` of them.
+    def prune(
+        self,
+        *,
+        keep: int | None,
+        before: str | None,
+        limit: int,
+        channel: str = DEFAULT_CHANNEL,
+    ) -> int:
+        """Delete the oldest messages of a channel past retention, at most ``limit`` of them.
 
-        A message goes if its seq is ``keep`` or more below the highest seq, or if it was
-        created before ``before``. Only a run of the oldest messages is deleted, so one call
-        is a short transaction on the start of the primary key.
+        A message goes if its seq is ``keep`` or more below the channel's last seq, or if it
+        was created before ``before``. Only a run of the oldest messages is deleted, so one
+        call is a short transaction on the start of the channel's index.
 
         Args:
             keep: How many of the latest seqs to keep; ``None`` keeps any number.
             before: ``created_at`` (ISO 8601, UTC) older messages go; ``None`` keeps any age.
             limit: The most rows deleted by this call.
+            channel: The channel.
 
         Returns:
             The highest seq deleted, or 0 if nothing was.
@@ -248,11 +396,14 @@ class Store:
 
         def prune(conn: sqlite3.Connection) -> int:
             oldest = conn.execute(
-                "SELECT seq, created_at FROM messages ORDER BY seq LIMIT ?", (limit,)
+                "SELECT seq, created_at FROM messages WHERE channel = ? ORDER BY seq LIMIT ?",
+                (channel, limit),
             ).fetchall()
             bound = 0
             if keep is not None:
-                (top,) = conn.execute("SELECT max(seq) FROM messages").fetchone()
+                (top,) = conn.execute(
+                    "SELECT max(seq) FROM messages WHERE channel = ?", (channel,)
+                ).fetchone()
                 bound = (top or 0) - keep
             last = 0
             for seq, created_at in oldest:
@@ -260,44 +411,73 @@ class Store:
                     break
                 last = seq
             if last:
-                conn.execute("DELETE FROM messages WHERE seq <= ?", (last,))
-                conn.execute("UPDATE meta SET pruned_seq = max(pruned_seq, ?)", (last,))
+                conn.execute("DELETE FROM messages WHERE channel = ? AND seq <= ?", (channel, last))
+                conn.execute(
+                    "UPDATE channels SET pruned_seq = max(pruned_seq, ?) WHERE name = ?",
+                    (last, channel),
+                )
             return last
 
         last = self._write(prune)
-        if last:
-            self._meta = replace(self.meta, pruned=max(self.meta.pruned, last))
+        known = self._channels.get(channel)
+        if last and known is not None:
+            self._channels[channel] = replace(known, pruned=max(known.pruned, last))
         return last
 
-    def last(self, n: int, *, max_bytes: int | None = None) -> Rows:
-        """Return the last ``n`` messages, oldest first, within ``max_bytes`` of text.
+    def pruned(self, channel: str = DEFAULT_CHANNEL) -> int:
+        """The highest seq of ``channel`` deleted by retention (0 for a channel not stored)."""
+        known = self._channels.get(channel)
+        return 0 if known is None else known.pruned
+
+    def last(
+        self,
+        n: int,
+        *,
+        max_bytes: int | None = None,
+        channel: str = DEFAULT_CHANNEL,
+        through: int | None = None,
+    ) -> Rows:
+        """Return a channel's last ``n`` messages, oldest first, within ``max_bytes`` of text.
 
         Args:
             n: How many messages; zero or less gives none.
             max_bytes: The most UTF-8 bytes their texts may hold; None: any. Rows are read
                 newest first and no further than the first that does not fit.
+            channel: The channel.
+            through: If given, the highest seq to return.
 
         Returns:
             At most ``n`` records, in seq order, and whether those are all there are.
         """
         if n <= 0:
             return Rows([], complete=False)
+        top = _MAX_SEQ if through is None else through
         rows = self._query_within(
-            f"SELECT {_COLUMNS}, {_SIZE} FROM messages ORDER BY seq DESC LIMIT ?", (n,), max_bytes
+            f"SELECT {_COLUMNS}, {_SIZE} FROM messages WHERE channel = ? AND seq <= ?"
+            " ORDER BY seq DESC LIMIT ?",
+            (channel, top, n),
+            max_bytes,
         )
         rows.records.reverse()
         return rows
 
     def after(
-        self, seq: int, limit: int, *, through: int | None = None, max_bytes: int | None = None
+        self,
+        seq: int,
+        limit: int,
+        *,
+        through: int | None = None,
+        max_bytes: int | None = None,
+        channel: str = DEFAULT_CHANNEL,
     ) -> Rows:
-        """Return the messages whose seq is greater than ``seq``, in seq order.
+        """Return a channel's messages whose seq is greater than ``seq``, in seq order.
 
         Args:
             seq: The last seq the caller has; 0 starts from the beginning.
             limit: The most records to return; zero or less gives none.
             through: If given, the highest seq to return.
             max_bytes: The most UTF-8 bytes their texts may hold; None: any.
+            channel: The channel.
 
         Returns:
             At most ``limit`` records, in seq order, and whether the read reached the last
@@ -305,18 +485,49 @@ class Store:
         """
         if limit <= 0:
             return Rows([], complete=False)
-        if through is None:
-            sql = f"SELECT {_COLUMNS}, {_SIZE} FROM messages WHERE seq > ? ORDER BY seq LIMIT ?"
-            params: tuple[int, ...] = (seq, limit)
-        else:
-            sql = (
-                f"SELECT {_COLUMNS}, {_SIZE} FROM messages"
-                " WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
-            )
-            params = (seq, through, limit)
-        return self._query_within(sql, params, max_bytes)
+        top = _MAX_SEQ if through is None else through
+        return self._query_within(
+            f"SELECT {_COLUMNS}, {_SIZE} FROM messages"
+            " WHERE channel = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+            (channel, seq, top, limit),
+            max_bytes,
+        )
 
-    def _query_within(self, sql: str, params: tuple[int, ...], max_bytes: int | None) -> Rows:
+    def recent_ids(self, since: str, most: int) -> list[MessageRecord]:
+        """The latest messages with a ``clientMsgId`` created at ``since`` or later, newest first.
+
+        Read newest first by rowid (arrival order) and no further than ``since`` or ``most``:
+        what the server needs to recognise a message sent again after a restart.
+        """
+        conn = self._connection()
+        records: list[MessageRecord] = []
+        try:
+            cursor = conn.execute(
+                f"SELECT {_COLUMNS} FROM messages ORDER BY rowid DESC LIMIT ?", (most,)
+            )
+            for row in cursor:
+                if row[4] < since:
+                    cursor.close()
+                    break
+                if row[5] is not None:
+                    records.append(_record(row))
+        except sqlite3.Error as exc:
+            self._after_error(exc)
+            raise
+        return records
+
+    def set_read(self, channel: str, reader: str, seq: int) -> None:
+        """Record ``seq`` as ``reader``'s last read message in ``channel`` (it only grows)."""
+        self.insert_many((), reads={(channel, reader): seq})
+
+    def read_position(self, channel: str, reader: str) -> int | None:
+        """``reader``'s last read seq in ``channel``, if it recorded one."""
+        rows = self._query(
+            "SELECT seq FROM read_positions WHERE channel = ? AND reader = ?", (channel, reader)
+        )
+        return None if not rows else int(rows[0][0])
+
+    def _query_within(self, sql: str, params: tuple[str | int, ...], max_bytes: int | None) -> Rows:
         """Run a query whose last column is ``_SIZE``, keeping rows while they fit.
 
         The rows are fetched one at a time, so that a query over large messages never
@@ -338,10 +549,10 @@ class Store:
             self._after_error(exc)
             raise
         limit = params[-1]
-        return Rows(records, complete=len(records) < limit)
+        return Rows(records, complete=len(records) < int(limit))
 
     def count(self) -> int:
-        """Return the number of stored messages."""
+        """Return the number of stored messages, in every channel."""
         (count,) = self._query("SELECT COUNT(*) FROM messages", ())[0]
         assert isinstance(count, int)
         return count
@@ -384,7 +595,7 @@ class Store:
             raise
         return result
 
-    def _query(self, sql: str, params: tuple[int, ...]) -> list[Any]:
+    def _query(self, sql: str, params: tuple[str | int, ...]) -> list[Any]:
         conn = self._connection()
         try:
             return conn.execute(sql, params).fetchall()
@@ -413,7 +624,12 @@ class Store:
             # FULL: each commit is fsynced, so an acknowledged message survives a power loss,
             # not only a crash of the process (NORMAL may lose the last commits on power loss).
             conn.execute("PRAGMA synchronous=FULL")
-            self._meta = self._read_meta(conn) or self._set_up(conn)
+            read = self._read(conn)
+            # The first open after a crash moves the channels on; a reopen while running
+            # does not: this process's own seqs are ahead of the file's.
+            if read is None or (self._meta is None and read[0].committed < read[0].reserved):
+                read = self._set_up(conn)
+            self._meta, self._channels = read
             identity = self._file_identity()
             if identity is None:
                 raise sqlite3.OperationalError(f"database {self.path} vanished while opening")
@@ -422,42 +638,102 @@ class Store:
             raise
         return conn, identity
 
-    def _set_up(self, conn: sqlite3.Connection) -> Meta:
-        """Create or migrate the tables and the meta row, in one transaction."""
+    def _set_up(self, conn: sqlite3.Connection) -> tuple[Meta, dict[str, ChannelRow]]:
+        """Create or migrate the tables and rows in one transaction; after a crash, move
+        every channel's last seq past what may have been handed out unstored."""
         conn.execute("BEGIN IMMEDIATE")
         try:
             columns = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
             if not columns:
                 conn.execute(_SCHEMA)
-            elif "seq" not in columns:
-                logger.info("database %s: adding sequence numbers to its messages", self.path)
-                for statement in _MIGRATE:
-                    conn.execute(statement)
-            if columns and "user" not in columns:
-                conn.execute(_ADD_USER)
+            else:
+                if "seq" not in columns:
+                    logger.info("database %s: adding sequence numbers to its messages", self.path)
+                    for statement in _MIGRATE_IDS:
+                        conn.execute(statement)
+                if "user" not in columns:
+                    conn.execute(_ADD_USER)
+                if "channel" not in columns:
+                    logger.info("database %s: its messages become general's", self.path)
+                    for statement in _MIGRATE_CHANNELS:
+                        conn.execute(statement)
             conn.execute(_META_SCHEMA)
+            meta_columns = {row[1] for row in conn.execute("PRAGMA table_info(meta)")}
+            if "committed_seq" not in meta_columns:
+                conn.execute(_ADD_COMMITTED)
+                # Before channels, a seq was handed out only below the reservation: general's
+                # last seq is the reservation, and nothing else is uncovered.
+                conn.execute("UPDATE meta SET committed_seq = reserved_seq")
+            conn.execute(_CHANNELS_SCHEMA)
+            conn.execute(_READS_SCHEMA)
             meta = self._read_meta(conn)
             if meta is None:
                 (top,) = conn.execute("SELECT max(seq) FROM messages").fetchone()
                 known = self._meta or Meta(str(uuid.uuid4()), 0, 0)
-                meta = replace(known, reserved=max(known.reserved, top or 0))
+                reserved = max(known.reserved, top or 0)
+                meta = replace(known, reserved=reserved, committed=reserved)
                 conn.execute(
-                    "INSERT INTO meta (id, epoch, reserved_seq, pruned_seq) VALUES (1, ?, ?, ?)",
-                    (meta.epoch, meta.reserved, meta.pruned),
+                    "INSERT INTO meta (id, epoch, reserved_seq, pruned_seq, committed_seq)"
+                    " VALUES (1, ?, ?, ?, ?)",
+                    (meta.epoch, meta.reserved, meta.pruned, meta.committed),
                 )
+            self._set_up_channels(conn, meta)
+            if meta.committed < meta.reserved:
+                skipped = meta.reserved - meta.committed
+                logger.warning(
+                    "database %s: the server stopped without recording its last seqs; each"
+                    " channel's next seq is up to %d higher",
+                    self.path,
+                    skipped,
+                )
+                conn.execute("UPDATE channels SET last_seq = last_seq + ?", (skipped,))
+                conn.execute("UPDATE meta SET committed_seq = reserved_seq")
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        return meta
+        read = self._read(conn)
+        assert read is not None
+        return read
+
+    def _set_up_channels(self, conn: sqlite3.Connection, meta: Meta) -> None:
+        """Give every channel a row: those the store knew, and ``general`` (the database's
+        epoch; from before channels, the reservation as its last seq); none below its stored
+        messages."""
+        general_row = conn.execute("SELECT 1 FROM channels WHERE name = ?", (DEFAULT_CHANNEL,))
+        if general_row.fetchone() is None:
+            known = self._channels.get(DEFAULT_CHANNEL)
+            general = known or ChannelRow(meta.epoch, meta.reserved, meta.pruned)
+            conn.execute(_UPSERT_CHANNEL, (DEFAULT_CHANNEL, *_values(general)))
+        for name, row in self._channels.items():
+            conn.execute(_UPSERT_CHANNEL, (name, *_values(row)))
+        conn.execute(
+            "UPDATE channels SET last_seq = max(last_seq, coalesce((SELECT max(seq) FROM"
+            " messages WHERE channel = channels.name), 0))"
+        )
+
+    def _read(self, conn: sqlite3.Connection) -> tuple[Meta, dict[str, ChannelRow]] | None:
+        """The meta and channel rows, if the schema is complete."""
+        meta = self._read_meta(conn)
+        if meta is None:
+            return None
+        rows = conn.execute("SELECT name, epoch, last_seq, pruned_seq FROM channels").fetchall()
+        channels = {name: ChannelRow(epoch, last, pruned) for name, epoch, last, pruned in rows}
+        if DEFAULT_CHANNEL not in channels:
+            return None
+        return meta, channels
 
     @staticmethod
     def _read_meta(conn: sqlite3.Connection) -> Meta | None:
         """The meta row, if the schema is complete; None if anything must be set up."""
         try:
-            row = conn.execute("SELECT epoch, reserved_seq, pruned_seq FROM meta").fetchone()
-            conn.execute("SELECT seq, client_msg_id, user FROM messages LIMIT 0")
+            row = conn.execute(
+                "SELECT epoch, reserved_seq, pruned_seq, committed_seq FROM meta"
+            ).fetchone()
+            conn.execute(f"SELECT {_COLUMNS} FROM messages LIMIT 0")
+            conn.execute("SELECT name, epoch, last_seq, pruned_seq FROM channels LIMIT 0")
+            conn.execute("SELECT channel, reader, seq FROM read_positions LIMIT 0")
         except sqlite3.OperationalError:  # no such table or column
             return None
         return None if row is None else Meta(*row)
@@ -485,6 +761,11 @@ class Store:
                 logger.debug("closing database %s failed: %s", self.path, exc)
 
 
-def _record(row: tuple[int, str, str, str, str, str | None, str | None]) -> MessageRecord:
-    seq, connection_id, message, timestamp, created_at, client_msg_id, user = row
-    return MessageRecord(connection_id, message, timestamp, created_at, seq, client_msg_id, user)
+def _values(row: ChannelRow) -> tuple[str, int, int]:
+    return row.epoch, row.last, row.pruned
+
+
+def _record(row: tuple[Any, ...]) -> MessageRecord:
+    """A record from a row of ``_COLUMNS`` (which start with ``seq``)."""
+    seq, connection_id, message, timestamp, created_at, *rest = row
+    return MessageRecord(connection_id, message, timestamp, created_at, seq, *rest)

@@ -54,7 +54,7 @@ TRICKY_TEXTS = [
     "line separators \u2028 \u2029",
     "ünïcödé 中文 עברית العربية",
     "\ufeff BOM and \ufffd replacement",
-    '{"type": "welcome", "message": 42}',  # JSON, but not a structured message
+    '{"kind": "welcome", "message": 42}',  # JSON, but neither a request nor a message
     '["message", "not really"]',
     "😀" * 1000,
 ]
@@ -96,6 +96,7 @@ async def test_greeting_then_broadcast_shapes(chat: Chat) -> None:
         history = json.loads(str(await connection.recv()))
     assert history == {
         "type": "history",
+        "channel": "general",
         "messages": [],
         "epoch": chat.app.queue.meta.epoch,
         "recovered": False,
@@ -106,7 +107,7 @@ async def test_greeting_then_broadcast_shapes(chat: Chat) -> None:
     await connection.send("hello")
     message = await other.recv()
     after = datetime.now(UTC)
-    assert set(message) == {"type", "connectionId", "message", "timestamp", "seq"}
+    assert set(message) == {"type", "channel", "connectionId", "message", "timestamp", "seq"}
     check_broadcast(message, sender, "hello")
     check_timestamp(message["timestamp"], before, after)
 
@@ -393,6 +394,7 @@ async def test_database_failing_past_all_retries_dead_letters(
             assert error == {
                 "type": "error",
                 "code": "not_persisted",
+                "channel": "general",
                 "seq": seq,
                 "clientMsgId": None,
             }

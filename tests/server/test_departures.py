@@ -35,6 +35,7 @@ async def test_within_the_rate_each_departure_is_announced_at_once() -> None:
     assert [m["connectionId"] for m in sent] == [f"c{n}" for n in range(departures.BURST)]
     assert sent[0] == {
         "type": "user_left",
+        "channel": "general",
         "connectionId": "c0",
         "totalConnections": 7,
         "closeStatus": 1000,
@@ -69,7 +70,12 @@ async def test_one_waiting_departure_is_a_plain_user_left_and_order_is_kept() ->
     assert sent[-1]["type"] == "users_left"
     assert [u["connectionId"] for u in sent[-1]["users"]] == ["late", "later"]
     announce.left(Departure("alone"))  # tokens, nothing waiting: at once
-    assert sent[-1] == {"type": "user_left", "connectionId": "alone", "totalConnections": 7}
+    assert sent[-1] == {
+        "type": "user_left",
+        "channel": "general",
+        "connectionId": "alone",
+        "totalConnections": 7,
+    }
 
 
 async def test_a_rate_of_none_announces_every_one_at_once() -> None:

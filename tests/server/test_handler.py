@@ -46,9 +46,9 @@ async def test_seqs_are_consecutive_and_acked_to_their_sender(chat: Chat) -> Non
     assert seqs([first, second, third]) == [1, 2, 3]
     assert "clientMsgId" not in second
     assert await a.wait_acks(3) == [
-        {"type": "ack", "seq": 1, "clientMsgId": None},
-        {"type": "ack", "seq": 2, "clientMsgId": "m-1"},
-        {"type": "ack", "seq": 3, "clientMsgId": None},
+        {"type": "ack", "channel": "general", "seq": 1, "clientMsgId": None},
+        {"type": "ack", "channel": "general", "seq": 2, "clientMsgId": "m-1"},
+        {"type": "ack", "channel": "general", "seq": 3, "clientMsgId": None},
     ]
     await chat.stop()
     conn = sqlite3.connect(chat.db_path)
@@ -69,7 +69,9 @@ async def test_an_ack_means_committed(start_chat: Any) -> None:
         await b.send("marker")
         await a.expect_broadcast(b, "marker")
         assert a.acks == []  # ...but not acknowledged while it cannot be committed
-    assert await a.wait_acks(1) == [{"type": "ack", "seq": 1, "clientMsgId": "w"}]
+    assert await a.wait_acks(1) == [
+        {"type": "ack", "channel": "general", "seq": 1, "clientMsgId": "w"}
+    ]
     assert chat.rows()[0][:3] == (1, a.id, "waits")
 
 
@@ -87,7 +89,9 @@ async def test_a_bad_client_msg_id_is_an_error_and_nothing_else(
     assert "128" in error["message"]
     await a.send("accepted")
     await b.expect_broadcast(a, "accepted")  # the refused one was not broadcast
-    assert await a.wait_acks(1) == [{"type": "ack", "seq": 1, "clientMsgId": None}]
+    assert await a.wait_acks(1) == [
+        {"type": "ack", "channel": "general", "seq": 1, "clientMsgId": None}
+    ]
     await chat.stop()
     assert [row[2] for row in chat.rows()] == ["accepted"]
 
@@ -111,12 +115,15 @@ async def test_a_dead_lettered_message_is_never_acked(start_chat: Any) -> None:
         assert await a.recv_any() == {
             "type": "error",
             "code": "not_persisted",
+            "channel": "general",
             "seq": 1,
             "clientMsgId": "l-1",
         }
     await a.send("kept")
     await b.expect_broadcast(a, "kept")
-    assert await a.wait_acks(1) == [{"type": "ack", "seq": 2, "clientMsgId": None}]
+    assert await a.wait_acks(1) == [
+        {"type": "ack", "channel": "general", "seq": 2, "clientMsgId": None}
+    ]
     assert chat.dead_letters()[0]["seq"] == 1
     assert chat.dead_letters()[0]["client_msg_id"] == "l-1"
 

@@ -102,12 +102,12 @@ def test_pruned_messages_are_forgotten_and_cannot_be_recovered() -> None:
 
 def test_load_marks_older_stored_messages_as_not_in_memory() -> None:
     history = ring(finished=10)
-    history.load([(8, item(8)), (9, item(9))], complete=False)
+    history.load([(8, item(8)), (9, item(9))], complete=False, through=0)
     plan = history.plan(Resume(3, EPOCH), last=9, count=5, resume_max=100)
     assert plan is not None
     assert (plan.read_after, plan.read_through) == (3, 7)
     complete = ring(finished=10)
-    complete.load([(8, item(8)), (9, item(9))], complete=True)
+    complete.load([(8, item(8)), (9, item(9))], complete=True, through=0)
     assert complete.plan(Resume(3, EPOCH), last=9, count=5, resume_max=100) == Plan(
         [item(8), item(9)], True
     )
@@ -152,7 +152,7 @@ def test_seqs_skipped_after_a_crash_are_not_missed_messages() -> None:
     # The issue: after kill -9 the next seq starts above the reservation (20,001 after 2
     # messages), and comparing seqs made every resume fail, even one that missed nothing.
     history = ring(finished=20_010)
-    history.load([(1, item(1)), (2, item(2))], complete=True)
+    history.load([(1, item(1)), (2, item(2))], complete=True, through=0)
     for seq in (20_001, 20_002):
         history.append(seq, item(seq))
     for since, expected in ((2, [item(20_001), item(20_002)]), (20_002, []), (0, None)):

@@ -32,13 +32,14 @@ def test_broadcast() -> None:
     encoded = messages.broadcast(ID, "hi", TIMESTAMP, 7)
     assert json.loads(encoded) == {
         "type": "broadcast",
+        "channel": "general",
         "connectionId": ID,
         "message": "hi",
         "timestamp": TIMESTAMP,
         "seq": 7,
     }
     # The original keys come first, in the original order (clients may match the prefix).
-    assert encoded.startswith('{"type":"broadcast","connectionId":')
+    assert encoded.startswith('{"type":"broadcast","channel":"general","connectionId":')
 
 
 @pytest.mark.parametrize("recovered", [True, False])
@@ -46,6 +47,7 @@ def test_history_splices_encoded_broadcasts(recovered: bool) -> None:
     items = [messages.broadcast(ID, f"m{n} ✓", TIMESTAMP, n).encode() for n in (3, 4)]
     assert json.loads(messages.history(items, EPOCH, recovered)) == {
         "type": "history",
+        "channel": "general",
         "messages": [json.loads(item) for item in items],
         "epoch": EPOCH,
         "recovered": recovered,
@@ -54,11 +56,22 @@ def test_history_splices_encoded_broadcasts(recovered: bool) -> None:
 
 
 def test_ack_and_errors() -> None:
-    assert json.loads(messages.ack(5, "c-1")) == {"type": "ack", "seq": 5, "clientMsgId": "c-1"}
-    assert json.loads(messages.ack(6, None)) == {"type": "ack", "seq": 6, "clientMsgId": None}
+    assert json.loads(messages.ack(5, "c-1")) == {
+        "type": "ack",
+        "channel": "general",
+        "seq": 5,
+        "clientMsgId": "c-1",
+    }
+    assert json.loads(messages.ack(6, None)) == {
+        "type": "ack",
+        "channel": "general",
+        "seq": 6,
+        "clientMsgId": None,
+    }
     assert json.loads(messages.not_persisted(5, "c-1")) == {
         "type": "error",
         "code": "not_persisted",
+        "channel": "general",
         "seq": 5,
         "clientMsgId": "c-1",
     }
@@ -190,6 +203,7 @@ DEPARTURE = messages.Departure(ID)
 def test_user_left_without_close() -> None:
     assert json.loads(messages.user_left(DEPARTURE, 2)) == {
         "type": "user_left",
+        "channel": "general",
         "connectionId": ID,
         "totalConnections": 2,
     }
@@ -198,6 +212,7 @@ def test_user_left_without_close() -> None:
 def test_user_left_with_close_and_user() -> None:
     assert json.loads(messages.user_left(messages.Departure(ID, "ann", 4000, "bye"), 0)) == {
         "type": "user_left",
+        "channel": "general",
         "connectionId": ID,
         "user": "ann",
         "totalConnections": 0,
@@ -216,6 +231,7 @@ def test_users_left() -> None:
     departures = [DEPARTURE, messages.Departure(other, "bo", 1001, "tab closed")]
     assert json.loads(messages.users_left(departures, 7, 3)) == {
         "type": "users_left",
+        "channel": "general",
         "users": [
             {"connectionId": ID},
             {"connectionId": other, "user": "bo", "closeStatus": 1001, "closeReason": "tab closed"},

@@ -598,7 +598,7 @@ async def test_retention_prunes_in_the_background(
     monkeypatch.setattr(persistence, "PRUNE_CHUNK", 4)  # several small deletes
     queue = make_queue(retention_messages=5, prune_interval=0.02)
     pruned: list[int] = []
-    queue.on_pruned = pruned.append
+    queue.on_pruned = lambda channel, seq: pruned.append(seq)
     await queue.start()
     for n in range(23):
         queue.accept("c1", f"message {n}")

@@ -1,0 +1,220 @@
+"""The engine: what differs between one process and many, behind one interface (STYLE §10).
+
+The chat (``hub.py``, ``handler.py``) numbers, stores and reads messages, and keeps presence,
+through an ``Engine``; it never touches the database. The engine calls its ``Listener`` back
+for what must reach the clients connected here: publications, acks, presence changes and
+signals. So a message reaches its subscribers the same way whether it was published here or
+on another node.
+
+``LocalEngine`` (``local_engine.py``) is one process with SQLite: seqs are handed out in the
+event loop, a publication is delivered in the step it is published in, and a history held in
+memory is answered without suspending. An engine shared by several processes answers
+``history`` later; the hub holds a subscriber's live messages meanwhile and drops those the
+history already covers (``Recovery.top``), so either engine gives no gap and no duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .history import Resume
+
+__all__ = [
+    "Ack",
+    "Draft",
+    "Engine",
+    "Listener",
+    "Member",
+    "Publication",
+    "Recovery",
+]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Draft:
+    """A message to publish, as the sender gave it.
+
+    Attributes:
+        channel: Where it goes.
+        text: Its text, checked (``messages.parse``).
+        connection_id: The sender's connection (``api`` for the server API).
+        client_msg_id: The sender's id for it: a second publish with the same id by the same
+            sender is a duplicate (``sender``).
+        user: The sender's authenticated name, if any.
+        client_id: The anonymous sender's stable id (``hello``), if any.
+        name: The anonymous sender's display name, if any.
+        reply: Resolved with the ``Ack`` instead of an ack sent to the connection (the API).
+    """
+
+    channel: str
+    text: str
+    connection_id: str
+    client_msg_id: str | None = None
+    user: str | None = None
+    client_id: str | None = None
+    name: str | None = None
+    reply: asyncio.Future[Ack] | None = field(default=None, compare=False)
+
+    @property
+    def sender(self) -> str:
+        """Who published it, for recognising a message sent twice: the user, else the client
+        id, else the connection."""
+        if self.user is not None:
+            return f"user:{self.user}"
+        if self.client_id is not None:
+            return f"client:{self.client_id}"
+        return f"connection:{self.connection_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """A message with its seq, delivered to a channel's subscribers.
+
+    Attributes:
+        channel: Its channel.
+        seq: Its seq in the channel.
+        payload: Its ``broadcast`` as sent (UTF-8 JSON), the same bytes for every subscriber.
+        connection_id: The sender's connection: it gets an ack, not the broadcast.
+    """
+
+    channel: str
+    seq: int
+    payload: bytes
+    connection_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The outcome of a publish, once it is settled.
+
+    Attributes:
+        draft: What was published.
+        seq: Its seq (the original's, for a duplicate).
+        epoch: Its channel's epoch.
+        stored: False if it could not be stored (it was dead-lettered).
+        duplicate: Whether it repeated a message already published.
+    """
+
+    draft: Draft
+    seq: int
+    epoch: str
+    stored: bool = True
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """What a subscriber gets of a channel's past.
+
+    Attributes:
+        epoch: The channel's epoch.
+        messages: ``broadcast`` payloads, oldest first.
+        recovered: Whether these are exactly everything after the subscriber's ``since``.
+        top: The channel's last seq when this was read: live messages up to it are covered.
+    """
+
+    epoch: str
+    messages: list[bytes]
+    recovered: bool
+    top: int
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """Somebody in a channel: a user, an anonymous client, or a bare connection.
+
+    Attributes:
+        key: Who it is (``user:alice``, ``client:<uuid>``, ``connection:<uuid>``): a user with
+            two tabs is one member.
+        fields: How it is shown (``{"user": "alice"}``, ``{"clientId": ..., "name": ...}``...).
+    """
+
+    key: str
+    fields: tuple[tuple[str, str], ...]
+
+
+class Listener(Protocol):
+    """What the engine tells the clients connected here (``hub.Hub``)."""
+
+    def published(self, publication: Publication) -> None:
+        """Deliver a message to the channel's subscribers here (not to its sender)."""
+
+    def acked(self, acks: Sequence[Ack]) -> None:
+        """Tell senders here that their messages are settled."""
+
+    def joined(self, channel: str, member: Member, connections: int, since: str) -> None:
+        """A member's first connection subscribed to ``channel``."""
+
+    def left(self, channel: str, member: Member) -> None:
+        """A member's last connection left ``channel``."""
+
+    def signalled(self, channel: str, payload: bytes, connection_id: str) -> None:
+        """Deliver an ephemeral message (typing) to the channel's subscribers but its sender."""
+
+
+class Engine(Protocol):
+    """Channels' seqs, storage, history, read positions and presence."""
+
+    listener: Listener
+
+    async def start(self) -> None:
+        """Open the storage; raises what keeps the engine from running."""
+
+    async def stop(self, timeout: float) -> None:
+        """Settle or dead-letter what is pending, within ``timeout`` seconds, and close."""
+
+    def ready(self) -> bool:
+        """Whether ``publish()`` may be called now."""
+
+    async def wait_ready(self) -> None:
+        """Wait until ``ready()`` (backpressure); raises if the engine stopped."""
+
+    def epoch(self, channel: str) -> str:
+        """The channel's epoch (a channel without messages has one too)."""
+
+    def last_seq(self, channel: str) -> int:
+        """The channel's last seq handed out."""
+
+    def publish(self, draft: Draft) -> None:
+        """Number, store and deliver a message; the ``Ack`` comes through the listener."""
+
+    async def history(
+        self,
+        channel: str,
+        resume: Resume | None,
+        *,
+        count: int,
+        resume_max: int,
+        max_bytes: int | None,
+    ) -> Recovery:
+        """The last ``count`` messages, or, for a resume, everything after ``since``."""
+
+    async def read_position(self, channel: str, reader: str) -> int | None:
+        """A reader's last read seq in a channel."""
+
+    def set_read(self, channel: str, reader: str, seq: int) -> None:
+        """Record a reader's last read seq in a channel."""
+
+    def join(self, channel: str, member: Member) -> None:
+        """Count one more connection of ``member`` in ``channel``."""
+
+    def leave(self, channel: str, member: Member) -> None:
+        """Count one connection of ``member`` less in ``channel``."""
+
+    def members(self, channel: str) -> list[dict[str, object]]:
+        """A channel's presence: each member's fields, connections and since."""
+
+    def member_count(self, channel: str) -> int:
+        """How many members a channel has."""
+
+    def signal(self, channel: str, payload: bytes, connection_id: str) -> None:
+        """Send an ephemeral message to a channel's subscribers (``Listener.signalled``)."""
+
+    def forget(self, channel: str) -> None:
+        """Nobody here is subscribed to ``channel`` any more: memory of it may go."""
+
+    def health(self) -> dict[str, object]:
+        """Figures for ``/healthz``."""

@@ -1,0 +1,441 @@
+"""LocalEngine: the engine of one process, with its messages in SQLite (``engine.Engine``).
+
+Seqs are handed out in the event loop by the persistence queue, and a message is delivered to
+its channel's subscribers in the same step (``broadcast_after_commit``: once committed, still
+in seq order). Each channel with subscribers or with messages not yet committed has a ring of
+its latest broadcasts (``history.History``), from which histories and resumes are answered
+without suspending; a channel's ring is read from the database the first time it is needed,
+and goes again once nobody here is subscribed and the writer is done with all of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from . import messages
+from .channels import DEFAULT_CHANNEL
+from .engine import Ack, Draft, Listener, Member, Publication, Recovery
+from .history import History, Plan, Resume, payload_size
+from .namespaces import Namespaces
+from .persistence import PersistenceClosed, PersistenceQueue
+from .recent import DEFAULT_MOST, DEFAULT_WINDOW, RecentIds
+from .settings import Settings
+from .store import TIMESTAMP_FORMAT, MessageRecord
+
+__all__ = ["LocalEngine", "payload"]
+
+logger = logging.getLogger("server.engine")
+
+# Read at start-up to recognise messages sent again: at most this many of the latest rows.
+_RECENT_ROWS = 200_000
+
+
+def payload(record: MessageRecord) -> bytes:
+    """A message's broadcast, as sent on the wire (and kept in the history)."""
+    return messages.broadcast(
+        record.connection_id,
+        record.message,
+        record.timestamp,
+        record.seq,
+        record.user,
+        channel=record.channel,
+        client_id=record.client_id,
+        name=record.name,
+    ).encode()
+
+
+@dataclass(slots=True)
+class _Presence:
+    """A member of a channel: how many of its connections are in it, and since when."""
+
+    member: Member
+    connections: int
+    since: str
+
+
+class LocalEngine:
+    """Channels of one process: seqs, SQLite, rings in memory, presence in memory.
+
+    Args:
+        settings: The server's settings.
+        namespaces: The channels' options (history, retention).
+    """
+
+    def __init__(self, settings: Settings, namespaces: Namespaces) -> None:
+        self.settings = settings
+        self.namespaces = namespaces
+        self.listener: Listener = _NoListener()
+        self.queue = PersistenceQueue(
+            settings.db_path,
+            capacity=settings.queue_capacity,
+            batch_size=settings.batch_size,
+            policy=settings.retry,
+            retention=self._retention,
+            prune_interval=settings.prune_interval,
+        )
+        self._rings: dict[str, History] = {}
+        self._loading: dict[str, asyncio.Task[None]] = {}
+        # Channels whose ring does not hold their latest stored messages yet.
+        self._unloaded: set[str] = set()
+        self._recent: dict[str, RecentIds] = {}
+        # Publishes not settled yet, and the duplicates of those waiting with them.
+        self._unsettled: dict[tuple[str, int], Draft] = {}
+        self._waiting: defaultdict[tuple[str, int], list[Draft]] = defaultdict(list)
+        self._presence: dict[str, dict[str, _Presence]] = {}
+
+    # Life cycle.
+
+    async def start(self) -> None:
+        """Open the database and read what the default channel and resends need."""
+        queue = self.queue
+        await queue.start()
+        try:
+            queue.on_committed = self._committed
+            queue.on_dead_lettered = self._dead_lettered
+            queue.on_pruned = self._pruned
+            await self._ring(DEFAULT_CHANNEL)
+            await self._load_recent()
+        except BaseException:
+            await queue.stop(0)
+            raise
+
+    async def stop(self, timeout: float) -> None:
+        """Write or dead-letter what is queued (within ``timeout``), then close the database."""
+        await self.queue.stop(timeout)
+
+    def health(self) -> dict[str, object]:
+        """The queue's figures, for ``/healthz``."""
+        queue = self.queue
+        return {
+            "queueDepth": queue.depth,
+            "persisted": queue.persisted,
+            "deadLettered": queue.dead_lettered,
+        }
+
+    # Publishing.
+
+    def ready(self) -> bool:
+        """Whether ``publish()`` may be called now (room in the queue, a seq reserved)."""
+        return self.queue.ready()
+
+    async def wait_ready(self) -> None:
+        """Wait for room in the queue (backpressure); raises ``PersistenceClosed`` once stopped."""
+        await self.queue.wait_ready()
+
+    def epoch(self, channel: str) -> str:
+        """The channel's epoch."""
+        return self.queue.channel(channel).epoch
+
+    def last_seq(self, channel: str) -> int:
+        """The channel's last seq handed out."""
+        return self.queue.channel(channel).last
+
+    def publish(self, draft: Draft) -> None:
+        """Number and queue a message, and deliver it now (unless after the commit).
+
+        A message whose clientMsgId its sender already published in the channel lately is
+        not stored again: its ack carries the first one's seq, once that one is settled.
+
+        Raises:
+            asyncio.QueueFull: If not ``ready()``.
+            PersistenceClosed: If the engine has stopped.
+        """
+        channel, client_msg_id = draft.channel, draft.client_msg_id
+        recent = self._recent.get(channel)
+        if client_msg_id is not None and recent is not None:
+            entry = recent.get(draft.sender, client_msg_id)
+            if entry is not None:
+                if entry.settled:
+                    ack = Ack(draft, entry.seq, self.epoch(channel), duplicate=True)
+                    self.listener.acked((ack,))
+                else:
+                    self._waiting[(channel, entry.seq)].append(draft)
+                return
+        record = self.queue.accept(
+            draft.connection_id,
+            draft.text,
+            client_msg_id,
+            draft.user,
+            channel=channel,
+            client_id=draft.client_id,
+            name=draft.name,
+        )
+        seq = record.seq
+        self._unsettled[(channel, seq)] = draft
+        if client_msg_id is not None:
+            if recent is None:
+                recent = self._recent[channel] = RecentIds()
+            recent.add(draft.sender, client_msg_id, seq)
+        ring = self._rings.get(channel) or self._new_ring(channel, seq - 1)
+        if not self.settings.broadcast_after_commit:
+            encoded = payload(record)
+            ring.append(seq, encoded)
+            self.listener.published(Publication(channel, seq, encoded, draft.connection_id))
+
+    def _committed(self, batch: Sequence[MessageRecord]) -> None:
+        """A batch is in the database: deliver it if that waited for the commit, then ack."""
+        self._settle(batch, stored=True)
+
+    def _dead_lettered(self, batch: Sequence[MessageRecord]) -> None:
+        """A batch could not be stored: its senders are told; sent again, it is stored anew."""
+        self._settle(batch, stored=False)
+
+    def _settle(self, batch: Sequence[MessageRecord], *, stored: bool) -> None:
+        acks: list[Ack] = []
+        finished: dict[str, int] = {}
+        after_commit = stored and self.settings.broadcast_after_commit
+        for record in batch:
+            channel, seq = record.channel, record.seq
+            finished[channel] = seq
+            draft = self._unsettled.pop((channel, seq), None)
+            if draft is None:  # put on the queue by another hand
+                continue
+            epoch = self.epoch(channel)
+            recent = self._recent.get(channel)
+            if recent is not None and draft.client_msg_id is not None:
+                if stored:
+                    entry = recent.get(draft.sender, draft.client_msg_id)
+                    if entry is not None and entry.seq == seq:
+                        entry.settled = True
+                else:
+                    recent.discard(draft.sender, draft.client_msg_id, seq)
+            if after_commit:
+                encoded = payload(record)
+                ring = self._rings.get(channel) or self._new_ring(channel, seq - 1)
+                ring.append(seq, encoded)
+                self.listener.published(Publication(channel, seq, encoded, draft.connection_id))
+            acks.append(Ack(draft, seq, epoch, stored=stored))
+            for duplicate in self._waiting.pop((channel, seq), ()):
+                acks.append(Ack(duplicate, seq, epoch, stored=stored, duplicate=stored))
+            if after_commit:
+                # Each ack right after its broadcast: what the sender sees keeps seq order.
+                self.listener.acked(acks)
+                acks = []
+        for channel, seq in finished.items():
+            held = self._rings.get(channel)
+            if held is not None:
+                held.finished(seq)
+                self._drop_ring_if_unused(channel)
+        if acks:
+            self.listener.acked(acks)
+
+    # History.
+
+    async def history(
+        self,
+        channel: str,
+        resume: Resume | None,
+        *,
+        count: int,
+        resume_max: int,
+        max_bytes: int | None,
+    ) -> Recovery:
+        """What a subscriber gets; without suspending when the ring holds all of it."""
+        ring = await self._ring(channel)
+        row = self.queue.channel(channel)
+        plan = ring.plan(
+            resume, last=row.last, count=count, resume_max=resume_max, max_bytes=max_bytes
+        )
+        if plan is None:
+            return Recovery(row.epoch, [], False, row.last)
+        if plan.read_after is None:
+            return Recovery(row.epoch, plan.messages, plan.recovered, row.last)
+        items, recovered = await self._read_older(channel, plan)
+        return Recovery(row.epoch, items, recovered, row.last)
+
+    async def _read_older(self, channel: str, plan: Plan) -> tuple[list[bytes], bool]:
+        """The resume's messages when the oldest are no longer in memory."""
+        assert plan.read_after is not None
+        try:
+            older = await self.queue.kept_after(
+                plan.read_after,
+                plan.read_through,
+                most=plan.read_count,
+                max_bytes=plan.read_bytes,
+                channel=channel,
+            )
+        except (PersistenceClosed, sqlite3.Error, OSError) as exc:
+            logger.warning("history: cannot read %s after %d: %s", channel, plan.read_after, exc)
+            older = None
+        # Failed, retention deleted some meanwhile, or more than a history may hold.
+        if older is None:
+            return plan.fallback, False
+        items = [payload(record) for record in older]
+        if plan.read_bytes is not None and payload_size(items) > plan.read_bytes:
+            return plan.fallback, False
+        return items + plan.messages, True
+
+    async def _ring(self, channel: str) -> History:
+        """The channel's ring, read from the database first if it has not been."""
+        ring = self._rings.get(channel)
+        if ring is None:
+            ring = self._new_ring(channel, self.queue.channel(channel).last)
+        if channel in self._unloaded:
+            self._unloaded.discard(channel)
+            task = asyncio.get_running_loop().create_task(self._load(channel, ring, ring.evicted))
+            self._loading[channel] = task
+        loading = self._loading.get(channel)
+        if loading is not None:
+            await asyncio.shield(loading)
+        return ring
+
+    def _new_ring(self, channel: str, stored: int) -> History:
+        """A ring for a channel whose messages up to ``stored`` are in the database only; their
+        latest are read when a history first needs them (``_ring``)."""
+        row = self.queue.channel(channel)
+        settings = self.settings
+        ring = self._rings[channel] = History(
+            row.epoch,
+            max_messages=max(self.namespaces.of(channel).history, settings.resume_max),
+            max_bytes=settings.history_memory,
+            finished=stored,
+            pruned=row.pruned,
+            evicted=stored,
+        )
+        if stored > row.pruned:
+            self._unloaded.add(channel)
+        return ring
+
+    async def _load(self, channel: str, ring: History, through: int) -> None:
+        """Read a channel's latest stored messages into its ring, bounded as the ring is."""
+        try:
+            latest = await self.queue.last(
+                ring.max_messages, max_bytes=ring.max_bytes, channel=channel, through=through
+            )
+        except (PersistenceClosed, sqlite3.Error, OSError) as exc:
+            # The ring stays as it is: a resume reads the database, a history starts now.
+            logger.warning("history: cannot read the latest messages of %s: %s", channel, exc)
+        else:
+            stored = [(record.seq, payload(record)) for record in latest.records]
+            ring.load(stored, complete=latest.complete, through=through)
+        finally:
+            del self._loading[channel]
+
+    def _drop_ring_if_unused(self, channel: str) -> None:
+        """Forget a ring nobody here reads and the writer is done with (not the default's)."""
+        ring = self._rings.get(channel)
+        if (
+            ring is not None
+            and channel != DEFAULT_CHANNEL
+            and channel not in self._presence
+            and channel not in self._loading
+            and ring.settled()
+        ):
+            del self._rings[channel]
+            self._unloaded.discard(channel)
+
+    def _pruned(self, channel: str, seq: int) -> None:
+        ring = self._rings.get(channel)
+        if ring is not None:
+            ring.pruned_through(seq)
+
+    def _retention(self, channel: str) -> tuple[int, float]:
+        options = self.namespaces.of(channel)
+        return options.retention_messages, options.retention_days
+
+    async def _load_recent(self) -> None:
+        """Remember the clientMsgIds stored in the last window, to recognise them sent again."""
+        now = datetime.now(UTC)
+        since = (now - timedelta(seconds=DEFAULT_WINDOW)).isoformat(timespec="microseconds")
+        records = await self.queue.recent_ids(since, _RECENT_ROWS)
+        for record in reversed(records):
+            recent = self._recent.get(record.channel)
+            if recent is None:
+                recent = self._recent[record.channel] = RecentIds()
+            if len(recent) >= DEFAULT_MOST:
+                continue
+            assert record.client_msg_id is not None
+            age = (now - datetime.fromisoformat(record.created_at)).total_seconds()
+            sender = Draft(
+                record.channel, "", record.connection_id, None, record.user, record.client_id
+            ).sender
+            recent.add(sender, record.client_msg_id, record.seq, age=max(age, 1e-6))
+
+    # Read positions.
+
+    async def read_position(self, channel: str, reader: str) -> int | None:
+        """A reader's last read seq in a channel."""
+        try:
+            return await self.queue.read_position(channel, reader)
+        except (PersistenceClosed, sqlite3.Error, OSError) as exc:
+            logger.warning("cannot read the read position in %s: %s", channel, exc)
+            return None
+
+    def set_read(self, channel: str, reader: str, seq: int) -> None:
+        """Record a reader's last read seq (written with the next batch)."""
+        self.queue.set_read(channel, reader, seq)
+
+    # Presence.
+
+    def join(self, channel: str, member: Member) -> None:
+        """One more connection of ``member`` in ``channel``; its first is announced."""
+        members = self._presence.get(channel)
+        if members is None:
+            members = self._presence[channel] = {}
+        entry = members.get(member.key)
+        if entry is not None:
+            entry.connections += 1
+            return
+        since = datetime.now(UTC).strftime(TIMESTAMP_FORMAT)
+        members[member.key] = _Presence(member, 1, since)
+        self.listener.joined(channel, member, 1, since)
+
+    def leave(self, channel: str, member: Member) -> None:
+        """One connection of ``member`` less in ``channel``; its last is announced."""
+        members = self._presence.get(channel)
+        entry = None if members is None else members.get(member.key)
+        if members is None or entry is None:
+            return
+        entry.connections -= 1
+        if entry.connections > 0:
+            return
+        del members[member.key]
+        self.listener.left(channel, member)
+        if not members:
+            del self._presence[channel]
+            self._drop_ring_if_unused(channel)
+            self.queue.forget(channel)
+
+    def members(self, channel: str) -> list[dict[str, object]]:
+        """The channel's members, each with its connections and since when it is there."""
+        return [
+            {**dict(entry.member.fields), "connections": entry.connections, "since": entry.since}
+            for entry in self._presence.get(channel, {}).values()
+        ]
+
+    def member_count(self, channel: str) -> int:
+        """How many members the channel has."""
+        return len(self._presence.get(channel, ()))
+
+    def signal(self, channel: str, payload: bytes, connection_id: str) -> None:
+        """Deliver an ephemeral message to the channel's subscribers here."""
+        self.listener.signalled(channel, payload, connection_id)
+
+    def forget(self, channel: str) -> None:
+        """Nobody here is subscribed to ``channel``: its ring may go."""
+        self._drop_ring_if_unused(channel)
+
+
+class _NoListener:
+    """The listener until the hub is attached: nobody to tell."""
+
+    def published(self, publication: Publication) -> None:
+        pass
+
+    def acked(self, acks: Sequence[Ack]) -> None:
+        pass
+
+    def joined(self, channel: str, member: Member, connections: int, since: str) -> None:
+        pass
+
+    def left(self, channel: str, member: Member) -> None:
+        pass
+
+    def signalled(self, channel: str, payload: bytes, connection_id: str) -> None:
+        pass
