@@ -145,11 +145,13 @@ class Listener(Protocol):
     def acked(self, acks: Sequence[Ack]) -> None:
         """Tell senders here that their messages are settled."""
 
-    def joined(self, channel: str, member: Member, connections: int, since: str) -> None:
-        """A member's first connection subscribed to ``channel``."""
+    def joined(
+        self, channel: str, member: Member, connections: int, since: str, connection_id: str
+    ) -> None:
+        """A member's first connection (``connection_id``) subscribed to ``channel``."""
 
-    def left(self, channel: str, member: Member) -> None:
-        """A member's last connection left ``channel``."""
+    def left(self, channel: str, member: Member, connection_id: str) -> None:
+        """A member's last connection (``connection_id``) left ``channel``."""
 
     def signalled(self, channel: str, payload: bytes, connection_id: str) -> None:
         """Deliver an ephemeral message (typing) to the channel's subscribers but its sender."""
@@ -198,10 +200,10 @@ class Engine(Protocol):
     def set_read(self, channel: str, reader: str, seq: int) -> None:
         """Record a reader's last read seq in a channel."""
 
-    def join(self, channel: str, member: Member) -> None:
+    def join(self, channel: str, member: Member, connection_id: str) -> None:
         """Count one more connection of ``member`` in ``channel``."""
 
-    def leave(self, channel: str, member: Member) -> None:
+    def leave(self, channel: str, member: Member, connection_id: str) -> None:
         """Count one connection of ``member`` less in ``channel``."""
 
     def members(self, channel: str) -> list[dict[str, object]]:

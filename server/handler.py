@@ -164,10 +164,17 @@ class ChatHandler:
         assert connection.request is not None
         self.manager.add(client.id, connection, client.user)
         self._clients[client.id] = client
-        subscriber = self._subscribe_now(client, DEFAULT_CHANNEL)
+        try:
+            self._check_allowed(client, DEFAULT_CHANNEL)
+        except CommandError:
+            subscriber = None  # a token or namespace that keeps the client out of general
+        else:
+            subscriber = self._subscribe_now(client, DEFAULT_CHANNEL)
         logger.info("connect %s from %s (%d open)", client.id, client.peer, len(self.manager))
         send_now(connection, messages.connection_id(client.id))
         send_now(connection, messages.welcome(settings.welcome, engine.epoch(DEFAULT_CHANNEL)))
+        if subscriber is None:
+            return
         resume = Resume.from_query(connection.request.query)
         count = self.namespaces.of(DEFAULT_CHANNEL).history
         if resume is None and count == 0:
@@ -189,13 +196,13 @@ class ChatHandler:
         """Subscribe (held until its history is sent) and count the client in presence."""
         subscriber = self.hub.subscribe(channel, client.id, client.connection)
         client.subscriptions[channel] = subscriber
-        self.engine.join(channel, client.member)
+        self.engine.join(channel, client.member, client.id)
         return subscriber
 
     def _unsubscribe_now(self, client: _Client, channel: str) -> None:
         del client.subscriptions[channel]
         self.hub.unsubscribe(channel, client.id)
-        self.engine.leave(channel, client.member)
+        self.engine.leave(channel, client.member, client.id)
         if not self.hub.count(channel):
             self.engine.forget(channel)
 
@@ -381,10 +388,10 @@ class ChatHandler:
             raise CommandError("forbidden", "an authenticated client is known by its user")
         # Presence counts the client under its new identity from now on.
         for channel in client.subscriptions:
-            self.engine.leave(channel, client.member)
+            self.engine.leave(channel, client.member, client.id)
         client.client_id, client.name = client_id, name
         for channel in client.subscriptions:
-            self.engine.join(channel, client.member)
+            self.engine.join(channel, client.member, client.id)
         fields = dict(client.member.fields)
         send_now(client.connection, messages.hello(fields))
 

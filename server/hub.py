@@ -133,17 +133,21 @@ class Hub:
                 reply = messages.not_persisted(ack.seq, draft.client_msg_id, draft.channel)
             send(draft.connection_id, reply)
 
-    def joined(self, channel: str, member: Member, connections: int, since: str) -> None:
-        """Announce a member's arrival, if the channel announces them."""
+    def joined(
+        self, channel: str, member: Member, connections: int, since: str, connection_id: str
+    ) -> None:
+        """Announce a member's arrival to the others, if the channel announces them."""
         if self.namespaces.of(channel).join_leave:
             fields = member_fields(member, connections, since)
-            self.broadcast(channel, messages.membership("joined", channel, fields))
+            payload = messages.membership("joined", channel, fields)
+            self.broadcast(channel, payload, exclude=connection_id)
 
-    def left(self, channel: str, member: Member) -> None:
-        """Announce a member's departure, if the channel announces them."""
+    def left(self, channel: str, member: Member, connection_id: str) -> None:
+        """Announce a member's departure to the others, if the channel announces them."""
         if self.namespaces.of(channel).join_leave:
             fields: dict[str, object] = dict(member.fields)
-            self.broadcast(channel, messages.membership("left", channel, fields))
+            payload = messages.membership("left", channel, fields)
+            self.broadcast(channel, payload, exclude=connection_id)
 
     def signalled(self, channel: str, payload: bytes, connection_id: str) -> None:
         """Deliver an ephemeral message to a channel's subscribers but its sender."""

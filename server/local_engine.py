@@ -373,7 +373,7 @@ class LocalEngine:
 
     # Presence.
 
-    def join(self, channel: str, member: Member) -> None:
+    def join(self, channel: str, member: Member, connection_id: str) -> None:
         """One more connection of ``member`` in ``channel``; its first is announced."""
         members = self._presence.get(channel)
         if members is None:
@@ -384,9 +384,9 @@ class LocalEngine:
             return
         since = datetime.now(UTC).strftime(TIMESTAMP_FORMAT)
         members[member.key] = _Presence(member, 1, since)
-        self.listener.joined(channel, member, 1, since)
+        self.listener.joined(channel, member, 1, since, connection_id)
 
-    def leave(self, channel: str, member: Member) -> None:
+    def leave(self, channel: str, member: Member, connection_id: str) -> None:
         """One connection of ``member`` less in ``channel``; its last is announced."""
         members = self._presence.get(channel)
         entry = None if members is None else members.get(member.key)
@@ -396,7 +396,7 @@ class LocalEngine:
         if entry.connections > 0:
             return
         del members[member.key]
-        self.listener.left(channel, member)
+        self.listener.left(channel, member, connection_id)
         if not members:
             del self._presence[channel]
             self._drop_ring_if_unused(channel)
@@ -431,10 +431,12 @@ class _NoListener:
     def acked(self, acks: Sequence[Ack]) -> None:
         pass
 
-    def joined(self, channel: str, member: Member, connections: int, since: str) -> None:
+    def joined(
+        self, channel: str, member: Member, connections: int, since: str, connection_id: str
+    ) -> None:
         pass
 
-    def left(self, channel: str, member: Member) -> None:
+    def left(self, channel: str, member: Member, connection_id: str) -> None:
         pass
 
     def signalled(self, channel: str, payload: bytes, connection_id: str) -> None:

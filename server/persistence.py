@@ -285,6 +285,7 @@ class PersistenceQueue:
         # the last batch was formed; read positions not written yet.
         self._channels: dict[str, ChannelRow] = {}
         self._dirty: dict[str, ChannelRow] = {}
+        self._unpublished: set[str] = set()
         self._reads: dict[tuple[str, str], int] = {}
         self._reads_queued = False
         self._task: asyncio.Task[None] | None = None
@@ -350,12 +351,13 @@ class PersistenceQueue:
         if row is None:
             self._allocator()  # started: the stored rows are known
             row = self._channels[name] = ChannelRow(str(uuid.uuid4()), 0, 0)
+            self._unpublished.add(name)
         return row
 
     def forget(self, name: str) -> None:
-        """Drop the row of a channel that never had a message (nothing of it is stored)."""
-        row = self._channels.get(name)
-        if row is not None and row.last == 0 and row.pruned == 0 and name not in self._dirty:
+        """Drop the row of a channel made by ``channel()`` that never had a message."""
+        if name in self._unpublished:
+            self._unpublished.discard(name)
             del self._channels[name]
 
     # The receive path.
@@ -407,6 +409,7 @@ class PersistenceQueue:
             raise asyncio.QueueFull("no room in the queue, or no seq reserved yet")
         self._allocator().take()
         row = self.channel(channel)
+        self._unpublished.discard(channel)
         row = self._channels[channel] = self._dirty[channel] = ChannelRow(
             row.epoch, row.last + 1, row.pruned
         )

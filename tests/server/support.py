@@ -113,6 +113,8 @@ class Client:
     # The acks received so far: recv() sets them aside, so that tests about other messages
     # need not care when the database commits.
     acks: list[Json] = field(default_factory=list)
+    # What expect() passed over on its way to what it waited for.
+    seen: list[Json] = field(default_factory=list)
 
     async def send(self, text: str) -> None:
         await self.connection.send(text)
@@ -121,6 +123,35 @@ class Client:
         """The next message, acks included, parsed; fails after GUARD seconds."""
         async with asyncio.timeout(GUARD):
             return _loads(await self.connection.recv())
+
+    async def request(self, kind: str, **fields: Any) -> None:
+        """Send a request of the channel protocol: ``{"type": kind, **fields}``."""
+        await self.connection.send(json.dumps({"type": kind, **fields}))
+
+    async def expect(self, kind: str, **fields: Any) -> Json:
+        """Receive until a message of type ``kind`` with these values comes; the others
+        received meanwhile are kept in ``seen`` (acks in ``acks`` as well)."""
+        while True:
+            message = await self.recv_any()
+            if message.get("type") == kind and all(
+                message.get(key) == value for key, value in fields.items()
+            ):
+                return message
+            if message.get("type") == "ack":
+                self.acks.append(message)
+            self.seen.append(message)
+
+    async def subscribe(self, channel: str, **fields: Any) -> Json:
+        """Subscribe to ``channel``; return the ``subscribed`` answer."""
+        await self.request("subscribe", channel=channel, **fields)
+        return await self.expect("subscribed", channel=channel)
+
+    async def publish(self, channel: str, text: str, client_msg_id: str | None = None) -> None:
+        """Publish ``text`` to ``channel`` (with a clientMsgId if given)."""
+        fields: dict[str, Any] = {"channel": channel, "message": text}
+        if client_msg_id is not None:
+            fields["clientMsgId"] = client_msg_id
+        await self.request("publish", **fields)
 
     async def recv(self) -> Json:
         """The next message that is not an ack (acks go to ``acks``)."""
