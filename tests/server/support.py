@@ -115,6 +115,8 @@ class Client:
     acks: list[Json] = field(default_factory=list)
     # What expect() passed over on its way to what it waited for.
     seen: list[Json] = field(default_factory=list)
+    # Every message received after the greeting.
+    received: list[Json] = field(default_factory=list)
 
     async def send(self, text: str) -> None:
         await self.connection.send(text)
@@ -122,7 +124,9 @@ class Client:
     async def recv_any(self) -> Json:
         """The next message, acks included, parsed; fails after GUARD seconds."""
         async with asyncio.timeout(GUARD):
-            return _loads(await self.connection.recv())
+            message = _loads(await self.connection.recv())
+        self.received.append(message)
+        return message
 
     async def request(self, kind: str, **fields: Any) -> None:
         """Send a request of the channel protocol: ``{"type": kind, **fields}``."""
