@@ -22,6 +22,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Generic, TypeVar
 
 from .exceptions import InvalidRequest, InvalidResponse, InvalidState
@@ -36,6 +37,7 @@ __all__ = [
     "ResponseParser",
     "body_length",
     "check_host",
+    "reason_phrase",
 ]
 
 # RFC 9110 §5.6.2: token = 1*tchar.
@@ -284,6 +286,17 @@ class Response:
         if not _FIELD_VALUE_STR.fullmatch(self.reason):
             raise ValueError(f"invalid reason phrase: {self.reason!r}")
         return _serialize(f"HTTP/1.1 {self.status} {self.reason}", self.headers, self.body)
+
+
+def reason_phrase(status: int) -> str:
+    """The reason phrase of ``status`` (RFC 9110 §15); "" for a status it has none for.
+
+    RFC 9112 §4: the reason phrase may be empty, and a client ignores it.
+    """
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 def check_host(request: Request) -> None:

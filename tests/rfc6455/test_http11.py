@@ -8,6 +8,7 @@ with WebSocket bytes following the head in the same chunk.
 from __future__ import annotations
 
 import itertools
+from http import HTTPStatus
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from rfc6455.http11 import (
     Response,
     ResponseParser,
     body_length,
+    reason_phrase,
 )
 from rfc6455.limits import Limits
 
@@ -241,6 +243,12 @@ def test_response_serialize_adds_content_length() -> None:
 def test_response_serialize_keeps_given_content_length() -> None:
     response = Response(200, "OK", Headers([("content-length", "2")]), b"ok")
     assert response.serialize() == b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+
+
+def test_reason_phrase() -> None:
+    assert reason_phrase(413) == HTTPStatus(413).phrase
+    assert reason_phrase(101) == "Switching Protocols"
+    assert reason_phrase(499) == ""  # RFC 9112 §4: it may be empty
 
 
 @pytest.mark.parametrize(
