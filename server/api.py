@@ -121,13 +121,15 @@ class ApiBackend(Protocol):
     """What the API asks of the chat: implemented on its engine (``app.App`` wires it).
 
     Channel names are the backend's to check (``ApiError(400, "bad_channel", ...)``); the API
-    has checked the types and bounds of every argument.
+    has checked the types and bounds of every argument. A request has ``--open-timeout`` in
+    all: a coroutine still running then is cancelled, and its client dropped (it retries, with
+    the same ``idempotencyKey`` for a publish).
     """
 
     async def publish(
         self, channel: str, message: str, idempotency_key: str | None
     ) -> dict[str, object]:
-        """Publish ``message`` to ``channel`` once committed.
+        """Publish ``message`` to ``channel``; return once it is committed.
 
         Returns ``{"channel", "seq", "epoch"}``, plus ``"duplicate": True`` when
         ``idempotency_key`` was already stored for the API in that channel (then ``seq`` is
@@ -252,18 +254,18 @@ class Api:
 
     def _authenticate(self, request: Request) -> None:
         """Raise 429 for an address out of failures, or 401 unless the request has the key."""
-        key = address_key(request.remote_address[0]) if request.remote_address else ""
-        bucket = self._failures.get(key)
+        address = address_key(request.remote_address[0]) if request.remote_address else ""
+        bucket = self._failures.get(address)
         if bucket is not None and (wait := bucket.wait(1)):
             seconds = math.ceil(wait)
-            message = f"too many failed authentications from {key}: retry in {seconds} s"
+            message = f"too many failed authentications from {address}: retry in {seconds} s"
             _log_refusal(request, 429, message)
             raise _refused(429, "rate_limited", message, [("Retry-After", str(seconds))])
         scheme, _, credentials = (request.headers.get("Authorization") or "").partition(" ")
         bearer = scheme.lower() == "bearer"  # RFC 9110 §11.1: the scheme is case-insensitive
         if bearer and hmac.compare_digest(credentials.strip(" ").encode(), self._key):
             return
-        self._failures.bucket(key).take(1)
+        self._failures.bucket(address).take(1)
         if bearer:
             message = "the API key is wrong"
             challenge = bearer_challenge("invalid_token", message, REALM)
@@ -351,12 +353,9 @@ class Api:
         count = self.backend.disconnect(
             user=user, connection_id=connection_id, code=code, reason=reason
         )
-        logger.info(
-            "api: disconnected %d connection(s) of %s with %d",
-            count,
-            f"user {user!r}" if user is not None else f"connection {connection_id}",
-            code,
-        )
+        # repr(): the names come from the request, and a log line must stay one line.
+        whose = f"user {user!r}" if user is not None else f"connection {connection_id!r}"
+        logger.info("api: disconnected %d connection(s) of %s with %d", count, whose, code)
         return {"disconnected": count}
 
 
