@@ -22,11 +22,10 @@ import re
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from http import HTTPStatus
 from urllib.parse import quote, urlsplit
 
 from .exceptions import InvalidRequest, InvalidResponse
-from .http11 import Headers, Request, Response, check_host
+from .http11 import Headers, Request, Response, check_host, reason_phrase
 
 __all__ = [
     "GUID",
@@ -233,16 +232,14 @@ def reject(status: int, reason: str, headers: Iterable[tuple[str, str]] = ()) ->
     The reply closes the connection, since the server reads no request body.
     Pass an ``InvalidRequest``'s ``status``, ``reason`` and ``headers`` as they are.
     """
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:  # RFC 9112 §4: the reason phrase may be empty
-        phrase = ""
     response_headers = Headers(
         [("Content-Type", "text/plain; charset=utf-8"), ("Connection", "close")]
     )
     for name, value in headers:
         response_headers.add(name, value)
-    return Response(status, phrase, response_headers, (reason + "\n").encode("utf-8"))
+    return Response(
+        status, reason_phrase(status), response_headers, (reason + "\n").encode("utf-8")
+    )
 
 
 @dataclass(frozen=True)

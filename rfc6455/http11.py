@@ -3,9 +3,11 @@
 Sans-I/O: ``RequestParser`` and ``ResponseParser`` take bytes as they arrive and
 hand back a ``Request`` or ``Response`` once the blank line ending the head has
 been received; whatever followed it (the first WebSocket frames, possibly) is
-left in ``rest``. The parsers never read a body: a WebSocket handshake has none,
-and the server answers every other request with a short reply of its own (the
-client reads the start of a refusal's body itself, in ``aio/client.py``).
+left in ``rest``. The parsers never read a body: a WebSocket handshake has none.
+``body_length`` says how long a request's body is (RFC 9112 §6.3), or refuses
+it, so that the server's adapter can read the body of a plain HTTP request
+before its ``process_request`` hook sees it (the client reads the start of a
+refusal's body itself, in ``aio/client.py``).
 
 Lines may end in CRLF or, leniently, in a bare LF (RFC 9112 §2.2 allows a
 recipient to accept a bare LF as a line terminator). A bare CR anywhere else is
@@ -20,13 +22,23 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Generic, TypeVar
 
 from .exceptions import InvalidRequest, InvalidResponse, InvalidState
 from .limits import Limits
 from .typing import BytesLike
 
-__all__ = ["Headers", "Request", "RequestParser", "Response", "ResponseParser", "check_host"]
+__all__ = [
+    "Headers",
+    "Request",
+    "RequestParser",
+    "Response",
+    "ResponseParser",
+    "body_length",
+    "check_host",
+    "reason_phrase",
+]
 
 # RFC 9110 §5.6.2: token = 1*tchar.
 _TCHARS = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
@@ -36,6 +48,8 @@ _FIELD_CHARS = r"[\t\x20-\x7e]*"
 _TARGET_CHARS = r"[\x21-\x7e]+"
 # RFC 9112 §2.3: HTTP-version = HTTP-name "/" DIGIT "." DIGIT.
 _VERSION_CHARS = r"HTTP/[0-9]\.[0-9]"
+# RFC 9110 §8.6: Content-Length = 1*DIGIT.
+_LENGTH = re.compile(r"[0-9]+")
 
 # RFC 9110 §7.2: Host = uri-host [ ":" port ], with uri-host from RFC 3986 §3.2.2:
 # an IP literal in brackets, or a reg-name (which covers IPv4 addresses).
@@ -149,27 +163,37 @@ class Headers:
         return f"Headers({list(self)!r})"
 
 
-def _serialize_head(start_line: str, headers: Iterable[tuple[str, str]]) -> bytes:
-    """Return the start line, the header fields and the blank line (RFC 9112 §2.1).
+def _serialize(start_line: str, headers: Headers, body: bytes) -> bytes:
+    """Return the start line, the header fields, the blank line and the body (RFC 9112 §2.1).
+
+    A ``Content-Length`` field is added when there is a body and none was
+    given (RFC 9112 §6.3: otherwise only closing the connection ends it).
 
     Raises:
         ValueError: a field name is not a token or a value holds a character
             that is not allowed there (CR and LF among them: no header injection).
     """
+    fields: Iterable[tuple[str, str]] = headers
+    if body and "Content-Length" not in headers:
+        fields = [*headers, ("Content-Length", str(len(body)))]
     lines = [start_line]
-    for name, value in headers:
+    for name, value in fields:
         if not _TOKEN_STR.fullmatch(name):
             raise ValueError(f"invalid header name: {name!r}")
         if not _FIELD_VALUE_STR.fullmatch(value):
             raise ValueError(f"invalid value for header {name}: {value!r}")
         lines.append(f"{name}: {value}")
     lines.append("\r\n")
-    return "\r\n".join(lines).encode("ascii")
+    return "\r\n".join(lines).encode("ascii") + body
 
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """An HTTP request head (RFC 9112 §3); a handshake request has no body.
+    """An HTTP request (RFC 9112 §3): its head, and its body; a handshake request has none.
+
+    ``body`` is what a server read after the head of a plain HTTP request (see
+    ``body_length``); empty for an upgrade, a GET or a HEAD, and for a request
+    that announced none.
 
     ``remote_address`` is not on the wire: a server's ``RequestParser`` attaches
     the peer's address, for logging and access checks. Nor is ``state``: a dict
@@ -183,6 +207,7 @@ class Request:
     headers: Headers
     version: str = "HTTP/1.1"
     remote_address: tuple[str, int] | None = None
+    body: bytes = b""
     state: dict[str, object] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -221,7 +246,7 @@ class Request:
         return rest[start:]
 
     def serialize(self) -> bytes:
-        """Return the request head as sent on the wire.
+        """Return the request as sent on the wire, body included (see ``Response.serialize``).
 
         Raises:
             ValueError: a part of the request is not valid HTTP/1.1 syntax.
@@ -234,7 +259,7 @@ class Request:
         if not _VERSION_STR.fullmatch(self.version):
             raise ValueError(f"invalid HTTP version: {self.version!r}")
         start_line = f"{self.method} {self.target} {self.version}"
-        return _serialize_head(start_line, self.headers)
+        return _serialize(start_line, self.headers, self.body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,10 +285,18 @@ class Response:
             raise ValueError(f"invalid status code: {self.status!r}")
         if not _FIELD_VALUE_STR.fullmatch(self.reason):
             raise ValueError(f"invalid reason phrase: {self.reason!r}")
-        headers: Iterable[tuple[str, str]] = self.headers
-        if self.body and "Content-Length" not in self.headers:
-            headers = [*self.headers, ("Content-Length", str(len(self.body)))]
-        return _serialize_head(f"HTTP/1.1 {self.status} {self.reason}", headers) + self.body
+        return _serialize(f"HTTP/1.1 {self.status} {self.reason}", self.headers, self.body)
+
+
+def reason_phrase(status: int) -> str:
+    """The reason phrase of ``status`` (RFC 9110 §15); "" for a status it has none for.
+
+    RFC 9112 §4: the reason phrase may be empty, and a client ignores it.
+    """
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 def check_host(request: Request) -> None:
@@ -286,6 +319,67 @@ def check_host(request: Request) -> None:
         return
     if not _HOST.fullmatch(hosts[0]):
         raise InvalidRequest(400, "invalid Host header")
+
+
+def body_length(request: Request, max_size: int = _DEFAULT_LIMITS.max_body_size) -> int:
+    """Return the length of a request's body, for a server that reads it (RFC 9112 §6.3).
+
+    A request with neither ``Content-Length`` nor ``Transfer-Encoding`` has none
+    (§6.3 item 7). A server that reads a body does not need chunks: with
+    ``Content-Length`` it knows the whole size before the first byte, and refuses
+    what it would not hold without reading any of it.
+
+    Args:
+        request: the parsed request head.
+        max_size: the largest body accepted, in bytes.
+
+    Returns:
+        The ``Content-Length``: that many bytes follow the head.
+
+    Raises:
+        InvalidRequest: 413 for a ``Content-Length`` over ``max_size``; 411 for a
+            chunked body (§6.3: a server "MAY reject a request that contains a
+            message body but not a Content-Length by responding with 411 (Length
+            Required)"); 501 for another transfer coding, which §6.1 says a server
+            that does not understand it "SHOULD respond with"; 400 for a
+            ``Content-Length`` that is not a number, or lists different ones
+            (§6.3 item 5), for a ``Transfer-Encoding`` whose final coding is not
+            chunked (item 4: the length "cannot be determined reliably"), and for
+            one in an HTTP/1.0 request (§6.1: its framing is "faulty").
+    """
+    lengths: list[str] = []
+    codings: list[str] = []
+    encoded = False
+    for name, value in request.headers:  # one pass for both fields
+        field_name = name.lower()
+        if field_name == "content-length":
+            lengths += value.split(",")
+        elif field_name == "transfer-encoding":
+            encoded = True
+            codings += value.split(",")
+    # §6.3 item 3: Transfer-Encoding overrides Content-Length; the connection is
+    # closed after the answer either way, so no second request hides in the body.
+    if encoded:
+        if request.version == "HTTP/1.0":
+            raise InvalidRequest(400, "Transfer-Encoding in an HTTP/1.0 request")
+        # RFC 9110 §5.6.1: empty list elements are ignored; a coding's name is case-insensitive.
+        names = [name for item in codings if (name := item.partition(";")[0].strip(" \t"))]
+        if not names or names[-1].lower() != "chunked":
+            raise InvalidRequest(400, "chunked is not the last transfer coding: no body length")
+        if len(names) > 1:
+            raise InvalidRequest(501, f"transfer coding {names[0]} is not implemented")
+        raise InvalidRequest(411, "a chunked body is not accepted: send Content-Length")
+    if not lengths:
+        return 0
+    # §6.3 item 5: a list of one value repeated is that value.
+    values = {item for element in lengths if (item := element.strip(" \t"))}
+    if len(values) != 1 or not _LENGTH.fullmatch(value := values.pop()):
+        raise InvalidRequest(400, "invalid Content-Length header")
+    digits = value.lstrip("0") or "0"
+    # Compared as text first: int() refuses more than 4,300 digits, and a line holds 8 KiB.
+    if len(digits) > len(str(max_size)) or int(digits) > max_size:
+        raise InvalidRequest(413, f"a request body has at most {max_size} bytes")
+    return int(digits)
 
 
 _Head = TypeVar("_Head", Request, Response)

@@ -30,6 +30,13 @@ class Limits:
     # h11's and Node.js's default; without it, max_headers lines of max_line
     # bytes would let each unfinished handshake hold 1 MiB.
     max_head_size: int = 16 * 1024
+    # Server side: the body of a plain HTTP request (a POST, say; never an upgrade's or a
+    # GET's), read whole before process_request sees it; a larger Content-Length is
+    # answered 413 before any of it is read. 1 MiB is nginx's default
+    # (client_max_body_size) and max_size: a body is no larger than a message. A handshake
+    # in progress holds at most this much more, so max_handshakes_per_address of them from
+    # one address hold 100 MiB, for open_timeout at most.
+    max_body_size: int = 2**20
     # The opening handshake must complete within this time (slowloris guard).
     open_timeout: float | None = 10.0
     # How long to wait for the peer's close frame and TCP close (RFC 6455 §7.1.1).

@@ -98,11 +98,12 @@ class Access:
 
     def __call__(self, request: Request) -> Response | Awaitable[Response | None] | None:
         """None lets the upgrade go on; a Response answers the request; an awaitable decides
-        once a password has been checked."""
+        once a password has been checked (or the API answers)."""
         answer = self.router(request)
         if not is_upgrade(request):
             return answer
         if answer is not None:
+            assert isinstance(answer, Response)  # an upgrade's refusal is at once (421, 404)
             return _refused(request, answer)
         if (full := self._full(request.path)) is not None:
             return _refused(request, full)

@@ -10,6 +10,7 @@ import signal
 import rfc6455
 
 from .access import access_hook
+from .api import Api, ApiBackend
 from .auth import CHAT_SUBPROTOCOL
 from .descriptors import raise_descriptor_limit
 from .handler import ChatHandler, echo
@@ -46,11 +47,16 @@ def namespaces_of(settings: Settings) -> Namespaces:
 class App:
     """One chat server: start it, then stop it gracefully.
 
+    Args:
+        settings: What the server was told.
+        api_backend: The chat's side of the HTTP API (``api.py``), served when
+            ``settings.api_key`` is set too.
+
     Raises:
         NamespaceError: The ``--channels`` file is not valid.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, api_backend: ApiBackend | None = None) -> None:
         self.settings = settings
         self.namespaces = namespaces = namespaces_of(settings)
         self.manager = ConnectionManager()
@@ -59,8 +65,18 @@ class App:
         self.engine.listener = self.hub
         self.chat = ChatHandler(self.manager, self.engine, self.hub, namespaces, settings)
         paths = frozenset({CHAT_PATH, ECHO_PATH} if settings.echo_enabled else {CHAT_PATH})
+        self.api = (
+            Api(
+                api_backend,
+                settings.api_key,
+                max_text_chars=settings.max_text_chars,
+                max_text_bytes=settings.max_text_bytes,
+            )
+            if settings.api_key is not None and api_backend is not None
+            else None
+        )
         self.router = Router(
-            settings.web_root, self.health, paths, HostPolicy(settings.allowed_hosts)
+            settings.web_root, self.health, paths, HostPolicy(settings.allowed_hosts), self.api
         )
         self.server: rfc6455.Server | None = None
         self.access = access_hook(self.router, lambda: self.server, settings)
@@ -91,6 +107,7 @@ class App:
                 settings.host,
                 settings.port,
                 process_request=self.access,
+                process_refusal=self.router.refusal,
                 subprotocols=(CHAT_SUBPROTOCOL,),
                 limits=settings.limits,
             )
@@ -99,6 +116,8 @@ class App:
             await self.engine.stop(0)
             raise
         port = self.server.port
+        if settings.api_key is not None and self.api is None:
+            logger.warning("--api-key is set, but this server has no API backend: /api/ is off")
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
         logger.info("listening: open http://%s:%d/ (WebSocket ws://%s:%d/)", host, port, host, port)
         return port

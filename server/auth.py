@@ -55,6 +55,7 @@ __all__ = [
     "JwtAuthenticator",
     "Unauthorized",
     "authenticator",
+    "bearer_challenge",
     "close_at_expiry",
     "identity_of",
     "remember",
@@ -143,9 +144,9 @@ def identity_of(request: Request) -> Identity | None:
     return identity
 
 
-def _bearer(error: str | None = None, description: str = "") -> str:
+def bearer_challenge(error: str | None = None, description: str = "", realm: str = REALM) -> str:
     """A ``WWW-Authenticate: Bearer`` challenge (RFC 6750 §3)."""
-    challenge = f'Bearer realm="{REALM}"'
+    challenge = f'Bearer realm="{realm}"'
     if error is not None:
         challenge += f', error="{error}", error_description="{description}"'
     return challenge
@@ -170,7 +171,7 @@ def bearer_token(request: Request) -> str | None:
     if len(found) > 1:
         # RFC 6750 §2: "Clients MUST NOT use more than one method to transmit the token".
         description = "send the token one way only"
-        raise Unauthorized(description, _bearer("invalid_request", description), 400)
+        raise Unauthorized(description, bearer_challenge("invalid_request", description), 400)
     return found[0] if found else None
 
 
@@ -195,7 +196,7 @@ class JwtAuthenticator:
         token = bearer_token(request)
         if token is None:
             # RFC 6750 §3.1: no error code when the request has no authentication at all.
-            raise Unauthorized("a bearer token is required", _bearer())
+            raise Unauthorized("a bearer token is required", bearer_challenge())
         jwt = self._jwt
         try:
             claims = jwt.decode(
@@ -239,7 +240,9 @@ class JwtAuthenticator:
 
     @staticmethod
     def _invalid(description: str) -> Unauthorized:
-        return Unauthorized(f"invalid token: {description}", _bearer("invalid_token", description))
+        return Unauthorized(
+            f"invalid token: {description}", bearer_challenge("invalid_token", description)
+        )
 
 
 def _import_jwt() -> ModuleType:

@@ -39,7 +39,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _help(option: Option) -> str:
-    shown = "" if option.flag == "--jwt-secret" else f"; default: {default_text(option) or 'none'}"
+    # No default shown where the README shows none: a secret, a file.
+    shown = "" if option.shown == "" else f"; default: {default_text(option) or 'none'}"
     # %% : argparse formats help strings with %.
     return f"{option.doc.replace('`', '')} (env {option.env}{shown})".replace("%", "%%")
 

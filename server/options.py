@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .api import check_key
 from .auth import AUTH_MODES
 from .hosts import parse_hosts
 from .origin import parse_origins
@@ -121,6 +122,13 @@ def _path(text: str) -> Path:
 
 def _optional_path(text: str) -> Path | None:
     return Path(text) if text else None
+
+
+def _api_key(text: str) -> str:
+    try:
+        return check_key(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _listed(parse_list: Callable[[str], frozenset[str]]) -> Parse:
@@ -478,6 +486,17 @@ OPTIONS: tuple[Option, ...] = (
         _whole(0),
         "`--auth basic`: failed logins a minute per address (IPv6: its /64), and as many at "
         "once; beyond, `429` with `Retry-After` and no password check (`0`: off)",
+    ),
+    Option(
+        "--api-key",
+        "CHAT_API_KEY",
+        "api_key",
+        _api_key,
+        "the key of the HTTP API for the application's backend under `/api/` (off without "
+        "it; `docs/http-api.md`), sent as `Authorization: Bearer KEY`: at least 16 characters "
+        "of `A-Z a-z 0-9 - . _ ~ + /`; prefer the variable, a command line is visible to every "
+        "user",
+        shown="",
     ),
 )
 

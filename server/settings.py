@@ -96,6 +96,9 @@ class Settings:
     # mistypes gets ten tries in a row, then one every 6 s; a guesser gets 600 an hour from an
     # address, not the 50 a second that scrypt at 40 ms lets two cores check.
     max_login_failures: int = 10
+    # The HTTP API for the application's backend (api.py): off without a key, since it can
+    # publish as the server and disconnect anyone. A secret: never shown, nor logged.
+    api_key: str | None = field(default=None, repr=False)
     # A million short messages are a few hundred MB of SQLite; 30 days is a month of context.
     retention_messages: int = 1_000_000
     retention_days: int = 30

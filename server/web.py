@@ -1,20 +1,23 @@
-"""Plain HTTP on the WebSocket port: the web client's files and ``/healthz``.
+"""Plain HTTP on the WebSocket port: the web client's files, ``/healthz`` and the API.
 
 Requests that ask for a WebSocket upgrade on a known path go on to the
-handshake; everything else is answered here, before any upgrade.
+handshake; everything else is answered here, before any upgrade: under
+``/api/`` by the HTTP API (``api.py``) when there is one, as any unknown path
+otherwise.
 """
 
 from __future__ import annotations
 
 import json
 import mimetypes
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote
 
-from rfc6455 import Headers, Request, Response
+from rfc6455 import Headers, InvalidRequest, Request, Response
 from rfc6455.handshake import is_upgrade, reject
 
+from .api import API_PREFIX, Api
 from .hosts import HostPolicy, host_name
 
 __all__ = ["CHAT_PATH", "ECHO_PATH", "Router"]
@@ -42,6 +45,7 @@ class Router:
         health: returns the figures ``/healthz`` reports.
         websocket_paths: the paths that accept a WebSocket upgrade.
         hosts: the host names requests may name (``hosts.py``); others get 421.
+        api: answers the requests under ``/api/``; None: there is no API.
     """
 
     def __init__(
@@ -50,14 +54,17 @@ class Router:
         health: Callable[[], Mapping[str, object]],
         websocket_paths: frozenset[str] = frozenset({CHAT_PATH, ECHO_PATH}),
         hosts: HostPolicy | None = None,
+        api: Api | None = None,
     ) -> None:
         self.web_root = web_root.resolve()
         self.health = health
         self.websocket_paths = websocket_paths
         self.hosts = hosts or HostPolicy()
+        self.api = api
 
-    def __call__(self, request: Request) -> Response | None:
-        """None lets a WebSocket upgrade go on; any other request gets its answer."""
+    def __call__(self, request: Request) -> Response | Awaitable[Response] | None:
+        """None lets a WebSocket upgrade go on; any other request gets its answer, an API
+        request maybe once the chat has it."""
         if not self.hosts.allows(request):
             # RFC 9110 §15.5.20: the server will not answer for this host (DNS rebinding).
             name = host_name(request.authority or "")
@@ -66,6 +73,8 @@ class Router:
             if request.path in self.websocket_paths:
                 return None
             return reject(404, f"no WebSocket endpoint at {request.path}")
+        if self.api is not None and request.path.startswith(API_PREFIX):
+            return self.api(request)
         if request.method not in ("GET", "HEAD"):
             return reject(405, "only GET and HEAD are served", (("Allow", "GET, HEAD"),))
         if request.path == "/healthz":
@@ -77,6 +86,12 @@ class Router:
         if request.method == "HEAD":
             return Response(response.status, response.reason, response.headers)
         return response
+
+    def refusal(self, request: Request, exc: InvalidRequest) -> Response | None:
+        """The server's ``process_refusal`` hook: the API's refusals in JSON, others as they are."""
+        if self.api is not None and request.path.startswith(API_PREFIX):
+            return self.api.refusal(request, exc)
+        return None
 
     def _static(self, path: str) -> Response:
         """A file under ``web_root``; ``..``, absolute and hidden paths are refused."""

@@ -16,18 +16,22 @@ from types import TracebackType
 from ..addresses import address_key
 from ..exceptions import ConnectionClosed, InvalidRequest
 from ..frames import CloseCode
-from ..handshake import accept, reject, select_subprotocol
-from ..http11 import Request, RequestParser, Response
+from ..handshake import accept, is_upgrade, reject, select_subprotocol
+from ..http11 import Request, RequestParser, Response, body_length
 from ..limits import Limits
 from ..protocol import Side
 from .connection import Connection, _address, _peer, _receive_buffer
 
-__all__ = ["ProcessRequest", "Server", "serve"]
+__all__ = ["ProcessRefusal", "ProcessRequest", "Server", "serve"]
 
 Handler = Callable[[Connection], Awaitable[None]]
 # Sees every request before the upgrade: returns a Response to answer it
 # (a plain HTTP reply or a refusal), or None to go on with the upgrade.
 ProcessRequest = Callable[[Request], Response | Awaitable[Response | None] | None]
+# Sees every refusal of a request whose head was parsed (a body over Limits.max_body_size, an
+# invalid upgrade...) and the reason: returns the Response to send instead of the plain-text
+# one (a JSON error, say), or None to send that one.
+ProcessRefusal = Callable[[Request, InvalidRequest], Response | None]
 
 logger = logging.getLogger("rfc6455.server")
 
@@ -42,6 +46,16 @@ _BACKLOG = 100
 # Repeated warnings (accept failures, handshakes refused for being too many) are logged at
 # most once per this many seconds, with a count.
 _LOG_INTERVAL = 1.0
+# The methods answered on their head alone, whatever body follows: a GET's content "has no
+# generally defined semantics" (RFC 9110 §9.3.1), a WebSocket upgrade is a GET whose next
+# bytes are frames, and HEAD is a GET without the answer's body. The connection is closed
+# after the answer, so an unread body is never taken for a next request.
+_HEAD_ONLY = ("GET", "HEAD")
+# RFC 9110 §10.1.1: a client that sent "Expect: 100-continue" waits for this (or a final
+# answer) before it sends the body; curl waits a second, then sends it anyway.
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# Seconds a refused request's body is read and dropped after the answer, at most (below).
+_LINGER = 5.0
 
 
 class _Throttled:
@@ -93,10 +107,12 @@ class Server:
         limits: Limits,
         process_request: ProcessRequest | None,
         subprotocols: Sequence[str],
+        process_refusal: ProcessRefusal | None = None,
     ) -> None:
         self.handler = handler
         self.limits = limits
         self.process_request = process_request
+        self.process_refusal = process_refusal
         self.subprotocols = tuple(subprotocols)
         # The open connections: from the step that writes the 101 until the handler ends.
         self.connections: set[Connection] = set()
@@ -329,10 +345,12 @@ def _listening_sockets(host: str | None, port: int | None) -> list[socket.socket
 class _Handshake(asyncio.BufferedProtocol):
     """The server's side of one TCP connection until the upgrade (RFC 6455 §4.2).
 
-    It reads the request, asks the ``process_request`` hook, answers, and on
-    101 hands the transport to a new :class:`Connection` and starts the
-    handler. Everything but an asynchronous hook runs in the read callback:
-    no task exists until the handler's.
+    It reads the request (the head; then the body of a plain HTTP request, see
+    ``_HEAD_ONLY``), asks the ``process_request`` hook, answers, and on 101 hands
+    the transport to a new :class:`Connection` and starts the handler.
+    Everything but an asynchronous hook runs in the read callback: no task
+    exists until the handler's. The ``open_timeout`` bounds it all, the body
+    and the hook included.
     """
 
     def __init__(self, server: Server, key: str) -> None:
@@ -343,6 +361,8 @@ class _Handshake(asyncio.BufferedProtocol):
         self._remote: tuple[str, int] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._hook: asyncio.Task[None] | None = None
+        # Where the bytes after the head go: a body being read, or dropped (a refusal).
+        self._on_data: Callable[[memoryview], None] | None = None
         self._finished = False
         # Counted from the accept on, so that a burst of accepts cannot pass the limits.
         server._handshakes.add(self)
@@ -365,15 +385,55 @@ class _Handshake(asyncio.BufferedProtocol):
         return _receive_buffer.view
 
     def buffer_updated(self, nbytes: int) -> None:
+        data = _receive_buffer.view[:nbytes]
+        if self._on_data is not None:
+            self._on_data(data)
+            return
         assert self._parser is not None
-        assert self._transport is not None
         try:
-            request = self._parser.feed(_receive_buffer.view[:nbytes])
+            request = self._parser.feed(data)
         except InvalidRequest as exc:
             self._refuse(exc)
             return
         if request is None:
             return
+        if request.method in _HEAD_ONLY or is_upgrade(request):
+            self._ask(request)
+        else:
+            self._read_body(request)
+
+    def _read_body(self, request: Request) -> None:
+        """Read the body the head announces (RFC 9112 §6.3), then ask the hook."""
+        assert self._parser is not None
+        assert self._transport is not None
+        try:
+            length = body_length(request, self._server.limits.max_body_size)
+        except InvalidRequest as exc:
+            # The body may be on its way: it is read and dropped once the answer is sent.
+            self._refuse(exc, request, linger=True)
+            return
+        body = bytearray(self._parser.rest[:length])
+        if len(body) == length:
+            self._ask(dataclasses.replace(request, body=bytes(body)) if length else request)
+            return
+
+        def collect(data: memoryview) -> None:
+            body.extend(data[: length - len(body)])
+            if len(body) == length:
+                # Nothing more is read: the answer closes the connection, or reading
+                # pauses until an asynchronous hook has answered.
+                self._ask(dataclasses.replace(request, body=bytes(body)))
+
+        self._on_data = collect
+        if request.version == "HTTP/1.1" and any(
+            item.strip(" \t").lower() == "100-continue"
+            for item in (request.headers.get("Expect") or "").split(",")
+        ):
+            self._transport.write(_CONTINUE)
+
+    def _ask(self, request: Request) -> None:
+        """Call the ``process_request`` hook, then answer as it says."""
+        assert self._transport is not None
         hook = self._server.process_request
         if hook is None:
             self._respond(request, None)
@@ -398,9 +458,9 @@ class _Handshake(asyncio.BufferedProtocol):
         else:
             self._respond(request, response)
 
-    def _hook_failed(self) -> None:
-        # A bug in the process_request hook: answer 500 rather than leak it to the event loop.
-        logger.exception("process_request failed for %s", _peer(self._remote))
+    def _hook_failed(self, hook: str = "process_request") -> None:
+        # A bug in a hook: answer 500 rather than leak it to the event loop.
+        logger.exception("%s failed for %s", hook, _peer(self._remote))
         self._send_and_close(reject(500, "internal server error").serialize())
 
     def _respond(self, request: Request, answer: Response | None) -> None:
@@ -411,7 +471,7 @@ class _Handshake(asyncio.BufferedProtocol):
                 answer = accept(request, subprotocol=subprotocol)  # check_request() first
             head = answer.serialize()
         except InvalidRequest as exc:
-            self._refuse(exc)
+            self._refuse(exc, request)
             return
         except Exception:
             # A Response from the hook that cannot be serialized.
@@ -447,15 +507,39 @@ class _Handshake(asyncio.BufferedProtocol):
         if self._hook is not None:
             transport.resume_reading()
 
-    def _refuse(self, exc: InvalidRequest) -> None:
+    def _refuse(
+        self, exc: InvalidRequest, request: Request | None = None, *, linger: bool = False
+    ) -> None:
+        """Answer with the refusal, as ``process_refusal`` says if the head was parsed."""
         logger.info("refused %s: %d %s", _peer(self._remote), exc.status, exc.reason)
-        self._send_and_close(reject(exc.status, exc.reason, exc.headers).serialize())
+        hook = self._server.process_refusal
+        refusal = reject(exc.status, exc.reason, exc.headers)
+        try:
+            answer = None if request is None or hook is None else hook(request, exc)
+            data = (refusal if answer is None else answer).serialize()
+        except Exception:
+            self._hook_failed("process_refusal")
+            return
+        self._send_and_close(data, linger=linger)
 
-    def _send_and_close(self, data: bytes) -> None:
-        assert self._transport is not None
+    def _send_and_close(self, data: bytes, *, linger: bool = False) -> None:
+        transport = self._transport
+        assert transport is not None
+        if linger and transport.can_write_eof():
+            # RFC 9112 §9.6: closing with the client's body unread would reset the
+            # connection, and "the client will not be able to read the last HTTP response".
+            # Half-close instead, dropping what comes until the client closes too (then
+            # eof_received closes) or for _LINGER seconds. TLS cannot half-close.
+            transport.write(data)
+            transport.write_eof()
+            self._on_data = _drop
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = asyncio.get_running_loop().call_later(_LINGER, self.abort)
+            return
         self._finish()
-        self._transport.write(data)
-        self._transport.close()
+        transport.write(data)
+        transport.close()
 
     def _timed_out(self) -> None:
         logger.info(
@@ -466,13 +550,14 @@ class _Handshake(asyncio.BufferedProtocol):
         self.abort()
 
     def abort(self) -> None:
-        """Drop the connection (Server.close(), the open timeout)."""
+        """Drop the connection (Server.close(), the open timeout, the end of a linger)."""
         self._finish()
         if self._transport is not None:
             self._transport.abort()
 
     def eof_received(self) -> bool:
-        return False  # The peer left before its request was complete: close.
+        # The peer left before its request was complete, or after a refusal: close.
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is not None:
@@ -495,12 +580,17 @@ class _Handshake(asyncio.BufferedProtocol):
                 del server._handshaking[self._key]
 
 
+def _drop(data: memoryview) -> None:
+    """What comes after a refused request: nothing of it is read."""
+
+
 async def serve(
     handler: Handler,
     host: str | None = None,
     port: int | None = None,
     *,
     process_request: ProcessRequest | None = None,
+    process_refusal: ProcessRefusal | None = None,
     subprotocols: Sequence[str] = (),
     limits: Limits | None = None,
     ssl: ssl_module.SSLContext | None = None,
@@ -512,8 +602,15 @@ async def serve(
         handler: coroutine run with each :class:`Connection` once it is open;
             the connection closes (1000) when it returns, 1011 if it raises.
         process_request: hook that sees each parsed request (method, path,
-            query, headers, remote address) and may answer it with a Response:
-            a plain HTTP reply or a refusal such as 401 or 403.
+            query, headers, remote address; the body of a plain HTTP request
+            other than GET and HEAD, up to ``Limits.max_body_size``) and may
+            answer it with a Response: a plain HTTP reply or a refusal such as
+            401 or 403.
+        process_refusal: hook that sees each request the server refuses
+            itself once its head is parsed (413 for a body over
+            ``max_body_size``, 411 for a chunked one, 400 for an invalid
+            upgrade...) with the ``InvalidRequest``, and may answer it with a
+            Response of its own instead of the plain-text one.
         subprotocols: the subprotocols the server speaks, by preference.
         limits: a :class:`Limits`; ``options`` override single fields, e.g.
             ``max_size=None`` or ``ping_interval=5``.
@@ -521,7 +618,11 @@ async def serve(
     """
     limits = dataclasses.replace(limits or Limits(), **options)  # type: ignore[arg-type]
     server = Server(
-        handler, limits=limits, process_request=process_request, subprotocols=subprotocols
+        handler,
+        limits=limits,
+        process_request=process_request,
+        subprotocols=subprotocols,
+        process_refusal=process_refusal,
     )
     loop = asyncio.get_running_loop()
     # getaddrinfo may ask a DNS server: not in the event loop.

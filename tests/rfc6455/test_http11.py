@@ -8,6 +8,7 @@ with WebSocket bytes following the head in the same chunk.
 from __future__ import annotations
 
 import itertools
+from http import HTTPStatus
 from typing import Any
 
 import pytest
@@ -15,7 +16,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rfc6455.exceptions import InvalidRequest, InvalidResponse, InvalidState
-from rfc6455.http11 import Headers, Request, RequestParser, Response, ResponseParser
+from rfc6455.http11 import (
+    Headers,
+    Request,
+    RequestParser,
+    Response,
+    ResponseParser,
+    body_length,
+    reason_phrase,
+)
 from rfc6455.limits import Limits
 
 # A masked text frame that a client may send right behind its request.
@@ -186,6 +195,17 @@ def test_request_serialize() -> None:
     assert request.serialize() == b"GET /chat HTTP/1.1\r\nHost: example.com\r\nX-Empty: \r\n\r\n"
 
 
+def test_a_request_has_no_body_by_default() -> None:
+    assert Request("GET", "/", Headers()).body == b""
+
+
+def test_request_serialize_with_a_body_adds_content_length() -> None:
+    request = Request("POST", "/api", Headers([("Host", "a")]), body=b'{"a":1}')
+    assert request.serialize() == (
+        b'POST /api HTTP/1.1\r\nHost: a\r\nContent-Length: 7\r\n\r\n{"a":1}'
+    )
+
+
 @pytest.mark.parametrize(
     ("request_", "message"),
     [
@@ -223,6 +243,12 @@ def test_response_serialize_adds_content_length() -> None:
 def test_response_serialize_keeps_given_content_length() -> None:
     response = Response(200, "OK", Headers([("content-length", "2")]), b"ok")
     assert response.serialize() == b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+
+
+def test_reason_phrase() -> None:
+    assert reason_phrase(413) == HTTPStatus(413).phrase
+    assert reason_phrase(101) == "Switching Protocols"
+    assert reason_phrase(499) == ""  # RFC 9112 §4: it may be empty
 
 
 @pytest.mark.parametrize(
@@ -326,6 +352,86 @@ def test_parse_request_leaves_body_in_rest() -> None:
     assert request is not None
     assert request.method == "POST"
     assert parser.rest == b"body"
+
+
+# body_length: how long a request's body is (RFC 9112 §6.3)
+
+
+def post(*fields: tuple[str, str], version: str = "HTTP/1.1") -> Request:
+    return Request("POST", "/", Headers([("Host", "a"), *fields]), version)
+
+
+@pytest.mark.parametrize(
+    ("fields", "length"),
+    [
+        ((), 0),  # §6.3 item 7: neither field, no body
+        ((("Content-Length", "0"),), 0),
+        ((("Content-Length", "17"),), 17),
+        ((("content-length", " 17 "),), 17),
+        ((("Content-Length", "0017"),), 17),
+        ((("Content-Length", "1048576"),), 2**20),  # exactly max_body_size
+        # §6.3 item 5: a list of one value repeated, in one field or several, is that value.
+        ((("Content-Length", "5, 5"),), 5),
+        ((("Content-Length", "5"), ("Content-Length", "5")), 5),
+        ((("Content-Length", "5,"),), 5),  # RFC 9110 §5.6.1: empty elements are ignored
+    ],
+)
+def test_body_length(fields: tuple[tuple[str, str], ...], length: int) -> None:
+    assert body_length(post(*fields)) == length
+
+
+@pytest.mark.parametrize(
+    ("fields", "version", "status", "reason"),
+    [
+        ((("Content-Length", "1048577"),), "HTTP/1.1", 413, "at most 1048576 bytes"),
+        ((("Content-Length", "9" * 5000),), "HTTP/1.1", 413, "at most 1048576 bytes"),
+        ((("Content-Length", "abc"),), "HTTP/1.1", 400, "invalid Content-Length"),
+        ((("Content-Length", "-1"),), "HTTP/1.1", 400, "invalid Content-Length"),
+        ((("Content-Length", "+5"),), "HTTP/1.1", 400, "invalid Content-Length"),
+        ((("Content-Length", "1_000"),), "HTTP/1.1", 400, "invalid Content-Length"),
+        ((("Content-Length", ""),), "HTTP/1.1", 400, "invalid Content-Length"),
+        ((("Content-Length", "5, 6"),), "HTTP/1.1", 400, "invalid Content-Length"),
+        ((("Content-Length", "5"), ("Content-Length", "6")), "HTTP/1.1", 400, "invalid"),
+        # RFC 9112 §6.3: "MAY reject ... a message body but not a Content-Length" with 411.
+        ((("Transfer-Encoding", "chunked"),), "HTTP/1.1", 411, "send Content-Length"),
+        ((("Transfer-Encoding", "Chunked"),), "HTTP/1.1", 411, "send Content-Length"),
+        # §6.3 item 3: Transfer-Encoding overrides Content-Length.
+        (
+            (("Content-Length", "5"), ("Transfer-Encoding", "chunked")),
+            "HTTP/1.1",
+            411,
+            "send Content-Length",
+        ),
+        # §6.1: a coding the server does not understand, "SHOULD respond with 501".
+        ((("Transfer-Encoding", "gzip, chunked"),), "HTTP/1.1", 501, "gzip is not implemented"),
+        (
+            (("Transfer-Encoding", "gzip"), ("Transfer-Encoding", "chunked")),
+            "HTTP/1.1",
+            501,
+            "gzip is not implemented",
+        ),
+        # §6.3 item 4: chunked not the final coding, the length "cannot be determined".
+        ((("Transfer-Encoding", "gzip"),), "HTTP/1.1", 400, "chunked is not the last"),
+        ((("Transfer-Encoding", "chunked, gzip"),), "HTTP/1.1", 400, "chunked is not the last"),
+        ((("Transfer-Encoding", ""),), "HTTP/1.1", 400, "chunked is not the last"),
+        # §6.1: in HTTP/1.0, the framing is faulty.
+        ((("Transfer-Encoding", "chunked"),), "HTTP/1.0", 400, "in an HTTP/1.0 request"),
+    ],
+)
+def test_body_length_refusals(
+    fields: tuple[tuple[str, str], ...], version: str, status: int, reason: str
+) -> None:
+    with pytest.raises(InvalidRequest) as exc_info:
+        body_length(post(*fields, version=version))
+    assert exc_info.value.status == status
+    assert reason in exc_info.value.reason
+
+
+def test_body_length_of_another_limit() -> None:
+    assert body_length(post(("Content-Length", "10")), max_size=10) == 10
+    with pytest.raises(InvalidRequest, match="413: a request body has at most 9 bytes"):
+        body_length(post(("Content-Length", "10")), max_size=9)
+    assert body_length(post(("Content-Length", "0")), max_size=0) == 0
 
 
 # RFC 9112 §3.2: Host, for every request, not only upgrades.

@@ -18,7 +18,9 @@ from rfc6455 import (
     Request,
     Response,
 )
+from rfc6455.aio import server as server_module
 from rfc6455.aio.connection import _address, _peer
+from rfc6455.exceptions import InvalidRequest
 from rfc6455.handshake import reject
 from tests.rfc6455.conftest import (
     ACCEPT,
@@ -121,6 +123,13 @@ HANDSHAKE_FAILURES: dict[str, tuple[bytes, int, tuple[str, str] | None]] = {
     "header_line_over_8_kib": (upgrade_request(extra=[("X-Long", "a" * 8200)]), 431, None),
     "129_headers": (upgrade_request(extra=_header_lines(129 - 5)), 431, None),
     "http_2_0": (upgrade_request(version="HTTP/2.0"), 505, None),
+    # An upgrade's body is never read: the bytes after its head are frames.
+    "upgrade_with_a_body": (upgrade_request(extra=[("Content-Length", "5")]), 400, None),
+    "upgrade_with_a_chunked_body": (
+        upgrade_request(extra=[("Transfer-Encoding", "chunked")]),
+        400,
+        None,
+    ),
 }
 
 
@@ -689,3 +698,283 @@ async def test_a_connection_is_counted_from_its_101_on(net: Net) -> None:
     server = await net.serve(Spy(), process_request=one_at_a_time)
     results = await asyncio.gather(*(net.connect(server) for _ in range(5)), return_exceptions=True)
     assert sum(isinstance(result, Connection) for result in results) == 1
+
+
+# The body of a plain HTTP request (RFC 9112 §6.3), read before process_request sees it
+
+
+def post(body: bytes = b"", *fields: str, length: int | None = None) -> bytes:
+    """A POST head announcing ``length`` bytes (``len(body)`` by default), then ``body``."""
+    size = len(body) if length is None else length
+    lines = ["POST /api HTTP/1.1", f"Host: {HOST}", f"Content-Length: {size}", *fields]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+class Recorder:
+    """A process_request hook that keeps each request and answers 200 with its body."""
+
+    def __init__(self) -> None:
+        self.requests: list[Request] = []
+
+    def __call__(self, request: Request) -> Response:
+        self.requests.append(request)
+        return Response(200, "OK", Headers([("Connection", "close")]), request.body or b"-")
+
+
+async def test_process_request_sees_the_body_of_a_post(net: Net) -> None:
+    hook = Recorder()
+    server = await net.serve(process_request=hook)
+    raw = await net.raw(server)
+    await raw.send(post(b'{"message": "hi"}'))
+    reply = await raw.read_reply()
+    assert (reply.status, reply.body) == (200, b'{"message": "hi"}')
+    assert await raw.at_eof()
+    (request,) = hook.requests
+    assert (request.method, request.path, request.body) == ("POST", "/api", b'{"message": "hi"}')
+    assert request.remote_address == raw.local_address
+
+
+async def test_a_body_that_comes_after_the_head_is_waited_for(net: Net) -> None:
+    hook = Recorder()
+    server = await net.serve(process_request=hook)
+    raw = await net.raw(server)
+    # RFC 9110 §10.1.1: the client waits for 100 (Continue), which says the server is reading.
+    await raw.send(post(b"", "Expect: 100-continue", length=10))
+    async with asyncio.timeout(GUARD):
+        assert await raw.reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert not hook.requests
+    for piece in (b"0123", b"45", b"6789"):
+        await raw.send(piece)
+    reply = await raw.read_reply()
+    assert (reply.status, reply.body) == (200, b"0123456789")
+    assert [request.body for request in hook.requests] == [b"0123456789"]
+
+
+async def test_bytes_after_the_body_are_not_part_of_it(net: Net) -> None:
+    hook = Recorder()
+    server = await net.serve(process_request=hook)
+    raw = await net.raw(server)
+    await raw.send(post(b"", length=4))
+    await raw.send(b"bodyGET / HTTP/1.1\r\n\r\n")
+    assert (await raw.read_reply()).body == b"body"
+    assert [request.body for request in hook.requests] == [b"body"]
+
+
+@pytest.mark.parametrize(
+    ("expect", "version"),
+    [("100-continue", "HTTP/1.0"), ("something-else", "HTTP/1.1")],
+)
+async def test_100_continue_only_when_asked_in_http_1_1(
+    net: Net, expect: str, version: str
+) -> None:
+    server = await net.serve(process_request=Recorder())
+    raw = await net.raw(server)
+    head = post(b"", f"Expect: {expect}", length=2).replace(b"HTTP/1.1", version.encode(), 1)
+    await raw.send(head)
+    await raw.send(b"ok")  # RFC 9110 §10.1.1: in HTTP/1.0, the expectation is ignored
+    reply = await raw.read_reply()  # the first status line is the final one
+    assert (reply.status, reply.body) == (200, b"ok")
+
+
+async def test_a_body_sent_with_the_head_gets_no_100_continue(net: Net) -> None:
+    server = await net.serve(process_request=Recorder())
+    raw = await net.raw(server)
+    await raw.send(post(b"ok", "Expect: 100-continue"))
+    assert (await raw.read_reply()).status == 200
+
+
+async def test_an_empty_body_and_none_at_all(net: Net) -> None:
+    hook = Recorder()
+    server = await net.serve(process_request=hook)
+    for request in (post(b""), b"DELETE /x HTTP/1.1\r\nHost: a\r\n\r\n"):
+        raw = await net.raw(server)
+        await raw.send(request)
+        assert (await raw.read_reply()).body == b"-"
+    assert [request.body for request in hook.requests] == [b"", b""]
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_a_get_is_answered_on_its_head_and_its_body_is_not_read(
+    net: Net, method: str
+) -> None:
+    hook = Recorder()
+    server = await net.serve(process_request=hook)
+    raw = await net.raw(server)
+    await raw.send(f"{method} / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n".encode())
+    assert (await raw.read_reply()).status == 200
+    assert [request.body for request in hook.requests] == [b""]
+
+
+async def test_an_asynchronous_hook_sees_the_body(net: Net) -> None:
+    async def hook(request: Request) -> Response:
+        await asyncio.sleep(0)
+        return Response(201, "Created", Headers(), request.body[::-1])
+
+    server = await net.serve(process_request=hook)
+    raw = await net.raw(server)
+    await raw.send(post(b"", length=3))
+    await raw.send(b"abc")
+    reply = await raw.read_reply()
+    assert (reply.status, reply.body) == (201, b"cba")
+
+
+async def test_a_post_without_a_hook_is_405_once_its_body_is_read(net: Net) -> None:
+    server = await net.serve()
+    raw = await net.raw(server)
+    await raw.send(post(b"data"))
+    reply = await raw.read_reply()
+    assert (reply.status, reply.headers["allow"]) == (405, "GET")
+    assert await raw.at_eof()
+
+
+# (the request's extra head lines, the status, the one-line reason)
+BODY_REFUSALS = {
+    "over_max_body_size": (("Content-Length: 1048577",), 413, "at most 1048576 bytes"),
+    "chunked": (("Transfer-Encoding: chunked",), 411, "send Content-Length"),
+    "another_coding": (("Transfer-Encoding: gzip, chunked",), 501, "gzip is not implemented"),
+    "chunked_not_last": (("Transfer-Encoding: chunked, gzip",), 400, "chunked is not the last"),
+    "bad_length": (("Content-Length: 12abc",), 400, "invalid Content-Length"),
+}
+
+
+@pytest.mark.parametrize(
+    ("fields", "status", "reason"), list(BODY_REFUSALS.values()), ids=list(BODY_REFUSALS)
+)
+async def test_a_body_is_refused_before_it_is_read(
+    net: Net, log: pytest.LogCaptureFixture, fields: tuple[str, ...], status: int, reason: str
+) -> None:
+    hook = Recorder()
+    server = await net.serve(process_request=hook)
+    raw = await net.raw(server)
+    head = "\r\n".join(["PUT /x HTTP/1.1", f"Host: {HOST}", *fields]) + "\r\n\r\n"
+    await raw.send(head.encode())
+    reply = await raw.read_reply()
+    assert reply.status == status
+    assert reason in reply.body.decode()
+    assert reply.headers["content-type"] == "text/plain; charset=utf-8"
+    assert not hook.requests
+    assert info_lines(log) == [
+        f"refused {HOST}:{raw.local_address[1]}: {status} {reply.body.decode().strip()}"
+    ]
+
+
+async def test_a_body_over_max_body_size_is_refused_however_small(net: Net) -> None:
+    hook = Recorder()
+    server = await net.serve(process_request=hook, max_body_size=4)
+    raw = await net.raw(server)
+    await raw.send(post(b"12345"))
+    assert (await raw.read_reply()).status == 413
+    raw = await net.raw(server)
+    await raw.send(post(b"1234"))
+    assert (await raw.read_reply()).body == b"1234"
+
+
+async def test_the_answer_to_a_refused_body_is_read_while_the_body_still_comes(
+    net: Net,
+) -> None:
+    """RFC 9112 §9.6: no reset that would destroy the answer before the client reads it."""
+    server = await net.serve(process_request=Recorder())
+    raw = await net.raw(server)
+    # More than the socket buffers hold: the client is still sending when the answer comes.
+    await raw.send(post(b"x" * 8 * 2**20))
+    reply = await raw.read_reply()
+    assert reply.status == 413
+    assert await raw.at_eof() is True  # a FIN, not a reset
+    # The server closes once the client does.
+    await raw.close()
+    await wait_until(lambda: not server._handshakes)
+
+
+async def test_a_refused_client_that_never_closes_is_dropped_after_the_linger(
+    net: Net, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server_module, "_LINGER", 0.05)
+    server = await net.serve(process_request=Recorder(), open_timeout=None)
+    raw = await net.raw(server)
+    await raw.send(post(b"", "Transfer-Encoding: chunked"))
+    await raw.send(b"5\r\nhello\r\n")
+    assert (await raw.read_reply()).status == 411
+    assert await raw.at_eof() is True
+    await wait_until(lambda: not server._handshakes)
+
+
+async def test_a_body_that_does_not_arrive_within_open_timeout_is_dropped(
+    net: Net, log: pytest.LogCaptureFixture
+) -> None:
+    hook = Recorder()
+    server = await net.serve(process_request=hook, open_timeout=0.2)
+    raw = await net.raw(server)
+    await raw.send(post(b"abc", length=10))
+    assert await raw.at_eof() is True
+    assert not hook.requests
+    assert info_lines(log) == [
+        f"dropped {HOST}:{raw.local_address[1]}: no complete request within 0.2 s"
+    ]
+
+
+# The process_refusal hook
+
+
+def json_refusal(request: Request, exc: InvalidRequest) -> Response | None:
+    """Answers refusals on /api in JSON, and leaves the others alone."""
+    if not request.path.startswith("/api"):
+        return None
+    body = f'{{"error": {exc.status}, "path": "{request.path}"}}'.encode()
+    return Response(exc.status, "Refused", Headers([("Content-Type", "application/json")]), body)
+
+
+async def test_process_refusal_answers_a_refused_body(net: Net) -> None:
+    server = await net.serve(process_request=Recorder(), process_refusal=json_refusal)
+    raw = await net.raw(server)
+    await raw.send(post(b"", length=2**21))
+    reply = await raw.read_reply()
+    assert (reply.status, reply.headers["content-type"]) == (413, "application/json")
+    assert reply.body == b'{"error": 413, "path": "/api"}'
+    assert await raw.at_eof() is True
+
+
+async def test_process_refusal_sees_a_failed_upgrade_and_may_leave_it(net: Net) -> None:
+    seen: list[tuple[str, int]] = []
+
+    def hook(request: Request, exc: InvalidRequest) -> None:
+        seen.append((request.path, exc.status))
+
+    server = await net.serve(process_refusal=hook)
+    raw = await net.raw(server)
+    await raw.send(upgrade_request("/room", drop=["Sec-WebSocket-Key"]))
+    reply = await raw.read_reply()
+    assert (reply.status, reply.headers["content-type"]) == (400, "text/plain; charset=utf-8")
+    assert seen == [("/room", 400)]
+
+
+async def test_process_refusal_is_not_asked_without_a_parsed_head(net: Net) -> None:
+    seen: list[Request] = []
+
+    def hook(request: Request, exc: InvalidRequest) -> None:
+        seen.append(request)
+
+    server = await net.serve(process_refusal=hook)
+    raw = await net.raw(server)
+    await raw.send(upgrade_request(version="HTTP/2.0"))
+    assert (await raw.read_reply()).status == 505
+    assert not seen
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [RuntimeError("bug"), Response(413, "Bad\r\nReason", Headers())],
+    ids=["raises", "unserializable"],
+)
+async def test_process_refusal_that_fails_gives_500(
+    net: Net, log: pytest.LogCaptureFixture, answer: Exception | Response
+) -> None:
+    def hook(request: Request, exc: InvalidRequest) -> Response:
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    server = await net.serve(process_request=Recorder(), process_refusal=hook)
+    raw = await net.raw(server)
+    await raw.send(post(b"", "Transfer-Encoding: chunked"))
+    assert (await raw.read_reply()).status == 500
+    assert info_lines(log)[-1] == f"process_refusal failed for {HOST}:{raw.local_address[1]}"

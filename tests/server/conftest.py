@@ -21,6 +21,7 @@ import pytest
 # Before the import: the checks in support.py then explain their failures as tests do.
 pytest.register_assert_rewrite("tests.server.support")
 
+from server.api import ApiBackend  # noqa: E402
 from server.app import App  # noqa: E402
 from server.settings import Settings  # noqa: E402
 from tests.server.support import HOST, Chat  # noqa: E402
@@ -41,13 +42,16 @@ def web_root(tmp_path: Path) -> Path:
 async def start_chat(
     tmp_path: Path, web_root: Path, loop_errors: list[dict[str, Any]]
 ) -> AsyncIterator[Callable[..., Any]]:
-    """Return ``start(**settings)``, which starts an App on 127.0.0.1:0 and returns a Chat."""
+    """Return ``start(**settings)``, which starts an App on 127.0.0.1:0 and returns a Chat.
+
+    ``start(api_backend=backend, api_key=KEY, ...)`` gives the App an HTTP API backend.
+    """
     chats: list[Chat] = []
 
-    async def start(**overrides: Any) -> Chat:
+    async def start(*, api_backend: ApiBackend | None = None, **overrides: Any) -> Chat:
         overrides.setdefault("db_path", tmp_path / f"chat{len(chats)}.db")
         overrides.setdefault("web_root", web_root)
-        app = App(Settings(host=HOST, port=0, **overrides))
+        app = App(Settings(host=HOST, port=0, **overrides), api_backend)
         port = await app.start()
         chat = Chat(app, port)
         chats.append(chat)

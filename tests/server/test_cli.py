@@ -105,6 +105,14 @@ OPTIONS: list[tuple[str, str, str, Callable[[Settings], Any], Any]] = [
     ),
     ("--max-login-failures", "CHAT_MAX_LOGIN_FAILURES", "3", lambda s: s.max_login_failures, 3),
     ("--max-login-failures", "CHAT_MAX_LOGIN_FAILURES", "0", lambda s: s.max_login_failures, 0),
+    (
+        "--api-key",
+        "CHAT_API_KEY",
+        "0123456789abcdef",
+        lambda s: s.api_key,
+        "0123456789abcdef",
+    ),
+    ("--api-key", "CHAT_API_KEY", "A-._~+/z09Zaaaa==", lambda s: s.api_key, "A-._~+/z09Zaaaa=="),
 ]
 
 
@@ -247,6 +255,10 @@ BAD: list[tuple[list[str], dict[str, str]]] = [
     (["--leave-rate", "nan"], {}),
     (["--max-login-failures", "-1"], {}),
     ([], {"CHAT_MAX_LOGIN_FAILURES": "ten"}),
+    (["--api-key", "0123456789abcde"], {}),
+    ([], {"CHAT_API_KEY": ""}),
+    ([], {"CHAT_API_KEY": "0123456789 abcdef"}),
+    (["--api-key", "0123456789abcdéf"], {}),
     (["--no-such-option"], {}),
     (["--port"], {}),
     (["positional"], {}),
@@ -290,6 +302,12 @@ def test_bad_values_exit_2_with_one_line(
         ("CHAT_RETRY_DELAY", "-1", "CHAT_RETRY_DELAY: -1 must be a number of seconds >= 0"),
         ("CHAT_HOST", "", "CHAT_HOST: a host must not be empty"),
         ("CHAT_ECHO", "yes", "CHAT_ECHO: 'yes' is not one of auto, on, off"),
+        (
+            "CHAT_API_KEY",
+            "secret but short",  # 16 characters, two of them not allowed
+            "CHAT_API_KEY: the key must be at least 16 characters of A-Z a-z 0-9 - . _ ~ + / "
+            "(RFC 6750 §2.1)",
+        ),
     ],
 )
 def test_a_bad_variable_is_named_in_the_error_not_its_flag(
@@ -322,6 +340,27 @@ def test_an_auth_error_says_its_option_once(
     with pytest.raises(SystemExit):
         parse_args(argv)
     assert capsys.readouterr().err == f"python -m server: error: {says}\n"
+
+
+def test_a_refused_api_key_is_not_repeated(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--api-key", "hunter2"])
+    err = capsys.readouterr().err
+    assert err == (
+        "python -m server: error: argument --api-key: the key must be at least 16 characters "
+        "of A-Z a-z 0-9 - . _ ~ + / (RFC 6750 §2.1)\n"
+    )
+
+
+def test_the_api_key_is_neither_shown_nor_in_help(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CHAT_API_KEY", "0123456789abcdef")
+    settings = parse_args([])
+    assert "0123456789abcdef" not in repr(settings)
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "0123456789abcdef" not in capsys.readouterr().out
 
 
 def persistence_threads() -> set[threading.Thread]:
