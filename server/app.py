@@ -12,6 +12,7 @@ import rfc6455
 from .access import access_hook
 from .api import Api, ApiBackend
 from .auth import CHAT_SUBPROTOCOL
+from .backend import ChatBackend
 from .descriptors import raise_descriptor_limit
 from .handler import ChatHandler, echo
 from .hosts import HostPolicy
@@ -50,7 +51,7 @@ class App:
     Args:
         settings: What the server was told.
         api_backend: The chat's side of the HTTP API (``api.py``), served when
-            ``settings.api_key`` is set too.
+            ``settings.api_key`` is set; ``backend.ChatBackend`` by default.
 
     Raises:
         NamespaceError: The ``--channels`` file is not valid.
@@ -64,6 +65,8 @@ class App:
         self.hub = Hub(self.manager, namespaces, settings.limits.max_send_buffer or 2**20)
         self.engine.listener = self.hub
         self.chat = ChatHandler(self.manager, self.engine, self.hub, namespaces, settings)
+        if api_backend is None:
+            api_backend = ChatBackend(self.engine, self.hub, self.manager, settings.history_bytes)
         paths = frozenset({CHAT_PATH, ECHO_PATH} if settings.echo_enabled else {CHAT_PATH})
         self.api = (
             Api(
@@ -72,7 +75,7 @@ class App:
                 max_text_chars=settings.max_text_chars,
                 max_text_bytes=settings.max_text_bytes,
             )
-            if settings.api_key is not None and api_backend is not None
+            if settings.api_key is not None
             else None
         )
         self.router = Router(
@@ -116,8 +119,6 @@ class App:
             await self.engine.stop(0)
             raise
         port = self.server.port
-        if settings.api_key is not None and self.api is None:
-            logger.warning("--api-key is set, but this server has no API backend: /api/ is off")
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
         logger.info("listening: open http://%s:%d/ (WebSocket ws://%s:%d/)", host, port, host, port)
         return port

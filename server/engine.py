@@ -180,6 +180,14 @@ class Engine(Protocol):
     def last_seq(self, channel: str) -> int:
         """The channel's last seq handed out."""
 
+    def known(self, channel: str) -> bool:
+        """Whether the channel exists: it has messages, or subscribers."""
+
+    async def stored(
+        self, channel: str, since: int | None, limit: int, max_bytes: int
+    ) -> list[dict[str, object]]:
+        """At most ``limit`` committed broadcasts after ``since`` (the latest if None)."""
+
     def publish(self, draft: Draft) -> None:
         """Number, store and deliver a message; the ``Ack`` comes through the listener."""
 

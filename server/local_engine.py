@@ -11,6 +11,7 @@ and goes again once nobody here is subscribed and the writer is done with all of
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 from collections import defaultdict
@@ -135,6 +136,26 @@ class LocalEngine:
     def last_seq(self, channel: str) -> int:
         """The channel's last seq handed out."""
         return self.queue.channel(channel).last
+
+    def known(self, channel: str) -> bool:
+        """Whether the channel has a row: stored, published to, or subscribed to."""
+        return channel in self.queue.channels
+
+    async def stored(
+        self, channel: str, since: int | None, limit: int, max_bytes: int
+    ) -> list[dict[str, object]]:
+        """At most ``limit`` committed broadcasts after ``since`` (the latest if None), oldest
+        first, within ``max_bytes`` of text.
+
+        Raises:
+            PersistenceClosed: If the engine has stopped.
+        """
+        queue = self.queue
+        if since is None:
+            rows = await queue.last(limit, max_bytes=max_bytes, channel=channel)
+        else:
+            rows = await queue.after(since, limit, max_bytes=max_bytes, channel=channel)
+        return [json.loads(payload(record)) for record in rows.records]
 
     def publish(self, draft: Draft) -> None:
         """Number and queue a message, and deliver it now (unless after the commit).

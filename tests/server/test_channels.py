@@ -22,6 +22,8 @@ import rfc6455
 from server import handler
 from server.store import TIMESTAMP_FORMAT
 from tests.server.support import Chat, Client, locked, wait_until
+from tests.server.test_api import KEY as API_KEY
+from tests.server.test_api import Client as ApiClient
 from tests.server.test_auth import SECRET, token
 
 Start = Callable[..., Any]
@@ -593,3 +595,79 @@ async def test_the_channels_claim_limits_what_a_user_may_subscribe_to(
     await allowed.subscribe("vip:lounge")
     await allowed.publish("general", "hi", "m")
     assert (await allowed.expect("error"))["code"] == "not_subscribed"
+
+
+# The server API on the real engine
+
+
+async def api_chat(start: Start, **settings: Any) -> tuple[Chat, ApiClient]:
+    chat = await start(api_key=API_KEY, **settings)
+    return chat, ApiClient(chat)
+
+
+async def test_the_api_publishes_exactly_once_after_the_commit(start: Start) -> None:
+    chat, api = await api_chat(start)
+    a = await chat.join()
+    await a.subscribe("news:today")
+    body = {"channel": "news:today", "message": "from the backend", "idempotencyKey": "k1"}
+    first = await api.post("/api/publish", body)
+    assert first.status == 200, first
+    published = first.json()
+    assert published == {"channel": "news:today", "seq": 1, "epoch": published["epoch"]}
+    got = await a.expect("broadcast", channel="news:today")
+    assert (got["message"], got["seq"], got["connectionId"]) == ("from the backend", 1, "api")
+    assert published["epoch"] == chat.app.engine.epoch("news:today")
+    again = (await api.post("/api/publish", body)).json()
+    assert again == {**published, "duplicate": True}
+    await api.post("/api/publish", {**body, "idempotencyKey": "k2", "message": "second"})
+    assert (await a.expect("broadcast", channel="news:today"))["message"] == "second"
+    assert [m for m in a.seen if m.get("channel") == "news:today"] == []
+
+
+async def test_the_api_publishes_where_only_the_server_may(start: Start, tmp_path: Path) -> None:
+    options = tmp_path / "channels.toml"
+    options.write_text('[namespaces.news]\npublish = "api"\n', encoding="utf-8")
+    chat, api = await api_chat(start, channels_file=options)
+    a = await chat.join()
+    await a.subscribe("news:x")
+    assert (await api.post("/api/publish", {"channel": "news:x", "message": "ok"})).status == 200
+    assert (await a.expect("broadcast", channel="news:x"))["message"] == "ok"
+    bad = await api.post("/api/publish", {"channel": "no spaces", "message": "x"})
+    bad.error(400, "bad_channel")
+
+
+async def test_the_api_reads_channels_presence_and_history(start: Start) -> None:
+    chat, api = await api_chat(start)
+    ann = await chat.join(f"clientId={uuid.uuid4()}&name=Ann")
+    await ann.subscribe("room")
+    for n in range(1, 8):
+        await ann.publish("room", f"m{n}", f"id{n}")
+    await ann.expect("ack", seq=7)
+    channels = (await api.get("/api/channels")).json()["channels"]
+    assert {"channel": "room", "subscribers": 1} in channels
+    assert {"channel": "general", "subscribers": 1} in channels
+    members = (await api.get("/api/presence?channel=room")).json()["members"]
+    assert [m["name"] for m in members] == ["Ann"]
+    (await api.get("/api/presence?channel=empty")).error(404, "unknown_channel")
+    latest = (await api.get("/api/history?channel=room&limit=3")).json()
+    assert [m["seq"] for m in latest["messages"]] == [5, 6, 7]
+    assert latest["epoch"] == chat.app.engine.epoch("room")
+    page = (await api.get("/api/history?channel=room&since=2&limit=2")).json()
+    assert [m["message"] for m in page["messages"]] == ["m3", "m4"]
+    (await api.get("/api/history?channel=never")).error(404, "unknown_channel")
+
+
+async def test_the_api_disconnects_a_user(start: Start) -> None:
+    chat, api = await api_chat(start, auth="jwt", jwt_secret=SECRET)
+    tabs = [await user(chat, "mallory"), await user(chat, "mallory")]
+    other = await user(chat, "bob")
+    body = {"user": "mallory", "code": 4001, "reason": "banned"}
+    assert (await api.post("/api/disconnect", body)).json() == {"disconnected": 2}
+    for tab in tabs:
+        with contextlib.suppress(rfc6455.ConnectionClosed):
+            while True:
+                await tab.recv_any()
+        close = tab.connection.protocol.close_rcvd
+        assert close is not None
+        assert (close.code, close.reason) == (4001, "banned")
+    await publish_acked(other, "general", "still here", "m")

@@ -1,0 +1,121 @@
+"""ChatBackend: the chat's side of the HTTP API (``api.ApiBackend``), on its engine and hub.
+
+A publish through the API is a message like any other, from the connection id ``api``: it
+gets its channel's next seq, is delivered to the subscribers, stored, and answered once it is
+committed. Its ``idempotencyKey`` plays the part of a clientMsgId, so a backend that retries a
+publish gets the first one's seq with ``"duplicate": true``. ``history`` reads what is
+committed; ``disconnect`` closes connections with the code and reason given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import rfc6455
+
+from .api import ApiError
+from .channels import check_name
+from .engine import Ack, Draft
+from .hub import Hub
+from .local_engine import LocalEngine
+from .manager import ConnectionManager
+from .persistence import PersistenceClosed
+
+__all__ = ["API_CONNECTION", "ChatBackend"]
+
+#: The connection id of what the server API publishes.
+API_CONNECTION = "api"
+
+
+class ChatBackend:
+    """The HTTP API's view of the chat.
+
+    Args:
+        engine: Seqs, storage, history, presence.
+        hub: The subscriptions here.
+        manager: The open connections.
+        max_bytes: The most bytes of messages one history answer holds.
+    """
+
+    def __init__(
+        self, engine: LocalEngine, hub: Hub, manager: ConnectionManager, max_bytes: int
+    ) -> None:
+        self.engine = engine
+        self.hub = hub
+        self.manager = manager
+        self.max_bytes = max_bytes
+        self._closing: set[asyncio.Task[None]] = set()
+
+    async def publish(
+        self, channel: str, message: str, idempotency_key: str | None
+    ) -> dict[str, object]:
+        """Publish ``message``; return its seq and epoch once it is committed."""
+        _check(channel)
+        engine = self.engine
+        reply: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
+        try:
+            if not engine.ready():
+                await engine.wait_ready()
+            engine.publish(Draft(channel, message, API_CONNECTION, idempotency_key, reply=reply))
+        except PersistenceClosed:
+            raise ApiError(503, "unavailable", "the server is shutting down") from None
+        ack = await reply
+        if not ack.stored:
+            raise ApiError(503, "not_persisted", f"message {ack.seq} could not be stored")
+        answer: dict[str, object] = {"channel": channel, "seq": ack.seq, "epoch": ack.epoch}
+        if ack.duplicate:
+            answer["duplicate"] = True
+        return answer
+
+    def channels(self) -> list[dict[str, object]]:
+        """The channels with subscribers here, by name."""
+        return [
+            {"channel": channel, "subscribers": count}
+            for channel, count in sorted(self.hub.counts().items())
+        ]
+
+    def presence(self, channel: str) -> list[dict[str, object]]:
+        """The members of a channel somebody is subscribed to."""
+        _check(channel)
+        if not self.hub.count(channel):
+            raise ApiError(404, "unknown_channel", f"nobody is subscribed to {channel}")
+        return self.engine.members(channel)
+
+    async def history(self, channel: str, since: int | None, limit: int) -> dict[str, object]:
+        """At most ``limit`` committed messages after ``since`` (the latest if None)."""
+        _check(channel)
+        engine = self.engine
+        if not engine.known(channel):
+            raise ApiError(404, "unknown_channel", f"{channel} has no messages")
+        try:
+            items = await engine.stored(channel, since, limit, self.max_bytes)
+        except PersistenceClosed:
+            raise ApiError(503, "unavailable", "the server is shutting down") from None
+        return {"channel": channel, "epoch": engine.epoch(channel), "messages": items}
+
+    def disconnect(
+        self, *, user: str | None, connection_id: str | None, code: int, reason: str
+    ) -> int:
+        """Close a user's connections, or one connection, with ``code`` and ``reason``."""
+        ids = self.manager.of_user(user) if user is not None else [connection_id or ""]
+        closed = 0
+        for target in ids:
+            connection = self.manager.get(target)
+            if connection is None:
+                continue
+            task = asyncio.get_running_loop().create_task(_close(connection, code, reason))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+            closed += 1
+        return closed
+
+
+async def _close(connection: rfc6455.Connection, code: int, reason: str) -> None:
+    """The closing handshake (RFC 6455 §7.1.2), bounded by the connection's close timeout."""
+    await connection.close(code, reason)
+
+
+def _check(channel: str) -> None:
+    reason = check_name(channel)
+    if reason is not None:
+        raise ApiError(400, "bad_channel", reason)
