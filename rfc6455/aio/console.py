@@ -17,13 +17,6 @@ as it is. A URI is printed through :func:`redact_uri`, which hides the values of
 secret-looking query parameters (``access_token=REDACTED``). A refused handshake
 is one line with the server's reason (:func:`describe_refusal`).
 
-``--resume`` (either mode): when the connection drops or the server goes away,
-connect again after a short delay, asking for what was missed with the chat
-server's resume convention, ``?since=<highest seq seen>&epoch=<epoch seen>``
-(:func:`resume_uri`). The seq and epoch are read from the optional ``seq`` and
-``epoch`` keys of the JSON objects received (and ``seq`` of the objects in their
-``messages`` list, a history): nothing else of the chat protocol is assumed.
-
 The parts are kept apart: :func:`parse_args` gives an :class:`Options`,
 :meth:`Console.dial` is the one place that connects, and :class:`Output` is the
 one place that prints. A bearer token is an ``-H "Authorization: Bearer ..."``
@@ -77,7 +70,6 @@ __all__ = [
     "main",
     "parse_args",
     "redact_uri",
-    "resume_uri",
     "stdin_lines",
 ]
 
@@ -99,17 +91,6 @@ non-interactive mode (any of --send, --expect, --timeout):
   connect, send each --send in order, wait for --expect messages (or until
   --timeout, or until the server closes), close with 1000. Stdin is not read.
 
---resume (the chat server's resume convention):
-  when the connection drops (1006) or the server closes it with 1001, 1011,
-  1012 or 1013, connect again after 0.5 s, then 1, 2, 4 and 8 s: at most 5
-  attempts in a row (the count starts again once a message arrives). The URI
-  then has since=<the highest "seq" seen>&epoch=<the last "epoch" seen> in its
-  query, read from the JSON objects received ("seq" at their top level or in
-  their "messages" list); a new epoch forgets the seqs of the old one. No
-  reconnect after Ctrl-C, the end of input, the --expect messages, --timeout,
-  a close with another code, or a first connection that failed. --send
-  messages are sent once, --expect counts across connections.
-
 received messages go to stdout; status lines and errors go to stderr. In the
 URIs printed, the values of secret-looking query parameters (access_token,
 token, jwt, password, secret, api_key, key, auth, sig, ... in any case) are
@@ -127,30 +108,11 @@ exit status:
   3  fewer than --expect messages arrived (--timeout, Ctrl-C or the server closed)
   4  the connection closed abnormally: a close code other than 1000/1001
      (e.g. 1011), or dropped without a close frame (1006); 3 wins over 4
-  --resume: 1 when every attempt to reconnect failed (3 wins over it); else
-  the status of the last connection
 """
 
 # Close codes of a normal end, both ways (RFC 6455 §7.4.1); 1005 is a close
 # frame without a code.
 _OK_CODES = frozenset({CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY, CloseCode.NO_STATUS_RCVD})
-
-# --resume reconnects after these: a dropped connection, and the server going
-# away, failing, restarting or overloaded. Not after 1000 (the server meant
-# it), nor after codes that the same client would only get again (1002, 1003,
-# 1007, 1008, 1009, 4xxx, ...).
-_RESUME_CODES = frozenset(
-    {
-        CloseCode.GOING_AWAY,
-        CloseCode.ABNORMAL_CLOSURE,
-        CloseCode.INTERNAL_ERROR,
-        CloseCode.SERVICE_RESTART,
-        CloseCode.TRY_AGAIN_LATER,
-    }
-)
-
-# --resume: the delay before each attempt in a row; as many attempts as delays.
-RESUME_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 # Sent by the client itself: another value would make the handshake invalid.
 _RESERVED_HEADERS = frozenset(
@@ -189,8 +151,6 @@ class Options:
     sends: tuple[str, ...] = ()
     expect: int | None = None
     json: bool = False
-    # Reconnect with since=&epoch= after a drop (see the module docstring).
-    resume: bool = False
     # Interactive: after the end of input, close once no message came for this long.
     linger: float = 1.0
 
@@ -330,12 +290,6 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         action="store_true",
         help="print each message as one line of JSON (shape below)",
     )
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="when the connection drops or the server goes away, reconnect with "
-        "since=<highest seq seen>&epoch=<epoch seen> (the chat server's resume convention, below)",
-    )
     args = parser.parse_args(argv)
     if args.token is not None:
         if any(name.lower() == "authorization" for name, _ in args.headers):
@@ -350,7 +304,6 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         sends=tuple(args.sends),
         expect=args.expect,
         json=args.json,
-        resume=args.resume,
         linger=args.linger,
     )
     # Build the request once, so that a bad URI, subprotocol name or header
@@ -590,26 +543,6 @@ def _json_line(message: Data, now: datetime) -> str:
         return json.dumps({"time": time, "type": "text", "data": message, "json": False})
 
 
-def resume_uri(uri: str, since: int | None, epoch: str | None) -> str:
-    """``uri`` with ``since`` and ``epoch`` in its query, in place of any there.
-
-    Unchanged while no seq is known (``since`` is None): there is nothing to
-    resume from. The other parameters of the query stay as they were.
-    """
-    if since is None:
-        return uri
-    parts = urllib.parse.urlsplit(uri)
-    query = [
-        item
-        for item in parts.query.split("&")
-        if item and item.partition("=")[0] not in ("since", "epoch")
-    ]
-    query.append(f"since={since}")
-    if epoch is not None:
-        query.append(f"epoch={urllib.parse.quote(epoch, safe='')}")
-    return urllib.parse.urlunsplit(parts._replace(query="&".join(query)))
-
-
 # Query (and fragment) parameters whose values are secrets: a name that, once
 # lowercased and without "-", "_" and ".", ends with one of these. So
 # access_token, id_token, client_secret, api-key, apikey, X-Amz-Signature...
@@ -650,12 +583,6 @@ def _redact_parameter(match: re.Match[str]) -> str:
     if value and words.endswith(_SECRET_NAMES):
         return f"{name}={_REDACTED}"
     return match.group()
-
-
-def _seq(value: object) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    return None
 
 
 def _connect_error(exc: BaseException, uri: str) -> str:
@@ -750,25 +677,16 @@ class Console:
         self.output = output
         self.lines = lines
         self.received = 0
-        # --resume: where to resume from, and the delays between attempts.
-        self.last_seq: int | None = None
-        self.epoch: str | None = None
-        self.resume_delays = RESUME_DELAYS
-        self._attempts = 0  # reconnects in a row without a message received
-        self._gave_up = False
         self._interrupted = asyncio.Event()
         self._dialing: asyncio.Task[Connection] | None = None
         self._connection: Connection | None = None
         self._closed_by_us = False
-        # Interactive: one task reads the input for the whole run into a
-        # queue, so that no line is lost between two connections.
+        # Interactive: one task reads the input into a queue.
         self._input: asyncio.Queue[str | None] | None = None
         self._reading: asyncio.Task[None] | None = None
-        self._unsent: str | None = None  # a line whose connection closed under it
         self._input_ended = False
         # --linger counts from this loop time: the end of input, or the last message since.
         self._quiet_since = 0.0
-        self._sends_done = 0  # --send messages sent, over every connection
 
     def interrupt(self) -> None:
         """Ctrl-C: stop connecting, or close with 1000; a second time, drop the connection."""
@@ -778,11 +696,11 @@ class Console:
         if self._dialing is not None:
             self._dialing.cancel()
 
-    async def dial(self, uri: str | None = None) -> Connection:
-        """Connect to ``uri`` (the --resume URI when given, else the one given) and handshake."""
+    async def dial(self, uri: str) -> Connection:
+        """Connect to ``uri`` and handshake, with the headers and limits of the options."""
         options = self.options
         return await connect(
-            options.uri if uri is None else uri,
+            uri,
             headers=options.headers,
             subprotocols=options.subprotocols,
             max_size=options.max_size,
@@ -807,14 +725,6 @@ class Console:
             return EXIT_CONNECT
         try:
             status = await self._session(ws, options.uri, deadline)
-            while self._should_resume(ws):
-                resumed = await self._reconnect(deadline)
-                if resumed is None:
-                    if self._gave_up:
-                        status = EXIT_CONNECT
-                    break
-                ws, uri = resumed
-                status = await self._session(ws, uri, deadline)
         finally:
             if self._reading is not None:
                 self._reading.cancel()
@@ -835,80 +745,6 @@ class Console:
         finally:
             self._dialing = None
         return ws
-
-    def _should_resume(self, ws: Connection) -> bool:
-        """--resume: whether the connection that just ended is worth connecting again."""
-        options = self.options
-        if not options.resume or self._closed_by_us or self._interrupted.is_set():
-            return False
-        if self._input_ended or (options.expect is not None and self.received >= options.expect):
-            return False
-        rcvd, sent = ws.protocol.close_rcvd, ws.protocol.close_sent
-        if rcvd is not None:
-            return rcvd.code in _RESUME_CODES
-        # No close frame came: dropped, or failed by this side. A keepalive
-        # timeout (1011) is a lost connection; a protocol error or a message
-        # over --max-size would only happen again.
-        return sent is None or sent.code == CloseCode.INTERNAL_ERROR
-
-    async def _reconnect(self, deadline: float | None) -> tuple[Connection, str] | None:
-        """Wait, then dial the resume URI; again until it works or the attempts run out.
-
-        Returns the connection and its URI; None on Ctrl-C, at the deadline, or
-        when every attempt failed.
-        """
-        delays = self.resume_delays
-        while self._attempts < len(delays):
-            delay = delays[self._attempts]
-            self._attempts += 1
-            uri = resume_uri(self.options.uri, self.last_seq, self.epoch)
-            self.output.status(
-                f"reconnecting in {delay:g} s (attempt {self._attempts} of {len(delays)})"
-            )
-            try:
-                async with asyncio.timeout_at(deadline):
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(delay):
-                            await self._interrupted.wait()
-                    if not self._interrupted.is_set():
-                        return await self._dial_until(uri, deadline), uri
-            except asyncio.CancelledError:
-                if not self._interrupted.is_set():
-                    raise
-            except (OSError, ValueError, WebSocketError) as exc:
-                if deadline is not None and asyncio.get_running_loop().time() >= deadline:
-                    return None  # --timeout: run() tells what arrived
-                self.output.error(_connect_error(exc, uri))
-                continue
-            self.output.leave_input_line(interrupted=True)
-            self.output.error(f"interrupted while reconnecting to {redact_uri(uri)}")
-            return None
-        self._gave_up = True
-        self.output.error(f"gave up after {len(delays)} attempts to reconnect")
-        return None
-
-    def _note_position(self, message: Data) -> None:
-        """--resume: remember the last epoch and the highest seq of JSON objects received."""
-        if isinstance(message, bytes):
-            return
-        try:
-            data = _parse_json(message)
-        except _NOT_JSON:
-            return
-        if not isinstance(data, dict):
-            return
-        epoch = data.get("epoch")
-        if isinstance(epoch, str) and epoch != self.epoch:
-            if self.epoch is not None:
-                self.last_seq = None  # another database: its seqs are another count
-            self.epoch = epoch
-        found = [_seq(data.get("seq"))]
-        items = data.get("messages")
-        if isinstance(items, list):
-            found += [_seq(item.get("seq")) for item in items if isinstance(item, dict)]
-        for seq in found:
-            if seq is not None and (self.last_seq is None or seq > self.last_seq):
-                self.last_seq = seq
 
     async def _session(self, ws: Connection, uri: str, deadline: float | None) -> int:
         """Exchange messages on one connection until it ends; return its exit status."""
@@ -949,9 +785,6 @@ class Console:
                 message = await ws.recv()
                 self._quiet_since = asyncio.get_running_loop().time()
                 self.received += 1
-                self._attempts = 0
-                if self.options.resume:
-                    self._note_position(message)
                 self.output.message(message)
 
     async def _interact(self, ws: Connection, receiving: asyncio.Task[None]) -> None:
@@ -1010,19 +843,13 @@ class Console:
         if self._input is None:
             self._input = asyncio.Queue()
             self._reading = asyncio.create_task(self._read_input(self._input))
-        while True:
-            line, self._unsent = self._unsent, None
-            if line is None:
-                line = await self._input.get()
-            if line is None:
-                self._input_ended = True
-                self._quiet_since = asyncio.get_running_loop().time()
-                return
+        while (line := await self._input.get()) is not None:
             try:
                 await ws.send(line)
             except ConnectionClosed:
-                self._unsent = line  # --resume sends it on the next connection
                 return
+        self._input_ended = True
+        self._quiet_since = asyncio.get_running_loop().time()
 
     async def _automate(
         self, ws: Connection, receiving: asyncio.Task[None], deadline: float | None
@@ -1032,9 +859,8 @@ class Console:
         interrupted = asyncio.create_task(self._interrupted.wait())
         try:
             async with asyncio.timeout_at(deadline):
-                for text in options.sends[self._sends_done :]:
+                for text in options.sends:
                     await ws.send(text)
-                    self._sends_done += 1
                 if options.expect is not None or deadline is not None:
                     await asyncio.wait(
                         {receiving, interrupted}, return_when=asyncio.FIRST_COMPLETED
