@@ -21,6 +21,12 @@ The parts are kept apart: :func:`parse_args` gives an :class:`Options`,
 :meth:`Console.dial` is the one place that connects, and :class:`Output` is the
 one place that prints. A bearer token is an ``-H "Authorization: Bearer ..."``
 header, or ``--token`` for short.
+
+The console of an application is built from the same parts: its arguments
+start from :func:`console_parser` and :func:`console_options`, it subclasses
+:class:`Console` and overrides its hooks (what a line of input does, what a
+message received prints, what to do once connected, whether to connect again),
+and :func:`run_console` runs it.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import asyncio
 import base64
 import codecs
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -43,7 +50,6 @@ import threading
 import unicodedata
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import NoReturn, TextIO
 
@@ -65,11 +71,15 @@ __all__ = [
     "Console",
     "Options",
     "Output",
+    "console_options",
+    "console_parser",
     "describe_close",
+    "describe_connect_error",
     "describe_refusal",
     "main",
     "parse_args",
     "redact_uri",
+    "run_console",
     "stdin_lines",
 ]
 
@@ -137,7 +147,7 @@ _HEX_PREVIEW = 32
 _INDENT = " " * 9
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Options:
     """What the command line asks for."""
 
@@ -216,12 +226,16 @@ def _count(text: str) -> int:
     return value
 
 
-def parse_args(argv: Sequence[str] | None = None) -> Options:
-    """Parse the command line; exit with status 2 and one line on stderr if it is wrong."""
+def console_parser(prog: str, description: str, epilog: str) -> argparse.ArgumentParser:
+    """A parser of the arguments every console has; :func:`console_options` reads them.
+
+    They are the URI, ``-H``, ``--token``, ``--subprotocol``, ``--max-size``,
+    ``--linger`` and ``--json``. A usage error is one line on stderr and status 2.
+    """
     parser = _Parser(
-        prog="python -m rfc6455",
-        description="WebSocket console client: send lines typed on stdin, print what arrives.",
-        epilog=_EPILOG,
+        prog=prog,
+        description=description,
+        epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("uri", metavar="URI", help="ws:// or wss:// URI, e.g. ws://localhost:5000/")
@@ -257,6 +271,61 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         help="largest message accepted; a larger one closes with 1009 (default 1048576; 0: none)",
     )
     parser.add_argument(
+        "--linger",
+        metavar="S",
+        type=_seconds_or_zero,
+        default=1.0,
+        help="interactive: after the end of input, print the replies until none came "
+        "for S seconds, then close (default 1; 0: close at once)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print each message as one line of JSON (shape below)",
+    )
+    return parser
+
+
+def console_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Options:
+    """The :class:`Options` of :func:`console_parser`'s arguments, checked.
+
+    A bad URI, header or subprotocol name, or ``--token`` beside an
+    ``Authorization`` header, is a usage error (``parser.error``).
+    """
+    headers = list(args.headers)
+    if args.token is not None:
+        if any(name.lower() == "authorization" for name, _ in headers):
+            parser.error("--token and an Authorization header (-H) exclude each other")
+        headers.append(("Authorization", f"Bearer {args.token}"))
+    options = Options(
+        uri=args.uri,
+        headers=tuple(headers),
+        subprotocols=tuple(args.subprotocols),
+        max_size=args.max_size,
+        json=args.json,
+        linger=args.linger,
+    )
+    # Build the request once, so that a bad URI, subprotocol name or header
+    # value is a usage error rather than a failed connection.
+    try:
+        target = parse_uri(options.uri)
+        client_request(
+            target, generate_key(), subprotocols=options.subprotocols, headers=options.headers
+        ).serialize()
+    except ValueError as exc:
+        # parse_uri's messages quote the URI: with its secrets hidden, as everywhere.
+        parser.error(str(exc).replace(repr(options.uri), repr(redact_uri(options.uri))))
+    return options
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Options:
+    """Parse the command line; exit with status 2 and one line on stderr if it is wrong."""
+    parser = console_parser(
+        "python -m rfc6455",
+        "WebSocket console client: send lines typed on stdin, print what arrives.",
+        _EPILOG,
+    )
+    parser.add_argument(
         "--timeout",
         metavar="S",
         type=_seconds,
@@ -277,46 +346,13 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         type=_count,
         help="non-interactive: wait for N messages, then close; fewer is exit status 3",
     )
-    parser.add_argument(
-        "--linger",
-        metavar="S",
-        type=_seconds_or_zero,
-        default=1.0,
-        help="interactive: after the end of input, print the replies until none came "
-        "for S seconds, then close (default 1; 0: close at once)",
-    )
-    parser.add_argument(
-        "--json",
-        action="store_true",
-        help="print each message as one line of JSON (shape below)",
-    )
     args = parser.parse_args(argv)
-    if args.token is not None:
-        if any(name.lower() == "authorization" for name, _ in args.headers):
-            parser.error("--token and an Authorization header (-H) exclude each other")
-        args.headers.append(("Authorization", f"Bearer {args.token}"))
-    options = Options(
-        uri=args.uri,
-        headers=tuple(args.headers),
-        subprotocols=tuple(args.subprotocols),
-        max_size=args.max_size,
+    return dataclasses.replace(
+        console_options(parser, args),
         timeout=args.timeout,
         sends=tuple(args.sends),
         expect=args.expect,
-        json=args.json,
-        linger=args.linger,
     )
-    # Build the request once, so that a bad URI, subprotocol name or header
-    # value is a usage error rather than a failed connection.
-    try:
-        target = parse_uri(options.uri)
-        client_request(
-            target, generate_key(), subprotocols=options.subprotocols, headers=options.headers
-        ).serialize()
-    except ValueError as exc:
-        # parse_uri's messages quote the URI: with its secrets hidden, as everywhere.
-        parser.error(str(exc).replace(repr(options.uri), repr(redact_uri(options.uri))))
-    return options
 
 
 # Output
@@ -444,21 +480,28 @@ class Output:
         json_lines: print messages as JSON lines rather than for a human.
         above_input: both streams are the terminal the user is typing on:
             insert each line above the line being typed instead of breaking it.
+        prog: the name that error lines start with.
     """
 
     def __init__(
-        self, stdout: TextIO, stderr: TextIO, *, json_lines: bool = False, above_input: bool = False
+        self,
+        stdout: TextIO,
+        stderr: TextIO,
+        *,
+        json_lines: bool = False,
+        above_input: bool = False,
+        prog: str = "rfc6455",
     ) -> None:
         self.stdout = stdout
         self.stderr = stderr
         self.json_lines = json_lines
         self.above_input = above_input
+        self.prog = prog
 
     def message(self, message: Data) -> None:
         """Print one received message."""
-        now = datetime.now().astimezone()
         if self.json_lines:
-            self._write(self.stdout, _json_line(message, now), raw=True)
+            self._write(self.stdout, _json_line(message, datetime.now().astimezone()), raw=True)
             return
         if isinstance(message, bytes):
             preview = message[:_HEX_PREVIEW].hex(" ")
@@ -469,8 +512,12 @@ class Output:
                 body = json.dumps(_parse_json(message), indent=2, ensure_ascii=False)
             except _NOT_JSON:
                 body = message
-        body = body.replace("\n", "\n" + _INDENT)
-        self._write(self.stdout, f"{now:%H:%M:%S} {body}")
+        self.line(body)
+
+    def line(self, text: str) -> None:
+        """Print ``text`` to stdout after the local time, its further lines indented under it."""
+        body = text.replace("\n", "\n" + _INDENT)
+        self._write(self.stdout, f"{datetime.now():%H:%M:%S} {body}")
 
     def status(self, text: str) -> None:
         """Print a status line: connected, closing, closed."""
@@ -478,7 +525,7 @@ class Output:
 
     def error(self, text: str) -> None:
         """Print an error: one line."""
-        self._write(self.stderr, f"rfc6455: {text}")
+        self._write(self.stderr, f"{self.prog}: {text}")
 
     def leave_input_line(self, *, interrupted: bool) -> None:
         """The user stopped typing (Ctrl-C or Ctrl-D): print on plain lines from now on."""
@@ -585,7 +632,7 @@ def _redact_parameter(match: re.Match[str]) -> str:
     return match.group()
 
 
-def _connect_error(exc: BaseException, uri: str) -> str:
+def describe_connect_error(exc: BaseException, uri: str) -> str:
     """One line that says why connecting to ``uri`` failed (its secrets redacted)."""
     uri = redact_uri(uri)
     if isinstance(exc, TimeoutError):
@@ -661,6 +708,10 @@ def stdin_lines(fd: int) -> AsyncIterator[str]:
 class Console:
     """One run of the console client: connect, exchange messages, close.
 
+    A console of an application overrides the hooks: :meth:`on_open`,
+    :meth:`on_message`, :meth:`on_line` and :meth:`reconnect`. Here they send
+    each line as it is, print each message, and connect once.
+
     Args:
         options: from :func:`parse_args`.
         output: where to print.
@@ -677,11 +728,11 @@ class Console:
         self.output = output
         self.lines = lines
         self.received = 0
-        self._interrupted = asyncio.Event()
+        self.interrupted = asyncio.Event()  # set by interrupt()
         self._dialing: asyncio.Task[Connection] | None = None
         self._connection: Connection | None = None
         self._closed_by_us = False
-        # Interactive: one task reads the input into a queue.
+        # Interactive: one task reads the input into a queue (see _send_lines).
         self._input: asyncio.Queue[str | None] | None = None
         self._reading: asyncio.Task[None] | None = None
         self._input_ended = False
@@ -690,11 +741,31 @@ class Console:
 
     def interrupt(self) -> None:
         """Ctrl-C: stop connecting, or close with 1000; a second time, drop the connection."""
-        if self._interrupted.is_set() and self._connection is not None:
+        if self.interrupted.is_set() and self._connection is not None:
             self._connection.abort()
-        self._interrupted.set()
+        self.interrupted.set()
         if self._dialing is not None:
             self._dialing.cancel()
+
+    @property
+    def input_ended(self) -> bool:
+        """Whether the interactive input has ended (Ctrl-D, or the end of a pipe)."""
+        return self._input_ended
+
+    async def on_open(self, ws: Connection) -> None:
+        """Hook: ``ws`` is open, and its messages are being received; nothing to send here."""
+
+    def on_message(self, message: Data) -> None:
+        """Hook: print a message received."""
+        self.output.message(message)
+
+    async def on_line(self, ws: Connection, line: str) -> None:
+        """Hook: send a line of input (or a ``--send``) as a text message."""
+        await ws.send(line)
+
+    async def reconnect(self, ended: Connection) -> tuple[Connection, str] | None:
+        """Hook: after ``ended`` closed, the next connection and its URI; None: stop (here)."""
+        return None
 
     async def dial(self, uri: str) -> Connection:
         """Connect to ``uri`` and handshake, with the headers and limits of the options."""
@@ -706,25 +777,38 @@ class Console:
             max_size=options.max_size,
         )
 
+    async def dial_until(self, uri: str, deadline: float | None) -> Connection:
+        """Dial ``uri`` by the deadline; Ctrl-C cancels it (CancelledError)."""
+        dialing = self._dialing = asyncio.create_task(self.dial(uri))
+        try:
+            async with asyncio.timeout_at(deadline):
+                ws = self._connection = await dialing
+        finally:
+            self._dialing = None
+        return ws
+
     async def run(self) -> int:
         """Run the whole session and return the exit status."""
         options = self.options
         loop = asyncio.get_running_loop()
         deadline = None if options.timeout is None else loop.time() + options.timeout
         try:
-            ws = await self._dial_until(options.uri, deadline)
+            ws = await self.dial_until(options.uri, deadline)
         except asyncio.CancelledError:
-            if not self._interrupted.is_set():
+            if not self.interrupted.is_set():
                 raise
             self.output.leave_input_line(interrupted=True)
             self.output.error(f"interrupted while connecting to {redact_uri(options.uri)}")
             return EXIT_CONNECT
         # A TimeoutError is an OSError; ValueError: a host name that cannot be encoded.
         except (OSError, ValueError, WebSocketError) as exc:
-            self.output.error(_connect_error(exc, options.uri))
+            self.output.error(describe_connect_error(exc, options.uri))
             return EXIT_CONNECT
         try:
             status = await self._session(ws, options.uri, deadline)
+            while (again := await self.reconnect(ws)) is not None:
+                ws, uri = again
+                status = await self._session(ws, uri, deadline)
         finally:
             if self._reading is not None:
                 self._reading.cancel()
@@ -735,16 +819,6 @@ class Console:
             self.output.error(f"expected {expect} messages, received {self.received}")
             return EXIT_EXPECT
         return status
-
-    async def _dial_until(self, uri: str, deadline: float | None) -> Connection:
-        """Dial ``uri`` by the deadline; Ctrl-C cancels it (CancelledError)."""
-        dialing = self._dialing = asyncio.create_task(self.dial(uri))
-        try:
-            async with asyncio.timeout_at(deadline):
-                ws = self._connection = await dialing
-        finally:
-            self._dialing = None
-        return ws
 
     async def _session(self, ws: Connection, uri: str, deadline: float | None) -> int:
         """Exchange messages on one connection until it ends; return its exit status."""
@@ -761,6 +835,8 @@ class Console:
         self._closed_by_us = False
         receiving = asyncio.create_task(self._receive(ws))
         try:
+            with contextlib.suppress(ConnectionClosed):
+                await self.on_open(ws)
             if options.interactive:
                 await self._interact(ws, receiving)
             else:
@@ -785,18 +861,18 @@ class Console:
                 message = await ws.recv()
                 self._quiet_since = asyncio.get_running_loop().time()
                 self.received += 1
-                self.output.message(message)
+                self.on_message(message)
 
     async def _interact(self, ws: Connection, receiving: asyncio.Task[None]) -> None:
         """Send the input lines until their end (then linger), Ctrl-C, or the server closes."""
         sending = asyncio.create_task(self._send_lines(ws))
-        interrupted = asyncio.create_task(self._interrupted.wait())
+        interrupted = asyncio.create_task(self.interrupted.wait())
         try:
             await asyncio.wait(
                 {receiving, sending, interrupted}, return_when=asyncio.FIRST_COMPLETED
             )
-            if not receiving.done() and (self._input_ended or self._interrupted.is_set()):
-                self.output.leave_input_line(interrupted=self._interrupted.is_set())
+            if not receiving.done() and (self._input_ended or self.interrupted.is_set()):
+                self.output.leave_input_line(interrupted=self.interrupted.is_set())
             if self._input_ended:
                 await self._linger(receiving, interrupted)
         finally:
@@ -839,13 +915,17 @@ class Console:
         queue.put_nowait(None)
 
     async def _send_lines(self, ws: Connection) -> None:
-        """Send the input lines until their end; return early if the connection closes."""
+        """Send the input lines until their end; return early if the connection closes.
+
+        The input is read into a queue for the whole run: a line typed between
+        two connections waits for the next one.
+        """
         if self._input is None:
             self._input = asyncio.Queue()
             self._reading = asyncio.create_task(self._read_input(self._input))
         while (line := await self._input.get()) is not None:
             try:
-                await ws.send(line)
+                await self.on_line(ws, line)
             except ConnectionClosed:
                 return
         self._input_ended = True
@@ -856,11 +936,11 @@ class Console:
     ) -> None:
         """Send the --send messages, then wait for --expect messages or the deadline."""
         options = self.options
-        interrupted = asyncio.create_task(self._interrupted.wait())
+        interrupted = asyncio.create_task(self.interrupted.wait())
         try:
             async with asyncio.timeout_at(deadline):
                 for text in options.sends:
-                    await ws.send(text)
+                    await self.on_line(ws, text)
                 if options.expect is not None or deadline is not None:
                     await asyncio.wait(
                         {receiving, interrupted}, return_when=asyncio.FIRST_COMPLETED
@@ -913,15 +993,22 @@ def _on_signals(callback: Callable[[], None]) -> None:
             loop.add_signal_handler(signum, callback)
 
 
-async def _main(options: Options, output: Output) -> int:
-    console = Console(options, output)
+async def _main(make: Callable[[Output], Console], output: Output) -> int:
+    console = make(output)
     _on_signals(console.interrupt)
     return await console.run()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the console client: ``python -m rfc6455 URI [options]``; return the exit status."""
-    options = parse_args(argv)
+def run_console(
+    options: Options, make: Callable[[Output], Console], *, prog: str = "rfc6455"
+) -> int:
+    """Run a console on stdin, stdout and stderr until it ends; return the exit status.
+
+    Args:
+        options: what the command line asked for.
+        make: makes the console, given where it prints.
+        prog: the name that error lines start with.
+    """
     for stream in (sys.stdout, sys.stderr):
         # A message in a script the terminal cannot show must not crash the client.
         if hasattr(stream, "reconfigure"):
@@ -929,11 +1016,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     above_input = options.interactive and all(
         stream is not None and stream.isatty() for stream in (sys.stdin, sys.stdout, sys.stderr)
     )
-    output = Output(sys.stdout, sys.stderr, json_lines=options.json, above_input=above_input)
+    output = Output(
+        sys.stdout, sys.stderr, json_lines=options.json, above_input=above_input, prog=prog
+    )
     try:
-        return asyncio.run(_main(options, output))
+        return asyncio.run(_main(make, output))
     except BrokenPipeError:
         # stdout was closed by the reader (e.g. `| head`): stop quietly.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_CONNECT
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the console client: ``python -m rfc6455 URI [options]``; return the exit status."""
+    options = parse_args(argv)
+    return run_console(options, lambda output: Console(options, output))

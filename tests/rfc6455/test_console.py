@@ -678,6 +678,23 @@ def test_parse_args() -> None:
     assert not console.parse_args(["ws://h/", "--timeout", "1"]).interactive
 
 
+def test_console_parser_and_options_of_another_console(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The shared arguments, with a console's own beside them; checked alike."""
+    parser = console.console_parser("python -m other", "Other console.", "epilog text")
+    parser.add_argument("--room")
+    args = parser.parse_args(["ws://h/", "--token", "t", "--room", "r", "--linger", "0"])
+    assert args.room == "r"
+    assert console.console_options(parser, args) == Options(
+        "ws://h/", headers=(("Authorization", "Bearer t"),), linger=0
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        console.console_options(parser, parser.parse_args(["http://h/"]))
+    assert exit_info.value.code == console.EXIT_USAGE
+    assert one_error_line(capsys.readouterr().err).startswith("python -m other: error: ")
+
+
 def test_help_documents_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         console.main(["--help"])
@@ -902,6 +919,63 @@ async def test_console_server_drops_the_connection(net: Net) -> None:
     assert err.splitlines()[-1] == "connection lost: 1006 (abnormal closure)"
 
 
+class Shouting(Console):
+    """A console of an application: its own greeting, lines, printing, and one reconnect."""
+
+    def __init__(self, options: Options, output: Output, lines: AsyncIterator[str]) -> None:
+        super().__init__(options, output, lines)
+        self.seen: list[str | bytes] = []
+        self.ended: list[Connection] = []
+
+    async def on_open(self, ws: Connection) -> None:
+        await ws.send("hello")
+
+    def on_message(self, message: str | bytes) -> None:
+        self.seen.append(message)
+
+    async def on_line(self, ws: Connection, line: str) -> None:
+        await ws.send(line.upper())
+
+    async def reconnect(self, ended: Connection) -> tuple[Connection, str] | None:
+        self.ended.append(ended)
+        if len(self.ended) > 1:
+            return None
+        uri = self.options.uri + "?again"
+        return await self.dial_until(uri, None), uri
+
+
+async def test_console_hooks(net: Net) -> None:
+    received: list[str | bytes] = []
+
+    async def handler(ws: Connection) -> None:
+        received.append(await ws.recv())
+        message = await ws.recv()
+        received.append(message)
+        await ws.send(message)
+        ws.abort()
+
+    lines: asyncio.Queue[str] = asyncio.Queue()
+
+    async def feed() -> AsyncIterator[str]:
+        while True:
+            yield await lines.get()
+
+    server = await net.serve(handler)
+    uri = net.uri(server)
+    client = Shouting(Options(uri), Output(io.StringIO(), io.StringIO()), feed())
+    running = asyncio.create_task(client.run())
+    lines.put_nowait("one")
+    await wait_until(lambda: client.seen == ["ONE"])
+    lines.put_nowait("two")  # the second connection's line
+    async with asyncio.timeout(GUARD):
+        assert await running == console.EXIT_CLOSED  # dropped, twice
+    assert received == ["hello", "ONE", "hello", "TWO"]
+    assert client.seen == ["ONE", "TWO"]
+    assert len(client.ended) == 2
+    assert f"connected to {uri}?again\n" in printed(client)[1]
+    assert not client.input_ended
+
+
 async def test_stdin_lines_from_a_pipe() -> None:
     read_fd, write_fd = os.pipe()
     try:
@@ -930,6 +1004,18 @@ def test_output_formats() -> None:
     output.status("status")
     output.error("bad")
     assert err.getvalue() == "status\nrfc6455: bad\n"
+
+
+def test_output_line_and_prog() -> None:
+    """A line of another console: the time, its further lines indented; its own name on errors."""
+    out, err = io.StringIO(), io.StringIO()
+    output = Output(out, err, prog="chat")
+    output.line("[general] ann: two\nlines \x07")
+    first, second = out.getvalue().splitlines()
+    assert re.fullmatch(rf"{TIME} \[general\] ann: two", first)
+    assert second == " " * 9 + "lines \\x07"
+    output.error("bad")
+    assert err.getvalue() == "chat: bad\n"
 
 
 def test_output_json_lines() -> None:
@@ -985,22 +1071,21 @@ def test_describe_close(close: Close, text: str) -> None:
 
 def test_connect_errors() -> None:
     uri = "wss://h/"
-    assert console._connect_error(TimeoutError(), uri) == f"timed out connecting to {uri}"
+    describe = console.describe_connect_error
+    assert describe(TimeoutError(), uri) == f"timed out connecting to {uri}"
     refused = ConnectionRefusedError(111, "Connection refused")
-    assert console._connect_error(refused, uri) == f"cannot connect to {uri}: connection refused"
+    assert describe(refused, uri) == f"cannot connect to {uri}: connection refused"
     gai = socket.gaierror(-2, "Name or service not known")
-    assert console._connect_error(gai, uri).endswith("Name or service not known")
-    assert console._connect_error(OSError(113, "No route to host"), uri).endswith(
-        "No route to host"
-    )
-    assert console._connect_error(ValueError("label too long"), uri).endswith("label too long")
+    assert describe(gai, uri).endswith("Name or service not known")
+    assert describe(OSError(113, "No route to host"), uri).endswith("No route to host")
+    assert describe(ValueError("label too long"), uri).endswith("label too long")
 
 
 def test_connect_error_of_an_invalid_101() -> None:
     """A 101 that is not a valid upgrade is a failure, not a refusal."""
     response = Response(101, "Switching Protocols", Headers())
     error = InvalidResponse("missing or invalid Upgrade header; expected websocket", response)
-    assert console._connect_error(error, "ws://h/") == (
+    assert console.describe_connect_error(error, "ws://h/") == (
         "handshake with ws://h/ failed: missing or invalid Upgrade header; expected websocket"
     )
 
