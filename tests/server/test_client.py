@@ -2,7 +2,9 @@
 
 The pure parts (commands, the outbox, resume positions, URIs, what is shown) are tested
 alone. The session is tested in process against a fake chat server on ``rfc6455.serve``
-that speaks issue 12's channel protocol (channels, duplicate acks).
+that speaks issue 12's channel protocol (channels, duplicate acks), and against the real
+server: in process for what it knows today (``general``), and as ``python -m server``
+behind a proxy that cuts connections, with ``python -m server.client`` as a subprocess.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ import asyncio
 import contextlib
 import io
 import json
+import os
 import re
 import runpy
+import signal
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -43,7 +47,8 @@ from server.client.events import parse_event, retry_after
 from server.client.outbox import Outbox, Pending
 from server.client.positions import Positions
 from server.client.uri import resume_uri, with_params
-from tests.rfc6455.conftest import GUARD, Net, wait_until
+from tests.rfc6455.conftest import GUARD, HOST, Net, wait_until
+from tests.server.support import Chat
 
 pytestmark = pytest.mark.usefixtures("loop_errors")
 
@@ -1061,3 +1066,299 @@ async def test_interrupted_while_waiting_to_reconnect(net: Net) -> None:
         status(client)[-1] == f"chat: interrupted while reconnecting to {uri}&clientId={CLIENT_ID}"
     )
     assert len(script.requests) == 1
+
+
+# Against the real chat server, which knows general only today
+
+
+async def test_against_the_chat_server(chat: Chat) -> None:
+    """Today's server: the publish form in general, its acks, the others' messages."""
+    other = await chat.join()
+    keyboard = Keyboard()
+    client = make_client(chat.url(), keyboard, "--name", "ann")
+    running = asyncio.create_task(client.run())
+    await wait_until(lambda: "[general] 0 earlier messages" in shown(client))
+    await other.send("hi from the other")
+    await wait_until(lambda: f"[general] {other.id[:8]}: hi from the other" in shown(client))
+    keyboard.type("hello")
+    broadcast = await other.recv()
+    assert (broadcast["type"], broadcast["message"]) == ("broadcast", "hello")
+    await wait_until(lambda: "[general] you: hello (✓ #2)" in shown(client))
+    keyboard.end()
+    assert await finished(running) == console.EXIT_OK
+    assert client.positions.since("general") == (2, chat.app.queue.meta.epoch)
+    assert len(client.outbox) == 0
+    left = await other.recv()
+    assert (left["type"], left["closeStatus"]) == ("user_left", 1000)
+
+
+def environ() -> dict[str, str]:
+    """This checkout first on the path; no CHAT_ variable of the caller's."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("CHAT_")}
+    path = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = str(REPO) if not path else f"{REPO}{os.pathsep}{path}"
+    return env
+
+
+LISTENING = re.compile(r"listening: open http://127\.0\.0\.1:(\d+)/")
+
+
+class ChatProcess:
+    """``python -m server`` in a subprocess, restartable on the same port with another database."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.process: asyncio.subprocess.Process | None = None
+        self.port = 0
+        self._drain: asyncio.Task[bytes] | None = None
+
+    async def start(self, db: str) -> None:
+        # --rate-limit 0: the test's sender sends its messages in bursts.
+        command = [sys.executable, "-m", "server", "--port", str(self.port), "--rate-limit", "0"]
+        process = self.process = await asyncio.create_subprocess_exec(
+            *command, "--db", str(self.tmp_path / db), "--shutdown-timeout", "5",
+            cwd=self.tmp_path,
+            env=environ(),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert process.stderr is not None
+        async with asyncio.timeout(GUARD):
+            while not (match := LISTENING.search((await process.stderr.readline()).decode())):
+                assert not process.stderr.at_eof(), "the chat server did not start"
+        self.port = int(match.group(1))
+        self._drain = asyncio.create_task(process.stderr.read())  # never block on stderr
+
+    async def stop(self) -> None:
+        """SIGTERM: every client is closed with 1001; exit status 0."""
+        process, self.process = self.process, None
+        assert process is not None
+        assert self._drain is not None
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(GUARD):
+            assert await process.wait() == 0
+            await self._drain
+
+    async def kill(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+        if self._drain is not None:
+            await self._drain
+
+
+class GatedProxy:
+    """A TCP proxy in front of the chat server: it can cut its connections and hold new ones.
+
+    Each request target is recorded, so the test sees the ``?since=&epoch=`` of each connect.
+    """
+
+    def __init__(self, chat: ChatProcess) -> None:
+        self.chat = chat
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.targets: list[str] = []
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self.gate.wait()
+        head = await reader.readuntil(b"\r\n\r\n")
+        self.targets.append(head.split(b" ", 2)[1].decode())
+        up_reader, up_writer = await asyncio.open_connection(HOST, self.chat.port)
+        self._writers += [writer, up_writer]
+        up_writer.write(head)
+        pipes = {
+            asyncio.create_task(self._pipe(reader, up_writer)),
+            asyncio.create_task(self._pipe(up_reader, writer)),
+        }
+        try:
+            await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in pipes:
+                task.cancel()
+            await asyncio.wait(pipes)
+            up_writer.transport.abort()
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+
+    def cut(self) -> None:
+        """Drop every connection (no close frame: the client sees 1006)."""
+        for writer in self._writers:
+            writer.transport.abort()
+        self._writers.clear()
+
+
+class Sender:
+    """Another chat client, connected to the server itself: it sends and sees broadcasts."""
+
+    def __init__(self, ws: Connection, epoch: str) -> None:
+        self.ws = ws
+        self.epoch = epoch
+        self.broadcasts: list[str] = []  # the others' messages it received
+
+    @classmethod
+    async def connect(cls, uri: str) -> Sender:
+        """Connect, and read the greeting."""
+        ws = await rfc6455.connect(uri, ping_interval=None)
+        async with asyncio.timeout(GUARD):
+            await ws.recv()  # its connection id
+            welcome = json.loads(str(await ws.recv()))
+            await ws.recv()  # history
+        return cls(ws, welcome["epoch"])
+
+    async def send_acked(self, texts: Sequence[str]) -> list[int]:
+        """Send structured messages and wait for their acks; return their seqs."""
+        ids = [str(uuid.uuid4()) for _ in texts]  # a repeated one would be a duplicate
+        for text, client_msg_id in zip(texts, ids, strict=True):
+            await self.ws.send(json.dumps({"message": text, "clientMsgId": client_msg_id}))
+        acks: list[int] = []
+        async with asyncio.timeout(GUARD):
+            while len(acks) < len(texts):
+                message = json.loads(str(await self.ws.recv()))
+                if message.get("type") == "broadcast":
+                    self.broadcasts.append(message["message"])
+                elif message.get("type") == "ack":  # user_left notices may come too
+                    assert message["clientMsgId"] == ids[len(acks)]
+                    assert "duplicate" not in message
+                    acks.append(message["seq"])
+        return acks
+
+
+class ClientProcess:
+    """``python -m server.client URL --json`` with its stdin, stdout and stderr on pipes."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.stderr_lines: list[str] = []
+        self._stderr = asyncio.create_task(self._read_stderr())
+
+    @classmethod
+    async def start(cls, uri: str, cwd: Path) -> ClientProcess:
+        process = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "server.client", uri, "--json", "--client-id", CLIENT_ID),
+            cwd=cwd,
+            env=environ(),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        return cls(process)
+
+    async def _read_stderr(self) -> None:
+        assert self.process.stderr is not None
+        async for line in self.process.stderr:
+            self.stderr_lines.append(line.decode())
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.stderr_lines)
+
+    async def received(self, count: int) -> list[Any]:
+        """The next ``count`` messages printed: what the server sent."""
+        assert self.process.stdout is not None
+        async with asyncio.timeout(GUARD):
+            lines = [await self.process.stdout.readline() for _ in range(count)]
+        return [json.loads(line)["data"] for line in lines]
+
+    async def type(self, line: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(line.encode() + b"\n")
+        await self.process.stdin.drain()
+
+    async def end(self) -> int:
+        """Close stdin (the end of input); wait for the exit and return its status."""
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        async with asyncio.timeout(GUARD):
+            status = await self.process.wait()
+            await self._stderr
+        return status
+
+    async def kill(self) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+        self._stderr.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._stderr
+
+
+async def test_resume_against_the_chat_server(net: Net, tmp_path: Path) -> None:
+    """Dropped, the client gets what it missed and sends what was typed meanwhile, once each.
+
+    A restart with a new database is another epoch: a fresh history.
+    """
+    chat = ChatProcess(tmp_path)
+    await chat.start("first.db")
+    proxy = GatedProxy(chat)
+    plain = await net.plain_server(proxy.serve)
+    sender = await Sender.connect(f"ws://{HOST}:{chat.port}/")
+    epoch = sender.epoch
+    client = None
+    try:
+        before = await sender.send_acked(["before 1", "before 2"])
+        client = await ClientProcess.start(net.uri(plain), tmp_path)
+        _, welcome, history = await client.received(3)
+        assert welcome["epoch"] == epoch
+        assert [item["seq"] for item in history["messages"]] == before
+        live = await sender.send_acked(["live"])
+        assert (await client.received(1))[0]["seq"] == live[0]
+
+        # Dropped; a line typed meanwhile, and 60 messages (more than a new client's
+        # history) sent by the others.
+        proxy.gate.clear()
+        proxy.cut()
+        await wait_until(lambda: "connection lost: 1006 (abnormal closure)" in client.stderr)
+        await client.type("typed while away")
+        missed = await sender.send_acked([f"missed {n}" for n in range(60)])
+        proxy.gate.set()
+        _, _, history, ack = await client.received(4)
+        assert proxy.targets[1] == f"/?clientId={CLIENT_ID}&since={live[0]}&epoch={epoch}"
+        assert history["recovered"] is True
+        assert [item["seq"] for item in history["messages"]] == missed
+        assert [item["message"] for item in history["messages"]] == [
+            f"missed {n}" for n in range(60)
+        ]
+        assert ack == {
+            "type": "ack",
+            "channel": "general",
+            "seq": missed[-1] + 1,
+            "clientMsgId": ack["clientMsgId"],
+        }
+        # Its broadcast came before its ack, so before this: once.
+        after = await sender.send_acked(["after"])
+        assert (await client.received(1))[0]["seq"] == after[0]
+        assert sender.broadcasts == ["typed while away"]
+
+        # A restart with a new database: another epoch, so a fresh history.
+        proxy.gate.clear()
+        await chat.stop()  # 1001 to the client, which reconnects
+        await chat.start("second.db")
+        proxy.gate.set()
+        _, welcome, history = await client.received(3)
+        assert proxy.targets[2] == f"/?clientId={CLIENT_ID}&since={after[0]}&epoch={epoch}"
+        assert welcome["epoch"] != epoch
+        assert history == {
+            "type": "history",
+            "channel": "general",
+            "messages": [],
+            "epoch": welcome["epoch"],
+            "recovered": False,
+        }
+        assert await client.end() == 0, client.stderr
+        assert 'closed by server: 1001 (going away) "server shutting down"' in client.stderr
+        assert client.stderr.count("reconnecting in 0.5 s (attempt 1 of 5)") == 2
+        assert "Traceback" not in client.stderr
+    finally:
+        proxy.cut()
+        proxy.gate.set()
+        await sender.ws.close()
+        if client is not None:
+            await client.kill()
+        await chat.kill()
