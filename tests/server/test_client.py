@@ -2,9 +2,10 @@
 
 The pure parts (commands, the outbox, resume positions, URIs, what is shown) are tested
 alone. The session is tested in process against a fake chat server on ``rfc6455.serve``
-that speaks issue 12's channel protocol (channels, duplicate acks), and against the real
-server: in process for what it knows today (``general``), and as ``python -m server``
-behind a proxy that cuts connections, with ``python -m server.client`` as a subprocess.
+that speaks issue 12's channel protocol, where every case can be staged (refusals, acks
+held back), and against the real server: in process (general, channels, a lost ack sent
+again and stored once), and as ``python -m server`` behind a proxy that cuts connections,
+with ``python -m server.client`` as a subprocess.
 """
 
 from __future__ import annotations
@@ -1068,7 +1069,7 @@ async def test_interrupted_while_waiting_to_reconnect(net: Net) -> None:
     assert len(script.requests) == 1
 
 
-# Against the real chat server, which knows general only today
+# Against the real chat server
 
 
 async def test_against_the_chat_server(chat: Chat) -> None:
@@ -1090,6 +1091,79 @@ async def test_against_the_chat_server(chat: Chat) -> None:
     assert len(client.outbox) == 0
     left = await other.recv()
     assert (left["type"], left["closeStatus"]) == ("user_left", 1000)
+
+
+async def test_channels_against_the_chat_server(chat: Chat) -> None:
+    other = await chat.connect("/?clientId=0d5c2b8e-3f41-4a7e-9c6d-2b1a0f9e8d7c&name=bob")
+
+    async def other_gets(kind: str) -> Json:
+        """The next message of that type that the other client receives."""
+        async with asyncio.timeout(GUARD):
+            while (message := parse_event(await other.recv())) is None or message.get(
+                "type"
+            ) != kind:
+                pass
+        return message
+
+    await other.send(json.dumps({"type": "subscribe", "channel": "dev"}))
+    await other_gets("subscribed")
+    keyboard = Keyboard()
+    client = make_client(chat.url(), keyboard, "--name", "ann")
+    running = asyncio.create_task(client.run())
+    keyboard.type("/join dev")
+    await wait_until(lambda: "[dev] joined, 0 earlier messages" in shown(client))
+    await other.send(json.dumps({"type": "publish", "channel": "dev", "message": "hi ann"}))
+    await wait_until(lambda: "[dev] bob: hi ann" in shown(client))
+    keyboard.type("/switch dev", "hi bob", "/who")
+    broadcast = await other_gets("broadcast")
+    assert (broadcast["channel"], broadcast["name"], broadcast["message"]) == (
+        "dev",
+        "ann",
+        "hi bob",
+    )
+    await wait_until(lambda: "[dev] you: hi bob (✓ #2)" in shown(client))
+    keyboard.type("/leave dev")
+    await wait_until(lambda: "[dev] unsubscribed" in shown(client))
+    keyboard.end()
+    assert await finished(running) == console.EXIT_OK
+    # The members: in the answer to the subscribe, then in the one to /who.
+    here = [line for line in shown(client) if line.startswith("[dev] here: ")]
+    assert len(here) == 2
+    for line in here:
+        assert sorted(line.removeprefix("[dev] here: ").split(", ")) == ["ann", "bob"]
+    since = client.positions.since("dev")
+    assert since is not None
+    assert since[0] == 2
+    assert len(client.outbox) == 0
+
+
+async def test_exactly_once_against_the_chat_server(net: Net, chat: Chat) -> None:
+    """A message whose ack is lost in a drop is sent again, and stored once: "duplicate"."""
+    proxy = GatedProxy(chat)
+    plain = await net.plain_server(proxy.serve)
+    sender = await Sender.connect(chat.url())
+    keyboard = Keyboard()
+    client = make_client(net.uri(plain), keyboard)
+    running = asyncio.create_task(client.run())
+    try:
+        await wait_until(lambda: "[general] 0 earlier messages" in shown(client))
+        proxy.deaf = True
+        keyboard.type("only once")
+        assert await sender.next_broadcast() == "only once"
+        await wait_until(lambda: [row[2] for row in chat.rows()] == ["only once"])  # committed
+        proxy.cut()  # its ack went nowhere
+        proxy.deaf = False
+        await wait_until(lambda: "[general] you: only once (✓ #1, duplicate)" in shown(client))
+        keyboard.end()
+        assert await finished(running) == console.EXIT_OK
+        await sender.send_acked(["marker"])
+        assert sender.broadcasts == []  # not broadcast again
+    finally:
+        proxy.cut()
+        await sender.ws.close()
+    assert len(client.outbox) == 0
+    assert [row[2] for row in chat.rows()] == ["only once", "marker"]
+    assert "sending again 1 unconfirmed message(s)" in status(client)
 
 
 def environ() -> dict[str, str]:
@@ -1152,12 +1226,14 @@ class GatedProxy:
     """A TCP proxy in front of the chat server: it can cut its connections and hold new ones.
 
     Each request target is recorded, so the test sees the ``?since=&epoch=`` of each connect.
+    While ``deaf``, what the server sends is not passed on: an ack lost before a drop.
     """
 
-    def __init__(self, chat: ChatProcess) -> None:
+    def __init__(self, chat: ChatProcess | Chat) -> None:
         self.chat = chat
         self.gate = asyncio.Event()
         self.gate.set()
+        self.deaf = False
         self.targets: list[str] = []
         self._writers: list[asyncio.StreamWriter] = []
 
@@ -1170,7 +1246,7 @@ class GatedProxy:
         up_writer.write(head)
         pipes = {
             asyncio.create_task(self._pipe(reader, up_writer)),
-            asyncio.create_task(self._pipe(up_reader, writer)),
+            asyncio.create_task(self._pipe(up_reader, writer, down=True)),
         }
         try:
             await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
@@ -1180,12 +1256,14 @@ class GatedProxy:
             await asyncio.wait(pipes)
             up_writer.transport.abort()
 
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, down: bool = False
+    ) -> None:
         with contextlib.suppress(ConnectionError):
             while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
+                if not (down and self.deaf):
+                    writer.write(data)
+                    await writer.drain()
 
     def cut(self) -> None:
         """Drop every connection (no close frame: the client sees 1006)."""
@@ -1211,6 +1289,14 @@ class Sender:
             welcome = json.loads(str(await ws.recv()))
             await ws.recv()  # history
         return cls(ws, welcome["epoch"])
+
+    async def next_broadcast(self) -> str:
+        """The text of the next broadcast it receives."""
+        async with asyncio.timeout(GUARD):
+            while (message := json.loads(str(await self.ws.recv()))).get("type") != "broadcast":
+                pass
+        text: str = message["message"]
+        return text
 
     async def send_acked(self, texts: Sequence[str]) -> list[int]:
         """Send structured messages and wait for their acks; return their seqs."""
