@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeGuard
 
 from .events import GENERAL, channel_of
 
@@ -34,6 +35,12 @@ class Positions:
         if position is None or position.seq is None or position.epoch is None:
             return None
         return position.seq, position.epoch
+
+    def is_new(self, channel: str, seq: object) -> bool:
+        """Whether ``seq`` is above the highest seen in ``channel``: not a message shown already."""
+        position = self._channels.get(channel)
+        known = None if position is None else position.seq
+        return known is None or not _is_seq(seq) or seq > known
 
     def note(self, event: Mapping[str, object]) -> None:
         """Take the epoch and the seqs that an event from the server carries."""
@@ -60,7 +67,11 @@ class Positions:
             position.epoch, position.seq = epoch, None
 
     def _seen(self, channel: str, seq: object) -> None:
-        if isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0:
+        if _is_seq(seq):
             position = self._position(channel)
             if position.seq is None or seq > position.seq:
                 position.seq = seq
+
+
+def _is_seq(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

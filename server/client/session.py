@@ -105,19 +105,32 @@ class ChatClient(Console):
                 await ws.send(message.frame)
 
     def on_message(self, message: Data) -> None:
-        """Take the positions, settle the outbox, print."""
+        """Take the positions, settle the outbox, print (a broadcast seen already: not again)."""
         self._attempts = 0
         event = parse_event(message)
         if event is None:
             self.output.message(message)
             return
+        channel = channel_of(event)
+        seen = event.get("type") == "broadcast" and not self.positions.is_new(
+            channel, event.get("seq")
+        )
         self.positions.note(event)
-        resuming = channel_of(event) in self._resuming
+        resuming = channel in self._resuming
         pending = self._settle(event)
-        if self.options.json or (shown := render.lines(event, pending, resuming=resuming)) is None:
+        if self.options.json:
             self.output.message(message)
-            return
-        for line in shown:
+        elif not seen:
+            self._show(message, event, pending, resuming=resuming)
+
+    def _show(
+        self, message: Data, event: Mapping[str, object], pending: Pending | None, *, resuming: bool
+    ) -> None:
+        """Print an event as short lines; one this client does not know, as it is."""
+        lines = render.lines(event, pending, resuming=resuming)
+        if lines is None:
+            self.output.message(message)
+        for line in lines or ():
             self.output.line(line)
 
     async def on_line(self, ws: Connection, line: str) -> None:

@@ -176,6 +176,15 @@ def test_positions_follow_the_highest_seq_and_its_epoch() -> None:
         positions.note(event)
     assert positions.since("general") == (9, "E/1")
     assert positions.since("dev") is None  # no epoch for it yet
+    assert [positions.is_new("general", seq) for seq in (8, 9, 10, None, True)] == [
+        False,
+        False,
+        True,
+        True,
+        True,
+    ]
+    assert positions.is_new("dev", 100) is False
+    assert positions.is_new("unknown", 1) is True
 
 
 def test_positions_of_a_channel_subscribed() -> None:
@@ -619,6 +628,15 @@ async def finished(running: asyncio.Task[int]) -> int:
         return await running
 
 
+async def send_all(ws: Connection, *events: Json) -> None:
+    for event in events:
+        await ws.send(json.dumps(event))
+
+
+async def run_to_end(client: ChatClient) -> int:
+    return await finished(asyncio.create_task(client.run()))
+
+
 def without_ids(frames: Iterable[Json]) -> list[Json]:
     """The frames with each clientMsgId checked to be a uuid4, then left out."""
     found = []
@@ -856,6 +874,35 @@ async def test_what_is_not_a_chat_event_is_printed_as_it_is(net: Net) -> None:
     ]
 
 
+async def test_a_broadcast_shown_already_is_not_shown_again(net: Net) -> None:
+    """One whose seq is not above the highest seen in its channel; --json prints it still."""
+
+    async def handler(ws: Connection) -> None:
+        await send_all(
+            ws,
+            {"type": "welcome", "epoch": "e"},
+            {"type": "history", "messages": [{"seq": 2, "user": "a", "message": "two"}]},
+            {"type": "broadcast", "seq": 2, "user": "a", "message": "two"},
+            {"type": "broadcast", "seq": 1, "user": "a", "message": "one"},
+            {"type": "broadcast", "channel": "dev", "seq": 1, "user": "a", "message": "dev one"},
+            {"type": "broadcast", "seq": 3, "user": "a", "message": "three"},
+        )
+        await ws.close(1000)
+
+    server = await net.serve(handler)
+    readable = make_client(net.uri(server), Keyboard())
+    assert await run_to_end(readable) == console.EXIT_OK
+    assert shown(readable)[-4:] == [
+        "[general] 1 earlier message",
+        "[general] a: two",
+        "[dev] a: dev one",
+        "[general] a: three",
+    ]
+    raw = make_client(net.uri(server), Keyboard(), "--json")
+    assert await run_to_end(raw) == console.EXIT_OK
+    assert len(printed(raw)[0].splitlines()) == 6
+
+
 # Reconnecting: when, where to, how often
 
 
@@ -884,15 +931,6 @@ async def scripted(net: Net, *handlers: Callable[[Connection], Any]) -> tuple[Sc
     script = Scripted(*handlers)
     server = await net.serve(script.handler, process_request=script.process_request)
     return script, net.uri(server, "/room?x=1")
-
-
-async def send_all(ws: Connection, *events: Json) -> None:
-    for event in events:
-        await ws.send(json.dumps(event))
-
-
-async def run_to_end(client: ChatClient) -> int:
-    return await finished(asyncio.create_task(client.run()))
 
 
 async def test_reconnects_resuming_general_with_since_and_epoch(net: Net) -> None:
