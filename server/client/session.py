@@ -99,10 +99,10 @@ class ChatClient(Console):
             await ws.send(_dumps({"type": "unsubscribe", "channel": GENERAL}))
         for channel in sorted(self.joined - {GENERAL}):
             await self._subscribe(ws, channel)
-        if pending := list(self.outbox):
-            self.output.status(f"sending again {len(pending)} unconfirmed message(s)")
-            for message in pending:
-                await ws.send(message.frame)
+        if self.outbox:
+            self.output.status(f"sending again {len(self.outbox)} unconfirmed message(s)")
+            for pending in self.outbox:  # as it is now: acks may come meanwhile
+                await ws.send(pending.frame)
 
     def on_message(self, message: Data) -> None:
         """Take the positions, settle the outbox, print (a broadcast seen already: not again)."""
