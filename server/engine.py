@@ -59,14 +59,17 @@ class Draft:
     reply: asyncio.Future[Ack] | None = field(default=None, compare=False)
 
     @property
-    def sender(self) -> str:
+    def sender(self) -> str | None:
         """Who published it, for recognising a message sent twice: the user, else the client
-        id, else the connection."""
+        id; the API. None for an anonymous connection, which is not recognised (clients from
+        before exactly-once may use a clientMsgId more than once)."""
         if self.user is not None:
             return f"user:{self.user}"
         if self.client_id is not None:
             return f"client:{self.client_id}"
-        return f"connection:{self.connection_id}"
+        if self.connection_id == "api":
+            return "api"
+        return None
 
 
 @dataclass(frozen=True, slots=True)

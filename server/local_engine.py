@@ -167,10 +167,10 @@ class LocalEngine:
             asyncio.QueueFull: If not ``ready()``.
             PersistenceClosed: If the engine has stopped.
         """
-        channel, client_msg_id = draft.channel, draft.client_msg_id
+        channel, sender, client_msg_id = draft.channel, draft.sender, draft.client_msg_id
         recent = self._recent.get(channel)
-        if client_msg_id is not None and recent is not None:
-            entry = recent.get(draft.sender, client_msg_id)
+        if sender is not None and client_msg_id is not None and recent is not None:
+            entry = recent.get(sender, client_msg_id)
             if entry is not None:
                 if entry.settled:
                     ack = Ack(draft, entry.seq, self.epoch(channel), duplicate=True)
@@ -189,10 +189,10 @@ class LocalEngine:
         )
         seq = record.seq
         self._unsettled[(channel, seq)] = draft
-        if client_msg_id is not None:
+        if sender is not None and client_msg_id is not None:
             if recent is None:
                 recent = self._recent[channel] = RecentIds()
-            recent.add(draft.sender, client_msg_id, seq)
+            recent.add(sender, client_msg_id, seq)
         ring = self._rings.get(channel) or self._new_ring(channel, seq - 1)
         if not self.settings.broadcast_after_commit:
             encoded = payload(record)
@@ -219,13 +219,14 @@ class LocalEngine:
                 continue
             epoch = self.epoch(channel)
             recent = self._recent.get(channel)
-            if recent is not None and draft.client_msg_id is not None:
+            sender = draft.sender
+            if recent is not None and sender is not None and draft.client_msg_id is not None:
                 if stored:
-                    entry = recent.get(draft.sender, draft.client_msg_id)
+                    entry = recent.get(sender, draft.client_msg_id)
                     if entry is not None and entry.seq == seq:
                         entry.settled = True
                 else:
-                    recent.discard(draft.sender, draft.client_msg_id, seq)
+                    recent.discard(sender, draft.client_msg_id, seq)
             if after_commit:
                 encoded = payload(record)
                 ring = self._rings.get(channel) or self._new_ring(channel, seq - 1)
@@ -376,7 +377,8 @@ class LocalEngine:
             sender = Draft(
                 record.channel, "", record.connection_id, None, record.user, record.client_id
             ).sender
-            recent.add(sender, record.client_msg_id, record.seq, age=max(age, 1e-6))
+            if sender is not None:
+                recent.add(sender, record.client_msg_id, record.seq, age=max(age, 1e-6))
 
     # Read positions.
 
