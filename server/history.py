@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
-__all__ = ["History", "Plan", "Resume", "payload_size"]
+__all__ = ["Budget", "History", "Plan", "Resume", "payload_size"]
 
 # A seq as a query parameter: ASCII digits, few enough for any real seq (2**63 has 19).
 _SEQ = re.compile(r"[0-9]{1,19}")
@@ -78,6 +78,14 @@ class Plan:
     fallback: list[bytes] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class Budget:
+    """The bytes that several rings hold together, against the most they may."""
+
+    limit: int
+    used: int = 0
+
+
 def payload_size(payloads: list[bytes]) -> int:
     """What payloads add to a history message: their bytes and the commas between them."""
     return sum(map(len, payloads)) + len(payloads)
@@ -93,6 +101,7 @@ class History:
         finished: The highest seq the writer is done with (everything stored at start-up).
         pruned: The highest seq deleted by retention.
         evicted: The highest seq stored but not held: ``load()`` brings the latest of them.
+        budget: Shared with other rings, which count their bytes in it too.
     """
 
     def __init__(
@@ -104,12 +113,14 @@ class History:
         finished: int,
         pruned: int,
         evicted: int = 0,
+        budget: Budget | None = None,
     ) -> None:
         self.epoch = epoch
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self._entries: collections.deque[tuple[int, bytes]] = collections.deque()
         self._bytes = 0
+        self._budget = Budget(max_bytes) if budget is None else budget
         self._finished = finished
         # Every message above this seq is in the ring (or was never stored).
         self._evicted = evicted
@@ -144,14 +155,37 @@ class History:
         elif stored:
             self._evicted = stored[0][0] - 1
         self._entries.extendleft(reversed(stored))
-        self._bytes += sum(len(payload) for _, payload in stored)
+        self._resize(sum(len(payload) for _, payload in stored))
         self._trim()
 
     def append(self, seq: int, payload: bytes) -> None:
         """Add the payload of a message just broadcast (seqs must increase)."""
         self._entries.append((seq, payload))
-        self._bytes += len(payload)
+        self._resize(len(payload))
         self._trim()
+
+    @property
+    def size(self) -> int:
+        """The payload bytes held."""
+        return self._bytes
+
+    def shrink(self, most: int) -> None:
+        """Drop the oldest payloads the writer is done with until at most ``most`` bytes are
+        held (those it is not done with stay)."""
+        entries = self._entries
+        while entries and self._bytes > most and entries[0][0] <= self._finished:
+            seq, payload = entries.popleft()
+            self._resize(-len(payload))
+            self._evicted = seq
+
+    def release(self) -> None:
+        """Give the ring's bytes back to the budget: the ring is no longer used."""
+        self._resize(-self._bytes)
+        self._entries.clear()
+
+    def _resize(self, delta: int) -> None:
+        self._bytes += delta
+        self._budget.used += delta
 
     def settled(self) -> bool:
         """Whether the writer is done with every payload held."""
@@ -168,7 +202,7 @@ class History:
         self._evicted = max(self._evicted, seq)
         entries = self._entries
         while entries and entries[0][0] <= seq:
-            self._bytes -= len(entries.popleft()[1])
+            self._resize(-len(entries.popleft()[1]))
 
     def last(self, n: int, max_bytes: int | None = None) -> list[bytes]:
         """The latest payloads held, at most ``n`` of them and ``max_bytes``, oldest first."""
@@ -248,5 +282,5 @@ class History:
             and entries[0][0] <= self._finished
         ):
             seq, payload = entries.popleft()
-            self._bytes -= len(payload)
+            self._resize(-len(payload))
             self._evicted = seq

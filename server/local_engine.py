@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from . import messages
 from .channels import DEFAULT_CHANNEL
 from .engine import Ack, Draft, Listener, Member, Publication, Recovery
-from .history import History, Plan, Resume, payload_size
+from .history import Budget, History, Plan, Resume, payload_size
 from .namespaces import Namespaces
 from .persistence import PersistenceClosed, PersistenceQueue
 from .recent import DEFAULT_MOST, DEFAULT_WINDOW, RecentIds
@@ -35,6 +35,8 @@ logger = logging.getLogger("server.engine")
 
 # Read at start-up to recognise messages sent again: at most this many of the latest rows.
 _RECENT_ROWS = 200_000
+# Ids remembered between two sweeps of the expired ones in every channel.
+_SWEEP_EVERY = 4096
 
 
 def payload(record: MessageRecord) -> bytes:
@@ -81,6 +83,10 @@ class LocalEngine:
             prune_interval=settings.prune_interval,
         )
         self._rings: dict[str, History] = {}
+        # Every ring's bytes count against one budget: a client subscribed to 128 channels
+        # cannot make the server hold 128 histories' worth.
+        self._budget = Budget(settings.history_memory)
+        self._ids_added = 0
         self._loading: dict[str, asyncio.Task[None]] = {}
         # Channels whose ring does not hold their latest stored messages yet.
         self._unloaded: set[str] = set()
@@ -117,6 +123,7 @@ class LocalEngine:
             "queueDepth": queue.depth,
             "persisted": queue.persisted,
             "deadLettered": queue.dead_lettered,
+            "historyBytes": self._budget.used,
         }
 
     # Publishing.
@@ -193,10 +200,15 @@ class LocalEngine:
             if recent is None:
                 recent = self._recent[channel] = RecentIds()
             recent.add(sender, client_msg_id, seq)
+            self._ids_added += 1
+            if self._ids_added % _SWEEP_EVERY == 0:
+                self._sweep_ids()
         ring = self._rings.get(channel) or self._new_ring(channel, seq - 1)
         if not self.settings.broadcast_after_commit:
             encoded = payload(record)
             ring.append(seq, encoded)
+            if self._budget.used > self._budget.limit:
+                self._shrink_rings()
             self.listener.published(Publication(channel, seq, encoded, draft.connection_id))
 
     def _committed(self, batch: Sequence[MessageRecord]) -> None:
@@ -231,6 +243,8 @@ class LocalEngine:
                 encoded = payload(record)
                 ring = self._rings.get(channel) or self._new_ring(channel, seq - 1)
                 ring.append(seq, encoded)
+                if self._budget.used > self._budget.limit:
+                    self._shrink_rings()
                 self.listener.published(Publication(channel, seq, encoded, draft.connection_id))
             acks.append(Ack(draft, seq, epoch, stored=stored))
             for duplicate in self._waiting.pop((channel, seq), ()):
@@ -244,6 +258,8 @@ class LocalEngine:
             if held is not None:
                 held.finished(seq)
                 self._drop_ring_if_unused(channel)
+        if self._budget.used > self._budget.limit:
+            self._shrink_rings()
         if acks:
             self.listener.acked(acks)
 
@@ -319,6 +335,7 @@ class LocalEngine:
             finished=stored,
             pruned=row.pruned,
             evicted=stored,
+            budget=self._budget,
         )
         if stored > row.pruned:
             self._unloaded.add(channel)
@@ -336,6 +353,8 @@ class LocalEngine:
         else:
             stored = [(record.seq, payload(record)) for record in latest.records]
             ring.load(stored, complete=latest.complete, through=through)
+            if self._budget.used > self._budget.limit:
+                self._shrink_rings()
         finally:
             del self._loading[channel]
 
@@ -350,12 +369,32 @@ class LocalEngine:
             and ring.settled()
         ):
             del self._rings[channel]
+            ring.release()
             self._unloaded.discard(channel)
+
+    def _shrink_rings(self) -> None:
+        """Over the budget: the largest rings give up their oldest messages (those the writer
+        is done with) until three quarters of it are used. A resume that reaches further back
+        reads the database."""
+        budget = self._budget
+        target = budget.limit * 3 // 4
+        for ring in sorted(self._rings.values(), key=lambda ring: ring.size, reverse=True):
+            if budget.used <= target:
+                return
+            ring.shrink(max(0, ring.size - (budget.used - target)))
 
     def _pruned(self, channel: str, seq: int) -> None:
         ring = self._rings.get(channel)
         if ring is not None:
             ring.pruned_through(seq)
+
+    def _sweep_ids(self) -> None:
+        """Forget the expired ids of every channel: those of a channel nobody publishes in
+        any more would otherwise stay."""
+        for channel, recent in list(self._recent.items()):
+            recent.expire()
+            if not len(recent):
+                del self._recent[channel]
 
     def _retention(self, channel: str) -> tuple[int, float]:
         options = self.namespaces.of(channel)

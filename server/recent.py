@@ -56,7 +56,7 @@ class RecentIds:
 
     def get(self, sender: str, client_msg_id: str) -> Entry | None:
         """The entry of a message already published, if it is remembered still."""
-        self._expire()
+        self.expire()
         return self._entries.get((sender, client_msg_id))
 
     def add(self, sender: str, client_msg_id: str, seq: int, *, age: float = 0.0) -> Entry:
@@ -75,7 +75,8 @@ class RecentIds:
         if entry is not None and entry.seq == seq:
             del self._entries[key]
 
-    def _expire(self) -> None:
+    def expire(self) -> None:
+        """Forget the ids older than the window."""
         entries, now = self._entries, self._clock()
         while entries:
             first = next(iter(entries.values()))

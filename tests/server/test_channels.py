@@ -671,3 +671,26 @@ async def test_the_api_disconnects_a_user(start: Start) -> None:
         assert close is not None
         assert (close.code, close.reason) == (4001, "banned")
     await publish_acked(other, "general", "still here", "m")
+
+
+# Memory: bounded in bytes across channels
+
+
+async def test_the_histories_of_all_channels_share_one_budget(start: Start) -> None:
+    budget = 64 * 1024
+    chat = await start(history_memory=budget, rate_limit=0)
+    a = await chat.join(f"clientId={uuid.uuid4()}")
+    text = "x" * 2000
+    for n in range(20):
+        await a.subscribe(f"room{n}")
+    epoch = chat.app.engine.epoch("room0")
+    for round_ in range(5):
+        for n in range(20):
+            await a.publish(f"room{n}", text, f"{n}-{round_}")
+    await a.expect("ack", clientMsgId="19-4")
+    health = await chat.health()
+    # 200 KB were published; what is held stays within the budget.
+    assert 0 < health["historyBytes"] <= budget
+    b = await chat.join()
+    resumed = await b.subscribe("room0", since=0, epoch=epoch)
+    assert (seqs(resumed["messages"]), resumed["recovered"]) == ([1, 2, 3, 4, 5], True)
