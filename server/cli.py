@@ -21,8 +21,9 @@ from typing import Any, NoReturn
 
 from rfc6455 import Limits
 
-from .app import run
+from .app import namespaces_of, run
 from .auth import authenticator
+from .namespaces import NamespaceError
 from .options import OPTIONS, Option, default_text
 from .persistence import DatabaseInUse
 from .settings import Settings
@@ -116,6 +117,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         authenticator(settings.auth, settings.jwt_secret, settings.users_file)
     except (ValueError, ImportError) as exc:
         parser.error(str(exc))
+    try:
+        namespaces_of(settings)
+    except NamespaceError as exc:
+        parser.error(f"--channels: {exc}")
     return settings
 
 

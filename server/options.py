@@ -359,6 +359,14 @@ OPTIONS: tuple[Option, ...] = (
         "`recovered: false`",
     ),
     Option(
+        "--history-memory",
+        "CHAT_HISTORY_MEMORY",
+        "history_memory",
+        _whole(1),
+        "bytes of every channel's latest messages kept in memory, all channels together: "
+        "histories and resumes are served from them (over it, the database is read)",
+    ),
+    Option(
         "--broadcast-after-commit",
         "CHAT_BROADCAST_AFTER_COMMIT",
         "broadcast_after_commit",

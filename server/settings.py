@@ -104,7 +104,8 @@ class Settings:
     retention_days: int = 30
     web_root: Path = WEB_ROOT
     welcome: str = "Welcome to the chat server!"
-    # Memory for the latest broadcasts, from which histories and resumes are served.
+    # Memory for every channel's latest broadcasts, from which histories and resumes are
+    # served: a few thousand messages, a few MB's worth of a busy server's last minutes.
     history_memory: int = 16 * 2**20
     # Seconds between two retention passes: old messages outlive their limit by at most this.
     prune_interval: float = 60.0

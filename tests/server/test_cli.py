@@ -93,6 +93,7 @@ OPTIONS: list[tuple[str, str, str, Callable[[Settings], Any], Any]] = [
     ("--max-text-bytes", "CHAT_MAX_TEXT_BYTES", "2000", lambda s: s.max_text_bytes, 2000),
     ("--leave-rate", "CHAT_LEAVE_RATE", "0.5", lambda s: s.leave_rate, 0.5),
     ("--history-bytes", "CHAT_HISTORY_BYTES", "4096", lambda s: s.history_bytes, 4096),
+    ("--history-memory", "CHAT_HISTORY_MEMORY", "65536", lambda s: s.history_memory, 65536),
     ("--max-head-size", "CHAT_MAX_HEAD_SIZE", "4096", lambda s: s.limits.max_head_size, 4096),
     ("--max-handshakes", "CHAT_MAX_HANDSHAKES", "50", lambda s: s.limits.max_handshakes, 50),
     ("--max-handshakes", "CHAT_MAX_HANDSHAKES", "0", lambda s: s.limits.max_handshakes, None),
@@ -251,6 +252,7 @@ BAD: list[tuple[list[str], dict[str, str]]] = [
     (["--max-head-size", "100"], {}),
     ([], {"CHAT_MAX_HANDSHAKES": "-1"}),
     (["--history-bytes", "0"], {}),
+    (["--history-memory", "0"], {}),
     (["--max-text-chars", "0"], {}),
     (["--leave-rate", "nan"], {}),
     (["--max-login-failures", "-1"], {}),
@@ -402,3 +404,27 @@ def test_a_database_that_cannot_be_opened_exits_2_with_one_line(
     (line,) = err.splitlines()
     assert line.startswith(f"python -m server: error: cannot open {folder}")
     check_no_thread_left(threads)
+
+
+@pytest.mark.parametrize(
+    ("content", "complaint"),
+    [
+        ("[defaults\n", "is not TOML"),
+        ("[channelz]\n", "unknown table 'channelz'"),
+        ("[namespaces.news]\nhistroy = 5\n", "unknown key 'histroy'"),
+        ('[namespaces.news]\npublish = "everyone"\n', "publish = 'everyone' is not valid"),
+        ("[defaults]\nhistory = -1\n", "history = -1 is not valid"),
+        ("[defaults]\npresence = 1\n", "presence = 1 is not valid"),
+    ],
+)
+def test_a_bad_channels_file_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, complaint: str
+) -> None:
+    options = tmp_path / "channels.toml"
+    options.write_text(content, encoding="utf-8")
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["--db", str(tmp_path / "m.db"), "--channels", str(options)])
+    assert exited.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
+    assert line.startswith("python -m server: error: --channels: ")
+    assert complaint in line
