@@ -12,7 +12,9 @@ For every request, the Router first (``web.py``: a Host this server does not ans
 Then for the chat endpoint only (``/echo`` carries no user data and no credentials, and
 conformance suites and benchmarks open hundreds of connections a second through it):
 
-2. the Origin (``origin.py``): 403 for a browser page of another site;
+2. the Origin (``origin.py``): 403 for a browser page of another site; then an anonymous
+   identity in the query (``?clientId=&name=``, ``commands.identity_from_query``): 400 for one
+   ``hello`` would refuse;
 3. ``--connect-rate-per-ip``: 429 for an address opening connections too fast;
 4. ``--max-connections-per-ip``: 429 for an address with that many chat connections open;
 5. ``--auth``: 401 without valid credentials (``auth.py``); with ``basic``, 429 for an address
@@ -43,6 +45,7 @@ from .auth import (
     authenticator,
     remember,
 )
+from .commands import CommandError, identity_from_query
 from .iplimits import ConnectRate
 from .origin import OriginPolicy
 from .settings import Settings
@@ -112,6 +115,10 @@ class Access:
         if not self.origins.allows(request):
             origin = request.headers.get("Origin", "")
             return _refused(request, reject(403, f"origin {origin} is not allowed"))
+        try:
+            identity_from_query(request.query)
+        except CommandError as exc:
+            return _refused(request, reject(400, str(exc)))
         key = address_key(request.remote_address[0]) if request.remote_address else ""
         request.state[_KEY] = key
         if self.connect_rate is not None and (wait := self.connect_rate.admit(key)):

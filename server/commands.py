@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
+from urllib.parse import parse_qs
 
 from . import messages
 from .channels import DEFAULT_CHANNEL, check_name
@@ -29,6 +30,7 @@ __all__ = [
     "Unsubscribe",
     "check_client_id",
     "check_display_name",
+    "identity_from_query",
     "read",
 ]
 
@@ -144,6 +146,24 @@ def read(text: str, *, max_chars: int, max_bytes: int) -> Command:
     if reader is None:
         raise CommandError("unknown_type", f"unknown type {kind[:40]!r}")
     return reader(value, max_chars, max_bytes)
+
+
+def identity_from_query(query: str) -> tuple[str | None, str | None]:
+    """``?clientId=&name=``: an anonymous client's ``hello`` at connect; (None, None) without.
+
+    Raises:
+        CommandError: ``bad_request``: a parameter given twice, a name without a clientId,
+            or a value that ``hello`` would refuse.
+    """
+    values = parse_qs(query)
+    ids, names = values.get("clientId", []), values.get("name", [])
+    if len(ids) > 1 or len(names) > 1:
+        raise CommandError("bad_request", "clientId and name are given once")
+    if names and not ids:
+        raise CommandError("bad_request", "a name goes with a clientId")
+    client_id = check_client_id(ids[0]) if ids else None
+    name = check_display_name(names[0]) if names else None
+    return client_id, name
 
 
 def check_client_id(value: object) -> str:

@@ -17,7 +17,6 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from urllib.parse import parse_qs
 
 import rfc6455
 from rfc6455 import CloseCode
@@ -135,7 +134,8 @@ class ChatHandler:
             None if identity is None else identity.channels,
         )
         if client.user is None:
-            self._identify_from_query(client, request.query)
+            # Checked by the access hook: the handshake of a bad one was refused with 400.
+            client.client_id, client.name = commands.identity_from_query(request.query)
         expiry = close_at_expiry(connection, identity)
         try:
             await self._join(client)
@@ -146,17 +146,6 @@ class ChatHandler:
             if expiry is not None:
                 expiry.cancel()
             self._leave(client)
-
-    def _identify_from_query(self, client: _Client, query: str) -> None:
-        """``?clientId=&name=``: ``hello`` at connect; invalid values are ignored."""
-        values = parse_qs(query)
-        ids, names = values.get("clientId", []), values.get("name", [])
-        try:
-            client.client_id = commands.check_client_id(ids[0]) if len(ids) == 1 else None
-            if client.client_id is not None and len(names) == 1:
-                client.name = commands.check_display_name(names[0])
-        except CommandError:
-            client.client_id = client.name = None
 
     async def _join(self, client: _Client) -> None:
         """Register, greet and send the default channel's history (none comes between)."""

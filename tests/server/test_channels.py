@@ -21,7 +21,7 @@ import pytest
 import rfc6455
 from server import handler
 from server.store import TIMESTAMP_FORMAT
-from tests.server.support import Chat, Client, locked, wait_until
+from tests.server.support import HOST, Chat, Client, locked, upgrade_head, wait_until
 from tests.server.test_api import KEY as API_KEY
 from tests.server.test_api import Client as ApiClient
 from tests.server.test_auth import SECRET, token
@@ -694,3 +694,21 @@ async def test_the_histories_of_all_channels_share_one_budget(start: Start) -> N
     b = await chat.join()
     resumed = await b.subscribe("room0", since=0, epoch=epoch)
     assert (seqs(resumed["messages"]), resumed["recovered"]) == ([1, 2, 3, 4, 5], True)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "clientId=nope",
+        "name=Ann",
+        f"clientId={uuid.uuid4()}&name=%07",
+        f"clientId={uuid.uuid4()}&clientId=x",
+    ],
+)
+async def test_a_bad_identity_in_the_query_is_refused_at_the_handshake(
+    start: Start, query: str
+) -> None:
+    chat = await start()
+    reply = await chat.request(upgrade_head(f"/?{query}", f"{HOST}:{chat.port}"))
+    assert reply.status == 400
+    assert b"clientId" in reply.body or b"name" in reply.body
