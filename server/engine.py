@@ -217,8 +217,8 @@ class Engine(Protocol):
     def leave(self, channel: str, member: Member, connection_id: str) -> None:
         """Count one connection of ``member`` less in ``channel``."""
 
-    def members(self, channel: str) -> list[dict[str, object]]:
-        """A channel's presence: each member's fields, connections and since."""
+    def members(self, channel: str, most: int | None = None) -> list[dict[str, object]]:
+        """A channel's presence, at most ``most`` members: fields, connections and since."""
 
     def member_count(self, channel: str) -> int:
         """How many members a channel has."""

@@ -35,12 +35,14 @@ from .persistence import PersistenceClosed
 from .ratelimit import RateLimiter, TokenBucket, retry_after_ms
 from .settings import Settings
 
-__all__ = ["MAX_CHANNELS", "TYPING_INTERVAL", "ChatHandler", "echo"]
+__all__ = ["MAX_CHANNELS", "MAX_PRESENCE", "TYPING_INTERVAL", "ChatHandler", "echo"]
 
 logger = logging.getLogger("server")
 
 #: Channels one connection may be subscribed to at once (Centrifugo's default).
 MAX_CHANNELS = 128
+#: Members listed in a presence snapshot; ``count`` says how many there are.
+MAX_PRESENCE = 1000
 #: Seconds between two typing signals of one member in one channel that are forwarded.
 TYPING_INTERVAL = 2.0
 # Typing times kept before the stale ones are swept.
@@ -252,9 +254,7 @@ class ChatHandler:
                 self._hello(client, client_id, name)
             case commands.PresenceQuery(channel):
                 self._check_presence(client, channel)
-                send_now(
-                    client.connection, messages.presence(channel, self.engine.members(channel))
-                )
+                send_now(client.connection, messages.presence(channel, *self._presence(channel)))
             case commands.Typing(channel):
                 self._check_subscribed(client, channel)
                 self._typed(client, channel)
@@ -330,7 +330,7 @@ class ChatHandler:
         last_read = None if reader is None else await engine.read_position(channel, reader)
         if client.subscriptions.get(channel) is not subscriber:
             return  # the connection is gone
-        presence = engine.members(channel) if options.presence else None
+        presence = self._presence(channel) if options.presence else None
         send_now(
             client.connection,
             messages.subscribed(
@@ -338,6 +338,12 @@ class ChatHandler:
             ),
         )
         self.hub.release(subscriber, recovery.top)
+
+    def _presence(self, channel: str) -> tuple[list[dict[str, object]], int]:
+        """A channel's first ``MAX_PRESENCE`` members, and how many there are: a snapshot of
+        a crowd would cost every subscribe a megabyte."""
+        engine = self.engine
+        return engine.members(channel, MAX_PRESENCE), engine.member_count(channel)
 
     def _check_allowed(self, client: _Client, channel: str) -> None:
         """Whether the client may use ``channel``: its namespace, its token's claim."""

@@ -11,6 +11,7 @@ and goes again once nobody here is subscribed and the writer is done with all of
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import sqlite3
@@ -464,11 +465,13 @@ class LocalEngine:
             self._drop_ring_if_unused(channel)
             self.queue.forget(channel)
 
-    def members(self, channel: str) -> list[dict[str, object]]:
-        """The channel's members, each with its connections and since when it is there."""
+    def members(self, channel: str, most: int | None = None) -> list[dict[str, object]]:
+        """The channel's members (the ``most`` who came first), each with its connections and
+        since when it is there."""
+        entries = self._presence.get(channel, {}).values()
         return [
             {**dict(entry.member.fields), "connections": entry.connections, "since": entry.since}
-            for entry in self._presence.get(channel, {}).values()
+            for entry in itertools.islice(entries, most)
         ]
 
     def member_count(self, channel: str) -> int:

@@ -261,14 +261,15 @@ def subscribed(
     epoch: str,
     recovered: bool,
     last_read: int | None,
-    presence: Sequence[dict[str, object]] | None,
+    presence: tuple[Sequence[dict[str, object]], int] | None,
 ) -> bytes:
     """The answer to ``subscribe``: the channel's past (as ``history``), the subscriber's last
-    read seq, and the channel's members when presence is on."""
+    read seq, and when presence is on the channel's members (as listed by ``presence``) and
+    how many there are."""
     head = b'{"type":"subscribed","channel":' + _dumps(channel).encode() + b","
     tail: dict[str, object] = {"lastRead": last_read}
     if presence is not None:
-        tail["presence"] = list(presence)
+        tail["presence"], tail["presenceCount"] = list(presence[0]), presence[1]
     return _messages(head, items, epoch, recovered) + b"," + _dumps(tail)[1:].encode()
 
 
@@ -282,9 +283,11 @@ def hello(fields: dict[str, str]) -> str:
     return _dumps({"type": "hello", **fields})
 
 
-def presence(channel: str, members: Sequence[dict[str, object]]) -> str:
-    """The answer to ``presence``: a snapshot of the channel's members."""
-    return _dumps({"type": "presence", "channel": channel, "members": list(members)})
+def presence(channel: str, members: Sequence[dict[str, object]], count: int) -> str:
+    """The answer to ``presence``: a snapshot of the channel's members (``count`` in all)."""
+    return _dumps(
+        {"type": "presence", "channel": channel, "members": list(members), "count": count}
+    )
 
 
 def membership(kind: str, channel: str, member: dict[str, object]) -> str:

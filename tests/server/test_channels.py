@@ -712,3 +712,18 @@ async def test_a_bad_identity_in_the_query_is_refused_at_the_handshake(
     reply = await chat.request(upgrade_head(f"/?{query}", f"{HOST}:{chat.port}"))
     assert reply.status == 400
     assert b"clientId" in reply.body or b"name" in reply.body
+
+
+async def test_a_presence_snapshot_lists_at_most_so_many_members(
+    start: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(handler, "MAX_PRESENCE", 2)
+    chat = await start()
+    clients = [await chat.join() for _ in range(3)]
+    for client in clients:
+        subscribed = await client.subscribe("crowd")
+    assert (len(subscribed["presence"]), subscribed["presenceCount"]) == (2, 3)
+    assert [m["connectionId"] for m in subscribed["presence"]] == [c.id for c in clients[:2]]
+    await clients[0].request("presence", channel="crowd")
+    snapshot = await clients[0].expect("presence")
+    assert (len(snapshot["members"]), snapshot["count"]) == (2, 3)
