@@ -2,7 +2,8 @@
 
 ``python -m benchmarks.server_no_db_writes [the options of python -m server]`` runs the real
 chat server with one change: ``Store.insert_many``, the one call that writes chat messages
-to SQLite (the rows of a batch and the seq reservation, in one transaction and one fsync),
+to SQLite (the rows of a batch, the seq reservation and the channels' last seqs, in one
+transaction and one fsync),
 does nothing and returns at once. Everything else runs as usual: each message still gets its
 seq, is queued, goes through the writer task and the database thread, and its sender still
 gets an ack after the (now empty) "commit". So the difference between this server and
@@ -18,16 +19,22 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from server.cli import main
-from server.store import MessageRecord, Store
+from server.store import ChannelRow, MessageRecord, Store
 
 __all__ = ["skip_insert"]
 
 
 def skip_insert(
-    self: Store, records: Iterable[MessageRecord], *, reserve: int | None = None
+    self: Store,
+    records: Iterable[MessageRecord],
+    *,
+    reserve: int | None = None,
+    positions: Mapping[str, ChannelRow] | None = None,
+    committed: int | None = None,
+    reads: Mapping[tuple[str, str], int] | None = None,
 ) -> None:
     """``Store.insert_many`` without the database: the batch is dropped."""
 

@@ -304,11 +304,13 @@ def ack(
     seq: int, client_msg_id: str | None, channel: str = "general", *, duplicate: bool = False
 ) -> str:
     """Tells a sender that its message ``seq`` is committed to the database."""
+    # The original keys first: clients and load generators that read an ack by its prefix
+    # ('{"type":"ack","seq":') still can.
     payload: dict[str, object] = {
         "type": "ack",
-        "channel": channel,
         "seq": seq,
         "clientMsgId": client_msg_id,
+        "channel": channel,
     }
     if duplicate:
         payload["duplicate"] = True
