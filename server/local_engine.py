@@ -26,7 +26,7 @@ from .engine import Ack, Draft, Listener, Member, Publication, Recovery
 from .history import Budget, History, Plan, Resume, payload_size
 from .namespaces import Namespaces
 from .persistence import PersistenceClosed, PersistenceQueue
-from .recent import DEFAULT_MOST, DEFAULT_WINDOW, RecentIds
+from .recent import DEFAULT_MOST, DEFAULT_WINDOW, Entry, RecentIds
 from .settings import Settings
 from .store import TIMESTAMP_FORMAT, MessageRecord
 
@@ -92,8 +92,9 @@ class LocalEngine:
         # Channels whose ring does not hold their latest stored messages yet.
         self._unloaded: set[str] = set()
         self._recent: dict[str, RecentIds] = {}
-        # Publishes not settled yet, and the duplicates of those waiting with them.
-        self._unsettled: dict[tuple[str, int], Draft] = {}
+        # Publishes not settled yet (with their entry in the channel's recent ids, if any),
+        # and the duplicates of those waiting with them.
+        self._unsettled: dict[tuple[str, int], tuple[Draft, Entry | None]] = {}
         self._waiting: defaultdict[tuple[str, int], list[Draft]] = defaultdict(list)
         self._presence: dict[str, dict[str, _Presence]] = {}
 
@@ -196,14 +197,15 @@ class LocalEngine:
             name=draft.name,
         )
         seq = record.seq
-        self._unsettled[(channel, seq)] = draft
+        entry = None
         if sender is not None and client_msg_id is not None:
             if recent is None:
                 recent = self._recent[channel] = RecentIds()
-            recent.add(sender, client_msg_id, seq)
+            entry = recent.add(sender, client_msg_id, seq)
             self._ids_added += 1
             if self._ids_added % _SWEEP_EVERY == 0:
                 self._sweep_ids()
+        self._unsettled[(channel, seq)] = (draft, entry)
         ring = self._rings.get(channel) or self._new_ring(channel, seq - 1)
         if not self.settings.broadcast_after_commit:
             encoded = payload(record)
@@ -227,19 +229,18 @@ class LocalEngine:
         for record in batch:
             channel, seq = record.channel, record.seq
             finished[channel] = seq
-            draft = self._unsettled.pop((channel, seq), None)
-            if draft is None:  # put on the queue by another hand
+            unsettled = self._unsettled.pop((channel, seq), None)
+            if unsettled is None:  # put on the queue by another hand
                 continue
+            draft, entry = unsettled
             epoch = self.epoch(channel)
-            recent = self._recent.get(channel)
-            sender = draft.sender
-            if recent is not None and sender is not None and draft.client_msg_id is not None:
-                if stored:
-                    entry = recent.get(sender, draft.client_msg_id)
-                    if entry is not None and entry.seq == seq:
-                        entry.settled = True
-                else:
-                    recent.discard(sender, draft.client_msg_id, seq)
+            if entry is not None:
+                entry.settled = True
+                if not stored:
+                    recent = self._recent.get(channel)
+                    sender = draft.sender
+                    if recent is not None and sender is not None and draft.client_msg_id:
+                        recent.discard(sender, draft.client_msg_id, seq)
             if after_commit:
                 encoded = payload(record)
                 ring = self._rings.get(channel) or self._new_ring(channel, seq - 1)

@@ -76,13 +76,15 @@ class Namespaces:
             DIRECT_NAMESPACE,
             dataclasses.replace(defaults, join_leave=False, anonymous=False, presence=False),
         )
+        self._general = dataclasses.replace(
+            self.named.get(namespace_of(DEFAULT_CHANNEL), defaults), join_leave=False
+        )
 
     def of(self, channel: str) -> Namespace:
         """The options of ``channel``."""
-        options = self.named.get(namespace_of(channel), self.defaults)
-        if channel == DEFAULT_CHANNEL and options.join_leave:
-            return dataclasses.replace(options, join_leave=False)
-        return options
+        if channel == DEFAULT_CHANNEL:
+            return self._general
+        return self.named.get(namespace_of(channel), self.defaults)
 
     @classmethod
     def load(cls, path: Path, defaults: Namespace) -> Namespaces:
