@@ -61,6 +61,8 @@ class _Client:
     name: str | None = None
     subscriptions: dict[str, Subscriber] = field(default_factory=dict)
     limiter: RateLimiter | None = None
+    # Made once (one for all its channels' presence), again after a hello.
+    _member: Member | None = None
 
     @property
     def peer(self) -> str:
@@ -70,14 +72,13 @@ class _Client:
     @property
     def member(self) -> Member:
         """Who the client is in presence: its user, its client id, or its connection."""
-        if self.user is not None:
-            return Member(f"user:{self.user}", (("user", self.user), ("name", self.user)))
-        if self.client_id is not None:
-            fields = [("clientId", self.client_id)]
-            if self.name is not None:
-                fields.append(("name", self.name))
-            return Member(f"client:{self.client_id}", tuple(fields))
-        return Member(f"connection:{self.id}", (("connectionId", self.id),))
+        if self._member is None:
+            self._member = _member_of(self)
+        return self._member
+
+    def identify(self, client_id: str, name: str | None) -> None:
+        """Take the identity a ``hello`` gives."""
+        self.client_id, self.name, self._member = client_id, name, None
 
     @property
     def reader(self) -> str | None:
@@ -90,6 +91,17 @@ class _Client:
 
     def draft(self, channel: str, text: str, client_msg_id: str | None) -> Draft:
         return Draft(channel, text, self.id, client_msg_id, self.user, self.client_id, self.name)
+
+
+def _member_of(client: _Client) -> Member:
+    if client.user is not None:
+        return Member(f"user:{client.user}", (("user", client.user), ("name", client.user)))
+    if client.client_id is not None:
+        fields = [("clientId", client.client_id)]
+        if client.name is not None:
+            fields.append(("name", client.name))
+        return Member(f"client:{client.client_id}", tuple(fields))
+    return Member(f"connection:{client.id}", (("connectionId", client.id),))
 
 
 class ChatHandler:
@@ -384,7 +396,7 @@ class ChatHandler:
         # Presence counts the client under its new identity from now on.
         for channel in client.subscriptions:
             self.engine.leave(channel, client.member, client.id)
-        client.client_id, client.name = client_id, name
+        client.identify(client_id, name)
         for channel in client.subscriptions:
             self.engine.join(channel, client.member, client.id)
         fields = dict(client.member.fields)
