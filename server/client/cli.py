@@ -17,8 +17,9 @@ __all__ = ["main", "parse_args"]
 _EPILOG = """\
 lines typed (stdin):
   TEXT              publish TEXT to the current channel (//TEXT publishes /TEXT)
-  /join C           subscribe to channel C, from where it stopped if seen before
-  /leave C          unsubscribe from C
+  /join C           subscribe to channel C (from where it stopped if seen before)
+                    and write to it
+  /leave C          unsubscribe from C (and write to general if C was current)
   /switch C         make C the current channel (at first: general)
   /who              who is in the current channel
   /msg USER TEXT    a direct message to USER

@@ -144,15 +144,20 @@ class ChatClient(Console):
             case Publish() | Direct():
                 await ws.send(self.outbox.add(command).frame)
             case Join(channel) if channel in self.joined:
-                self.output.status(f"already in {channel}")
+                self.channel = channel
+                self.output.status(f"already in {channel}; writing to it")
             case Join(channel):
+                # As in IRC: the channel joined is the one written to.
                 self.joined.add(channel)
+                self.channel = channel
                 await self._subscribe(ws, channel)
             case Leave(channel) if channel not in self.joined:
                 self.output.error(f"not in {channel}")
             case Leave(channel):
                 self.joined.discard(channel)
                 self._subscribing.discard(channel)
+                if self.channel == channel:
+                    self.channel = GENERAL
                 await ws.send(_dumps({"type": "unsubscribe", "channel": channel}))
             case Switch(channel):
                 self.channel = channel

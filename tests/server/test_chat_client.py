@@ -682,7 +682,7 @@ async def test_commands(net: Net) -> None:
         "chat: unknown command /bogus; commands: /join C, /leave C, /switch C, /who, "
         in (printed(client)[1])
     )
-    assert "already in general" in err
+    assert "already in general; writing to it" in err
     assert "chat: not in nowhere" in err
     assert any(line.startswith("commands: /join C") for line in err)
     assert "writing to dev (not joined: /join dev)" in err
