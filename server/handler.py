@@ -12,6 +12,7 @@ refused and, three refusals later, disconnected (1008).
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import logging
 import time
@@ -304,13 +305,18 @@ class ChatHandler:
                 "unknown_user", f"no direct messages with {to[:64]!r}", client_msg_id
             )
         # It reaches every connection of both users: those not subscribed to the pair's
-        # channel are now, without a history (they get what comes from now on; a client
-        # resumes the channel with subscribe when it reconnects).
+        # channel are now, as if they had asked (``subscribed``, with the latest messages and
+        # the epoch to resume from), unless they are in as many channels as they may be.
         for user in {client.user, to}:
             for connection_id in self.manager.of_user(user):
                 other = self._clients.get(connection_id)
-                if other is not None and channel not in other.subscriptions:
-                    self.hub.release(self._subscribe_now(other, channel), 0)
+                if (
+                    other is not None
+                    and channel not in other.subscriptions
+                    and len(other.subscriptions) < MAX_CHANNELS
+                ):
+                    with contextlib.suppress(rfc6455.ConnectionClosed):
+                        await self._send_subscription(other, channel, None)
         await self._submit(client.draft(channel, text, client_msg_id))
 
     async def _subscribe(self, client: _Client, channel: str, resume: Resume | None) -> None:
@@ -329,6 +335,17 @@ class ChatHandler:
         options = self.namespaces.of(channel)
         if options.max_members and self.engine.member_count(channel) >= options.max_members:
             raise CommandError("forbidden", f"{channel} is full", None, channel)
+        await self._send_subscription(client, channel, resume)
+
+    async def _send_subscription(
+        self, client: _Client, channel: str, resume: Resume | None
+    ) -> None:
+        """Subscribe, then send ``subscribed``: its live messages wait for their history.
+
+        Raises:
+            rfc6455.ConnectionClosed: If the client's connection is closing.
+        """
+        options = self.namespaces.of(channel)
         subscriber = self._subscribe_now(client, channel)
         engine, settings = self.engine, self.settings
         recovery = await engine.history(

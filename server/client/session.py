@@ -116,6 +116,10 @@ class ChatClient(Console):
             channel, event.get("seq")
         )
         self.positions.note(event)
+        if event.get("type") == "subscribed" and channel.startswith("dm:"):
+            # The server subscribes both users to their pair's channel with its first
+            # message: it is resumed after a reconnect like one joined.
+            self.joined.add(channel)
         resuming = channel in self._resuming
         pending = self._settle(event)
         if self.options.json:

@@ -545,6 +545,8 @@ async def test_a_direct_message_reaches_both_users_and_nobody_else(start: Start)
     ack = await alice.expect("ack", clientMsgId="d1")
     assert (ack["channel"], ack["seq"]) == ("dm:alice:bob", 1)
     for client in (alice_tab, bob, bob_tab):
+        subscribed = await client.expect("subscribed", channel="dm:alice:bob")
+        assert (subscribed["messages"], subscribed["epoch"]) == ([], ack_epoch(chat, ack))
         got = await client.expect("broadcast", channel="dm:alice:bob")
         assert (got["message"], got["user"]) == ("psst", "alice")
     await carol.request("subscribe", channel="dm:alice:bob")

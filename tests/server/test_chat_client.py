@@ -762,6 +762,33 @@ async def test_after_a_drop_the_channels_resume_and_the_outbox_is_sent_again(net
     assert "connection lost: 1006 (abnormal closure)" in status(client)
 
 
+async def test_a_direct_channel_is_resumed_after_a_drop(net: Net) -> None:
+    """The server subscribes a user to the pair's channel with its first message."""
+    fake, uri = await fake_chat(net)
+    keyboard = Keyboard()
+    client = make_client(uri, keyboard)
+    running = asyncio.create_task(client.run())
+    await wait_until(
+        lambda: fake.frames and "general" in fake._members.get(next(iter(fake._members)), set())
+    )
+    (ws,) = fake._members
+    fake._members[ws].add("dm:ann:bob")
+    history = fake._after("dm:ann:bob", None, None)
+    await ws.send(json.dumps({"type": "subscribed", "channel": "dm:ann:bob", **history}))
+    await fake.publish("dm:ann:bob", "psst")
+    await wait_until(lambda: "[dm:ann:bob] bob: psst" in shown(client))
+    fake.drop()
+    await wait_until(lambda: len(fake.frames) == 2 and fake.frames[1])
+    keyboard.end()
+    assert await finished(running) == console.EXIT_OK
+    assert fake.frames[1][0] == {
+        "type": "subscribe",
+        "channel": "dm:ann:bob",
+        "since": 1,
+        "epoch": "epoch-of-dm:ann:bob",
+    }
+
+
 async def test_lines_typed_while_disconnected_go_out_once_reconnected(net: Net) -> None:
     fake, uri = await fake_chat(net)
     keyboard = Keyboard()
