@@ -128,20 +128,38 @@ class ChatServer:
 
 @dataclass
 class Pages:
-    """Opens pages in one browser context and records what must never happen."""
+    """Opens pages and records what must never happen.
 
-    context: BrowserContext
+    Each ``new()`` page is another person: a browser context of its own, so its own
+    localStorage (name, clientId, channels, outbox). ``new(same_as=page)`` is another tab of
+    that page's person.
+    """
+
+    browser: Browser
+    contexts: list[BrowserContext] = field(default_factory=list)
     dialogs: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     console: list[str] = field(default_factory=list)
+    _count: int = 0
 
-    def new(self) -> Page:
-        page = self.context.new_page()
-        number = len(self.context.pages)
+    def new(self, *, same_as: Page | None = None) -> Page:
+        if same_as is None:
+            context = self.browser.new_context(viewport=DESKTOP)
+            context.set_default_timeout(10_000)
+            self.contexts.append(context)
+        else:
+            context = same_as.context
+        page = context.new_page()
+        self._count += 1
+        number = self._count
         page.on("dialog", self._dialog)
         page.on("pageerror", lambda error: self.errors.append(f"page {number}: {error}"))
         page.on("console", lambda m: self.console.append(f"page {number}: {m.type}: {m.text}"))
         return page
+
+    def close(self) -> None:
+        for context in self.contexts:
+            context.close()
 
     def _dialog(self, dialog: Dialog) -> None:
         self.dialogs.append(f"{dialog.type}: {dialog.message}")
@@ -165,14 +183,12 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def pages(browser: Browser) -> Iterator[Pages]:
-    """A fresh browser context; fails the test on an uncaught script error or a dialog."""
-    context = browser.new_context(viewport=DESKTOP)
-    context.set_default_timeout(10_000)
-    recorder = Pages(context)
+    """Fresh browser contexts; fails the test on an uncaught script error or a dialog."""
+    recorder = Pages(browser)
     try:
         yield recorder
     finally:
-        context.close()
+        recorder.close()
         # Captured output: pytest shows it only for a test that failed.
         print("browser console:", *recorder.console, sep="\n  ")
     assert recorder.errors == [], "uncaught script errors"
