@@ -618,7 +618,8 @@ def test_a_rate_limited_message_goes_again_by_itself(pages: Pages, chat_server: 
     first = send(a, "first")
     expect(first).to_have_attribute("data-status", "confirmed")
     second = send(a, "second")
-    expect(event_texts(a, "error")).to_have_text([re.compile(r"^Sending too fast: the next")])
+    # The refused frame is the message (or a typing signal before it, on a slow machine).
+    expect(event_texts(a, "error")).to_have_text([re.compile(r"^Sending too fast: ")])
     # Never shown as refused: it waits, then goes, and is stored once.
     expect(second).to_have_attribute("data-status", "confirmed", timeout=15_000)
     assert int(second.get_attribute("data-seq") or "") > int(first.get_attribute("data-seq") or "")
