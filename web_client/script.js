@@ -47,7 +47,7 @@
   // The outbox of a tab that was closed is taken over by another tab of the
   // same browser once the closed tab has not touched it for this long.
   const OUTBOX_HEARTBEAT_MS = 10000;
-  const OUTBOX_ORPHAN_MS = 60000;
+  const OUTBOX_ORPHAN_MS = 120000;
   // Consecutive messages of one sender within this time share one header.
   const GROUP_MS = 5 * 60 * 1000;
   // The server's default --max-text-chars (server/messages.py): a longer text
@@ -244,6 +244,7 @@
     events: [],
     stick: true,
     renderQueued: false,
+    membersDrawn: null,
   };
 
   // ---------- helpers ----------
@@ -432,6 +433,8 @@
       readTimer: null,
       typingSentAt: 0,
       members: new Map(),
+      // Bumped by every change of `members`: the list is drawn again only then.
+      membersVersion: 0,
       presenceKnown: false,
       typing: new Map(),
       notice: null,
@@ -977,6 +980,10 @@
 
   function renderMembers() {
     const channel = current();
+    const version = `${channel.name} ${channel.membersVersion} ${channel.presenceKnown}`;
+    if (state.membersDrawn === version && ui.members.dataset.channel === channel.name) return;
+    state.membersDrawn = version;
+    ui.members.dataset.channel = channel.name;
     if (channel.dm) {
       ui.membersTitle.textContent = "Direct messages";
       ui.members.replaceChildren();
@@ -1355,6 +1362,7 @@
             if (member && typeof member === "object") channel.members.set(keyOf(member), member);
           }
           channel.presenceKnown = true;
+          channel.membersVersion += 1;
           render();
         }
         break;
@@ -1362,6 +1370,7 @@
         if (channel !== undefined && msg.member && typeof msg.member === "object") {
           const key = keyOf(msg.member);
           channel.members.set(key, { connections: 1, ...channel.members.get(key), ...msg.member });
+          channel.membersVersion += 1;
           render();
         }
         break;
@@ -1369,6 +1378,7 @@
         if (channel !== undefined && msg.member && typeof msg.member === "object") {
           channel.members.delete(keyOf(msg.member));
           channel.typing.delete(keyOf(msg.member));
+          channel.membersVersion += 1;
           render();
         }
         break;
@@ -1376,8 +1386,8 @@
         if (channel !== undefined && msg.member && typeof msg.member === "object") onTyping(channel, msg.member);
         break;
       case "hello":
-        // The server knows this page by its new name: general's list shows it.
-        refreshPresenceSoon(state.channels.get(GENERAL), 0);
+        // The server knows this page by its new name: the member lists show it.
+        for (const ch of state.channels.values()) refreshPresenceSoon(ch, 0);
         break;
       case "user_left":
       case "users_left":
@@ -1394,6 +1404,9 @@
     // welcome.epoch is general's; a resume learns it from the history instead,
     // which says whether it is still the one the page resumed in.
     if (general.lastSeq === 0 && typeof msg.epoch === "string") general.epoch = msg.epoch;
+    // Subscribed at connect; its history follows (none with --history 0 and no resume).
+    general.state = "subscribed";
+    askPresence(general);
     for (const channel of state.channels.values()) {
       if (channel.name !== GENERAL) subscribe(channel);
     }
@@ -1428,9 +1441,10 @@
         if (member && typeof member === "object") channel.members.set(keyOf(member), member);
       }
       channel.presenceKnown = true;
+      channel.membersVersion += 1;
     }
     channel.state = "subscribed";
-    if (channel.name === GENERAL || (!channel.presenceKnown && !channel.dm)) askPresence(channel);
+    if (channel.name !== GENERAL && !channel.presenceKnown) askPresence(channel);
     markRead(channel);
     render();
   }
@@ -1587,7 +1601,7 @@
   }
 
   // Drops a channel from this page: its view, and the messages still waiting for it.
-  function forget(name) {
+  function forget(name, { save = true } = {}) {
     const channel = state.channels.get(name);
     if (channel === undefined || name === GENERAL) return;
     clearTimeout(channel.readTimer);
@@ -1596,19 +1610,46 @@
     state.outbox = state.outbox.filter((item) => item.channel !== name);
     for (const [id, item] of state.failed) if (item.channel === name) state.failed.delete(id);
     saveOutbox();
-    saveChannels();
+    if (save) saveChannels();
     if (state.current === name) state.current = GENERAL;
     render();
   }
 
-  function leave(name) {
+  function leave(name, { save = true } = {}) {
     const channel = state.channels.get(name);
     if (channel === undefined || name === GENERAL) return;
     if (channel.state !== "idle" && send({ type: "unsubscribe", channel: name })) {
       state.leaving.add(name);
     }
-    forget(name);
+    forget(name, { save });
   }
+
+  // Another tab of this browser joined or left a channel, or chose a name:
+  // the list and the name are one person's, so this tab follows.
+  window.addEventListener("storage", (event) => {
+    if (event.key === STORE.channels + whoStores()) {
+      const names = stored(localStorage, event.key, []);
+      const wanted = new Set(Array.isArray(names) ? names : []);
+      for (const name of wanted) {
+        if (typeof name !== "string" || !CHANNEL_NAME.test(name) || state.channels.has(name)) continue;
+        const users = dmUsers(name);
+        if (users !== null && !users.includes(me.user)) continue;
+        const channel = makeChannel(name);
+        state.channels.set(name, channel);
+        if (isOpen()) subscribe(channel);
+      }
+      for (const name of [...state.channels.keys()]) {
+        if (name !== GENERAL && !wanted.has(name)) leave(name, { save: false });
+      }
+      render();
+    } else if (event.key === STORE.name && state.token === "") {
+      const name = stored(localStorage, STORE.name, null);
+      if (typeof name !== "string" || nameProblem(name) !== null || name === me.name) return;
+      me.name = name;
+      send({ type: "hello", clientId: me.clientId, name });
+      render();
+    }
+  });
 
   function canDm(user) {
     return typeof user === "string" && me.user !== null && user !== me.user &&
@@ -1757,6 +1798,7 @@
     const user = token ? tokenUser(token) : null;
     if (user !== me.user) {
       me.user = user;
+      state.membersDrawn = null;
       loadChannels();
     }
     state.token = token;

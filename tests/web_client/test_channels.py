@@ -135,6 +135,29 @@ def test_the_sidebar_is_kept_and_unread_counts_come_from_read_positions(
     expect(conversation(again, "room")).to_have_attribute("data-unread", "2")
 
 
+def test_two_tabs_of_one_person_share_their_channels_and_name(
+    pages: Pages, chat_server: ChatServer
+) -> None:
+    one = open_chat(pages, chat_server, "Ann")
+    two = open_chat(pages, chat_server, same_as=one)
+    bob = open_chat(pages, chat_server, "Bob")
+    join(bob, "room")
+    join(one, "room")
+    expect(conversation(two, "room")).to_have_attribute("data-state", "subscribed")
+    click(two, conversation(two, "room").get_by_test_id("leave"))
+    expect(conversation(one, "room")).to_have_count(0)
+    expect(members(bob).get_by_test_id("member-name")).to_have_text(["Bob"])
+
+    click(one, "#rename")
+    expect(one.get_by_test_id("name")).to_have_value("Ann")
+    choose_name(one, "Annie")
+    expect(two.get_by_test_id("me-name")).to_contain_text("Annie")
+    # Each tab told the server: what either sends carries the new name.
+    switch(bob, "general")
+    send(two, "from the second tab")
+    expect(others(bob).get_by_test_id("sender")).to_have_text(["Annie"])
+
+
 def _read(frames: list[dict[str, Any]], channel: str, seq: int) -> None:
     assert {"type": "read", "channel": channel, "seq": seq} in frames, frames
 
