@@ -227,6 +227,12 @@
     refusals: 0,
     // Bumped by every connect(): a probe that comes back late is ignored.
     generation: 0,
+    // A handshake carrying the name was refused: the next one goes without it
+    // (the server answers 400 to a name it refuses, which a page is not told).
+    nameInUrl: false,
+    withoutName: false,
+    // The name of the last hello, until its answer.
+    helloName: null,
     channels: new Map(),
     current: GENERAL,
     tabId: loadTabId(),
@@ -435,6 +441,8 @@
       members: new Map(),
       // Bumped by every change of `members`: the list is drawn again only then.
       membersVersion: 0,
+      // How many members there are (the snapshot lists the first 1,000).
+      memberTotal: 0,
       presenceKnown: false,
       typing: new Map(),
       notice: null,
@@ -994,11 +1002,13 @@
     }
     const members = [...channel.members.values()]
       .sort((a, b) => nameOf(a).text.localeCompare(nameOf(b).text));
-    ui.membersTitle.textContent = `Members · ${members.length}`;
+    const total = Math.max(channel.memberTotal, members.length);
+    ui.membersTitle.textContent = `Members · ${total}`;
     ui.members.replaceChildren(...members.map(memberNode));
-    ui.membersNote.hidden = channel.presenceKnown;
-    ui.membersNote.textContent = "Not known yet.";
-    ui.memberCount.textContent = String(members.length);
+    const unlisted = total - members.length;
+    ui.membersNote.hidden = channel.presenceKnown && unlisted === 0;
+    ui.membersNote.textContent = channel.presenceKnown ? `and ${unlisted} more` : "Not known yet.";
+    ui.memberCount.textContent = String(total);
   }
 
   function listOf(words) {
@@ -1105,9 +1115,13 @@
       url.searchParams.set("since", String(general.lastSeq));
       url.searchParams.set("epoch", general.epoch);
     }
+    state.nameInUrl = false;
     if (state.token === "") {
       url.searchParams.set("clientId", me.clientId);
-      if (me.name !== null) url.searchParams.set("name", me.name);
+      if (me.name !== null && !state.withoutName) {
+        url.searchParams.set("name", me.name);
+        state.nameInUrl = true;
+      }
     }
     return url.href;
   }
@@ -1226,8 +1240,16 @@
       const answers = await serverAnswers();
       if (generation !== state.generation || state.ws !== null) return;
       state.refusals = answers ? state.refusals + 1 : 0;
+      if (state.refusals >= REFUSALS && state.nameInUrl) {
+        state.refusals = 0;
+        state.withoutName = true;
+        logEvent("refused", "The server refused the connection: trying again without the name.");
+        connect();
+        return;
+      }
       if (state.refusals >= REFUSALS) {
         state.refusals = 0;
+        state.withoutName = false;
         logEvent("refused", "The server is up but refused the connection: it may need an " +
           "access token, refuse this page’s site, or have too many connections.");
         setConn("offline", "Offline: refused by the server");
@@ -1357,18 +1379,14 @@
         break;
       case "presence":
         if (channel !== undefined && Array.isArray(msg.members)) {
-          channel.members = new Map();
-          for (const member of msg.members) {
-            if (member && typeof member === "object") channel.members.set(keyOf(member), member);
-          }
-          channel.presenceKnown = true;
-          channel.membersVersion += 1;
+          setMembers(channel, msg.members, msg.count);
           render();
         }
         break;
       case "joined":
         if (channel !== undefined && msg.member && typeof msg.member === "object") {
           const key = keyOf(msg.member);
+          if (!channel.members.has(key)) channel.memberTotal += 1;
           channel.members.set(key, { connections: 1, ...channel.members.get(key), ...msg.member });
           channel.membersVersion += 1;
           render();
@@ -1376,7 +1394,10 @@
         break;
       case "left":
         if (channel !== undefined && msg.member && typeof msg.member === "object") {
-          channel.members.delete(keyOf(msg.member));
+          // One not listed (beyond the snapshot's first 1,000) is counted all the same.
+          if (channel.members.delete(keyOf(msg.member)) || channel.memberTotal > channel.members.size) {
+            channel.memberTotal = Math.max(channel.members.size, channel.memberTotal - 1);
+          }
           channel.typing.delete(keyOf(msg.member));
           channel.membersVersion += 1;
           render();
@@ -1386,6 +1407,7 @@
         if (channel !== undefined && msg.member && typeof msg.member === "object") onTyping(channel, msg.member);
         break;
       case "hello":
+        state.helloName = null;
         // The server knows this page by its new name: the member lists show it.
         for (const ch of state.channels.values()) refreshPresenceSoon(ch, 0);
         break;
@@ -1398,8 +1420,40 @@
     }
   }
 
+  // A snapshot: at most 1,000 members are listed, `count` says how many there are.
+  function setMembers(channel, list, count) {
+    channel.members = new Map();
+    for (const member of list) {
+      if (member && typeof member === "object") channel.members.set(keyOf(member), member);
+    }
+    channel.memberTotal = Number.isSafeInteger(count) ? Math.max(count, channel.members.size)
+      : channel.members.size;
+    channel.presenceKnown = true;
+    channel.membersVersion += 1;
+  }
+
+  // The server refused this name (a 400 at the handshake, or bad_request to
+  // hello): the name prompt comes back, saying so.
+  function nameRefused(name) {
+    if (me.name === name) {
+      me.name = null;
+      store(localStorage, STORE.name, undefined);
+    }
+    ui.name.value = name;
+    ui.nameNote.textContent = `The server refused the name “${name}”: choose another one.`;
+    ui.nameNote.hidden = false;
+    ui.name.setAttribute("aria-invalid", "true");
+    render();
+  }
+
   function onWelcome(msg) {
     state.welcomed = true;
+    if (state.withoutName) {
+      // Connected without the name after a refusal with it: the name was the problem.
+      state.withoutName = false;
+      logEvent("refused", "The server refused the name: it is asked for again.");
+      if (me.name !== null) nameRefused(me.name);
+    }
     const general = state.channels.get(GENERAL);
     // welcome.epoch is general's; a resume learns it from the history instead,
     // which says whether it is still the one the page resumed in.
@@ -1435,14 +1489,7 @@
     if (typeof msg.epoch === "string") channel.epoch = msg.epoch;
     for (const item of items) addMessage(channel, item);
     if ("lastRead" in msg) channel.serverRead = Number.isSafeInteger(msg.lastRead) ? msg.lastRead : null;
-    if (Array.isArray(msg.presence)) {
-      channel.members = new Map();
-      for (const member of msg.presence) {
-        if (member && typeof member === "object") channel.members.set(keyOf(member), member);
-      }
-      channel.presenceKnown = true;
-      channel.membersVersion += 1;
-    }
+    if (Array.isArray(msg.presence)) setMembers(channel, msg.presence, msg.presenceCount);
     channel.state = "subscribed";
     if (channel.name !== GENERAL && !channel.presenceKnown) askPresence(channel);
     markRead(channel);
@@ -1531,6 +1578,10 @@
         pump();
       }, wait);
       return;
+    } else if (msg.code === "bad_request" && msg.channel === undefined && state.helloName !== null) {
+      const name = state.helloName;
+      state.helloName = null;
+      nameRefused(name);
     } else if (channel !== undefined && msg.code === "already_subscribed") {
       adopt(channel);
       return;
@@ -1646,7 +1697,7 @@
       const name = stored(localStorage, STORE.name, null);
       if (typeof name !== "string" || nameProblem(name) !== null || name === me.name) return;
       me.name = name;
-      send({ type: "hello", clientId: me.clientId, name });
+      if (send({ type: "hello", clientId: me.clientId, name })) state.helloName = name;
       render();
     }
   });
@@ -1775,7 +1826,9 @@
     store(localStorage, STORE.name, name);
     delete ui.nameForm.dataset.editing;
     // The server knows it at once; later connections carry it in their URL.
-    if (state.token === "") send({ type: "hello", clientId: me.clientId, name });
+    if (state.token === "" && send({ type: "hello", clientId: me.clientId, name })) {
+      state.helloName = name;
+    }
     render();
     queueMicrotask(() => ui.message.focus());
   });

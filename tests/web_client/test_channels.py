@@ -204,6 +204,7 @@ def test_presence_follows_who_comes_and_goes(pages: Pages, chat_server: ChatServ
 
     # Users, not connections: Bob is there once, with his two tabs.
     expect(members(ann).get_by_test_id("member-name")).to_have_text(["Ann", "Bob", "Cy"])
+    expect(ann.locator("#members-title")).to_have_text("Members · 3")
     expect(member(ann, "Bob").get_by_test_id("member-connections")).to_have_text(
         "\N{MULTIPLICATION SIGN}2"
     )
@@ -214,6 +215,7 @@ def test_presence_follows_who_comes_and_goes(pages: Pages, chat_server: ChatServ
 
     cy.close()
     expect(members(ann).get_by_test_id("member-name")).to_have_text(["Ann", "Bob"])
+    expect(ann.locator("#members-title")).to_have_text("Members · 2")
     expect(members(bob).get_by_test_id("member-name")).to_have_text(["Ann", "Bob"])
     # General's list follows too (its departures are announced, not its arrivals).
     switch(ann, "general")
