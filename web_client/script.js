@@ -1500,14 +1500,22 @@
     const name = typeof msg.channel === "string" ? msg.channel : GENERAL;
     let channel = state.channels.get(name);
     if (channel === undefined) {
+      if (state.leaving.has(name)) return; // sent before the server read the unsubscribe
       const users = dmUsers(name);
       if (users === null || !users.includes(me.user)) {
         logEvent("unknown", `A message for ${name}, which this page is not in.`);
         return;
       }
       channel = ensureChannel(name); // a new direct message
+      render();
     }
-    if (channel.dm && channel.state === "idle") adopt(channel);
+    if (channel.state !== "subscribed") {
+      // The server subscribed this connection itself (a direct message came):
+      // the subscribe that follows brings this message in its history, and
+      // what was missed before it. Taken now, its seq would hide those.
+      if (channel.state === "idle") adopt(channel);
+      return;
+    }
     if (addMessage(channel, msg)) {
       channel.typing.delete(keyOf(msg));
       markRead(channel);

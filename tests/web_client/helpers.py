@@ -196,8 +196,8 @@ def chat_client(
 
 class Relay:
     """Puts the test between a page and the real server: it can drop the page's
-    connection, hold its next one, and keep the acks from reaching the page.
-    Made before the page loads, since the page connects at once.
+    connection, hold its next one, hold what the page sends, and keep the acks from
+    reaching the page. Made before the page loads, since the page connects at once.
     """
 
     def __init__(self, page: Page) -> None:
@@ -205,7 +205,10 @@ class Relay:
         self.routes: list[WebSocketRoute] = []
         self.held: list[WebSocketRoute] = []
         self.sent: list[dict[str, Any]] = []
+        self.received: list[dict[str, Any]] = []
+        self.waiting: list[tuple[WebSocketRoute, str | bytes]] = []
         self.hold = False
+        self.hold_sent = False
         self.drop_acks = False
         page.route_web_socket(re.compile(r"^wss?://"), self._route)
 
@@ -224,11 +227,22 @@ class Relay:
 
     def _to_server(self, server: WebSocketRoute, message: str | bytes) -> None:
         self.sent.append(json.loads(message))
-        server.send(message)
+        if self.hold_sent:
+            self.waiting.append((server, message))
+        else:
+            server.send(message)
 
     def _to_page(self, ws: WebSocketRoute, message: str | bytes) -> None:
+        self.received.append(json.loads(message))
         if not (self.drop_acks and json.loads(message).get("type") == "ack"):
             ws.send(message)
+
+    def flush_sent(self) -> None:
+        """Send on what the page sent while ``hold_sent``, and stop holding."""
+        self.hold_sent = False
+        for server, message in self.waiting:
+            server.send(message)
+        self.waiting.clear()
 
     def drop(self) -> None:
         """Close the page's side with 1012 (and, so, the server's side)."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -18,17 +18,20 @@ from playwright.sync_api import Page, ViewportSize, expect
 from server.auth import JWT_LEEWAY
 from tests.web_client.conftest import DESKTOP, PHONE, ChatServer, Pages
 from tests.web_client.helpers import (
+    Relay,
     chat_client,
     click,
     connected,
     conversation,
     event_texts,
     events,
+    eventually,
     members,
     messages,
     others,
     own,
     send,
+    seqs,
     status,
     switch,
     texts,
@@ -238,3 +241,53 @@ def test_a_direct_message_reaches_only_its_recipient(
         record_screenshot(path)
     frames = json.dumps(cy_frames)
     assert "psst" not in frames
+
+
+def test_a_direct_conversation_resumes_exactly_when_the_server_subscribed_it_first(
+    pages: Pages, auth_server: ChatServer
+) -> None:
+    bob = pages.new()
+    relay = Relay(bob)
+    bob.goto(f"{auth_server.http_url}?access_token={token('bob')}")
+    connected(bob)
+    ann = open_as(pages, auth_server, "ann")  # after bob: general announces no arrivals
+    dm = "dm:ann:bob"
+    click(ann, ann.locator('#members > li[data-key="user:bob"]').get_by_test_id("member-name"))
+    send(ann, "first")
+    expect(conversation(bob, dm)).to_have_attribute("data-state", "subscribed")
+    switch(bob, dm)
+    expect(texts(messages(bob))).to_have_text(["first"])
+
+    relay.hold = True
+    relay.drop()
+    expect(status(bob)).to_have_attribute("data-state", "open")  # the reconnect, held
+    send(ann, "missed 1")
+    send(ann, "missed 2")
+    # Bob's new connection reaches the server; the subscribe it sends waits in the relay.
+    relay.hold_sent = True
+    relay.release()
+    eventually(bob, lambda: _subscribes(relay.waiting, dm))
+    # A direct message now: the server subscribes bob's connection itself (no history), and
+    # the broadcast reaches the page before the server reads the page's own subscribe.
+    expect(send(ann, "while subscribing")).to_have_attribute("data-status", "confirmed")
+    eventually(bob, lambda: _broadcast(relay.received, "while subscribing"))
+    relay.flush_sent()
+
+    # That subscribe is answered already_subscribed; the page subscribes again with the seq
+    # it had before the drop, and gets exactly what it missed.
+    expect(texts(messages(bob))).to_have_text(
+        ["first", "missed 1", "missed 2", "while subscribing"]
+    )
+    expect(event_texts(bob, "resumed").last).to_have_text(
+        re.compile(r"^@ann: resumed after message #\d+, 3 missed messages\.$")
+    )
+    numbers = seqs(bob)
+    assert numbers == list(range(numbers[0], numbers[0] + 4))
+
+
+def _subscribes(waiting: Sequence[tuple[object, str | bytes]], channel: str) -> None:
+    assert [m for _, m in waiting if json.loads(m).get("channel") == channel], waiting
+
+
+def _broadcast(received: list[dict[str, object]], text: str) -> None:
+    assert [m for m in received if m.get("message") == text], received
