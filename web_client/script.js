@@ -43,6 +43,9 @@
   // Presence: joined/left are per user, so a user's connection count, and
   // arrivals in general (which are not announced), are refreshed this often.
   const PRESENCE_REFRESH_MS = 30000;
+  // ... in channels this small: a snapshot of a big one costs the server
+  // kilobytes for every member asking.
+  const PRESENCE_REFRESH_MAX = 100;
   const PRESENCE_DEBOUNCE_MS = 300;
   // The outbox of a tab that was closed is taken over by another tab of the
   // same browser once the closed tab has not touched it for this long.
@@ -1923,7 +1926,10 @@
 
   // The channel in view asks who is there now and then; the outbox tells
   // other tabs it is alive, and takes over those of tabs long closed.
-  setInterval(() => askPresence(current()), PRESENCE_REFRESH_MS);
+  setInterval(() => {
+    const channel = current();
+    if (channel.memberTotal <= PRESENCE_REFRESH_MAX) askPresence(channel);
+  }, PRESENCE_REFRESH_MS);
   setInterval(() => {
     if (adoptOutboxes()) {
       render();
