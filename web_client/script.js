@@ -1416,7 +1416,7 @@
         break;
       case "user_left":
       case "users_left":
-        refreshPresenceSoon(state.channels.get(GENERAL));
+        onDepartures(msg);
         break;
       default:
         logEvent("unknown", `A message of an unknown type “${String(msg.type)}”.`);
@@ -1446,6 +1446,29 @@
     ui.nameNote.textContent = `The server refused the name “${name}”: choose another one.`;
     ui.nameNote.hidden = false;
     ui.name.setAttribute("aria-invalid", "true");
+    render();
+  }
+
+  // General announces its departures per connection, without the clientId:
+  // a small general's list is asked for again; in a big one (where every
+  // member asking would cost the server a big snapshot each) only bare
+  // connections, which are members by themselves, are taken off.
+  function onDepartures(msg) {
+    const general = state.channels.get(GENERAL);
+    if (general.memberTotal <= PRESENCE_REFRESH_MAX) {
+      refreshPresenceSoon(general, PRESENCE_DEBOUNCE_MS * (1 + Math.random()));
+      return;
+    }
+    const named = msg.type === "users_left" ? msg.users : [msg];
+    for (const departure of Array.isArray(named) ? named : []) {
+      if (departure === null || typeof departure !== "object" || departure.user !== undefined) {
+        continue;
+      }
+      if (general.members.delete(`connection:${departure.connectionId}`)) {
+        general.memberTotal -= 1;
+        general.membersVersion += 1;
+      }
+    }
     render();
   }
 

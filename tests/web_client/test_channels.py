@@ -221,13 +221,20 @@ def test_presence_follows_who_comes_and_goes(pages: Pages, chat_server: ChatServ
     switch(ann, "general")
     expect(members(ann).get_by_test_id("member-name")).to_have_text(["Ann", "Bob"])
 
-    # One tab of two closing leaves Bob there, once.
+    # One tab of two closing leaves Bob there, once (asked again on switching to the room,
+    # once the server has seen the tab go).
+    gone = chat_server.log().count("server: disconnect")
     bob_too.close()
+    eventually(ann, lambda: _more_disconnects(chat_server, gone))
     switch(ann, "room")
     expect(member(ann, "Bob").get_by_test_id("member-connections")).to_have_count(0)
     expect(members(ann).get_by_test_id("member-name")).to_have_text(["Ann", "Bob"])
     bob.close()
     expect(members(ann).get_by_test_id("member-name")).to_have_text(["Ann"])
+
+
+def _more_disconnects(server: ChatServer, than: int) -> None:
+    assert server.log().count("server: disconnect") > than
 
 
 def test_typing_is_shown_and_cleared(pages: Pages, chat_server: ChatServer) -> None:
