@@ -856,32 +856,44 @@
     document.title = `${total ? `(${total}) ` : ""}${state.conn === "open" ? "● " : ""}rfc6455 chat`;
   }
 
+  // A conversation's entry in the sidebar: made once, then updated in place,
+  // so that a message arriving does not take the focus or a click away.
   function conversationItem(channel) {
-    const node = el("li", { className: "conversation", testid: channel.dm ? "dm" : "channel" });
-    node.dataset.channel = channel.name;
+    let entry = channel.entry;
+    if (entry === undefined) {
+      const node = el("li", { className: "conversation", testid: channel.dm ? "dm" : "channel" });
+      node.dataset.channel = channel.name;
+      if (channel.dm) node.dataset.peer = peerOf(channel);
+      const open = button("", { className: "conversation-open", testid: "open" },
+        () => switchTo(channel.name));
+      const badge = el("span", { className: "badge", testid: "unread" });
+      open.append(
+        el("span", { className: "conversation-mark", text: channel.dm ? "@" : "#" }),
+        el("span", {
+          className: "conversation-name", text: channel.dm ? peerOf(channel) : channel.name,
+          testid: "conversation-name",
+        }),
+        badge);
+      node.append(open);
+      if (channel.name !== GENERAL) {
+        node.append(button("×", {
+          className: "leave", testid: "leave",
+          title: channel.dm ? "Close this conversation" : `Leave #${channel.name}`,
+        }, () => leave(channel.name)));
+      }
+      entry = channel.entry = { node, open, badge };
+    }
+    const { node, open, badge } = entry;
     // idle, subscribing or subscribed on the current connection.
     node.dataset.state = channel.state;
-    if (channel.dm) node.dataset.peer = peerOf(channel);
     const isCurrent = channel.name === state.current;
     node.dataset.current = String(isCurrent);
+    if (isCurrent) open.setAttribute("aria-current", "true");
+    else open.removeAttribute("aria-current");
     const unread = isCurrent && viewing(channel) ? 0 : unreadCount(channel);
     node.dataset.unread = String(unread);
-    const open = button("", { className: "conversation-open", testid: "open" }, () => switchTo(channel.name));
-    if (isCurrent) open.setAttribute("aria-current", "true");
-    open.append(
-      el("span", { className: "conversation-mark", text: channel.dm ? "@" : "#" }),
-      el("span", { className: "conversation-name", text: channel.dm ? peerOf(channel) : channel.name,
-        testid: "conversation-name" }));
-    if (unread) {
-      open.append(el("span", { className: "badge", text: unread > 99 ? "99+" : String(unread), testid: "unread" }));
-    }
-    node.append(open);
-    if (channel.name !== GENERAL) {
-      node.append(button("×", {
-        className: "leave", testid: "leave",
-        title: channel.dm ? "Close this conversation" : `Leave #${channel.name}`,
-      }, () => leave(channel.name)));
-    }
+    badge.hidden = unread === 0;
+    badge.textContent = unread > 99 ? "99+" : String(unread);
     return node;
   }
 
@@ -889,8 +901,8 @@
     const all = [...state.channels.values()];
     const channels = all.filter((ch) => !ch.dm);
     const dms = all.filter((ch) => ch.dm).sort((a, b) => peerOf(a).localeCompare(peerOf(b)));
-    ui.channels.replaceChildren(...channels.map(conversationItem));
-    ui.dms.replaceChildren(...dms.map(conversationItem));
+    reconcile(ui.channels, channels.map(conversationItem));
+    reconcile(ui.dms, dms.map(conversationItem));
     ui.dmSection.hidden = me.user === null;
     ui.dmHint.hidden = dms.length > 0;
     const others = all.filter((ch) => ch.name !== state.current).reduce((n, ch) => n + unreadCount(ch), 0);
@@ -953,7 +965,8 @@
     const waiting = [...state.outbox, ...state.failed.values()]
       .filter((item) => item.channel === channel.name)
       .sort((a, b) => a.createdAt - b.createdAt);
-    for (const item of waiting) place(itemNode(item), new Date(item.createdAt), "me");
+    const mine = keyOf(ownSender());
+    for (const item of waiting) place(itemNode(item), new Date(item.createdAt), mine);
     reconcile(ui.log, nodes);
     ui.empty.hidden = nodes.length > 0;
     ui.empty.textContent = channel.dm
