@@ -1375,12 +1375,18 @@
       case "history":
         onHistory(state.channels.get(GENERAL), msg);
         break;
-      case "subscribed":
-        if (channel !== undefined) onHistory(channel, msg);
-        else if (typeof msg.channel === "string" && !state.leaving.has(msg.channel)) {
-          send({ type: "unsubscribe", channel: msg.channel });
+      case "subscribed": {
+        let target = channel;
+        if (target === undefined && typeof msg.channel === "string" && !state.leaving.has(msg.channel)) {
+          // The server subscribes a user's connections to a pair's channel when a
+          // direct message comes (docs/protocol.md, "Direct messages").
+          const users = dmUsers(msg.channel);
+          if (users !== null && users.includes(me.user)) target = ensureChannel(msg.channel);
+          else send({ type: "unsubscribe", channel: msg.channel });
         }
+        if (target !== undefined) onHistory(target, msg);
         break;
+      }
       case "unsubscribed":
         state.leaving.delete(msg.channel);
         break;
@@ -1511,7 +1517,13 @@
     const items = Array.isArray(msg.messages) ? msg.messages : [];
     const from = channel.resumeFrom;
     channel.resumeFrom = null;
-    if (msg.recovered !== true) {
+    // The latest messages, in the same epoch, reaching back to the last one
+    // shown: nothing is missing, and the view stays (a subscribed the server
+    // sent by itself, when a direct message came, is one).
+    const seqs = items.map((item) => item?.seq).filter(Number.isSafeInteger);
+    const reaches = msg.recovered !== true && channel.lastSeq > 0 && seqs.length > 0 &&
+      msg.epoch === channel.epoch && Math.min(...seqs) <= channel.lastSeq + 1;
+    if (msg.recovered !== true && !reaches) {
       if (from !== null) {
         logEvent("reset", `${label(channel)}: could not resume after message #${from} ` +
           `(the server’s database changed, or no longer keeps those messages): ` +

@@ -267,26 +267,35 @@ def test_a_direct_conversation_resumes_exactly_when_the_server_subscribed_it_fir
     relay.hold_sent = True
     relay.release()
     eventually(bob, lambda: _subscribes(relay.waiting, dm))
-    # A direct message now: the server subscribes bob's connection itself (no history), and
-    # the broadcast reaches the page before the server reads the page's own subscribe.
+    # A direct message now: the server subscribes bob's connection itself (a subscribed with
+    # the latest messages), and the broadcast reaches the page, before the server reads the
+    # page's own subscribe.
     expect(send(ann, "while subscribing")).to_have_attribute("data-status", "confirmed")
     eventually(bob, lambda: _broadcast(relay.received, "while subscribing"))
     relay.flush_sent()
 
-    # That subscribe is answered already_subscribed; the page subscribes again with the seq
-    # it had before the drop, and gets exactly what it missed.
+    # That subscribe is answered already_subscribed, and the page subscribes again with the
+    # last seq it has: every message shown once, in order, none missing, nothing reset.
     expect(texts(messages(bob))).to_have_text(
         ["first", "missed 1", "missed 2", "while subscribing"]
     )
+    eventually(bob, lambda: _answered_already_subscribed(relay.received, dm))
     expect(event_texts(bob, "resumed").last).to_have_text(
-        re.compile(r"^@ann: resumed after message #\d+, 3 missed messages\.$")
+        re.compile(r"^@ann: resumed after message #\d+, 0 missed messages\.$")
     )
+    expect(bob.get_by_test_id("notice")).to_have_count(0)
+    expect(event_texts(bob, "reset")).to_have_count(0)
     numbers = seqs(bob)
     assert numbers == list(range(numbers[0], numbers[0] + 4))
 
 
 def _subscribes(waiting: Sequence[tuple[object, str | bytes]], channel: str) -> None:
     assert [m for _, m in waiting if json.loads(m).get("channel") == channel], waiting
+
+
+def _answered_already_subscribed(received: list[dict[str, object]], channel: str) -> None:
+    codes = [m.get("code") for m in received if m.get("channel") == channel]
+    assert "already_subscribed" in codes, received
 
 
 def _broadcast(received: list[dict[str, object]], text: str) -> None:
