@@ -438,13 +438,17 @@ class LocalEngine:
     # Presence.
 
     def join(self, channel: str, member: Member, connection_id: str) -> None:
-        """One more connection of ``member`` in ``channel``; its first is announced."""
+        """One more connection of ``member`` in ``channel``; its first is announced, and so is
+        one that shows it otherwise (a new name, from a ``hello``)."""
         members = self._presence.get(channel)
         if members is None:
             members = self._presence[channel] = {}
         entry = members.get(member.key)
         if entry is not None:
             entry.connections += 1
+            if entry.member.fields != member.fields:
+                entry.member = member
+                self.listener.joined(channel, member, entry.connections, entry.since, connection_id)
             return
         since = datetime.now(UTC).strftime(TIMESTAMP_FORMAT)
         members[member.key] = _Presence(member, 1, since)

@@ -729,3 +729,22 @@ async def test_a_presence_snapshot_lists_at_most_so_many_members(
     await clients[0].request("presence", channel="crowd")
     snapshot = await clients[0].expect("presence")
     assert (len(snapshot["members"]), snapshot["count"]) == (2, 3)
+
+
+async def test_a_new_name_is_announced_as_joined_again(start: Start) -> None:
+    client_id = str(uuid.uuid4())
+    chat = await start()
+    watcher = await chat.join()
+    await watcher.subscribe("room")
+    tab1 = await chat.join(f"clientId={client_id}&name=Ann")
+    await tab1.subscribe("room")
+    await watcher.expect("joined", channel="room")
+    tab2 = await chat.join(f"clientId={client_id}&name=Ann")
+    await tab2.subscribe("room")
+    await tab2.request("hello", clientId=client_id, name="Annie")
+    renamed = await watcher.expect("joined", channel="room")
+    assert renamed["member"]["name"] == "Annie"
+    assert renamed["member"]["connections"] == 2
+    await watcher.request("presence", channel="room")
+    snapshot = await watcher.expect("presence")
+    assert [m.get("name") for m in snapshot["members"] if "clientId" in m] == ["Annie"]
