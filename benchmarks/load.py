@@ -8,9 +8,17 @@ Modes:
   in total (0: as fast as the receivers keep up, see ``--window``); every connection receives.
   Each message carries its sender and send time (``time.perf_counter_ns``); the latency is
   from that time to its arrival at each receiver. Works with the chat endpoint (the JSON
-  envelope's ``message``) and with a plain relay that forwards the raw text.
+  envelope's ``message``) and with a plain relay that forwards the raw text. With
+  ``--channel C`` (the chat only) every connection first subscribes to C and the senders
+  publish to it (``{"type": "publish", "channel": C, "message": ...}``) instead of sending
+  plain text, which the chat publishes to its default channel.
 - ``connect``: C loops each open a connection and close it, again and again; the latency is
   the opening handshake (TCP connect, upgrade request, 101 response).
+- ``subscribe`` (the chat only, with ``--channel C``): ``--senders`` of the C connections
+  subscribe to C and unsubscribe from it, one request at a time, again and again; the latency
+  is from a request to its answer (``subscribed``, ``unsubscribed``). The other connections
+  subscribe to C once, before the run, and listen: every ``joined`` and ``left`` notice that
+  any connection receives is counted as a delivery.
 
 Live progress goes to stderr once a second (unless ``--quiet``); the report goes to stdout,
 as text or (``--json``) as exactly one JSON object, printed the moment the measured window
@@ -23,21 +31,24 @@ The JSON keys (counts over the measured window; rates per second of it):
   0 in ``connect`` mode), ``procs``, ``warmup``, ``duration`` (measured seconds),
   ``window_start``, ``window_end`` (the window in ``time.monotonic()`` seconds, one clock for
   every process of the machine; null if it never started);
-- ``messages``, ``messages_per_s``: echo round trips, or broadcast messages sent;
+- ``messages``, ``messages_per_s``: echo round trips, broadcast messages sent, or subscribe
+  and unsubscribe requests answered;
 - ``bytes``, ``bytes_per_s``: payload bytes received (broadcast: whole received messages,
   the chat's JSON envelope included);
 - ``latency_ms``: ``p50``, ``p90``, ``p99``, ``max`` (null without samples), exact
   nearest-rank percentiles of ``latency_samples`` samples (a uniform reservoir of 10**6 once
   there are more);
-- ``deliveries``, ``deliveries_per_s``: broadcast messages received, summed over receivers;
+- ``deliveries``, ``deliveries_per_s``: broadcast messages received, summed over receivers
+  (subscribe mode: ``joined`` and ``left`` notices received);
 - ``handshakes``, ``handshakes_per_s``: connect-mode open and close cycles;
 - ``errors``: kind -> count over the whole run: ``connect_refused``, ``connect_failed``,
   ``open_timeout``, ``handshake``, ``closed_<code>`` (the server closed or dropped a
   connection: 1006 without a close frame), ``timeout`` (echo replies still missing
   ``GRACE`` seconds after the end), ``unexpected`` (an echo that is not ours),
-  ``worker_crashed``, ``worker_timeout``;
+  ``chat_error`` (the chat refused a subscribe-mode request), ``worker_crashed``,
+  ``worker_timeout``;
 - ``interrupted`` (Ctrl-C), ``params`` (``size``, ``in_flight``, ``senders``, ``rate``,
-  ``window``, ``binary``, ``fresh_masks``).
+  ``window``, ``binary``, ``fresh_masks``, ``channel``).
 
 Exit status: 0, 1 when errors were counted or nothing was measured, 2 for a bad command line,
 130 after Ctrl-C (the partial report is printed first).
@@ -74,7 +85,12 @@ READY_TIMEOUT_PER_CONNECTION = 0.05
 # A worker process that exited without a result for this long has crashed.
 DEAD_AFTER = 2.0
 
-_PRIMARY = {"echo": "messages", "broadcast": "deliveries", "connect": "handshakes"}
+_PRIMARY = {
+    "echo": "messages",
+    "broadcast": "deliveries",
+    "connect": "handshakes",
+    "subscribe": "messages",
+}
 
 
 def _positive_int(text: str) -> int:
@@ -128,7 +144,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, bool]:
         "--senders",
         type=_positive_int,
         default=1,
-        help="broadcast: how many of the connections send (default 1)",
+        help="broadcast: how many of the connections send; subscribe: how many subscribe and "
+        "unsubscribe, the others listen (default 1)",
     )
     parser.add_argument(
         "--rate",
@@ -158,11 +175,18 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, bool]:
         help="mask every frame with a fresh key, instead of frames encoded ahead of time "
         "with one key per process (slower, RFC 6455 to the letter)",
     )
+    parser.add_argument(
+        "--channel",
+        help="the chat channel that broadcast publishes to (every connection subscribes to it "
+        "first) and that subscribe mode subscribes to; required by subscribe",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     parser.add_argument("--quiet", action="store_true", help="no live progress on stderr")
     args = parser.parse_args(argv)
     if args.duration <= 0:
         parser.error("argument -d/--duration: must be more than 0")
+    if args.mode == "subscribe" and not args.channel:
+        parser.error("subscribe mode needs --channel")
     try:
         if parse_uri(args.url).secure:
             parser.error("argument url: wss:// is not supported, use ws://")
@@ -183,6 +207,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, bool]:
         window=args.window,
         fresh_masks=args.fresh_masks,
         quiet=args.quiet,
+        channel=args.channel or None,
     )
     return options, args.json
 
@@ -216,6 +241,10 @@ class ProgressPrinter:
         )
         if self.mode == "echo":
             shown = f"messages/s {rates['messages']:>10,.0f}"
+        elif self.mode == "subscribe":
+            shown = (
+                f"requests/s {rates['messages']:>10,.0f}  notices/s {rates['deliveries']:>10,.0f}"
+            )
         elif self.mode == "broadcast":
             shown = (
                 f"sent/s {rates['messages']:>10,.0f}  deliveries/s {rates['deliveries']:>10,.0f}"
@@ -423,6 +452,7 @@ def build_report(options: Options, results: list[Result]) -> dict[str, Any]:
             "window": options.window,
             "binary": options.binary,
             "fresh_masks": options.fresh_masks,
+            "channel": options.channel,
         },
     }
 
@@ -440,15 +470,15 @@ def format_report(report: dict[str, Any]) -> str:
         f"{report['duration']:.2f} s measured after {report['warmup']:g} s warm-up"
         + (" (interrupted)" if report["interrupted"] else ""),
     ]
-    if mode in ("echo", "broadcast"):
-        label = "round trips" if mode == "echo" else "sent"
+    if mode in ("echo", "broadcast", "subscribe"):
+        label = {"echo": "round trips", "broadcast": "sent", "subscribe": "requests"}[mode]
         lines.append(
             f"  {label:<12} {report['messages']:>12,}  {report['messages_per_s']:>12,.1f}/s"
         )
-    if mode == "broadcast":
+    if mode in ("broadcast", "subscribe"):
+        label = "deliveries" if mode == "broadcast" else "notices"
         lines.append(
-            f"  {'deliveries':<12} {report['deliveries']:>12,}  "
-            f"{report['deliveries_per_s']:>12,.1f}/s"
+            f"  {label:<12} {report['deliveries']:>12,}  {report['deliveries_per_s']:>12,.1f}/s"
         )
     if mode == "connect":
         lines.append(
@@ -458,7 +488,12 @@ def format_report(report: dict[str, Any]) -> str:
     else:
         lines.append(f"  {'payload':<12} {report['bytes_per_s'] / 1e6:>12,.3f} MB/s received")
     latency = report["latency_ms"]
-    what = {"echo": "round trip", "broadcast": "send to arrival", "connect": "handshake"}[mode]
+    what = {
+        "echo": "round trip",
+        "broadcast": "send to arrival",
+        "connect": "handshake",
+        "subscribe": "request to answer",
+    }[mode]
     if latency["p50"] is None:
         lines.append(f"  {'latency':<12} no samples")
     else:

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 __all__ = ["MODES", "Options", "Share", "split"]
 
-MODES = ("echo", "broadcast", "connect")
+MODES = ("echo", "broadcast", "connect", "subscribe")
+_WITH_SENDERS = frozenset({"broadcast", "subscribe"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,9 @@ class Options:
     window: int = 16
     fresh_masks: bool = False
     quiet: bool = False
+    # The chat channel that broadcast publishes to and subscribe cycles on (None: broadcast
+    # sends plain text, which the chat publishes to its default channel).
+    channel: str | None = None
     # Latency samples kept in memory across all processes (reservoir sampling beyond).
     sample_cap: int = 1_000_000
 
@@ -39,7 +43,8 @@ class Share:
     index: int
     connections: int
     # Global indices of this worker's senders (broadcast), carried in each message so that
-    # receivers can tell senders apart; the first len(senders) connections send.
+    # receivers can tell senders apart; the first len(senders) connections send. In
+    # subscribe mode, the connections that subscribe and unsubscribe again and again.
     senders: tuple[int, ...]
     # Messages/s of each sender (0: as fast as the window allows).
     sender_rate: float
@@ -50,7 +55,7 @@ def split(options: Options) -> list[Share]:
     """Split the connections (and senders) as evenly as possible across the processes."""
     connections = options.connections
     procs = max(1, min(options.procs, connections))
-    senders = min(options.senders, connections) if options.mode == "broadcast" else 0
+    senders = min(options.senders, connections) if options.mode in _WITH_SENDERS else 0
     sender_rate = options.rate / senders if senders else 0.0
     base, extra = divmod(connections, procs)
     cap = math.ceil(options.sample_cap / procs)

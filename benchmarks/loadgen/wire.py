@@ -12,7 +12,9 @@ A broadcast message is the text ``#LG <sender> <t> <filler>``: ``sender`` the gl
 the sending connection (6 digits), ``t`` its ``time.perf_counter_ns()`` at sending (20 digits;
 CLOCK_MONOTONIC on Linux, so comparable across the worker processes of one machine), padded to
 ``--size`` characters (at least 32). Receivers find it in the raw text (a plain relay) or in
-the ``message`` of a JSON envelope (the chat's ``broadcast``).
+the ``message`` of a JSON envelope (the chat's ``broadcast``). Sent to a chat channel
+(``--channel``), the text goes inside the chat's ``publish`` request, whose constant head and
+tail are masked once as well.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ __all__ = [
     "CHAT_BROADCAST",
     "CHAT_MESSAGE",
     "CHAT_SHIFT",
+    "CHAT_SUBSCRIBED",
+    "CHAT_UNSUBSCRIBED",
     "HEAD",
     "MARK",
     "SENDER",
@@ -39,6 +43,8 @@ __all__ = [
     "masked_frame",
     "parse_stamp",
     "payload",
+    "publish_envelope",
+    "request_frame",
 ]
 
 MARK = "#LG "
@@ -58,6 +64,9 @@ CHAT_BROADCAST = '{"type":"broadcast",'
 CHAT_MESSAGE = '"message":"' + MARK
 # From where CHAT_MESSAGE is found to where the stamp starts.
 CHAT_SHIFT = len(CHAT_MESSAGE) - len(MARK)
+# The chat's answers to subscribe and unsubscribe (docs/protocol.md), as they start.
+CHAT_SUBSCRIBED = '{"type":"subscribed",'
+CHAT_UNSUBSCRIBED = '{"type":"unsubscribed",'
 # Chat messages that are not someone's text: skipped wherever they come.
 _NOTICE_TYPES = frozenset({"welcome", "history", "user_left"})
 
@@ -82,34 +91,71 @@ def masked_frame(message: str | bytes, key: bytes) -> bytes:
     return frame_header(opcode, len(data), mask_key=key) + apply_mask(data, key)
 
 
+def request_frame(kind: str, channel: str, key: bytes) -> bytes:
+    """A chat request naming a channel (``subscribe``, ``unsubscribe``), as a masked frame."""
+    text = json.dumps({"type": kind, "channel": channel}, separators=(",", ":"))
+    return masked_frame(text, key)
+
+
+def publish_envelope(channel: str) -> tuple[str, str]:
+    """What comes before and after a message's text in a chat ``publish`` to ``channel``
+    (the text needs no escaping: it is ASCII letters, digits and spaces)."""
+    head = json.dumps({"type": "publish", "channel": channel}, separators=(",", ":"))
+    return head[:-1] + ',"message":"', '"}'
+
+
 class StampedFrames:
-    """Broadcast messages of one sender: ``#LG <sender> <t> <filler>``, ``size`` characters.
+    """Broadcast messages of one sender: ``#LG <sender> <t> <filler>``, ``size`` characters,
+    bare or between the two halves of an ``envelope`` (``publish_envelope``).
 
     Sizes below the head's 32 characters are rounded up to it.
     """
 
-    __slots__ = ("_header", "_key", "_masked_tail", "_prefix", "_tail", "size")
+    __slots__ = (
+        "_after",
+        "_before",
+        "_head_key",
+        "_header",
+        "_masked_before",
+        "_masked_tail",
+        "_prefix",
+        "_tail",
+        "size",
+    )
 
-    def __init__(self, sender: int, size: int, key: bytes) -> None:
+    def __init__(
+        self, sender: int, size: int, key: bytes, envelope: tuple[str, str] = ("", "")
+    ) -> None:
         if not 0 <= sender < 10**_SENDER_DIGITS:
             raise ValueError(f"sender index out of range: {sender}")
         self._prefix = f"{MARK}{sender:0{_SENDER_DIGITS}d} "
         self.size = max(size, HEAD)
-        template = f"{self._prefix}{0:0{_DIGITS}d} {filler(self.size)[HEAD:]}"
-        self._tail = template[HEAD:]
-        self._key = key
-        self._header = frame_header(Opcode.TEXT, self.size, mask_key=key)
-        # Masking is position-dependent: the tail is masked once, at its offset.
-        self._masked_tail = apply_mask(template.encode(), key)[HEAD:]
+        self._before, self._after = envelope
+        message = f"{self._prefix}{0:0{_DIGITS}d} {filler(self.size)[HEAD:]}"
+        self._tail = message[HEAD:]
+        template = f"{self._before}{message}{self._after}".encode()
+        start = len(self._before.encode())
+        self._header = frame_header(Opcode.TEXT, len(template), mask_key=key)
+        # Masking is position-dependent: what does not change is masked once, at its offset,
+        # and the head with the key rotated to where it starts (byte i uses key[i % 4]).
+        masked = apply_mask(template, key)
+        self._masked_before = masked[:start]
+        self._masked_tail = masked[start + HEAD :]
+        self._head_key = key[start % 4 :] + key[: start % 4]
 
     def text(self, t_ns: int) -> str:
         """The message as text, for ``Connection.send``."""
-        return f"{self._prefix}{t_ns:0{_DIGITS}d} {self._tail}"
+        return f"{self._before}{self._prefix}{t_ns:0{_DIGITS}d} {self._tail}{self._after}"
 
     def frame(self, t_ns: int) -> bytes:
         """The message as a masked frame: only the head is masked here."""
         head = f"{self._prefix}{t_ns:0{_DIGITS}d} ".encode()
-        return self._header + apply_mask(head, self._key) + self._masked_tail
+        return (
+            self._header
+            + self._masked_before
+            + apply_mask(head, self._head_key)
+            + self._masked_tail
+        )
 
 
 def parse_stamp(message: Data) -> tuple[int, int] | None:

@@ -1,4 +1,4 @@
-"""One worker process: its share of the connections and the three workloads, on asyncio.
+"""One worker process: its share of the connections and the four workloads, on asyncio.
 
 A run goes through these phases:
 
@@ -6,7 +6,9 @@ A run goes through these phases:
    time (``connect`` mode opens none here). In ``broadcast`` the worker then waits until each
    connection has had the chat's greeting (or, when none gets any message within
    ``SETTLE_QUIET``, decides that the server sends none), so that every receiver is
-   registered before the first message.
+   registered before the first message; with a ``channel``, each connection subscribes to it
+   first, and the greeting waited for is its ``subscribed``. In ``subscribe`` mode the
+   listeners (the connections that do not cycle) subscribe, and are waited for likewise.
 2. **ready**: tell the parent and wait for its go, so that all processes start together.
 3. **warmup** then **measuring**: the workload runs for ``warmup + duration`` seconds; the
    measured window starts when the warm-up ends. It ends early on ``interrupt()`` (Ctrl-C)
@@ -16,7 +18,8 @@ A run goes through these phases:
    then every connection is closed (at most ``TEARDOWN`` seconds, then dropped).
 
 Messages are handled in callbacks from the connection's ``data_received`` (see client.py):
-an echo reply is timed and the next message written in the same call, without a task switch.
+an echo reply (or the answer to a subscribe-mode request) is timed and the next message
+written in the same call, without a task switch.
 Nothing here prints; the caller shows progress and the report.
 """
 
@@ -41,6 +44,8 @@ from .wire import (
     CHAT_BROADCAST,
     CHAT_MESSAGE,
     CHAT_SHIFT,
+    CHAT_SUBSCRIBED,
+    CHAT_UNSUBSCRIBED,
     MARK,
     SENDER,
     SENDER_END,
@@ -51,6 +56,8 @@ from .wire import (
     masked_frame,
     parse_stamp,
     payload,
+    publish_envelope,
+    request_frame,
 )
 
 __all__ = ["Hooks", "Progress", "Worker"]
@@ -74,6 +81,10 @@ WINDOW_STALL_NS = 1_000_000_000
 MAX_FAILURES = 10
 # Close codes of a normal end (1005: a close frame without a code).
 _NORMAL_CLOSE = frozenset({1000, 1001, 1005})
+# Subscribe mode: the chat's notices about members, and its errors (docs/protocol.md).
+_JOINED = '{"type":"joined",'
+_LEFT = '{"type":"left",'
+_ERROR = '{"type":"error",'
 
 _perf_ns = time.perf_counter_ns
 
@@ -117,6 +128,7 @@ class Worker:
         self.clients: list[Client] = []
         self.live = 0  # clients of self.clients still connected
         self.echoes: list[Echo] = []
+        self.cyclers: list[Subscription] = []  # subscribe mode: those that cycle
         # Broadcast: deliveries to this process's receivers, by global sender index.
         total_senders = min(options.senders, options.connections)
         self.delivered = [0] * (total_senders if options.mode == "broadcast" else 0)
@@ -156,7 +168,7 @@ class Worker:
         try:
             if self.options.mode != "connect":
                 await self._open_all()
-            if self.options.mode == "broadcast":
+            if self.options.mode in ("broadcast", "subscribe"):
                 await self._settle()
             connected = self.live
             go = await self.hooks.ready(connected)
@@ -207,6 +219,9 @@ class Worker:
                 asyncio.create_task(self._send_loop(client, sender))
                 for client, sender in zip(self.clients, self.share.senders, strict=False)
             ]
+        elif options.mode == "subscribe":
+            for cycler in self.cyclers:
+                cycler.start()
         else:
             tasks = [asyncio.create_task(self._cycle_loop()) for _ in range(self.share.connections)]
             # When every loop gave up, the server is gone.
@@ -261,13 +276,17 @@ class Worker:
         stop = self._stop
         limit = asyncio.Semaphore(OPEN_CONCURRENCY)
         mode = self.options.mode
+        channel = self.options.channel
+        subscribe = None if channel is None else request_frame("subscribe", channel, self.key)
+        cyclers = len(self.share.senders) if mode == "subscribe" else 0
 
         async def open_one() -> None:
             async with limit:
                 if stop.is_set():
                     return
                 echo = Echo(self) if mode == "echo" else None
-                on_message = echo if echo is not None else self._receiver()
+                member = Subscription(self) if mode == "subscribe" else None
+                on_message = echo or member or self._receiver()
                 client = await self._connect(on_message)
                 if client is None:
                     return
@@ -277,6 +296,15 @@ class Worker:
                 if echo is not None:
                     echo.client = client
                     self.echoes.append(echo)
+                if member is not None:
+                    member.client = client
+                    if len(self.cyclers) < cyclers:
+                        member.cycling = True
+                        self.cyclers.append(member)
+                        return
+                if subscribe is not None:
+                    # A broadcast receiver or sender, or a subscribe-mode listener.
+                    client.send_frame(subscribe)
 
         await asyncio.gather(*(open_one() for _ in range(self.share.connections)))
 
@@ -290,14 +318,18 @@ class Worker:
             self._stop.set()
 
     async def _settle(self) -> None:
-        """Broadcast: wait until every connection had its greeting, if the server sends any."""
+        """Broadcast: wait until every connection had its greeting, if the server sends any;
+        subscribe: until every listener is subscribed."""
         assert self._stop is not None
         start = time.monotonic()
+        expected = len(self.clients) - len(self.cyclers)
+        # A chat always answers a subscribe: no guessing whether a greeting comes.
+        quiet = SETTLE_QUIET if self.options.channel is None else SETTLE_MAX
         while not self._stop.is_set():
             elapsed = time.monotonic() - start
-            if self.greeted >= len(self.clients) or elapsed > SETTLE_MAX:
+            if self.greeted >= expected or elapsed > SETTLE_MAX:
                 return
-            if self.greeted == 0 and elapsed > SETTLE_QUIET:
+            if self.greeted == 0 and elapsed > quiet:
                 return
             await asyncio.sleep(0.01)
 
@@ -333,7 +365,7 @@ class Worker:
 
     def _receiver(self) -> Callable[[Data], None]:
         """A broadcast receiver: counts stamped messages and their latency, and notes the
-        first other message (the chat's greeting).
+        first other message (the chat's greeting; with a channel, its ``subscribed``).
 
         The chat's envelope and the raw text are parsed inline (the hot path: one call per
         delivery); anything else goes through ``parse_stamp``.
@@ -345,6 +377,7 @@ class Worker:
         delivered = self.delivered
         senders = len(delivered)
         greeted = False
+        greeting = "" if self.options.channel is None else CHAT_SUBSCRIBED
 
         def on_message(message: Data) -> None:
             nonlocal greeted
@@ -361,7 +394,7 @@ class Worker:
             except (ValueError, TypeError):  # not ours, or bytes
                 stamp = parse_stamp(message)
                 if stamp is None:
-                    if not greeted:
+                    if not greeted and type(message) is str and message.startswith(greeting):
                         greeted = True
                         self.greeted += 1
                     return
@@ -390,7 +423,9 @@ class Worker:
 
     def _stamped_sender(self, client: Client, sender: int) -> Callable[[], None]:
         """``send()`` sends one message stamped with the time it is sent, and counts it."""
-        frames = StampedFrames(sender, self.options.size, self.key)
+        channel = self.options.channel
+        envelope = ("", "") if channel is None else publish_envelope(channel)
+        frames = StampedFrames(sender, self.options.size, self.key, envelope)
         rec = self.rec
         perf = _perf_ns
         if self.options.fresh_masks:
@@ -549,6 +584,70 @@ class Echo:
         rec.sample(now - self._sent_at.popleft())
         if self._worker.running:
             self._send_next()
+
+
+class Subscription:
+    """One connection of subscribe mode, on the options' channel.
+
+    A cycler subscribes, and once subscribed unsubscribes, and so on, one request at a time
+    while the run lasts, timing each request from its sending to its answer (counted as
+    messages). A listener subscribes once, before the run. Both count the chat's ``joined``
+    and ``left`` notices they receive as deliveries (what announcing members costs).
+    """
+
+    __slots__ = ("_rec", "_sent_at", "_subscribe", "_unsubscribe", "_worker", "client", "cycling")
+
+    def __init__(self, worker: Worker) -> None:
+        channel = worker.options.channel
+        if channel is None:
+            raise ValueError("subscribe mode needs a channel")
+        self._worker = worker
+        self._rec = worker.rec
+        self._subscribe = request_frame("subscribe", channel, worker.key)
+        self._unsubscribe = request_frame("unsubscribe", channel, worker.key)
+        self._sent_at = 0  # perf_counter_ns() of the request waiting for its answer
+        self.client: Client | None = None
+        self.cycling = False
+
+    def start(self) -> None:
+        self._request(self._subscribe)
+
+    def _request(self, frame: bytes) -> None:
+        assert self.client is not None
+        self._sent_at = _perf_ns()
+        try:
+            self.client.send_frame(frame)
+        except ConnectionClosed:
+            self._sent_at = 0  # counted by Worker._lost
+
+    def __call__(self, message: Data) -> None:
+        now = _perf_ns()
+        rec = self._rec
+        if type(message) is not str:
+            rec.error("unexpected")
+        elif message.startswith(_JOINED) or message.startswith(_LEFT):
+            rec.deliveries += 1
+            rec.bytes += len(message)
+        elif message.startswith(CHAT_SUBSCRIBED):
+            if not self.cycling:
+                self._worker.greeted += 1
+            elif self._answered(now):
+                self._request(self._unsubscribe)
+        elif message.startswith(CHAT_UNSUBSCRIBED):
+            if self._answered(now):
+                self._request(self._subscribe)
+        elif message.startswith(_ERROR):
+            rec.error("chat_error")
+        # Anything else is the chat's greeting (connectionId, welcome, history).
+
+    def _answered(self, now: int) -> bool:
+        """Count the answer to the request in flight; whether to send the next one."""
+        rec = self._rec
+        if self._sent_at:
+            rec.messages += 1
+            rec.sample(now - self._sent_at)
+            self._sent_at = 0
+        return self._worker.running
 
 
 def keep_freed_memory() -> None:

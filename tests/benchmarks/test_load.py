@@ -25,7 +25,13 @@ from typing import Any
 import pytest
 
 from benchmarks.loadgen.stats import Recorder, Result, merge, percentile
-from benchmarks.loadgen.wire import StampedFrames, is_notice, parse_stamp
+from benchmarks.loadgen.wire import (
+    StampedFrames,
+    is_notice,
+    parse_stamp,
+    publish_envelope,
+    request_frame,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 LISTENING = re.compile(r"listening: open http://127\.0\.0\.1:(\d+)/")
@@ -181,7 +187,7 @@ def when_measuring(load: subprocess.Popen[str], action: Callable[[], object]) ->
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
     """Every run of this file, started at once; name -> Run."""
     root = tmp_path_factory.mktemp("load")
-    names = ("shared", "broadcast", "broadcast2", "gone")
+    names = ("shared", "broadcast", "broadcast2", "channel", "subscribe", "gone")
     servers = {name: Server(root / name) for name in names}
     try:
         shared = servers["shared"]
@@ -203,6 +209,19 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
                 "2",
                 "--rate",
                 "0",
+            ),
+            "broadcast_channel": start_load(
+                "broadcast", servers["channel"].url("/"), *TINY, "--channel", "room:t"
+            ),
+            # Two connections subscribe and unsubscribe, one listens.
+            "subscribe": start_load(
+                "subscribe",
+                servers["subscribe"].url("/"),
+                *TINY,
+                "--senders",
+                "2",
+                "--channel",
+                "room:s",
             ),
             "refused": start_load("echo", f"ws://127.0.0.1:{free_port()}/echo", *TINY),
             # Runs 2 s: at least one progress line, the first comes after 1 s.
@@ -278,6 +297,34 @@ def test_broadcast_procs2_as_fast_as_possible(runs: dict[str, Run]) -> None:
     assert report["deliveries"] > 0
 
 
+def test_broadcast_to_a_channel(runs: dict[str, Run]) -> None:
+    """Every connection subscribes to the channel; the sender publishes to it."""
+    report = check_report(runs["broadcast_channel"], "broadcast")
+    assert report["params"]["channel"] == "room:t"
+    assert report["connected"] == 3
+    assert report["messages"] > 0
+    assert 0 < report["deliveries"] <= 2 * report["messages"] + 2
+    assert report["latency_samples"] == report["deliveries"]
+
+
+def test_subscribe(runs: dict[str, Run]) -> None:
+    """Subscribes and unsubscribes are answered and timed; each is a member who joins or
+    leaves, which the listener (and the other cycler, while subscribed) is told."""
+    report = check_report(runs["subscribe"], "subscribe")
+    assert report["connected"] == 3
+    assert report["params"]["senders"] == 2
+    assert report["messages"] > 0
+    assert report["latency_samples"] == report["messages"]
+    assert 0 < report["deliveries"] <= 2 * report["messages"] + 2
+    assert report["handshakes"] == 0
+
+
+def test_subscribe_needs_a_channel() -> None:
+    run = finish(start_load("subscribe", "ws://127.0.0.1:1/", *TINY))
+    assert run.status == 2
+    assert "subscribe mode needs --channel" in run.stderr
+
+
 def test_connect(runs: dict[str, Run]) -> None:
     report = check_report(runs["connect"], "connect")
     assert report["handshakes"] > 0
@@ -350,6 +397,33 @@ def test_stamped_frame_is_the_masked_text() -> None:
     header = frame[: len(frame) - 300]
     assert header[-4:] == key
     assert apply_mask(frame[len(header) :], key) == frames.text(42).encode()
+
+
+def test_stamped_publish_is_the_masked_request() -> None:
+    """In a channel each message is a publish request; its head is masked where it lies."""
+    from rfc6455.masking import apply_mask
+
+    key = b"\x10\x20\x30\x40"
+    for channel in ("room:a", "room:ab", "room:abc", "room:abcd"):  # every offset mod 4
+        frames = StampedFrames(5, 64, key, publish_envelope(channel))
+        text = frames.text(987654321)
+        request = json.loads(text)
+        assert request == {"type": "publish", "channel": channel, "message": request["message"]}
+        assert len(request["message"]) == 64
+        assert parse_stamp(request["message"]) == (5, 987654321)
+        frame = frames.frame(987654321)
+        payload = frame[len(frame) - len(text) :]
+        assert frame[len(frame) - len(text) - 4 : len(frame) - len(text)] == key
+        assert apply_mask(payload, key) == text.encode()
+
+
+def test_request_frame() -> None:
+    from rfc6455.masking import apply_mask
+
+    key = b"\x01\x02\x03\x04"
+    frame = request_frame("subscribe", "room:x", key)
+    text = '{"type":"subscribe","channel":"room:x"}'
+    assert apply_mask(frame[len(frame) - len(text) :], key) == text.encode()
 
 
 def test_notices() -> None:
