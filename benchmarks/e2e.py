@@ -55,7 +55,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -89,7 +89,7 @@ class Workload:
     """One measurement, run against every server in every round."""
 
     name: str  # for --only and the tables
-    mode: str  # echo | broadcast | connect | memory
+    mode: str  # echo | broadcast | connect | memory | subscribe
     path: str
     connections: int
     k: int = 1
@@ -98,6 +98,10 @@ class Workload:
     senders: int = 0
     # Seconds of warm-up at least: 50 x 16 x 1 MiB in flight take about 2 s to get going.
     min_warmup: float = 0.0
+    # The chat channel of a broadcast or subscribe run (the load generator's --channel).
+    channel: str | None = None
+    # The servers it runs on (empty: all of them); the chat's channels are the project's own.
+    servers: tuple[str, ...] = ()
 
     @property
     def metric(self) -> str:
@@ -106,6 +110,7 @@ class Workload:
             "broadcast": "deliveries_per_s",
             "connect": "handshakes_per_s",
             "memory": "kib_per_connection",
+            "subscribe": "messages_per_s",
         }[self.mode]
 
     @property
@@ -115,6 +120,7 @@ class Workload:
             "broadcast": "deliveries/s",
             "connect": "handshakes/s",
             "memory": "KiB/connection",
+            "subscribe": "requests/s",
         }[self.mode]
 
     def describe(self) -> str:
@@ -125,7 +131,13 @@ class Workload:
             return f"broadcast {size_name(self.size)} 1→{self.connections - 1}, {rate}"
         if self.mode == "connect":
             return f"handshakes, {self.connections} at a time"
+        if self.mode == "subscribe":
+            listeners = self.connections - self.senders
+            return f"subscribe/unsubscribe {self.channel}, {self.senders} conn, {listeners} listen"
         return f"memory, {self.connections:,} idle conn"
+
+    def runs_on(self, server: str) -> bool:
+        return not self.servers or server in self.servers
 
 
 def size_name(size: int) -> str:
@@ -329,14 +341,18 @@ class Server:
 
     def command(self) -> list[str]:
         if self.name == PROJECT:
-            return [
-                *("-m", "server", "--host", HOST, "--port", str(self.port)),
-                *("--db", str(self.workdir / "m.db")),
-                *("--ping-interval", "0", "--max-message-size", str(MAX_MESSAGE)),
-                # The broadcast workloads send far more than a chat client may (20 msg/s).
-                *("--rate-limit", "0"),
-            ]
+            return ["-m", "server", *self.project_options()]
         return [str(PEERS / f"{self.name}_peer.py"), "--host", HOST, "--port", str(self.port)]
+
+    def project_options(self) -> list[str]:
+        """The options ``python -m server`` runs with."""
+        return [
+            *("--host", HOST, "--port", str(self.port)),
+            *("--db", str(self.workdir / "m.db")),
+            *("--ping-interval", "0", "--max-message-size", str(MAX_MESSAGE)),
+            # The broadcast workloads send far more than a chat client may (20 msg/s).
+            *("--rate-limit", "0"),
+        ]
 
     @property
     def pid(self) -> int:
@@ -412,6 +428,10 @@ def load_command(
     elif workload.mode == "broadcast":
         args += ["-s", str(workload.size), "--senders", str(workload.senders)]
         args += ["--rate", f"{workload.rate:g}"]
+    elif workload.mode == "subscribe":
+        args += ["--senders", str(workload.senders)]
+    if workload.channel is not None:
+        args += ["--channel", workload.channel]
     warmup = max(timings.warmup, workload.min_warmup)
     args += ["-d", f"{timings.duration:g}", "--warmup", f"{warmup:g}"]
     return ["-m", module, *args, "--procs", str(procs), "--json", "--quiet"]
@@ -609,7 +629,7 @@ def measure(server: Server, workload: Workload, config: Config) -> Measurement:
         start = end - window
     cpu, waited = sampler.between(start, end)
     load_waited = run.sampler.between(start, end)[1]
-    if workload.mode == "echo":
+    if workload.mode in ("echo", "subscribe"):
         units = float(result.get("messages") or 0)
     elif workload.mode == "broadcast":
         units = float(result.get("deliveries") or 0)
@@ -630,15 +650,25 @@ def measure(server: Server, workload: Workload, config: Config) -> Measurement:
     )
 
 
-def measure_memory(server: Server, workload: Workload) -> Measurement:
+def measure_memory(
+    server: Server,
+    workload: Workload,
+    prepare: Callable[[list[socket.socket]], None] | None = None,
+) -> Measurement:
+    """The server's RSS per idle connection; ``prepare`` is given the connections once they
+    are open (the warm-up ones, then the measured ones), to send them somewhere."""
     # A few connections first, so that what the first one loads (modules, caches) is in
     # the baseline rather than spread over the measured ones.
     warm = open_idle(server.port, workload.path, 20)
     try:
+        if prepare is not None:
+            prepare(warm)
         time.sleep(0.5)
         before = proc_rss_bytes(server.pid)
         started = time.monotonic()
         sockets = open_idle(server.port, workload.path, workload.connections)
+        if prepare is not None:
+            prepare(sockets)
         opened_in = time.monotonic() - started
         try:
             time.sleep(1.0)
@@ -661,11 +691,17 @@ def measure_memory(server: Server, workload: Workload) -> Measurement:
 
 
 Results = dict[str, dict[str, list[Measurement]]]  # workload -> server -> rounds
+# Starts a fresh server, measures one workload on it, stops it: (server, workload, config, tag).
+MeasureOnce = Callable[[str, Workload, Config, str], Measurement]
 
 
 def measure_once(name: str, workload: Workload, config: Config, tag: str) -> Measurement:
     """Start a fresh server, measure it, stop it."""
-    server = Server(name, config.server_cores, config.workdir / tag)
+    return measure_on(Server(name, config.server_cores, config.workdir / tag), workload, config)
+
+
+def measure_on(server: Server, workload: Workload, config: Config) -> Measurement:
+    """Start ``server`` (not started yet), measure it, stop it."""
     server.workdir.mkdir(parents=True)
     try:
         server.start()
@@ -675,9 +711,13 @@ def measure_once(name: str, workload: Workload, config: Config, tag: str) -> Mea
 
 
 def run_all(
-    workloads: list[Workload], servers: Sequence[str], rounds: int, config: Config
+    workloads: list[Workload],
+    servers: Sequence[str],
+    rounds: int,
+    config: Config,
+    measure_one: MeasureOnce = measure_once,
 ) -> Results:
-    """Every workload on every server, round after round, the servers taking turns.
+    """Every workload on every server it runs on, round after round, the servers taking turns.
 
     A measurement during which the server or the generator waited for a CPU (other processes
     on the machine) for more than ``config.noise_limit`` of the window is taken again, up to
@@ -685,7 +725,7 @@ def run_all(
     disturbed attempt is kept.
     """
     results: Results = {w.name: {s: [] for s in servers} for w in workloads}
-    total = len(workloads) * len(servers) * rounds
+    total = sum(w.runs_on(s) for w in workloads for s in servers) * rounds
     budget = total // 6
     done = 0
     started = time.monotonic()
@@ -693,7 +733,7 @@ def run_all(
         shift = round_no % len(servers)
         order = [*servers[shift:], *servers[:shift]]
         for workload in workloads:
-            for name in order:
+            for name in filter(workload.runs_on, order):
                 done += 1
                 label = f"[{done}/{total}] round {round_no + 1} {workload.name} {name}"
                 best: Measurement | None = None
@@ -703,7 +743,7 @@ def run_all(
                             break
                         budget -= 1
                     try:
-                        m = measure_once(name, workload, config, f"{name}-{done}-{attempt}")
+                        m = measure_one(name, workload, config, f"{name}-{done}-{attempt}")
                     except Exception as exc:
                         log(f"{label}: FAILED: {exc}")
                         continue

@@ -105,3 +105,29 @@ def test_workload_names_and_selection() -> None:
         "broadcast-1000",
     ]
     assert all(t.workload in names for t in e2e.TARGETS)
+
+
+def test_run_all_runs_each_workload_on_its_servers(tmp_path: Path) -> None:
+    calls: list[tuple[str, str]] = []
+
+    def fake(name: str, workload: e2e.Workload, config: e2e.Config, tag: str) -> e2e.Measurement:
+        calls.append((workload.name, name))
+        return e2e.Measurement(1.0)
+
+    workloads = [
+        e2e.Workload("a", "echo", "/echo", 1),
+        e2e.Workload("b", "echo", "/echo", 1, servers=(e2e.PROJECT,)),
+    ]
+    config = e2e.Config(e2e.Timings(1.0, 0.0), [0], [1], "benchmarks.load", False, tmp_path)
+    results = e2e.run_all(workloads, [e2e.PROJECT, "websockets"], 2, config, fake)
+    # Round 2 starts one server further.
+    assert calls == [
+        ("a", e2e.PROJECT),
+        ("a", "websockets"),
+        ("b", e2e.PROJECT),
+        ("a", "websockets"),
+        ("a", e2e.PROJECT),
+        ("b", e2e.PROJECT),
+    ]
+    assert len(results["b"][e2e.PROJECT]) == 2
+    assert results["b"]["websockets"] == []
