@@ -700,12 +700,17 @@ def measure_once(name: str, workload: Workload, config: Config, tag: str) -> Mea
     return measure_on(Server(name, config.server_cores, config.workdir / tag), workload, config)
 
 
-def measure_on(server: Server, workload: Workload, config: Config) -> Measurement:
-    """Start ``server`` (not started yet), measure it, stop it."""
+def measure_on(
+    server: Server,
+    workload: Workload,
+    config: Config,
+    how: Callable[[Server, Workload, Config], Measurement] = measure,
+) -> Measurement:
+    """Start ``server`` (not started yet), measure it (``how``), stop it."""
     server.workdir.mkdir(parents=True)
     try:
         server.start()
-        return measure(server, workload, config)
+        return how(server, workload, config)
     finally:
         server.stop()
 
