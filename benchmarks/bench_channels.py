@@ -39,9 +39,9 @@ Workloads (their names for ``--only``):
 - ``echo-32B-k1``, ``connect`` (e2e's; against websockets): the 32 B echo over 50
   connections, one message in flight each; handshakes, 20 at a time.
 
-``--before DIR`` adds a third server to the workloads that websockets runs: the project's
-server from another checkout (``git worktree add DIR COMMIT``), so that a change is measured
-against the code before it in the same rounds.
+``--before DIR`` adds the project's server from another checkout (``git worktree add DIR
+COMMIT``) to the same rounds, so that a change is measured against the code before it: it
+runs what websockets runs and, if it has channels (``--channels``), the channel workloads too.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ import json
 import os
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -142,9 +143,9 @@ class Sizes:
     listeners: int = 100
 
 
-def workloads(sizes: Sizes) -> list[e2e.Workload]:
+def workloads(sizes: Sizes, before_has_channels: bool = False) -> list[e2e.Workload]:
     """Every workload, in the order a round runs them."""
-    project = (PROJECT,)
+    project = (PROJECT, BEFORE) if before_has_channels else (PROJECT,)
     fanout = ChannelWorkload(
         "fanout-channel",
         "broadcast",
@@ -264,31 +265,49 @@ def memory_subscriptions(workload: ChannelWorkload) -> Subscriptions:
     return Subscriptions(lambda n: [f"room:m{j}-{n // members}" for j in range(k)], client_id)
 
 
-class CheckoutServer(e2e.Server):
-    """``python -m server`` from another checkout of the project (``--before``)."""
+class ProjectServer(e2e.Server):
+    """``python -m server`` with e2e's options, from this checkout or from ``checkout``
+    (``--before``), with the ``--channels`` file ``namespaces`` or without."""
 
-    def __init__(self, checkout: Path, cores: Sequence[int], workdir: Path) -> None:
-        super().__init__(BEFORE, cores, workdir)
+    def __init__(
+        self,
+        name: str,
+        cores: Sequence[int],
+        workdir: Path,
+        checkout: Path | None = None,
+        namespaces: Path | None = None,
+    ) -> None:
+        super().__init__(name, cores, workdir)
         self.checkout = checkout
-
-    def command(self) -> list[str]:
-        # Its own packages first: ahead of this checkout's, which PYTHONPATH names.
-        bootstrap = (
-            "import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); sys.argv[0] = 'server'; "
-            "runpy.run_module('server', run_name='__main__', alter_sys=True)"
-        )
-        return ["-c", bootstrap, str(self.checkout), *self.project_options()]
-
-
-class ChannelServer(e2e.Server):
-    """The project's server with the namespaces of ``NAMESPACES``."""
-
-    def __init__(self, cores: Sequence[int], workdir: Path, namespaces: Path) -> None:
-        super().__init__(PROJECT, cores, workdir)
         self.namespaces = namespaces
 
     def command(self) -> list[str]:
-        return [*super().command(), "--channels", str(self.namespaces), "--log-level", "WARNING"]
+        options = self.project_options()
+        if self.namespaces is not None:
+            options += ["--channels", str(self.namespaces), "--log-level", "WARNING"]
+        if self.checkout is None:
+            return ["-m", "server", *options]
+        return ["-c", _FROM_CHECKOUT, str(self.checkout), *options]
+
+
+# Runs ``server`` from the checkout named first: ahead of this one, which PYTHONPATH names.
+_FROM_CHECKOUT = (
+    "import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); sys.argv[0] = 'server'; "
+    "runpy.run_module('server', run_name='__main__', alter_sys=True)"
+)
+
+
+def has_channels(checkout: Path) -> bool:
+    """Whether the server of ``checkout`` has ``--channels``."""
+    done = subprocess.run(
+        [sys.executable, "-c", _FROM_CHECKOUT, str(checkout), "--help"],
+        cwd=e2e.ROOT,
+        env={**os.environ, "PYTHONPATH": e2e.python_path()},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return "--channels" in done.stdout
 
 
 @dataclass
@@ -301,18 +320,21 @@ def measure_once(
 ) -> e2e.Measurement:
     """e2e.measure_once, the server of ``--before``, and the channel workloads on a server
     with ``NAMESPACES``."""
+    channels = isinstance(workload, ChannelWorkload)
+    if name not in (PROJECT, BEFORE) or (name == PROJECT and not channels):
+        return e2e.measure_once(name, workload, config, tag)
+    checkout = None
     if name == BEFORE:
         assert isinstance(config, Config)
-        assert config.before is not None
-        before = CheckoutServer(config.before, config.server_cores, config.workdir / tag)
-        return e2e.measure_on(before, workload, config)
-    if not isinstance(workload, ChannelWorkload):
-        return e2e.measure_once(name, workload, config, tag)
-    namespaces = config.workdir / "namespaces.toml"
-    if not namespaces.exists():
-        namespaces.write_text(NAMESPACES)
-    server = ChannelServer(config.server_cores, config.workdir / tag, namespaces)
-    return e2e.measure_on(server, workload, config, measure_channels)
+        checkout = config.before
+    namespaces = None
+    if channels:
+        namespaces = config.workdir / "namespaces.toml"
+        if not namespaces.exists():
+            namespaces.write_text(NAMESPACES)
+    workdir = config.workdir / tag
+    server = ProjectServer(name, config.server_cores, workdir, checkout, namespaces)
+    return e2e.measure_on(server, workload, config, measure_channels if channels else e2e.measure)
 
 
 def measure_channels(
@@ -386,7 +408,13 @@ def fmt_ratios(xs: Sequence[float]) -> str:
 Table = tuple[str, list[str], list[list[str]]]
 
 
-def fanout_table(results: Results, chosen: dict[str, e2e.Workload]) -> Table:
+def before_cells(results: Results, name: str, cpu: bool, ours: Sequence[float]) -> list[str]:
+    """The server of ``--before`` on a workload (CPU per unit or the value), and ours ÷ it."""
+    old = values(results, name, BEFORE, cpu)
+    return [spread(old), fmt_ratios(ratios(ours, old))]
+
+
+def fanout_table(results: Results, chosen: dict[str, e2e.Workload], before: bool) -> Table:
     rows = []
     base = values(results, "fanout-general", cpu=True)
     for name in ("fanout-general", "fanout-channel", "fanout-channel-alone"):
@@ -398,16 +426,15 @@ def fanout_table(results: Results, chosen: dict[str, e2e.Workload]) -> Table:
         what = w.describe()
         if not isinstance(w, ChannelWorkload):
             what = f"publish to general, 1→{w.connections - 1} (today's broadcast)"
-        rows.append(
-            [
-                what,
-                spread(values(results, name), 0),
-                spread([m.cpu_util * 100 for m in ms if m.cpu_util is not None], 0),
-                spread(cpu),
-                fmt_ratios(ratios(cpu, base)) if name != "fanout-general" else "1",
-                e2e.fmt_pct(max((m.noise for m in ms), default=None)),
-            ]
-        )
+        row = [
+            what,
+            spread(values(results, name), 0),
+            spread([m.cpu_util * 100 for m in ms if m.cpu_util is not None], 0),
+            spread(cpu),
+            fmt_ratios(ratios(cpu, base)) if name != "fanout-general" else "1",
+            e2e.fmt_pct(max((m.noise for m in ms), default=None)),
+        ]
+        rows.append(row + before_cells(results, name, True, cpu) if before else row)
     header = [
         "workload",
         "deliveries/s",
@@ -416,10 +443,12 @@ def fanout_table(results: Results, chosen: dict[str, e2e.Workload]) -> Table:
         "÷ general",
         "waited (max)",
     ]
+    if before:
+        header += [f"{BEFORE} µs per delivery", f"÷ {BEFORE}"]
     return ("Fan-out: server CPU per delivery; medians of the rounds (range)", header, rows)
 
 
-def memory_rows(results: Results, chosen: dict[str, e2e.Workload]) -> Table:
+def memory_rows(results: Results, chosen: dict[str, e2e.Workload], before: bool) -> Table:
     rows = []
     for name in ("memory", "memory-ch1", "memory-ch3", "memory-ch3-ids", "memory-ch3-shared"):
         if name not in chosen:
@@ -430,22 +459,31 @@ def memory_rows(results: Results, chosen: dict[str, e2e.Workload]) -> Table:
             if isinstance(w, ChannelWorkload)
             else (f"memory, {w.connections:,} idle conn, general only (today's)")
         )
-        rows.append([what, spread(values(results, name))])
-    derived = derived_memory(results)
+        ours = values(results, name)
+        row = [what, spread(ours)]
+        rows.append(row + before_cells(results, name, False, ours) if before else row)
+    derived = derived_memory(results, PROJECT)
+    old = derived_memory(results, BEFORE)
     for label, value in derived.items():
         if value is not None:
-            rows.append([label, e2e.fmt(value, 2)])
+            row = [label, e2e.fmt(value, 2)]
+            if before:
+                row += [e2e.fmt(old[label], 2), ""]
+            rows.append(row)
+    header = ["what", "KiB"]
+    if before:
+        header += [f"{BEFORE} KiB", f"÷ {BEFORE}"]
     return ("Memory: server RSS per idle connection, KiB; medians of the rounds (range)",
-            ["what", "KiB"], rows)  # fmt: skip
+            header, rows)  # fmt: skip
 
 
-def derived_memory(results: Results) -> dict[str, float | None]:
+def derived_memory(results: Results, server: str) -> dict[str, float | None]:
     """Per subscription and per presence member, from the medians (KiB)."""
-    m0 = med(values(results, "memory"))
-    m1 = med(values(results, "memory-ch1"))
-    m3 = med(values(results, "memory-ch3"))
-    ids = med(values(results, "memory-ch3-ids"))
-    shared = med(values(results, "memory-ch3-shared"))
+    m0 = med(values(results, "memory", server))
+    m1 = med(values(results, "memory-ch1", server))
+    m3 = med(values(results, "memory-ch3", server))
+    ids = med(values(results, "memory-ch3-ids", server))
+    shared = med(values(results, "memory-ch3-shared", server))
     return {
         "per extra subscription, (ch1 less general only)": None
         if m1 is None or m0 is None
@@ -460,7 +498,7 @@ def derived_memory(results: Results) -> dict[str, float | None]:
     }
 
 
-def rates_table(results: Results, chosen: dict[str, e2e.Workload]) -> Table:
+def rates_table(results: Results, chosen: dict[str, e2e.Workload], before: bool) -> Table:
     rows = []
     for name in ("subscribe", "join-leave"):
         if name not in chosen:
@@ -469,18 +507,18 @@ def rates_table(results: Results, chosen: dict[str, e2e.Workload]) -> Table:
         notices = [
             m.raw.get("deliveries", 0) / m.raw["messages"] for m in ms if m.raw.get("messages")
         ]
-        rows.append(
-            [
-                chosen[name].describe(),
-                spread(values(results, name), 0),
-                spread([m.cpu_util * 100 for m in ms if m.cpu_util is not None], 0),
-                spread(values(results, name, cpu=True)),
-                spread([1e6 / v for v in values(results, name, cpu=True)], 0),
-                spread([m.p50_ms for m in ms if m.p50_ms is not None]),
-                spread([m.p99_ms for m in ms if m.p99_ms is not None]),
-                spread(notices, 1),
-            ]
-        )
+        cpu = values(results, name, cpu=True)
+        row = [
+            chosen[name].describe(),
+            spread(values(results, name), 0),
+            spread([m.cpu_util * 100 for m in ms if m.cpu_util is not None], 0),
+            spread(cpu),
+            spread([1e6 / v for v in cpu], 0),
+            spread([m.p50_ms for m in ms if m.p50_ms is not None]),
+            spread([m.p99_ms for m in ms if m.p99_ms is not None]),
+            spread(notices, 1),
+        ]
+        rows.append(row + before_cells(results, name, True, cpu) if before else row)
     header = [
         "workload",
         "requests/s",
@@ -491,6 +529,8 @@ def rates_table(results: Results, chosen: dict[str, e2e.Workload]) -> Table:
         "p99 ms",
         "notices per request",
     ]
+    if before:
+        header += [f"{BEFORE} µs per request", f"÷ {BEFORE}"]
     return (
         "Subscribe/unsubscribe and join/leave: requests (each subscribe or unsubscribe) per "
         "second; medians of the rounds (range)",
@@ -520,10 +560,7 @@ def peer_table(results: Results, chosen: dict[str, e2e.Workload], before: bool) 
             fmt_ratios(ratios(ours, theirs)),
             RECORDED[name],
         ]
-        if before:
-            old = values(results, name, BEFORE, cpu)
-            row += [spread(old), fmt_ratios(ratios(ours, old))]
-        rows.append(row)
+        rows.append(row + before_cells(results, name, cpu, ours) if before else row)
     header = ["workload", "unit", PROJECT, PEER, f"÷ {PEER} (range)", "recorded after issue 11"]
     if before:
         header += [BEFORE, f"÷ {BEFORE} (range)"]
@@ -631,7 +668,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         duration=args.duration or (2.0 if args.quick else 4.0),
         warmup=args.warmup if args.warmup is not None else (0.5 if args.quick else 1.0),
     )
-    chosen_list = e2e.select(workloads(sizes), args.only)
+    before_has_channels = args.before is not None and has_channels(args.before)
+    chosen_list = e2e.select(workloads(sizes, before_has_channels), args.only)
     chosen = {w.name: w for w in chosen_list}
     servers = [PROJECT] if args.no_peer else [PROJECT, PEER]
     if args.before is not None:
@@ -656,13 +694,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         results = e2e.run_all(chosen_list, servers, rounds, config, measure_once)
     seconds = time.monotonic() - started
     header = e2e.machine(config, load_start, os.getloadavg()[0], seconds)
+    before = args.before is not None
     tables = [
-        fanout_table(results, chosen),
-        memory_rows(results, chosen),
-        rates_table(results, chosen),
+        fanout_table(results, chosen, before),
+        memory_rows(results, chosen, before),
+        rates_table(results, chosen, before),
     ]
     if not args.no_peer:
-        tables.append(peer_table(results, chosen, args.before is not None))
+        tables.append(peer_table(results, chosen, before))
     for table in tables:
         if table[2]:
             print_text(table)
