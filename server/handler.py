@@ -234,10 +234,14 @@ class ChatHandler:
                     return
                 continue
             try:
-                command = commands.read(
-                    text, max_chars=settings.max_text_chars, max_bytes=settings.max_text_bytes
+                # The command is not kept in this frame, nor (below) the text: a client that
+                # then idles would keep its last request alive, its text twice.
+                await self._run(
+                    client,
+                    commands.read(
+                        text, max_chars=settings.max_text_chars, max_bytes=settings.max_text_bytes
+                    ),
                 )
-                await self._run(client, command)
             except CommandError as exc:
                 if limiter is not None:
                     limiter.messages.take(1)
@@ -245,6 +249,7 @@ class ChatHandler:
                     connection,
                     messages.error(exc.code, str(exc), exc.client_msg_id, exc.channel),
                 )
+            del text
 
     async def _run(self, client: _Client, command: commands.Command) -> None:
         """Do what a command asks; raises ``CommandError`` to refuse it."""
