@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import logging
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -198,6 +199,9 @@ class ChatHandler:
 
     def _subscribe_now(self, client: _Client, channel: str) -> Subscriber:
         """Subscribe (held until its history is sent) and count the client in presence."""
+        # One string for a channel's name however many subscribe (each request brings its
+        # own): sys.intern's strings go when no one holds them.
+        channel = sys.intern(channel)
         subscriber = self.hub.subscribe(channel, client.id, client.connection)
         client.subscriptions[channel] = subscriber
         self.engine.join(channel, client.member, client.id)
