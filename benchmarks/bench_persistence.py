@@ -91,7 +91,8 @@ TARGET_LATENCY_RATIO = 1.10
 
 # Chat messages as the server sends them (compact JSON, "type" first).
 _BROADCAST = '{"type":"broadcast",'
-_ACK = '{"type":"ack","seq":'
+_ACK = '{"type":"ack",'
+_SEQ = '"seq":'  # after the ack's channel (docs/protocol.md)
 _HISTORY = '{"type":"history",'
 _ERROR = '{"type":"error",'
 _perf_ns = time.perf_counter_ns
@@ -293,7 +294,7 @@ class AckSender:
             load.deliveries += 1
         elif message.startswith(_ACK):
             now = _perf_ns()
-            start = len(_ACK)
+            start = message.index(_SEQ, len(_ACK)) + len(_SEQ)
             load.seqs.append(int(message[start : message.index(",", start)]))
             load.acks += 1
             sent_at = self.sent_at.popleft()
