@@ -28,7 +28,7 @@ from .namespaces import Namespaces
 from .persistence import PersistenceClosed, PersistenceQueue
 from .recent import DEFAULT_MOST, DEFAULT_WINDOW, Entry, RecentIds
 from .settings import Settings
-from .store import TIMESTAMP_FORMAT, MessageRecord
+from .store import MessageRecord, format_timestamp
 
 __all__ = ["LocalEngine", "payload"]
 
@@ -450,7 +450,7 @@ class LocalEngine:
                 entry.member = member
                 self.listener.joined(channel, member, entry.connections, entry.since, connection_id)
             return
-        since = datetime.now(UTC).strftime(TIMESTAMP_FORMAT)
+        since = format_timestamp(datetime.now(UTC))
         members[member.key] = _Presence(member, 1, since)
         self.listener.joined(channel, member, 1, since, connection_id)
 

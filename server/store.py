@@ -50,6 +50,7 @@ __all__ = [
     "Meta",
     "Rows",
     "Store",
+    "format_timestamp",
 ]
 
 logger = logging.getLogger("server.store")
@@ -210,7 +211,7 @@ class MessageRecord:
         return cls(
             connection_id,
             message,
-            _timestamp(when),
+            format_timestamp(when),
             when.isoformat(timespec="microseconds"),
             seq,
             client_msg_id,
@@ -764,12 +765,12 @@ class Store:
 
 
 # The last second formatted: at a thousand messages a second, strftime once instead of 1,000
-# times.
+# times, and one string for all that happened in that second (presence keeps one per member).
 _formatted: tuple[datetime, str] = (datetime.min.replace(tzinfo=UTC), "")
 
 
-def _timestamp(when: datetime) -> str:
-    """``when`` (UTC) as ``TIMESTAMP_FORMAT``."""
+def format_timestamp(when: datetime) -> str:
+    """``when`` (UTC) as ``TIMESTAMP_FORMAT``; within a second, the same string."""
     global _formatted
     second = when.replace(microsecond=0)
     if second != _formatted[0]:
