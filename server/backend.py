@@ -15,11 +15,9 @@ import rfc6455
 
 from .api import ApiError
 from .channels import check_name
-from .engine import Ack, Draft
+from .engine import Ack, Draft, Engine, EngineClosed
 from .hub import Hub
-from .local_engine import LocalEngine
 from .manager import ConnectionManager
-from .persistence import PersistenceClosed
 
 __all__ = ["API_CONNECTION", "ChatBackend"]
 
@@ -38,7 +36,7 @@ class ChatBackend:
     """
 
     def __init__(
-        self, engine: LocalEngine, hub: Hub, manager: ConnectionManager, max_bytes: int
+        self, engine: Engine, hub: Hub, manager: ConnectionManager, max_bytes: int
     ) -> None:
         self.engine = engine
         self.hub = hub
@@ -57,7 +55,7 @@ class ChatBackend:
             if not engine.ready():
                 await engine.wait_ready()
             engine.publish(Draft(channel, message, API_CONNECTION, idempotency_key, reply=reply))
-        except PersistenceClosed:
+        except EngineClosed:
             raise ApiError(503, "unavailable", "the server is shutting down") from None
         ack = await reply
         if not ack.stored:
@@ -89,7 +87,7 @@ class ChatBackend:
             raise ApiError(404, "unknown_channel", f"{channel} has no messages")
         try:
             items = await engine.stored(channel, since, limit, self.max_bytes)
-        except PersistenceClosed:
+        except EngineClosed:
             raise ApiError(503, "unavailable", "the server is shutting down") from None
         return {"channel": channel, "epoch": engine.epoch(channel), "messages": items}
 

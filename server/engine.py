@@ -26,11 +26,16 @@ __all__ = [
     "Ack",
     "Draft",
     "Engine",
+    "EngineClosed",
     "Listener",
     "Member",
     "Publication",
     "Recovery",
 ]
+
+
+class EngineClosed(RuntimeError):
+    """The engine has stopped: it takes no more messages and serves no more reads."""
 
 
 # Draft, Publication and Ack are made for every message: plain slotted dataclasses, since a
@@ -179,7 +184,7 @@ class Engine(Protocol):
         """Whether ``publish()`` may be called now."""
 
     async def wait_ready(self) -> None:
-        """Wait until ``ready()`` (backpressure); raises if the engine stopped."""
+        """Wait until ``ready()`` (backpressure); raises ``EngineClosed`` once stopped."""
 
     def epoch(self, channel: str) -> str:
         """The channel's epoch (a channel without messages has one too)."""
@@ -193,10 +198,13 @@ class Engine(Protocol):
     async def stored(
         self, channel: str, since: int | None, limit: int, max_bytes: int
     ) -> list[dict[str, object]]:
-        """At most ``limit`` committed broadcasts after ``since`` (the latest if None)."""
+        """At most ``limit`` committed broadcasts after ``since`` (the latest if None);
+        raises ``EngineClosed`` once stopped."""
 
     def publish(self, draft: Draft) -> None:
-        """Number, store and deliver a message; the ``Ack`` comes through the listener."""
+        """Number, store and deliver a message; the ``Ack`` comes through the listener.
+
+        Raises ``EngineClosed`` once stopped."""
 
     async def history(
         self,

@@ -28,12 +28,11 @@ from .auth import close_at_expiry, identity_of
 from .channels import DEFAULT_CHANNEL, direct_channel, direct_users
 from .commands import CommandError
 from .departures import Departures
-from .engine import Draft, Engine, Member
+from .engine import Draft, Engine, EngineClosed, Member
 from .history import Resume
 from .hub import Hub, Subscriber
 from .manager import ConnectionManager, send_now
 from .namespaces import Namespaces
-from .persistence import PersistenceClosed
 from .ratelimit import RateLimiter, TokenBucket, retry_after_ms
 from .settings import Settings
 
@@ -299,7 +298,7 @@ class ChatHandler:
             # Backpressure: stop reading from this client until the writer catches up.
             try:
                 await engine.wait_ready()
-            except PersistenceClosed:
+            except EngineClosed:
                 return
         engine.publish(draft)
 

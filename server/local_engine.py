@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 
 from . import messages
 from .channels import DEFAULT_CHANNEL
-from .engine import Ack, Draft, Listener, Member, Publication, Recovery
+from .engine import Ack, Draft, EngineClosed, Listener, Member, Publication, Recovery
 from .history import Budget, History, Plan, Resume, payload_size
 from .namespaces import Namespaces
 from .persistence import PersistenceClosed, PersistenceQueue
@@ -135,8 +135,15 @@ class LocalEngine:
         return self.queue.ready()
 
     async def wait_ready(self) -> None:
-        """Wait for room in the queue (backpressure); raises ``PersistenceClosed`` once stopped."""
-        await self.queue.wait_ready()
+        """Wait for room in the queue (backpressure).
+
+        Raises:
+            EngineClosed: If the engine has stopped.
+        """
+        try:
+            await self.queue.wait_ready()
+        except PersistenceClosed as exc:
+            raise EngineClosed(str(exc)) from None
 
     def epoch(self, channel: str) -> str:
         """The channel's epoch."""
@@ -157,13 +164,16 @@ class LocalEngine:
         first, within ``max_bytes`` of text.
 
         Raises:
-            PersistenceClosed: If the engine has stopped.
+            EngineClosed: If the engine has stopped.
         """
         queue = self.queue
-        if since is None:
-            rows = await queue.last(limit, max_bytes=max_bytes, channel=channel)
-        else:
-            rows = await queue.after(since, limit, max_bytes=max_bytes, channel=channel)
+        try:
+            if since is None:
+                rows = await queue.last(limit, max_bytes=max_bytes, channel=channel)
+            else:
+                rows = await queue.after(since, limit, max_bytes=max_bytes, channel=channel)
+        except PersistenceClosed as exc:
+            raise EngineClosed(str(exc)) from None
         return [json.loads(payload(record)) for record in rows.records]
 
     def publish(self, draft: Draft) -> None:
@@ -174,7 +184,7 @@ class LocalEngine:
 
         Raises:
             asyncio.QueueFull: If not ``ready()``.
-            PersistenceClosed: If the engine has stopped.
+            EngineClosed: If the engine has stopped.
         """
         channel, sender, client_msg_id = draft.channel, draft.sender, draft.client_msg_id
         recent = self._recent.get(channel)
@@ -187,15 +197,18 @@ class LocalEngine:
                 else:
                     self._waiting[(channel, entry.seq)].append(draft)
                 return
-        record = self.queue.accept(
-            draft.connection_id,
-            draft.text,
-            client_msg_id,
-            draft.user,
-            channel=channel,
-            client_id=draft.client_id,
-            name=draft.name,
-        )
+        try:
+            record = self.queue.accept(
+                draft.connection_id,
+                draft.text,
+                client_msg_id,
+                draft.user,
+                channel=channel,
+                client_id=draft.client_id,
+                name=draft.name,
+            )
+        except PersistenceClosed as exc:
+            raise EngineClosed(str(exc)) from None
         seq = record.seq
         entry = None
         if sender is not None and client_msg_id is not None:
