@@ -725,17 +725,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             if args.markdown:
                 print_markdown(table)
     verdicts = targets(results, sizes)
-    print("\nTargets", file=out)
-    for target, measured, verdict in verdicts:
-        print(f"  {target}: {measured}, {verdict}", file=out)
-    print("", file=out)
-    for line in header:
-        print(f"  {line}", file=out)
-    if args.markdown:
-        print("\nTargets:\n\n| target | measured | met? |\n|---|--:|---|")
-        for target, measured, verdict in verdicts:
-            print(f"| {target} | {measured} | {verdict} |")
-        print("\n" + "\n".join(f"- {line}" for line in header))
+    e2e.report_targets(verdicts, header, markdown=args.markdown, out=out)
     if args.save:
         args.save.write_text(
             json.dumps(

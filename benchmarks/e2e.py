@@ -140,6 +140,28 @@ class Workload:
         return not self.servers or server in self.servers
 
 
+def report_targets(
+    verdicts: Sequence[tuple[str, str, str]],
+    header: Sequence[str],
+    *,
+    markdown: bool,
+    out: TextIO,
+) -> None:
+    """Print (target, measured, verdict) rows and the machine's lines, as text on ``out`` and,
+    with ``markdown``, as a table on stdout."""
+    print("\nTargets", file=out)
+    for target, measured, verdict in verdicts:
+        print(f"  {target}: {measured}, {verdict}", file=out)
+    print("", file=out)
+    for line in header:
+        print(f"  {line}", file=out)
+    if markdown:
+        print("\nTargets:\n\n| target | measured | met? |\n|---|--:|---|")
+        for target, measured, verdict in verdicts:
+            print(f"| {target} | {measured} | {verdict} |")
+        print("\n" + "\n".join(f"- {line}" for line in header))
+
+
 def size_name(size: int) -> str:
     if size >= MiB:
         return f"{size // MiB} MiB"
