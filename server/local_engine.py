@@ -219,7 +219,9 @@ class LocalEngine:
             if self._ids_added % _SWEEP_EVERY == 0:
                 self._sweep_ids()
         self._unsettled[(channel, seq)] = (draft, entry)
-        ring = self._rings.get(channel) or self._new_ring(channel, seq - 1)
+        ring = self._rings.get(channel)
+        if ring is None:  # not `or`: an empty ring is falsy
+            ring = self._new_ring(channel, seq - 1)
         if not self.settings.broadcast_after_commit:
             encoded = payload(record)
             ring.append(seq, encoded)
@@ -256,7 +258,9 @@ class LocalEngine:
                         recent.discard(sender, draft.client_msg_id, seq)
             if after_commit:
                 encoded = payload(record)
-                ring = self._rings.get(channel) or self._new_ring(channel, seq - 1)
+                ring = self._rings.get(channel)
+                if ring is None:
+                    ring = self._new_ring(channel, seq - 1)
                 ring.append(seq, encoded)
                 if self._budget.used > self._budget.limit:
                     self._shrink_rings()

@@ -748,3 +748,14 @@ async def test_a_new_name_is_announced_as_joined_again(start: Start) -> None:
     await watcher.request("presence", channel="room")
     snapshot = await watcher.expect("presence")
     assert [m.get("name") for m in snapshot["members"] if "clientId" in m] == ["Annie"]
+
+
+async def test_the_first_message_of_a_channel_goes_into_its_ring(start: Start) -> None:
+    # An empty ring is falsy: the engine once replaced it (and its pending load) on a publish.
+    chat = await start()
+    a = await chat.join()
+    await a.subscribe("room")
+    ring = chat.app.engine._rings["room"]
+    await publish_acked(a, "room", "first", "m1")
+    assert chat.app.engine._rings["room"] is ring
+    assert len(ring) == 1
