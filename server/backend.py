@@ -15,14 +15,11 @@ import rfc6455
 
 from .api import ApiError
 from .channels import check_name
-from .engine import Ack, Draft, Engine, EngineClosed
+from .engine import API_CONNECTION, Ack, Draft, Engine, EngineClosed
 from .hub import Hub
 from .manager import ConnectionManager
 
-__all__ = ["API_CONNECTION", "ChatBackend"]
-
-#: The connection id of what the server API publishes.
-API_CONNECTION = "api"
+__all__ = ["ChatBackend"]
 
 
 class ChatBackend:

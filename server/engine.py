@@ -23,6 +23,7 @@ from typing import Protocol
 from .history import Resume
 
 __all__ = [
+    "API_CONNECTION",
     "Ack",
     "Draft",
     "Engine",
@@ -31,7 +32,12 @@ __all__ = [
     "Member",
     "Publication",
     "Recovery",
+    "sender_of",
 ]
+
+
+#: The connection id of what the server API publishes.
+API_CONNECTION = "api"
 
 
 class EngineClosed(RuntimeError):
@@ -69,16 +75,21 @@ class Draft:
 
     @property
     def sender(self) -> str | None:
-        """Who published it, for recognising a message sent twice: the user, else the client
-        id; the API. None for an anonymous connection, which is not recognised (clients from
-        before exactly-once may use a clientMsgId more than once)."""
-        if self.user is not None:
-            return f"user:{self.user}"
-        if self.client_id is not None:
-            return f"client:{self.client_id}"
-        if self.connection_id == "api":
-            return "api"
-        return None
+        """Who published it, for recognising a message sent twice (``sender_of``)."""
+        return sender_of(self.user, self.client_id, self.connection_id)
+
+
+def sender_of(user: str | None, client_id: str | None, connection_id: str) -> str | None:
+    """Who published a message, for recognising one sent twice: the user, else the client id;
+    the API. None for an anonymous connection, which is not recognised (clients from before
+    exactly-once may use a clientMsgId more than once)."""
+    if user is not None:
+        return f"user:{user}"
+    if client_id is not None:
+        return f"client:{client_id}"
+    if connection_id == API_CONNECTION:
+        return API_CONNECTION
+    return None
 
 
 @dataclass(slots=True)

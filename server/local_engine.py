@@ -22,11 +22,20 @@ from datetime import UTC, datetime, timedelta
 
 from . import messages
 from .channels import DEFAULT_CHANNEL
-from .engine import Ack, Draft, EngineClosed, Listener, Member, Publication, Recovery
+from .engine import (
+    Ack,
+    Draft,
+    EngineClosed,
+    Listener,
+    Member,
+    Publication,
+    Recovery,
+    sender_of,
+)
 from .history import Budget, History, Plan, Resume, payload_size
 from .namespaces import Namespaces
 from .persistence import PersistenceClosed, PersistenceQueue
-from .recent import DEFAULT_MOST, DEFAULT_WINDOW, Entry, RecentIds
+from .recent import DEFAULT_WINDOW, Entry, RecentIds
 from .settings import Settings
 from .store import MessageRecord, format_timestamp
 
@@ -423,20 +432,16 @@ class LocalEngine:
         """Remember the clientMsgIds stored in the last window, to recognise them sent again."""
         now = datetime.now(UTC)
         since = (now - timedelta(seconds=DEFAULT_WINDOW)).isoformat(timespec="microseconds")
-        records = await self.queue.recent_ids(since, _RECENT_ROWS)
-        for record in reversed(records):
-            recent = self._recent.get(record.channel)
-            if recent is None:
-                recent = self._recent[record.channel] = RecentIds()
-            if len(recent) >= DEFAULT_MOST:
+        for stored in reversed(await self.queue.recent_ids(since, _RECENT_ROWS)):
+            sender = sender_of(stored.user, stored.client_id, stored.connection_id)
+            if sender is None:
                 continue
-            assert record.client_msg_id is not None
-            age = (now - datetime.fromisoformat(record.created_at)).total_seconds()
-            sender = Draft(
-                record.channel, "", record.connection_id, None, record.user, record.client_id
-            ).sender
-            if sender is not None:
-                recent.add(sender, record.client_msg_id, record.seq, age=max(age, 1e-6))
+            recent = self._recent.get(stored.channel)
+            if recent is None:
+                recent = self._recent[stored.channel] = RecentIds()
+            age = (now - datetime.fromisoformat(stored.created_at)).total_seconds()
+            # Oldest first: beyond a channel's most, the oldest go, as they would have.
+            recent.add(sender, stored.client_msg_id, stored.seq, age=max(age, 1e-6))
 
     # Read positions.
 
@@ -484,8 +489,6 @@ class LocalEngine:
         self.listener.left(channel, member, connection_id)
         if not members:
             del self._presence[channel]
-            self._drop_ring_if_unused(channel)
-            self.queue.forget(channel)
 
     def members(self, channel: str, most: int | None = None) -> list[dict[str, object]]:
         """The channel's members (the ``most`` who came first), each with its connections and
@@ -505,8 +508,10 @@ class LocalEngine:
         self.listener.signalled(channel, payload, connection_id)
 
     def forget(self, channel: str) -> None:
-        """Nobody here is subscribed to ``channel``: its ring may go."""
+        """Nobody here is subscribed to ``channel``: its ring may go, and its row if it never
+        had a message."""
         self._drop_ring_if_unused(channel)
+        self.queue.forget(channel)
 
 
 class _NoListener:

@@ -27,7 +27,6 @@ __all__ = [
     "error",
     "hello",
     "history",
-    "invalid_message",
     "is_unicode",
     "loads",
     "membership",
@@ -338,11 +337,6 @@ def error(
 def not_persisted(seq: int, client_msg_id: str | None, channel: str = "general") -> str:
     """Tells a sender that its message ``seq`` could not be stored (it was dead-lettered)."""
     return _error("not_persisted", client_msg_id, seq=seq, channel=channel)
-
-
-def invalid_message(reason: str, client_msg_id: str | None) -> str:
-    """Tells a sender that its message was refused (not broadcast, not stored)."""
-    return _error("invalid_message", client_msg_id, message=reason)
 
 
 def rate_limited(retry_after_ms: int, client_msg_id: str | None) -> str:

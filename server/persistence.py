@@ -71,7 +71,7 @@ from typing import Any, TypeAlias, TypeVar
 
 from .retry import RetryPolicy, retry
 from .sequence import DEFAULT_BLOCK, SequenceAllocator
-from .store import DEFAULT_CHANNEL, ChannelRow, MessageRecord, Meta, Rows, Store
+from .store import DEFAULT_CHANNEL, ChannelRow, MessageRecord, Meta, RecentId, Rows, Store
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -530,7 +530,7 @@ class PersistenceQueue:
             return stored
         return pending
 
-    async def recent_ids(self, since: str, most: int) -> list[MessageRecord]:
+    async def recent_ids(self, since: str, most: int) -> list[RecentId]:
         """The latest stored messages with a clientMsgId, newest first (``Store.recent_ids``)."""
         worker, store = self._running()
         return await worker.call(partial(store.recent_ids, since, most))

@@ -48,6 +48,7 @@ __all__ = [
     "ChannelRow",
     "MessageRecord",
     "Meta",
+    "RecentId",
     "Rows",
     "Store",
     "format_timestamp",
@@ -246,6 +247,18 @@ class Meta:
     reserved: int
     pruned: int
     committed: int = 0
+
+
+class RecentId(NamedTuple):
+    """What identifies a stored message sent again: its channel, seq and sender's ids."""
+
+    channel: str
+    seq: int
+    created_at: str
+    client_msg_id: str
+    user: str | None
+    client_id: str | None
+    connection_id: str
 
 
 class ChannelRow(NamedTuple):
@@ -496,28 +509,32 @@ class Store:
             max_bytes,
         )
 
-    def recent_ids(self, since: str, most: int) -> list[MessageRecord]:
-        """The latest messages with a ``clientMsgId`` created at ``since`` or later, newest first.
+    def recent_ids(self, since: str, most: int) -> list[RecentId]:
+        """The ids of the latest messages with a ``clientMsgId`` created at ``since`` or later,
+        newest first.
 
-        Read newest first by rowid (arrival order) and no further than ``since`` or ``most``:
-        what the server needs to recognise a message sent again after a restart.
+        Read newest first by rowid (arrival order), no further than ``since`` or ``most``
+        rows, and without their texts: what the server needs to recognise a message sent
+        again after a restart, a few hundred bytes a row.
         """
         conn = self._connection()
-        records: list[MessageRecord] = []
+        ids: list[RecentId] = []
         try:
             cursor = conn.execute(
-                f"SELECT {_COLUMNS} FROM messages ORDER BY rowid DESC LIMIT ?", (most,)
+                "SELECT channel, seq, created_at, client_msg_id, user, client_id, connection_id"
+                " FROM messages ORDER BY rowid DESC LIMIT ?",
+                (most,),
             )
             for row in cursor:
-                if row[4] < since:
+                if row[2] < since:
                     cursor.close()
                     break
-                if row[5] is not None:
-                    records.append(_record(row))
+                if row[3] is not None:
+                    ids.append(RecentId(*row))
         except sqlite3.Error as exc:
             self._after_error(exc)
             raise
-        return records
+        return ids
 
     def set_read(self, channel: str, reader: str, seq: int) -> None:
         """Record ``seq`` as ``reader``'s last read message in ``channel`` (it only grows)."""

@@ -75,11 +75,18 @@ def test_ack_and_errors() -> None:
         "seq": 5,
         "clientMsgId": "c-1",
     }
-    assert json.loads(messages.invalid_message("why", "c-2")) == {
+    assert json.loads(messages.error("invalid_message", "why", "c-2")) == {
         "type": "error",
         "code": "invalid_message",
         "message": "why",
         "clientMsgId": "c-2",
+    }
+    assert json.loads(messages.error("not_subscribed", "why", None, "room")) == {
+        "type": "error",
+        "code": "not_subscribed",
+        "message": "why",
+        "channel": "room",
+        "clientMsgId": None,
     }
     assert json.loads(messages.rate_limited(250, None)) == {
         "type": "error",
