@@ -141,7 +141,7 @@ class ApiBackend(Protocol):
         """The active channels: ``[{"channel": C, "subscribers": n}, ...]``."""
         ...
 
-    def presence(self, channel: str) -> list[dict[str, object]]:
+    async def presence(self, channel: str) -> list[dict[str, object]]:
         """The members of ``channel``; raises ``ApiError(404, ...)`` for an unknown channel."""
         ...
 
@@ -317,9 +317,11 @@ class Api:
         _query(request)
         return {"channels": self.backend.channels()}
 
-    def _presence(self, request: Request) -> _Payload:
-        channel = _string(_query(request, "channel"), "channel")
-        return {"channel": channel, "members": self.backend.presence(channel)}
+    def _presence(self, request: Request) -> Awaitable[_Payload]:
+        return self._members(_string(_query(request, "channel"), "channel"))
+
+    async def _members(self, channel: str) -> _Payload:
+        return {"channel": channel, "members": await self.backend.presence(channel)}
 
     def _history(self, request: Request) -> Awaitable[_Payload]:
         query = _query(request, "channel", "since", "limit")

@@ -15,7 +15,7 @@ import rfc6455
 
 from .api import ApiError
 from .channels import check_name
-from .engine import API_CONNECTION, Ack, Draft, Engine, EngineClosed
+from .engine import API_CONNECTION, Ack, Draft, Engine, EngineClosed, EngineUnavailable
 from .hub import Hub
 from .manager import ConnectionManager
 
@@ -55,6 +55,8 @@ class ChatBackend:
         except EngineClosed:
             raise ApiError(503, "unavailable", "the server is shutting down") from None
         ack = await reply
+        if ack.unavailable:
+            raise _unavailable()
         if not ack.stored:
             raise ApiError(503, "not_persisted", f"message {ack.seq} could not be stored")
         answer: dict[str, object] = {"channel": channel, "seq": ack.seq, "epoch": ack.epoch}
@@ -69,24 +71,30 @@ class ChatBackend:
             for channel, count in sorted(self.hub.counts().items())
         ]
 
-    def presence(self, channel: str) -> list[dict[str, object]]:
+    async def presence(self, channel: str) -> list[dict[str, object]]:
         """The members of a channel somebody is subscribed to."""
         _check(channel)
         if not self.hub.count(channel):
             raise ApiError(404, "unknown_channel", f"nobody is subscribed to {channel}")
-        return self.engine.members(channel)
+        try:
+            return await self.engine.members(channel)
+        except EngineUnavailable:
+            raise _unavailable() from None
 
     async def history(self, channel: str, since: int | None, limit: int) -> dict[str, object]:
         """At most ``limit`` committed messages after ``since`` (the latest if None)."""
         _check(channel)
         engine = self.engine
-        if not engine.known(channel):
-            raise ApiError(404, "unknown_channel", f"{channel} has no messages")
         try:
+            if not await engine.known(channel):
+                raise ApiError(404, "unknown_channel", f"{channel} has no messages")
             items = await engine.stored(channel, since, limit, self.max_bytes)
+            epoch = (await engine.position(channel)).epoch
         except EngineClosed:
             raise ApiError(503, "unavailable", "the server is shutting down") from None
-        return {"channel": channel, "epoch": engine.epoch(channel), "messages": items}
+        except EngineUnavailable:
+            raise _unavailable() from None
+        return {"channel": channel, "epoch": epoch, "messages": items}
 
     def disconnect(
         self, *, user: str | None, connection_id: str | None, code: int, reason: str
@@ -108,6 +116,10 @@ class ChatBackend:
 async def _close(connection: rfc6455.Connection, code: int, reason: str) -> None:
     """The closing handshake (RFC 6455 §7.1.2), bounded by the connection's close timeout."""
     await connection.close(code, reason)
+
+
+def _unavailable() -> ApiError:
+    return ApiError(503, "unavailable", "the chat cannot reach its engine: try again")
 
 
 def _check(channel: str) -> None:

@@ -28,8 +28,11 @@ __all__ = [
     "Draft",
     "Engine",
     "EngineClosed",
+    "EngineUnavailable",
     "Listener",
     "Member",
+    "NoListener",
+    "Position",
     "Publication",
     "Recovery",
     "sender_of",
@@ -42,6 +45,10 @@ API_CONNECTION = "api"
 
 class EngineClosed(RuntimeError):
     """The engine has stopped: it takes no more messages and serves no more reads."""
+
+
+class EngineUnavailable(RuntimeError):
+    """The engine cannot be reached for now (Redis is down): try again later."""
 
 
 # Draft, Publication and Ack are made for every message: plain slotted dataclasses, since a
@@ -117,8 +124,10 @@ class Ack:
         draft: What was published.
         seq: Its seq (the original's, for a duplicate).
         epoch: Its channel's epoch.
-        stored: False if it could not be stored (it was dead-lettered).
+        stored: False if it could not be stored (it was dead-lettered, or not published).
         duplicate: Whether it repeated a message already published.
+        unavailable: Whether it was not published because the engine could not be reached
+            (``seq`` is then 0): the sender may send it again.
     """
 
     draft: Draft
@@ -126,6 +135,15 @@ class Ack:
     epoch: str
     stored: bool = True
     duplicate: bool = False
+    unavailable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a channel is: its epoch and its last seq."""
+
+    epoch: str
+    top: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +197,10 @@ class Listener(Protocol):
     def signalled(self, channel: str, payload: bytes, connection_id: str) -> None:
         """Deliver an ephemeral message (typing) to the channel's subscribers but its sender."""
 
+    def reset(self, channel: str) -> None:
+        """The channel cannot go on from what was delivered here (its epoch changed, or
+        messages were lost beyond recovery): its subscribers here must start again."""
+
 
 class Engine(Protocol):
     """Channels' seqs, storage, history, read positions and presence."""
@@ -197,13 +219,12 @@ class Engine(Protocol):
     async def wait_ready(self) -> None:
         """Wait until ``ready()`` (backpressure); raises ``EngineClosed`` once stopped."""
 
-    def epoch(self, channel: str) -> str:
-        """The channel's epoch (a channel without messages has one too)."""
+    async def position(self, channel: str) -> Position:
+        """The channel's epoch (a channel without messages has one too) and last seq.
 
-    def last_seq(self, channel: str) -> int:
-        """The channel's last seq handed out."""
+        Raises ``EngineUnavailable`` when it cannot be read now."""
 
-    def known(self, channel: str) -> bool:
+    async def known(self, channel: str) -> bool:
         """Whether the channel exists: it has messages, or subscribers."""
 
     async def stored(
@@ -226,7 +247,12 @@ class Engine(Protocol):
         resume_max: int,
         max_bytes: int | None,
     ) -> Recovery:
-        """The last ``count`` messages, or, for a resume, everything after ``since``."""
+        """The last ``count`` messages, or, for a resume, everything after ``since``.
+
+        Called when a connection here subscribes to ``channel``: from then on, until
+        ``forget``, the channel's publications are delivered here (those up to
+        ``Recovery.top`` may be delivered too, and the hub drops them). Raises
+        ``EngineUnavailable`` when it cannot be read now."""
 
     async def read_position(self, channel: str, reader: str) -> int | None:
         """A reader's last read seq in a channel."""
@@ -240,10 +266,10 @@ class Engine(Protocol):
     def leave(self, channel: str, member: Member, connection_id: str) -> None:
         """Count one connection of ``member`` less in ``channel``."""
 
-    def members(self, channel: str, most: int | None = None) -> list[dict[str, object]]:
+    async def members(self, channel: str, most: int | None = None) -> list[dict[str, object]]:
         """A channel's presence, at most ``most`` members: fields, connections and since."""
 
-    def member_count(self, channel: str) -> int:
+    async def member_count(self, channel: str) -> int:
         """How many members a channel has."""
 
     def signal(self, channel: str, payload: bytes, connection_id: str) -> None:
@@ -254,3 +280,27 @@ class Engine(Protocol):
 
     def health(self) -> dict[str, object]:
         """Figures for ``/healthz``."""
+
+
+class NoListener:
+    """The listener until the hub is attached: nobody to tell."""
+
+    def published(self, publication: Publication) -> None:
+        pass
+
+    def acked(self, acks: Sequence[Ack]) -> None:
+        pass
+
+    def joined(
+        self, channel: str, member: Member, connections: int, since: str, connection_id: str
+    ) -> None:
+        pass
+
+    def left(self, channel: str, member: Member, connection_id: str) -> None:
+        pass
+
+    def signalled(self, channel: str, payload: bytes, connection_id: str) -> None:
+        pass
+
+    def reset(self, channel: str) -> None:
+        pass

@@ -12,6 +12,7 @@ refused and, three refusals later, disconnected (1008).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fnmatch
 import logging
@@ -28,7 +29,7 @@ from .auth import close_at_expiry, identity_of
 from .channels import DEFAULT_CHANNEL, direct_channel, direct_users
 from .commands import CommandError
 from .departures import Departures
-from .engine import Draft, Engine, EngineClosed, Member
+from .engine import Draft, Engine, EngineClosed, EngineUnavailable, Member
 from .history import Resume
 from .hub import Hub, Subscriber
 from .manager import ConnectionManager, send_now
@@ -137,6 +138,8 @@ class ChatHandler:
         self._typing: dict[tuple[str, str], float] = {}
         # The clients connected, by connection id: a direct message subscribes its users'.
         self._clients: dict[str, _Client] = {}
+        self._resets: set[asyncio.Task[None]] = set()
+        hub.on_reset = self._reset
 
     async def __call__(self, connection: rfc6455.Connection) -> None:
         request = connection.request
@@ -153,8 +156,8 @@ class ChatHandler:
             client.client_id, client.name = commands.identity_from_query(request.query)
         expiry = close_at_expiry(connection, identity)
         try:
-            await self._join(client)
-            await self._receive(client)
+            if await self._join(client):
+                await self._receive(client)
         except rfc6455.ConnectionClosed:
             pass
         finally:
@@ -162,8 +165,11 @@ class ChatHandler:
                 expiry.cancel()
             self._leave(client)
 
-    async def _join(self, client: _Client) -> None:
-        """Register, greet and send the default channel's history (none comes between)."""
+    async def _join(self, client: _Client) -> bool:
+        """Register, greet and send the default channel's history (none comes between).
+
+        Returns False if the engine cannot be reached: the client is told to come back.
+        """
         connection, engine, settings = client.connection, self.engine, self.settings
         assert connection.request is not None
         self.manager.add(client.id, connection, client.user)
@@ -174,27 +180,37 @@ class ChatHandler:
             subscriber = None  # a token or namespace that keeps the client out of general
         else:
             subscriber = self._subscribe_now(client, DEFAULT_CHANNEL)
-        logger.info("connect %s from %s (%d open)", client.id, client.peer, len(self.manager))
-        send_now(connection, messages.connection_id(client.id))
-        send_now(connection, messages.welcome(settings.welcome, engine.epoch(DEFAULT_CHANNEL)))
-        if subscriber is None:
-            return
         resume = Resume.from_query(connection.request.query)
         count = self.namespaces.of(DEFAULT_CHANNEL).history
-        if resume is None and count == 0:
-            self.hub.release(subscriber, engine.last_seq(DEFAULT_CHANNEL))
-            return
-        recovery = await engine.history(
-            DEFAULT_CHANNEL,
-            resume,
-            count=count,
-            resume_max=settings.resume_max,
-            max_bytes=settings.history_bytes,
-        )
-        send_now(
-            connection, messages.history(recovery.messages, recovery.epoch, recovery.recovered)
-        )
+        try:
+            if subscriber is None:
+                recovery = None
+                epoch = (await engine.position(DEFAULT_CHANNEL)).epoch
+            else:
+                recovery = await engine.history(
+                    DEFAULT_CHANNEL,
+                    resume,
+                    count=count,
+                    resume_max=settings.resume_max,
+                    max_bytes=settings.history_bytes,
+                )
+                epoch = recovery.epoch
+        except EngineUnavailable:
+            # RFC 6455 §7.4.1 (IANA registry): 1013, a temporary condition.
+            await connection.close(CloseCode.TRY_AGAIN_LATER, "chat unavailable: try again")
+            return False
+        logger.info("connect %s from %s (%d open)", client.id, client.peer, len(self.manager))
+        send_now(connection, messages.connection_id(client.id))
+        send_now(connection, messages.welcome(settings.welcome, epoch))
+        if subscriber is None or recovery is None:
+            return True
+        if resume is not None or count:
+            send_now(
+                connection,
+                messages.history(recovery.messages, recovery.epoch, recovery.recovered),
+            )
         self.hub.release(subscriber, recovery.top)
+        return True
 
     def _subscribe_now(self, client: _Client, channel: str) -> Subscriber:
         """Subscribe (held until its history is sent) and count the client in presence."""
@@ -275,12 +291,16 @@ class ChatHandler:
                 self._hello(client, client_id, name)
             case commands.PresenceQuery(channel):
                 self._check_presence(client, channel)
-                send_now(client.connection, messages.presence(channel, *self._presence(channel)))
+                try:
+                    members = await self._presence(channel)
+                except EngineUnavailable:
+                    raise _unavailable(channel) from None
+                send_now(client.connection, messages.presence(channel, *members))
             case commands.Typing(channel):
                 self._check_subscribed(client, channel)
                 self._typed(client, channel)
             case commands.Read(channel, seq):
-                self._read(client, channel, seq)
+                await self._read(client, channel, seq)
 
     async def _publish(
         self, client: _Client, channel: str, text: str, client_msg_id: str | None
@@ -341,7 +361,7 @@ class ChatHandler:
             )
         self._check_allowed(client, channel)
         options = self.namespaces.of(channel)
-        if options.max_members and self.engine.member_count(channel) >= options.max_members:
+        if options.max_members and await self._count(channel) >= options.max_members:
             raise CommandError("forbidden", f"{channel} is full", None, channel)
         await self._send_subscription(client, channel, resume)
 
@@ -352,9 +372,32 @@ class ChatHandler:
 
         Raises:
             rfc6455.ConnectionClosed: If the client's connection is closing.
+            CommandError: ``unavailable``, if the engine cannot be reached.
+        """
+        subscriber = self._subscribe_now(client, channel)
+        try:
+            await self._send_history(client, channel, subscriber, resume, restart=False)
+        except EngineUnavailable:
+            if client.subscriptions.get(channel) is subscriber:
+                self._unsubscribe_now(client, channel)
+            raise _unavailable(channel) from None
+
+    async def _send_history(
+        self,
+        client: _Client,
+        channel: str,
+        subscriber: Subscriber,
+        resume: Resume | None,
+        *,
+        restart: bool,
+    ) -> None:
+        """Send a held subscriber its history, then release it: ``subscribed``, or
+        ``history`` when the default channel starts again (as it was sent at connect).
+
+        Raises:
+            EngineUnavailable: The engine cannot be reached.
         """
         options = self.namespaces.of(channel)
-        subscriber = self._subscribe_now(client, channel)
         engine, settings = self.engine, self.settings
         recovery = await engine.history(
             channel,
@@ -363,24 +406,54 @@ class ChatHandler:
             resume_max=settings.resume_max,
             max_bytes=settings.history_bytes,
         )
-        reader = client.reader
-        last_read = None if reader is None else await engine.read_position(channel, reader)
-        if client.subscriptions.get(channel) is not subscriber:
-            return  # the connection is gone
-        presence = self._presence(channel) if options.presence else None
-        send_now(
-            client.connection,
-            messages.subscribed(
+        if restart and channel == DEFAULT_CHANNEL:
+            payload = messages.history(recovery.messages, recovery.epoch, recovery.recovered)
+        else:
+            reader = client.reader
+            last_read = None if reader is None else await engine.read_position(channel, reader)
+            presence = await self._presence(channel) if options.presence else None
+            payload = messages.subscribed(
                 channel, recovery.messages, recovery.epoch, recovery.recovered, last_read, presence
-            ),
-        )
+            )
+        if client.subscriptions.get(channel) is not subscriber:
+            return  # the connection is gone, or left the channel meanwhile
+        send_now(client.connection, payload)
         self.hub.release(subscriber, recovery.top)
 
-    def _presence(self, channel: str) -> tuple[list[dict[str, object]], int]:
+    def _reset(self, channel: str) -> None:
+        """The engine lost the channel's thread (``Listener.reset``): every subscriber here
+        gets its latest messages again, with ``recovered: false``."""
+        for connection_id in self.hub.connections(channel):
+            client = self._clients.get(connection_id)
+            subscriber = None if client is None else client.subscriptions.get(channel)
+            if client is not None and subscriber is not None and subscriber.held is None:
+                self.hub.hold(subscriber)
+                task = asyncio.get_running_loop().create_task(
+                    self._restart(client, channel, subscriber)
+                )
+                self._resets.add(task)
+                task.add_done_callback(self._resets.discard)
+
+    async def _restart(self, client: _Client, channel: str, subscriber: Subscriber) -> None:
+        try:
+            await self._send_history(client, channel, subscriber, None, restart=True)
+        except EngineUnavailable:
+            # Its thread cannot be read: it reconnects and resumes later.
+            client.connection.fail(CloseCode.TRY_AGAIN_LATER, "chat unavailable: resume again")
+        except rfc6455.ConnectionClosed:
+            pass
+
+    async def _presence(self, channel: str) -> tuple[list[dict[str, object]], int]:
         """A channel's first ``MAX_PRESENCE`` members, and how many there are: a snapshot of
         a crowd would cost every subscribe a megabyte."""
         engine = self.engine
-        return engine.members(channel, MAX_PRESENCE), engine.member_count(channel)
+        return await engine.members(channel, MAX_PRESENCE), await engine.member_count(channel)
+
+    async def _count(self, channel: str) -> int:
+        try:
+            return await self.engine.member_count(channel)
+        except EngineUnavailable:
+            raise _unavailable(channel) from None
 
     def _check_allowed(self, client: _Client, channel: str) -> None:
         """Whether the client may use ``channel``: its namespace, its token's claim."""
@@ -440,7 +513,7 @@ class ChatHandler:
         payload = messages.typing(channel, dict(member.fields)).encode()
         self.engine.signal(channel, payload, client.id)
 
-    def _read(self, client: _Client, channel: str, seq: int) -> None:
+    async def _read(self, client: _Client, channel: str, seq: int) -> None:
         self._check_subscribed(client, channel)
         reader = client.reader
         if reader is None:
@@ -450,7 +523,11 @@ class ChatHandler:
                 None,
                 channel,
             )
-        if seq > self.engine.last_seq(channel):
+        try:
+            top = (await self.engine.position(channel)).top
+        except EngineUnavailable:
+            raise _unavailable(channel) from None
+        if seq > top:
             raise CommandError("bad_request", f"{channel} has no message {seq}", None, channel)
         self.engine.set_read(channel, reader, seq)
 
@@ -482,6 +559,10 @@ class ChatHandler:
         else:
             departure = messages.Departure(client.id, client.user, close.code, close.reason)
         self.departures.left(departure)
+
+
+def _unavailable(channel: str) -> CommandError:
+    return CommandError("unavailable", "the chat cannot reach its engine: try again", None, channel)
 
 
 def _id_of(text: str) -> str | None:

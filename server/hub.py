@@ -11,7 +11,7 @@ dropped, so it gets no gap and no duplicate whatever the engine.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import rfc6455
 from rfc6455.frames import CloseCode
@@ -60,6 +60,8 @@ class Hub:
         self.namespaces = namespaces
         self.max_held = max_held
         self._channels: dict[str, dict[str, Subscriber]] = {}
+        #: Told which channel to start again (``reset``): the chat handler sets it.
+        self.on_reset: Callable[[str], None] | None = None
 
     def subscribe(
         self, channel: str, connection_id: str, connection: rfc6455.Connection
@@ -84,6 +86,11 @@ class Hub:
             if seq is None or seq > top:
                 subscriber.connection.send_encoded(frame)
 
+    def hold(self, subscriber: Subscriber) -> None:
+        """Hold a released subscriber's messages again, until its next ``release``."""
+        subscriber.held = []
+        subscriber.held_size = 0
+
     def unsubscribe(self, channel: str, connection_id: str) -> bool:
         """Remove a subscriber; False if it was not subscribed."""
         subscribers = self._channels.get(channel)
@@ -96,6 +103,10 @@ class Hub:
     def count(self, channel: str) -> int:
         """How many connections here are subscribed to ``channel``."""
         return len(self._channels.get(channel, ()))
+
+    def connections(self, channel: str) -> list[str]:
+        """The connections here subscribed to ``channel``."""
+        return list(self._channels.get(channel, ()))
 
     def counts(self) -> dict[str, int]:
         """Every channel with subscribers here, and how many."""
@@ -125,7 +136,14 @@ class Hub:
                 if not draft.reply.done():
                     draft.reply.set_result(ack)
                 continue
-            if ack.stored:
+            if ack.unavailable:
+                reply = messages.error(
+                    "unavailable",
+                    "the chat cannot reach its engine: send it again",
+                    draft.client_msg_id,
+                    draft.channel,
+                )
+            elif ack.stored:
                 reply = messages.ack(
                     ack.seq, draft.client_msg_id, draft.channel, duplicate=ack.duplicate
                 )
@@ -152,6 +170,11 @@ class Hub:
     def signalled(self, channel: str, payload: bytes, connection_id: str) -> None:
         """Deliver an ephemeral message to a channel's subscribers but its sender."""
         self._fan_out(channel, None, text_frame(payload), connection_id)
+
+    def reset(self, channel: str) -> None:
+        """The engine lost the channel's thread: its subscribers here start again."""
+        if self.on_reset is not None:
+            self.on_reset(channel)
 
     def _fan_out(self, channel: str, seq: int | None, frame: bytes, exclude: str | None) -> int:
         subscribers = self._channels.get(channel)

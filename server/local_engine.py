@@ -28,6 +28,8 @@ from .engine import (
     EngineClosed,
     Listener,
     Member,
+    NoListener,
+    Position,
     Publication,
     Recovery,
     sender_of,
@@ -83,7 +85,7 @@ class LocalEngine:
     def __init__(self, settings: Settings, namespaces: Namespaces) -> None:
         self.settings = settings
         self.namespaces = namespaces
-        self.listener: Listener = _NoListener()
+        self.listener: Listener = NoListener()
         self.queue = PersistenceQueue(
             settings.db_path,
             capacity=settings.queue_capacity,
@@ -154,15 +156,12 @@ class LocalEngine:
         except PersistenceClosed as exc:
             raise EngineClosed(str(exc)) from None
 
-    def epoch(self, channel: str) -> str:
-        """The channel's epoch."""
-        return self.queue.channel(channel).epoch
+    async def position(self, channel: str) -> Position:
+        """The channel's epoch and last seq handed out."""
+        row = self.queue.channel(channel)
+        return Position(row.epoch, row.last)
 
-    def last_seq(self, channel: str) -> int:
-        """The channel's last seq handed out."""
-        return self.queue.channel(channel).last
-
-    def known(self, channel: str) -> bool:
+    async def known(self, channel: str) -> bool:
         """Whether the channel has a row: stored, published to, or subscribed to."""
         return channel in self.queue.channels
 
@@ -201,7 +200,7 @@ class LocalEngine:
             entry = recent.get(sender, client_msg_id)
             if entry is not None:
                 if entry.settled:
-                    ack = Ack(draft, entry.seq, self.epoch(channel), duplicate=True)
+                    ack = Ack(draft, entry.seq, self.queue.channel(channel).epoch, duplicate=True)
                     self.listener.acked((ack,))
                 else:
                     self._waiting[(channel, entry.seq)].append(draft)
@@ -257,7 +256,7 @@ class LocalEngine:
             if unsettled is None:  # put on the queue by another hand
                 continue
             draft, entry = unsettled
-            epoch = self.epoch(channel)
+            epoch = self.queue.channel(channel).epoch
             if entry is not None:
                 entry.settled = True
                 if not stored:
@@ -490,7 +489,7 @@ class LocalEngine:
         if not members:
             del self._presence[channel]
 
-    def members(self, channel: str, most: int | None = None) -> list[dict[str, object]]:
+    async def members(self, channel: str, most: int | None = None) -> list[dict[str, object]]:
         """The channel's members (the ``most`` who came first), each with its connections and
         since when it is there."""
         entries = self._presence.get(channel, {}).values()
@@ -499,7 +498,7 @@ class LocalEngine:
             for entry in itertools.islice(entries, most)
         ]
 
-    def member_count(self, channel: str) -> int:
+    async def member_count(self, channel: str) -> int:
         """How many members the channel has."""
         return len(self._presence.get(channel, ()))
 
@@ -512,24 +511,3 @@ class LocalEngine:
         had a message."""
         self._drop_ring_if_unused(channel)
         self.queue.forget(channel)
-
-
-class _NoListener:
-    """The listener until the hub is attached: nobody to tell."""
-
-    def published(self, publication: Publication) -> None:
-        pass
-
-    def acked(self, acks: Sequence[Ack]) -> None:
-        pass
-
-    def joined(
-        self, channel: str, member: Member, connections: int, since: str, connection_id: str
-    ) -> None:
-        pass
-
-    def left(self, channel: str, member: Member, connection_id: str) -> None:
-        pass
-
-    def signalled(self, channel: str, payload: bytes, connection_id: str) -> None:
-        pass

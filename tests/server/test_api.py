@@ -71,7 +71,7 @@ class FakeBackend:
         self._called("channels", None)
         return [{"channel": "general", "subscribers": 3}, {"channel": "news", "subscribers": 1}]
 
-    def presence(self, channel: str) -> list[dict[str, object]]:
+    async def presence(self, channel: str) -> list[dict[str, object]]:
         self._called("presence", channel)
         if channel != "general":
             raise ApiError(404, "unknown_channel", f"no channel {channel}")

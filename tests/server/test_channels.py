@@ -544,9 +544,10 @@ async def test_a_direct_message_reaches_both_users_and_nobody_else(start: Start)
     await alice.request("direct", to="bob", message="psst", clientMsgId="d1")
     ack = await alice.expect("ack", clientMsgId="d1")
     assert (ack["channel"], ack["seq"]) == ("dm:alice:bob", 1)
+    epoch = await epoch_of(chat, ack["channel"])
     for client in (alice_tab, bob, bob_tab):
         subscribed = await client.expect("subscribed", channel="dm:alice:bob")
-        assert (subscribed["messages"], subscribed["epoch"]) == ([], ack_epoch(chat, ack))
+        assert (subscribed["messages"], subscribed["epoch"]) == ([], epoch)
         got = await client.expect("broadcast", channel="dm:alice:bob")
         assert (got["message"], got["user"]) == ("psst", "alice")
     await carol.request("subscribe", channel="dm:alice:bob")
@@ -555,7 +556,7 @@ async def test_a_direct_message_reaches_both_users_and_nobody_else(start: Start)
     await bob.publish("dm:alice:bob", "hi alice", "d2")
     assert (await alice.expect("broadcast", channel="dm:alice:bob"))["message"] == "hi alice"
     later = await user(chat, "bob")
-    resumed = await later.subscribe("dm:alice:bob", since=0, epoch=ack_epoch(chat, ack))
+    resumed = await later.subscribe("dm:alice:bob", since=0, epoch=epoch)
     assert [m["message"] for m in resumed["messages"]] == ["psst", "hi alice"]
     assert resumed["recovered"] is True
     await publish_acked(carol, "general", "marker", "m")
@@ -563,8 +564,8 @@ async def test_a_direct_message_reaches_both_users_and_nobody_else(start: Start)
     assert [m for m in carol.seen if m.get("channel", "").startswith("dm:")] == []
 
 
-def ack_epoch(chat: Chat, ack: dict[str, Any]) -> str:
-    return chat.app.engine.epoch(ack["channel"])
+async def epoch_of(chat: Chat, channel: str) -> str:
+    return (await chat.app.engine.position(channel)).epoch
 
 
 async def test_direct_messages_need_a_user_who_can_have_them(start: Start) -> None:
@@ -618,7 +619,7 @@ async def test_the_api_publishes_exactly_once_after_the_commit(start: Start) -> 
     assert published == {"channel": "news:today", "seq": 1, "epoch": published["epoch"]}
     got = await a.expect("broadcast", channel="news:today")
     assert (got["message"], got["seq"], got["connectionId"]) == ("from the backend", 1, "api")
-    assert published["epoch"] == chat.app.engine.epoch("news:today")
+    assert published["epoch"] == await epoch_of(chat, "news:today")
     again = (await api.post("/api/publish", body)).json()
     assert again == {**published, "duplicate": True}
     await api.post("/api/publish", {**body, "idempotencyKey": "k2", "message": "second"})
@@ -653,7 +654,7 @@ async def test_the_api_reads_channels_presence_and_history(start: Start) -> None
     (await api.get("/api/presence?channel=empty")).error(404, "unknown_channel")
     latest = (await api.get("/api/history?channel=room&limit=3")).json()
     assert [m["seq"] for m in latest["messages"]] == [5, 6, 7]
-    assert latest["epoch"] == chat.app.engine.epoch("room")
+    assert latest["epoch"] == await epoch_of(chat, "room")
     page = (await api.get("/api/history?channel=room&since=2&limit=2")).json()
     assert [m["message"] for m in page["messages"]] == ["m3", "m4"]
     (await api.get("/api/history?channel=never")).error(404, "unknown_channel")
@@ -685,7 +686,7 @@ async def test_the_histories_of_all_channels_share_one_budget(start: Start) -> N
     text = "x" * 2000
     for n in range(20):
         await a.subscribe(f"room{n}")
-    epoch = chat.app.engine.epoch("room0")
+    epoch = await epoch_of(chat, "room0")
     for round_ in range(5):
         for n in range(20):
             await a.publish(f"room{n}", text, f"{n}-{round_}")
