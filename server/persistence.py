@@ -2,10 +2,9 @@
 
 The receive path calls ``accept()``, which never touches the database. One writer task takes
 the queued records in batches and runs ``Store.insert_many`` in a dedicated thread, the only
-thread that ever uses the SQLite connection (aiosqlite's design: jobs go to the thread through a
-queue, results come back through ``call_soon_threadsafe``, a sentinel stops it). Each batch is
-written with ``retry()``; a batch that still fails after the last attempt is appended to the
-dead-letter file and logged, and the writer carries on with the next batch. A batch that fails
+thread that ever uses the SQLite connection (``worker.Worker``). Each batch is written with
+``retry()``; a batch that still fails after the last attempt is appended to the dead-letter
+file and logged, and the writer carries on with the next batch. A batch that fails
 because of one of its records (``RECORD_ERRORS``: a value SQLite refuses) is not retried: it is
 split in halves, written again, until only the records at fault are dead-lettered.
 
@@ -58,20 +57,18 @@ import fcntl
 import json
 import logging
 import os
-import queue
 import sqlite3
-import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeAlias, TypeVar
 
 from .retry import RetryPolicy, retry
 from .sequence import DEFAULT_BLOCK, SequenceAllocator
 from .store import DEFAULT_CHANNEL, ChannelRow, MessageRecord, Meta, RecentId, Rows, Store
+from .worker import Worker
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -87,8 +84,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("server.persistence")
-
-T = TypeVar("T")
 
 # 10,000 chat messages of a few hundred bytes are a few MB of memory: at 100 messages per
 # second that rides out a database outage of 100 s, longer than the default retry policy
@@ -170,9 +165,6 @@ def _insert(store: Store, batch: list[MessageRecord], extras: _Extras) -> None:
 
 class _ShutdownDeadline(Exception):
     """The shutdown timeout expires before the next attempt could start."""
-
-
-_Job: TypeAlias = tuple["asyncio.Future[Any] | None", Callable[[], Any]]
 
 
 def dead_letter_path_for(db_path: str | os.PathLike[str]) -> Path:
@@ -277,7 +269,7 @@ class PersistenceQueue:
         self._busy_timeout = busy_timeout
         self._queue: asyncio.Queue[MessageRecord | _Signal] = asyncio.Queue(maxsize=capacity)
         self._lock: int | None = None  # the lock file's descriptor, while started
-        self._worker: _Worker | None = None
+        self._worker: Worker | None = None
         self._store: Store | None = None
         self._meta: Meta | None = None
         self._sequence: SequenceAllocator | None = None
@@ -558,7 +550,7 @@ class PersistenceQueue:
         except OSError as exc:  # no folder, or a read-only one: what opening the database says
             lock = lock_path_for(self.db_path)
             raise sqlite3.OperationalError(f"cannot lock {lock}: {exc}") from None
-        worker = _Worker(f"persistence {self.db_path.name}")
+        worker = Worker(f"persistence {self.db_path.name}")
         worker.start()
         try:
             store = await worker.call(partial(Store, self.db_path, busy_timeout=self._busy_timeout))
@@ -653,7 +645,7 @@ class PersistenceQueue:
             os.close(self._lock)
             self._lock = None
 
-    async def _release_reservation(self, worker: _Worker, store: Store) -> None:
+    async def _release_reservation(self, worker: Worker, store: Store) -> None:
         """Record the channels' last seqs, and the count of messages numbered as both the
         reservation and what is committed, so the next start continues from them."""
         last = self._allocator().last
@@ -850,53 +842,12 @@ class PersistenceQueue:
         if not task.cancelled() and (exc := task.exception()) is not None:
             logger.error("persistence writer crashed", exc_info=exc)
 
-    def _running(self) -> tuple[_Worker, Store]:
+    def _running(self) -> tuple[Worker, Store]:
         if self._worker is None or self._store is None:
             raise RuntimeError("the persistence queue is not started")
         if self._stopped:
             raise PersistenceClosed("the persistence queue is stopped")
         return self._worker, self._store
-
-
-class _Worker:
-    """One thread running jobs in order; the only thread that touches the SQLite connection."""
-
-    def __init__(self, name: str) -> None:
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        # Daemon: a worker stuck in a database call must not keep the process alive.
-        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    async def call(self, function: Callable[[], T]) -> T:
-        """Run ``function()`` in the worker thread and return its result or raise its error."""
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._jobs.put((future, function))
-        return await future
-
-    def shutdown(self, final: Callable[[], object] | None = None) -> None:
-        """Let the thread finish the queued jobs, then ``final()``, then exit."""
-        if final is not None:
-            self._jobs.put((None, final))
-        self._jobs.put(None)
-
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
-
-    def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            future, function = job
-            try:
-                result = function()
-            except BaseException as exc:
-                if future is None:
-                    logger.debug("persistence worker job %r failed: %s", function, exc)
-                else:
-                    _settle(future, None, exc)
-            else:
-                if future is not None:
-                    _settle(future, result, None)
 
 
 def _ignore(value: object) -> None:
@@ -905,22 +856,6 @@ def _ignore(value: object) -> None:
 
 def _ignore_pruned(channel: str, seq: int) -> None:
     """The retention listener until one is set."""
-
-
-def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
-    """Resolve ``future`` from the worker thread, on its own event loop."""
-
-    def settle() -> None:
-        if future.done():  # the caller was cancelled
-            return
-        if exc is None:
-            future.set_result(result)
-        else:
-            future.set_exception(exc)
-
-    # A closed event loop raises RuntimeError: nobody is waiting for the result any more.
-    with contextlib.suppress(RuntimeError):
-        future.get_loop().call_soon_threadsafe(settle)
 
 
 def _append_dead_letters(path: Path, records: Sequence[MessageRecord], reason: str) -> None:
