@@ -9,7 +9,8 @@ because of one of its records (``RECORD_ERRORS``: a value SQLite refuses) is not
 split in halves, written again, until only the records at fault are dead-lettered.
 
 The queue owns its database: ``start()`` takes an exclusive lock on ``<db>.lock``, so a second
-server on the same file refuses to start (``DatabaseInUse``) instead of forking the seqs.
+server on the same file refuses to start (``DatabaseInUse``) instead of forking the seqs, and so
+does one whose archive (``server.archive``, a shared lock) is the file.
 
 The queue also numbers the messages. ``accept()`` gives each one the next seq of its channel
 and queues it in the same step, so the queue is in seq order in every channel. It counts every
@@ -80,6 +81,7 @@ __all__ = [
     "PersistenceClosed",
     "PersistenceQueue",
     "dead_letter_path_for",
+    "lock_database",
     "lock_path_for",
 ]
 
@@ -123,7 +125,7 @@ class PersistenceClosed(RuntimeError):
 
 
 class DatabaseInUse(RuntimeError):
-    """Another persistence queue (another server process, most likely) owns the database."""
+    """Another server process owns the database: a persistence queue, or archives."""
 
 
 class _Signal(enum.Enum):
@@ -179,33 +181,66 @@ def lock_path_for(db_path: str | os.PathLike[str]) -> Path:
     return path.with_name(path.name + ".lock")
 
 
-def _lock(db_path: Path) -> int:
-    """Own ``db_path`` for this queue: an exclusive ``flock`` of its lock file.
+def lock_database(db_path: Path, *, shared: bool = False) -> int:
+    """Own ``db_path``: a ``flock`` of its lock file, exclusive or shared.
 
-    Two writers would each hand out the same seqs. The lock goes with the file descriptor,
-    so the kernel releases it however the process ends, ``kill -9`` included; the file stays,
-    holding the pid of the last owner, for the error message.
+    The persistence queue takes it exclusive: two writers would each hand out the same seqs.
+    Archives (``server.archive``) take it shared: their seqs come from Redis, so several
+    processes may write the file, but none while a queue numbers its own seqs there. The lock
+    goes with the file descriptor, so the kernel releases it however the process ends,
+    ``kill -9`` included; the file stays, holding the pid of the last owner, for the error
+    message.
+
+    Args:
+        db_path: The database file.
+        shared: Take a shared lock (an archive's) rather than an exclusive one (the queue's).
 
     Returns:
         The descriptor to close to release it.
 
     Raises:
-        DatabaseInUse: Another queue holds it.
-        OSError: The lock file cannot be opened.
+        DatabaseInUse: The lock is held in the other mode, or exclusively; one line says which.
+        sqlite3.OperationalError: The lock file cannot be opened (what opening the database
+            would say of a missing or read-only folder).
     """
-    fd = os.open(lock_path_for(db_path), os.O_RDWR | os.O_CREAT, 0o644)
+    lock = lock_path_for(db_path)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise sqlite3.OperationalError(f"cannot lock {lock}: {exc}") from None
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
-        owner = os.pread(fd, 20, 0).decode("ascii", "replace").strip() or "unknown"
-        os.close(fd)
-        raise DatabaseInUse(
-            f"{db_path} is in use by another server (pid {owner}): stop it, or give this one "
-            "another --db"
-        ) from None
+        raise DatabaseInUse(_in_use(db_path, fd, shared)) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def _in_use(db_path: Path, fd: int, shared: bool) -> str:
+    """Why the lock on ``fd`` was refused, in one line; closes ``fd``."""
+    try:
+        # Sharers may write their pids over each other: the first word is one of them.
+        words = os.pread(fd, 20, 0).decode("ascii", "replace").split()
+        owner = words[0] if words else "unknown"
+        if shared:
+            return (
+                f"{db_path} is in use by a server with the local engine (pid {owner}), which"
+                " numbers its own seqs: stop it, or give this one another --db"
+            )
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return (
+                f"{db_path} is in use by another server (pid {owner}): stop it, or give this"
+                " one another --db"
+            )
+        return (
+            f"{db_path} is the archive of servers with the Redis engine (pid {owner}), whose"
+            " seqs the local engine would fork: stop them, or give this one another --db"
+        )
+    finally:
+        os.close(fd)
 
 
 class PersistenceQueue:
@@ -538,18 +573,15 @@ class PersistenceQueue:
         """Open the database in a new worker thread, reserve seqs, start the writer.
 
         Raises:
-            DatabaseInUse: If another queue (another process) owns the database.
+            DatabaseInUse: If another queue (another process), or an archive, has the
+                database.
             sqlite3.Error: If the database cannot be opened (a missing folder, a directory...)
                 or the first seqs cannot be reserved.
             RuntimeError: If the queue was already started or stopped.
         """
         if self._worker is not None or self._stop_started:
             raise RuntimeError("a PersistenceQueue can only be started once")
-        try:
-            self._lock = _lock(self.db_path)
-        except OSError as exc:  # no folder, or a read-only one: what opening the database says
-            lock = lock_path_for(self.db_path)
-            raise sqlite3.OperationalError(f"cannot lock {lock}: {exc}") from None
+        self._lock = lock_database(self.db_path)
         worker = Worker(f"persistence {self.db_path.name}")
         worker.start()
         try:
