@@ -65,6 +65,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 from .retry import RetryPolicy, retry
 from .sequence import DEFAULT_BLOCK, SequenceAllocator
@@ -80,12 +81,16 @@ __all__ = [
     "DatabaseInUse",
     "PersistenceClosed",
     "PersistenceQueue",
+    "RecordRejected",
     "dead_letter_path_for",
     "lock_database",
     "lock_path_for",
+    "rejecting",
 ]
 
 logger = logging.getLogger("server.persistence")
+
+T = TypeVar("T")
 
 # 10,000 chat messages of a few hundred bytes are a few MB of memory: at 100 messages per
 # second that rides out a database outage of 100 s, longer than the default retry policy
@@ -132,8 +137,11 @@ class _Signal(enum.Enum):
     WAKE = enum.auto()  # queued to wake a writer waiting on an empty queue
 
 
-class _RecordError(Exception):
-    """A batch failed because of a record in it (``RECORD_ERRORS``): the cause is chained."""
+class RecordRejected(Exception):
+    """A batch failed because of a record in it, which no retry mends: the cause is chained.
+
+    Not a retryable error: the writer splits the batch to find the record, or dead-letters it.
+    """
 
 
 @dataclass(slots=True)
@@ -151,18 +159,26 @@ class _Extras:
         )
 
 
-def _insert(store: Store, batch: list[MessageRecord], extras: _Extras) -> None:
-    """``Store.insert_many``, in the worker thread; a record's fault becomes ``_RecordError``."""
+def rejecting(write: Callable[[], T]) -> T:
+    """Run ``write()``; an error a record causes (``RECORD_ERRORS``) becomes ``RecordRejected``."""
     try:
-        store.insert_many(
+        return write()
+    except RECORD_ERRORS as exc:
+        raise RecordRejected(str(exc)) from exc
+
+
+def _insert(store: Store, batch: list[MessageRecord], extras: _Extras) -> None:
+    """``Store.insert_many``, in the worker thread, ``rejecting`` a record's fault."""
+    rejecting(
+        partial(
+            store.insert_many,
             batch,
             reserve=extras.reserve,
             positions=extras.positions,
             committed=extras.committed,
             reads=extras.reads,
         )
-    except RECORD_ERRORS as exc:
-        raise _RecordError(str(exc)) from exc
+    )
 
 
 class _ShutdownDeadline(Exception):
@@ -759,7 +775,7 @@ class PersistenceQueue:
                 on_failure=self._count_failure,
                 description=f"persisting {len(batch)} messages" if batch else "reserving seqs",
             )
-        except _RecordError as exc:
+        except RecordRejected as exc:
             if len(batch) > 1:
                 # The others must not pay for it: each half is written on its own, in seq
                 # order, so that only the record at fault is dead-lettered (log2 n rounds).
