@@ -57,12 +57,12 @@ _MISSING_PSYCOPG = (
 # Several servers write the file: a transaction waits for another's (a few milliseconds each)
 # rather than fail its attempt and back off for a second or more.
 _SQLITE_BUSY_TIMEOUT = 5.0
-# A connection attempt gives up after this many seconds, unless the URL says otherwise
-# (libpq waits forever): the write fails, and the caller's retry tries again.
+# A connection attempt gives up after this many seconds unless the URL says otherwise (psycopg
+# waits 130 s): the call fails sooner, and the caller's retry tries again.
 _CONNECT_TIMEOUT = 10
-# Above every text's size: "no limit on bytes" in the PostgreSQL reads; below every seq.
-_NO_LIMIT = 2**62
-_BELOW_EVERY_SEQ = -(2**63)
+# PostgreSQL's bigint bounds: "no limit" on seqs or bytes in the reads' parameters.
+_PG_MAX = 2**63 - 1
+_PG_MIN = -(2**63)
 
 
 class Archive(Protocol):
@@ -260,7 +260,8 @@ _PG_INSERT = (
 
 
 def _pg_range(order: str) -> str:
-    """Read a channel's seqs in a range, in ``order``, while their texts fit, oldest first.
+    """The query of a channel's seqs in a range, read in ``order`` while their texts fit,
+    returned oldest first.
 
     The server keeps the running sum of the texts' UTF-8 bytes (the database's encoding is
     UTF-8) and sends only the rows within the budget: no row past the first that does not fit,
@@ -351,7 +352,7 @@ class PostgresArchive:
     async def after(
         self, channel: str, since: int, through: int, most: int, max_bytes: int | None
     ) -> list[MessageRecord] | None:
-        budget = _NO_LIMIT if max_bytes is None else max_bytes
+        budget = _PG_MAX if max_bytes is None else max_bytes
         read = partial(self._query, _PG_AFTER, channel, since, through, budget=budget)
         return await _whole(read, since, through, most)
 
@@ -360,8 +361,8 @@ class PostgresArchive:
     ) -> list[MessageRecord]:
         if limit <= 0:
             return []
-        top = _NO_LIMIT if through is None else through
-        return await self._query(_PG_LAST, channel, _BELOW_EVERY_SEQ, top, limit, budget=max_bytes)
+        top = _PG_MAX if through is None else through
+        return await self._query(_PG_LAST, channel, _PG_MIN, top, limit, budget=max_bytes)
 
     async def _query(
         self, sql: str, channel: str, since: int, through: int, limit: int, *, budget: int
