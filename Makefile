@@ -9,9 +9,18 @@ SHARED ?= $(CURDIR)/../shared
 
 test: deps style types pytest
 
+# Debian's packages the tests run: chromium (the web client's), redis-server (the Redis engine's)
+# and postgresql (the PostgreSQL archive's; tests/server/postgres_service.py runs its binaries).
+# Only those missing are installed, after one apt-get update.
 deps:
-	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -e '.[test,bench,auth]'
+	missing=""; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -e '.[test,bench,auth,redis,postgres]'
 	bash $(SHARED)/autobahn/install.sh $(AUTOBAHN) >/dev/null
 
 style:

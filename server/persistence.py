@@ -2,15 +2,15 @@
 
 The receive path calls ``accept()``, which never touches the database. One writer task takes
 the queued records in batches and runs ``Store.insert_many`` in a dedicated thread, the only
-thread that ever uses the SQLite connection (aiosqlite's design: jobs go to the thread through a
-queue, results come back through ``call_soon_threadsafe``, a sentinel stops it). Each batch is
-written with ``retry()``; a batch that still fails after the last attempt is appended to the
-dead-letter file and logged, and the writer carries on with the next batch. A batch that fails
+thread that ever uses the SQLite connection (``worker.Worker``). Each batch is written with
+``retry()``; a batch that still fails after the last attempt is appended to the dead-letter
+file and logged, and the writer carries on with the next batch. A batch that fails
 because of one of its records (``RECORD_ERRORS``: a value SQLite refuses) is not retried: it is
 split in halves, written again, until only the records at fault are dead-lettered.
 
 The queue owns its database: ``start()`` takes an exclusive lock on ``<db>.lock``, so a second
-server on the same file refuses to start (``DatabaseInUse``) instead of forking the seqs.
+server on the same file refuses to start (``DatabaseInUse``) instead of forking the seqs, and so
+does one whose archive (``server.archive``, a shared lock) is the file.
 
 The queue also numbers the messages. ``accept()`` gives each one the next seq of its channel
 and queues it in the same step, so the queue is in seq order in every channel. It counts every
@@ -58,20 +58,19 @@ import fcntl
 import json
 import logging
 import os
-import queue
 import sqlite3
-import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeAlias, TypeVar
+from typing import TypeVar
 
 from .retry import RetryPolicy, retry
 from .sequence import DEFAULT_BLOCK, SequenceAllocator
 from .store import DEFAULT_CHANNEL, ChannelRow, MessageRecord, Meta, RecentId, Rows, Store
+from .worker import Worker
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -82,8 +81,11 @@ __all__ = [
     "DatabaseInUse",
     "PersistenceClosed",
     "PersistenceQueue",
+    "RecordRejected",
     "dead_letter_path_for",
+    "lock_database",
     "lock_path_for",
+    "rejecting",
 ]
 
 logger = logging.getLogger("server.persistence")
@@ -128,15 +130,18 @@ class PersistenceClosed(RuntimeError):
 
 
 class DatabaseInUse(RuntimeError):
-    """Another persistence queue (another server process, most likely) owns the database."""
+    """Another server process owns the database: a persistence queue, or archives."""
 
 
 class _Signal(enum.Enum):
     WAKE = enum.auto()  # queued to wake a writer waiting on an empty queue
 
 
-class _RecordError(Exception):
-    """A batch failed because of a record in it (``RECORD_ERRORS``): the cause is chained."""
+class RecordRejected(Exception):
+    """A batch failed because of a record in it, which no retry mends: the cause is chained.
+
+    Not a retryable error: the writer splits the batch to find the record, or dead-letters it.
+    """
 
 
 @dataclass(slots=True)
@@ -154,25 +159,30 @@ class _Extras:
         )
 
 
-def _insert(store: Store, batch: list[MessageRecord], extras: _Extras) -> None:
-    """``Store.insert_many``, in the worker thread; a record's fault becomes ``_RecordError``."""
+def rejecting(write: Callable[[], T]) -> T:
+    """Run ``write()``; an error a record causes (``RECORD_ERRORS``) becomes ``RecordRejected``."""
     try:
-        store.insert_many(
+        return write()
+    except RECORD_ERRORS as exc:
+        raise RecordRejected(str(exc)) from exc
+
+
+def _insert(store: Store, batch: list[MessageRecord], extras: _Extras) -> None:
+    """``Store.insert_many``, in the worker thread, ``rejecting`` a record's fault."""
+    rejecting(
+        partial(
+            store.insert_many,
             batch,
             reserve=extras.reserve,
             positions=extras.positions,
             committed=extras.committed,
             reads=extras.reads,
         )
-    except RECORD_ERRORS as exc:
-        raise _RecordError(str(exc)) from exc
+    )
 
 
 class _ShutdownDeadline(Exception):
     """The shutdown timeout expires before the next attempt could start."""
-
-
-_Job: TypeAlias = tuple["asyncio.Future[Any] | None", Callable[[], Any]]
 
 
 def dead_letter_path_for(db_path: str | os.PathLike[str]) -> Path:
@@ -187,33 +197,66 @@ def lock_path_for(db_path: str | os.PathLike[str]) -> Path:
     return path.with_name(path.name + ".lock")
 
 
-def _lock(db_path: Path) -> int:
-    """Own ``db_path`` for this queue: an exclusive ``flock`` of its lock file.
+def lock_database(db_path: Path, *, shared: bool = False) -> int:
+    """Own ``db_path``: a ``flock`` of its lock file, exclusive or shared.
 
-    Two writers would each hand out the same seqs. The lock goes with the file descriptor,
-    so the kernel releases it however the process ends, ``kill -9`` included; the file stays,
-    holding the pid of the last owner, for the error message.
+    The persistence queue takes it exclusive: two writers would each hand out the same seqs.
+    Archives (``server.archive``) take it shared: their seqs come from Redis, so several
+    processes may write the file, but none while a queue numbers its own seqs there. The lock
+    goes with the file descriptor, so the kernel releases it however the process ends,
+    ``kill -9`` included; the file stays, holding the pid of the last owner, for the error
+    message.
+
+    Args:
+        db_path: The database file.
+        shared: Take a shared lock (an archive's) rather than an exclusive one (the queue's).
 
     Returns:
         The descriptor to close to release it.
 
     Raises:
-        DatabaseInUse: Another queue holds it.
-        OSError: The lock file cannot be opened.
+        DatabaseInUse: The lock is held in the other mode, or exclusively; one line says which.
+        sqlite3.OperationalError: The lock file cannot be opened (what opening the database
+            would say of a missing or read-only folder).
     """
-    fd = os.open(lock_path_for(db_path), os.O_RDWR | os.O_CREAT, 0o644)
+    lock = lock_path_for(db_path)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise sqlite3.OperationalError(f"cannot lock {lock}: {exc}") from None
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
-        owner = os.pread(fd, 20, 0).decode("ascii", "replace").strip() or "unknown"
-        os.close(fd)
-        raise DatabaseInUse(
-            f"{db_path} is in use by another server (pid {owner}): stop it, or give this one "
-            "another --db"
-        ) from None
+        raise DatabaseInUse(_in_use(db_path, fd, shared)) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def _in_use(db_path: Path, fd: int, shared: bool) -> str:
+    """Why the lock on ``fd`` was refused, in one line; closes ``fd``."""
+    try:
+        # Sharers may write their pids over each other: the first word is one of them.
+        words = os.pread(fd, 20, 0).decode("ascii", "replace").split()
+        owner = words[0] if words else "unknown"
+        if shared:
+            return (
+                f"{db_path} is in use by a server with the local engine (pid {owner}), which"
+                " numbers its own seqs: stop it, or give this one another --db"
+            )
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return (
+                f"{db_path} is in use by another server (pid {owner}): stop it, or give this"
+                " one another --db"
+            )
+        return (
+            f"{db_path} is the archive of servers with the Redis engine (pid {owner}), whose"
+            " seqs the local engine would fork: stop them, or give this one another --db"
+        )
+    finally:
+        os.close(fd)
 
 
 class PersistenceQueue:
@@ -277,7 +320,7 @@ class PersistenceQueue:
         self._busy_timeout = busy_timeout
         self._queue: asyncio.Queue[MessageRecord | _Signal] = asyncio.Queue(maxsize=capacity)
         self._lock: int | None = None  # the lock file's descriptor, while started
-        self._worker: _Worker | None = None
+        self._worker: Worker | None = None
         self._store: Store | None = None
         self._meta: Meta | None = None
         self._sequence: SequenceAllocator | None = None
@@ -546,19 +589,16 @@ class PersistenceQueue:
         """Open the database in a new worker thread, reserve seqs, start the writer.
 
         Raises:
-            DatabaseInUse: If another queue (another process) owns the database.
+            DatabaseInUse: If another queue (another process), or an archive, has the
+                database.
             sqlite3.Error: If the database cannot be opened (a missing folder, a directory...)
                 or the first seqs cannot be reserved.
             RuntimeError: If the queue was already started or stopped.
         """
         if self._worker is not None or self._stop_started:
             raise RuntimeError("a PersistenceQueue can only be started once")
-        try:
-            self._lock = _lock(self.db_path)
-        except OSError as exc:  # no folder, or a read-only one: what opening the database says
-            lock = lock_path_for(self.db_path)
-            raise sqlite3.OperationalError(f"cannot lock {lock}: {exc}") from None
-        worker = _Worker(f"persistence {self.db_path.name}")
+        self._lock = lock_database(self.db_path)
+        worker = Worker(f"persistence {self.db_path.name}")
         worker.start()
         try:
             store = await worker.call(partial(Store, self.db_path, busy_timeout=self._busy_timeout))
@@ -653,7 +693,7 @@ class PersistenceQueue:
             os.close(self._lock)
             self._lock = None
 
-    async def _release_reservation(self, worker: _Worker, store: Store) -> None:
+    async def _release_reservation(self, worker: Worker, store: Store) -> None:
         """Record the channels' last seqs, and the count of messages numbered as both the
         reservation and what is committed, so the next start continues from them."""
         last = self._allocator().last
@@ -735,7 +775,7 @@ class PersistenceQueue:
                 on_failure=self._count_failure,
                 description=f"persisting {len(batch)} messages" if batch else "reserving seqs",
             )
-        except _RecordError as exc:
+        except RecordRejected as exc:
             if len(batch) > 1:
                 # The others must not pay for it: each half is written on its own, in seq
                 # order, so that only the record at fault is dead-lettered (log2 n rounds).
@@ -850,53 +890,12 @@ class PersistenceQueue:
         if not task.cancelled() and (exc := task.exception()) is not None:
             logger.error("persistence writer crashed", exc_info=exc)
 
-    def _running(self) -> tuple[_Worker, Store]:
+    def _running(self) -> tuple[Worker, Store]:
         if self._worker is None or self._store is None:
             raise RuntimeError("the persistence queue is not started")
         if self._stopped:
             raise PersistenceClosed("the persistence queue is stopped")
         return self._worker, self._store
-
-
-class _Worker:
-    """One thread running jobs in order; the only thread that touches the SQLite connection."""
-
-    def __init__(self, name: str) -> None:
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        # Daemon: a worker stuck in a database call must not keep the process alive.
-        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    async def call(self, function: Callable[[], T]) -> T:
-        """Run ``function()`` in the worker thread and return its result or raise its error."""
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._jobs.put((future, function))
-        return await future
-
-    def shutdown(self, final: Callable[[], object] | None = None) -> None:
-        """Let the thread finish the queued jobs, then ``final()``, then exit."""
-        if final is not None:
-            self._jobs.put((None, final))
-        self._jobs.put(None)
-
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
-
-    def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            future, function = job
-            try:
-                result = function()
-            except BaseException as exc:
-                if future is None:
-                    logger.debug("persistence worker job %r failed: %s", function, exc)
-                else:
-                    _settle(future, None, exc)
-            else:
-                if future is not None:
-                    _settle(future, result, None)
 
 
 def _ignore(value: object) -> None:
@@ -905,22 +904,6 @@ def _ignore(value: object) -> None:
 
 def _ignore_pruned(channel: str, seq: int) -> None:
     """The retention listener until one is set."""
-
-
-def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
-    """Resolve ``future`` from the worker thread, on its own event loop."""
-
-    def settle() -> None:
-        if future.done():  # the caller was cancelled
-            return
-        if exc is None:
-            future.set_result(result)
-        else:
-            future.set_exception(exc)
-
-    # A closed event loop raises RuntimeError: nobody is waiting for the result any more.
-    with contextlib.suppress(RuntimeError):
-        future.get_loop().call_soon_threadsafe(settle)
 
 
 def _append_dead_letters(path: Path, records: Sequence[MessageRecord], reason: str) -> None:

@@ -27,6 +27,9 @@ A clean stop records both counts as equal, so seqs stay consecutive.
 A file that is gone and comes back empty while the store runs gets the meta and channel rows
 it had, so seqs never go back. Read positions (``read_positions``): a reader's last read seq
 per channel.
+
+An archive (``insert_new``, for ``server.archive``) stores messages numbered elsewhere (by
+Redis), and raises their channels' ``last_seq`` to them.
 """
 
 from __future__ import annotations
@@ -35,23 +38,27 @@ import logging
 import os
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeAlias, TypeVar
 
 __all__ = [
+    "COLUMNS",
     "DEFAULT_CHANNEL",
     "TIMESTAMP_FORMAT",
     "ChannelRow",
     "MessageRecord",
+    "MessageRow",
     "Meta",
     "RecentId",
     "Rows",
     "Store",
+    "as_row",
     "format_timestamp",
+    "from_row",
 ]
 
 logger = logging.getLogger("server.store")
@@ -132,14 +139,24 @@ _UPSERT_READ = (
     "INSERT INTO read_positions (channel, reader, seq) VALUES (?, ?, ?)"
     " ON CONFLICT (channel, reader) DO UPDATE SET seq = max(seq, excluded.seq)"
 )
-_INSERT = (
-    "INSERT INTO messages (seq, connection_id, message, timestamp, created_at, client_msg_id,"
-    " user, channel, client_id, name) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+#: The columns of ``messages``, in the order of ``as_row`` and ``from_row``.
+COLUMNS = (
+    "seq",
+    "connection_id",
+    "message",
+    "timestamp",
+    "created_at",
+    "client_msg_id",
+    "user",
+    "channel",
+    "client_id",
+    "name",
 )
-_COLUMNS = (
-    "seq, connection_id, message, timestamp, created_at, client_msg_id, user, channel,"
-    " client_id, name"
-)
+_COLUMNS = ", ".join(COLUMNS)
+_INSERT = f"INSERT INTO messages ({_COLUMNS}) VALUES ({', '.join('?' * len(COLUMNS))})"
+# An archive's insert: a record whose (channel, seq) is stored already is left alone; any other
+# constraint still fails the transaction (OR IGNORE would skip a NOT NULL violation too).
+_INSERT_NEW = f"{_INSERT} ON CONFLICT (channel, seq) DO NOTHING"
 # The UTF-8 bytes of a message's text, as SQLite counts them (without decoding it).
 _SIZE = "length(CAST(message AS BLOB))"
 # Above every seq: SQLite's integers are 64-bit.
@@ -151,6 +168,11 @@ _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
 
 T = TypeVar("T")
+
+#: A message as a row of ``COLUMNS``.
+MessageRow: TypeAlias = tuple[
+    int, str, str, str, str, str | None, str | None, str, str | None, str | None
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,11 +342,14 @@ class Store:
         positions: Mapping[str, ChannelRow] | None = None,
         committed: int | None = None,
         reads: Mapping[tuple[str, str], int] | None = None,
+        keep_stored: bool = False,
     ) -> None:
         """Insert records in one transaction: all of them or, on error, none.
 
         Args:
             records: The records to add, with their channels and seqs.
+            keep_stored: Leave alone a record whose (channel, seq) is stored already, rather
+                than fail the transaction.
             reserve: If given, the new ``Meta.reserved``, recorded in the same transaction.
             positions: Channels' rows to record (``last_seq`` only ever grows).
             committed: If given, the new ``Meta.committed``.
@@ -334,21 +359,7 @@ class Store:
             sqlite3.Error: If the transaction failed; nothing was written.
             OSError: If the database file could not be examined.
         """
-        rows = [
-            (
-                r.seq,
-                r.connection_id,
-                r.message,
-                r.timestamp,
-                r.created_at,
-                r.client_msg_id,
-                r.user,
-                r.channel,
-                r.client_id,
-                r.name,
-            )
-            for r in records
-        ]
+        rows = [as_row(r) for r in records]
         if not rows and reserve is None and not positions and committed is None and not reads:
             return
         read_rows = [(channel, reader, seq) for (channel, reader), seq in (reads or {}).items()]
@@ -357,7 +368,7 @@ class Store:
         ]
 
         def insert(conn: sqlite3.Connection) -> None:
-            conn.executemany(_INSERT, rows)
+            conn.executemany(_INSERT_NEW if keep_stored else _INSERT, rows)
             if channel_rows:
                 conn.executemany(_UPSERT_CHANNEL, channel_rows)
             if reserve is not None:
@@ -377,6 +388,33 @@ class Store:
             self._meta = replace(self.meta, reserved=reserve)
         if committed is not None:
             self._meta = replace(self.meta, committed=committed)
+
+    def insert_new(self, records: Sequence[MessageRecord]) -> None:
+        """Insert the records not stored yet, in one transaction, with their channels' rows.
+
+        What an archive writes (``server.archive``): the seqs come from elsewhere (Redis), a
+        batch may come twice, and every channel's ``last_seq`` still covers its stored seqs,
+        so that the local engine could continue on this file without reusing one.
+
+        Args:
+            records: The records to add; one whose (channel, seq) is stored is left alone.
+
+        Raises:
+            sqlite3.Error: If the transaction failed; nothing was written.
+            OSError: If the database file could not be examined.
+        """
+        tops: dict[str, int] = {}
+        for record in records:
+            tops[record.channel] = max(record.seq, tops.get(record.channel, 0))
+        positions = {
+            name: (
+                ChannelRow(str(uuid.uuid4()), top, 0)
+                if (known := self._channels.get(name)) is None
+                else known._replace(last=top)
+            )
+            for name, top in tops.items()
+        }
+        self.insert_many(records, positions=positions, keep_stored=True)
 
     def reserve(self, seq: int) -> None:
         """Record ``seq`` as ``Meta.reserved``."""
@@ -564,7 +602,7 @@ class Store:
                     if room < 0:
                         cursor.close()
                         return Rows(records, complete=False)
-                records.append(_record(row[:-1]))
+                records.append(from_row(row[:-1]))
         except sqlite3.Error as exc:
             self._after_error(exc)
             raise
@@ -799,7 +837,24 @@ def _values(row: ChannelRow) -> tuple[str, int, int]:
     return row.epoch, row.last, row.pruned
 
 
-def _record(row: tuple[Any, ...]) -> MessageRecord:
-    """A record from a row of ``_COLUMNS`` (which start with ``seq``)."""
+def as_row(record: MessageRecord) -> MessageRow:
+    """A record as a row of ``COLUMNS``."""
+    r = record
+    return (
+        r.seq,
+        r.connection_id,
+        r.message,
+        r.timestamp,
+        r.created_at,
+        r.client_msg_id,
+        r.user,
+        r.channel,
+        r.client_id,
+        r.name,
+    )
+
+
+def from_row(row: Sequence[Any]) -> MessageRecord:
+    """A record from a row of ``COLUMNS`` (which start with ``seq``)."""
     seq, connection_id, message, timestamp, created_at, *rest = row
     return MessageRecord(connection_id, message, timestamp, created_at, seq, *rest)

@@ -6,6 +6,8 @@ waits for (or drops) every client still connected, so that no task, transport or
 the test (``filterwarnings = error`` turns a leak into a failure). It depends on ``loop_errors``,
 which records every call to the event loop's exception handler ("Task exception was never
 retrieved", ...) and fails the test if there was one.
+
+``postgres`` (``postgres_service.py``) is a real PostgreSQL server, one for the session.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ pytest.register_assert_rewrite("tests.server.support")
 from server.api import ApiBackend  # noqa: E402
 from server.app import App  # noqa: E402
 from server.settings import Settings  # noqa: E402
+from tests.server.postgres_service import postgres  # noqa: E402, F401 (a fixture)
 from tests.server.support import HOST, Chat  # noqa: E402
 
 

@@ -365,6 +365,34 @@ def test_a_seq_is_never_stored_twice(store: Store) -> None:
     assert [r.seq for r in store.last(10).records] == [1]
 
 
+# insert_new: an archive's writes, numbered elsewhere
+
+
+def test_insert_new_leaves_stored_records_alone(store: Store) -> None:
+    first = [record(1), record(2)]
+    store.insert_new(first)
+    again, third = MessageRecord.create("c2", "another text, same seq", seq=2), record(3)
+    store.insert_new([again, third])
+    assert store.last(10).records == [*first, third]
+
+
+def test_insert_new_raises_the_channels_last_seqs_to_theirs(store: Store, db: Path) -> None:
+    store.insert_new([record(7), MessageRecord.create("c1", "news", seq=4, channel="news")])
+    store.insert_new([record(5)])  # older: general's last seq stays
+    assert store.channels["general"].last == 7
+    assert store.channels["news"].last == 4
+    store.close()
+    with Store(db) as reopened:  # what the local engine would continue from
+        assert (reopened.channels["general"].last, reopened.channels["news"].last) == (7, 4)
+
+
+def test_insert_new_fails_on_other_constraints(store: Store) -> None:
+    bad = MessageRecord("c1", None, "2024-01-01 00:00:00", "2024-01-01T00:00:00+00:00", 9)  # type: ignore[arg-type]
+    with pytest.raises(sqlite3.IntegrityError, match="NOT NULL"):
+        store.insert_new([record(1), bad])
+    assert store.count() == 0
+
+
 OLD_SCHEMA = """
 CREATE TABLE messages (
     id            INTEGER PRIMARY KEY AUTOINCREMENT,
