@@ -109,6 +109,9 @@ class Settings:
     history_memory: int = 16 * 2**20
     # Seconds between two retention passes: old messages outlive their limit by at most this.
     prune_interval: float = 60.0
+    # SO_REUSEPORT on the listening sockets: set by ``cli`` in a worker of ``--workers``, so
+    # that the workers share the port; a standalone server's port is its own.
+    reuse_port: bool = False
 
     @property
     def echo_enabled(self) -> bool:
