@@ -35,6 +35,9 @@ class Settings:
     # The web client's default URL is ws://localhost:5000 (the original design).
     port: int = 5000
     db_path: Path = Path("data/messages.db")
+    # The chat's engine: "local" (this process, SQLite) or a redis:// or rediss:// URL, an
+    # engine several processes share. A URL may carry a password: never shown.
+    engine: str = field(default="local", repr=False)
     log_level: str = "INFO"
     retry: RetryPolicy = RetryPolicy()
     # 10,000 messages of a chat burst fit in a few MiB of memory.
