@@ -25,13 +25,19 @@ from .settings import Settings
 from .web import CHAT_PATH, ECHO_PATH, Router
 from .worker import RESTART_SIGNAL, SupervisorLink
 
-__all__ = ["App", "namespaces_of", "run"]
+__all__ = ["App", "addresses_text", "namespaces_of", "run"]
 
 logger = logging.getLogger("server")
 
 # How the clients are closed: on SIGINT and SIGTERM, and on RESTART_SIGNAL.
 _SHUTDOWN = (rfc6455.CloseCode.GOING_AWAY, "server shutting down")
 _RESTART = (rfc6455.CloseCode.SERVICE_RESTART, "service restart")
+
+
+def addresses_text(host: str, port: int) -> str:
+    """What the start-up line says after ``listening:``: the page to open, the WebSocket URL."""
+    host = f"[{host}]" if ":" in host else host
+    return f"open http://{host}:{port}/ (WebSocket ws://{host}:{port}/)"
 
 
 def namespaces_of(settings: Settings) -> Namespaces:
@@ -125,8 +131,7 @@ class App:
             await self.engine.stop(0)
             raise
         port = self.server.port
-        host = f"[{settings.host}]" if ":" in settings.host else settings.host
-        logger.info("listening: open http://%s:%d/ (WebSocket ws://%s:%d/)", host, port, host, port)
+        logger.info("listening: %s", addresses_text(settings.host, port))
         return port
 
     async def stop(

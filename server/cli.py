@@ -27,6 +27,7 @@ from .namespaces import NamespaceError
 from .options import OPTIONS, Option, default_text
 from .persistence import DatabaseInUse
 from .settings import Settings
+from .supervisor import check_workers, supervise
 from .worker import SupervisorLink
 
 __all__ = ["main", "parse_args"]
@@ -122,6 +123,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         namespaces_of(settings)
     except NamespaceError as exc:
         parser.error(f"--channels: {exc}")
+    try:
+        check_workers(settings)
+    except ValueError as exc:
+        parser.error(str(exc))
     return settings
 
 
@@ -149,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format=f"%(asctime)s %(levelname)s {name}: %(message)s",
         stream=sys.stderr,
     )
+    if settings.workers > 1:
+        return asyncio.run(supervise(settings, sys.argv[1:] if argv is None else argv))
     try:
         return asyncio.run(run(settings, link))
     except OSError as exc:

@@ -187,7 +187,15 @@ OPTIONS: tuple[Option, ...] = (
         "engine",
         _engine,
         "`local` (this process, the SQLite `--db`) or a `redis://HOST[:PORT]` (`rediss://`: "
-        "TLS) URL: an engine several servers share",
+        "TLS) URL: an engine several servers share (`--workers`)",
+    ),
+    Option(
+        "--workers",
+        "CHAT_WORKERS",
+        "workers",
+        _whole(1),
+        "server processes sharing the port, under a supervisor that restarts them (below); "
+        "more than 1 needs a Redis `--engine` and a `--port` other than 0",
     ),
     Option(
         "--log-level",

@@ -38,6 +38,8 @@ class Settings:
     # The chat's engine: "local" (this process, SQLite) or a redis:// or rediss:// URL, an
     # engine several processes share. A URL may carry a password: never shown.
     engine: str = field(default="local", repr=False)
+    # Processes serving the port, under a supervisor (supervisor.py); 1: this process serves.
+    workers: int = 1
     log_level: str = "INFO"
     retry: RetryPolicy = RetryPolicy()
     # 10,000 messages of a chat burst fit in a few MiB of memory.

@@ -38,6 +38,7 @@ OPTIONS: list[tuple[str, str, str, Callable[[Settings], Any], Any]] = [
         "redis://:pw@127.0.0.1:6380/2",
     ),
     ("--engine", "CHAT_ENGINE", "rediss://[::1]", lambda s: s.engine, "rediss://[::1]"),
+    ("--workers", "CHAT_WORKERS", "1", lambda s: s.workers, 1),
     ("--log-level", "CHAT_LOG_LEVEL", "debug", lambda s: s.log_level, "DEBUG"),
     ("--retry-attempts", "CHAT_RETRY_ATTEMPTS", "7", lambda s: s.retry.attempts, 7),
     ("--retry-delay", "CHAT_RETRY_DELAY", "0.25", lambda s: s.retry.base_delay, 0.25),
@@ -275,6 +276,10 @@ BAD: list[tuple[list[str], dict[str, str]]] = [
     (["--engine", "redis://"], {}),
     (["--engine", "redis://127.0.0.1:99999"], {}),
     ([], {"CHAT_ENGINE": ""}),
+    (["--workers", "0"], {}),
+    ([], {"CHAT_WORKERS": "two"}),
+    (["--workers", "2"], {}),  # the local engine
+    (["--workers", "2", "--engine", "redis://127.0.0.1", "--port", "0"], {}),
     (["--no-such-option"], {}),
     (["--port"], {}),
     (["positional"], {}),
