@@ -29,8 +29,7 @@ __all__ = ["App", "addresses_text", "namespaces_of", "run"]
 
 logger = logging.getLogger("server")
 
-# How the clients are closed: on SIGINT and SIGTERM, and on RESTART_SIGNAL.
-_SHUTDOWN = (rfc6455.CloseCode.GOING_AWAY, "server shutting down")
+# How the clients are closed on RESTART_SIGNAL (App.stop's defaults: on SIGINT and SIGTERM).
 _RESTART = (rfc6455.CloseCode.SERVICE_RESTART, "service restart")
 
 
@@ -170,11 +169,11 @@ async def run(settings: Settings, link: SupervisorLink | None = None) -> int:
     """
     app = App(settings)
     stop = asyncio.Event()
-    closing = _SHUTDOWN
+    restarting = False
 
     def restart() -> None:
-        nonlocal closing
-        closing = _RESTART
+        nonlocal restarting
+        restarting = True
         stop.set()
 
     def orphaned() -> None:
@@ -198,8 +197,8 @@ async def run(settings: Settings, link: SupervisorLink | None = None) -> int:
         if link is not None:
             link.ready()
         await stop.wait()
-        if closing == _RESTART:
-            logger.info("restarting: closing clients with %d %r", *closing)
+        if restarting:
+            logger.info("restarting: closing clients with %d %r", *_RESTART)
         else:
             logger.info("shutting down")
     finally:
@@ -209,5 +208,5 @@ async def run(settings: Settings, link: SupervisorLink | None = None) -> int:
         if link is not None:
             link.close()
         if started:
-            await app.stop(*closing)
+            await (app.stop(*_RESTART) if restarting else app.stop())
     return 0
