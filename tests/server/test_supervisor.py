@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+import rfc6455
 from server import supervisor
 from server.cli import main, parse_args
 from server.settings import Settings
@@ -333,6 +334,47 @@ async def test_workers_stop_once_the_supervisor_is_killed(tmp_path: Path) -> Non
     await wait_until(lambda: len(orphaned()) == 2)
     ready = [line.split()[0] for line in events.read_text().splitlines() if " ready" in line]
     assert sorted(line.split()[0] for line in orphaned()) == sorted(ready)
+
+
+async def greeted(url: str) -> rfc6455.Connection:
+    """A chat client past its connectionId, welcome and history."""
+    client = await rfc6455.connect(url, ping_interval=None)
+    async with asyncio.timeout(GUARD):
+        for _ in range(3):
+            await client.recv()
+    return client
+
+
+async def test_a_rolling_restart_of_real_servers_closes_every_client_with_1012(
+    supervise: Callable[..., Run], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Real ``python -m server`` workers, each with a database of its own (their messages are
+    not shared: the local engine), so that only the supervisor and the close are tested."""
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    with socket.socket() as reserved:
+        # Bound, never listening: the port is the workers' (SO_REUSEPORT too) and no one else's.
+        reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        reserved.bind(("127.0.0.1", 0))
+        port = reserved.getsockname()[1]
+        script = f'exec "$0" -m server --port {port} --db "$1/$$.db" --shutdown-timeout 5'
+        run = supervise(2, command=["sh", "-c", script, sys.executable, str(tmp_path)])
+        await run.started()
+        url = f"ws://127.0.0.1:{port}/"
+        clients = [await greeted(url) for _ in range(6)]
+        send(signal.SIGHUP)
+        for client in clients:
+            async with asyncio.timeout(2 * GUARD):
+                await client.wait_closed()
+            assert (client.close_code, client.close_reason) == (1012, "service restart")
+        await wait_until(lambda: "restarted 2 workers" in run.log())
+        clients = [await greeted(url) for _ in range(2)]  # the replacements serve
+        send(signal.SIGTERM)
+        assert await run.status() == 0
+        for client in clients:
+            await client.wait_closed()
+            assert (client.close_code, client.close_reason) == (1001, "server shutting down")
+    assert len(run.started_in(1)) == len(run.started_in(2)) == 2
+    assert not run.log(logging.WARNING)
 
 
 async def test_supervise_runs_the_workers_of_the_command_line_and_logs_the_address(
