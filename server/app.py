@@ -22,11 +22,21 @@ from .manager import ConnectionManager
 from .namespaces import Namespace, Namespaces
 from .persistence import PersistenceQueue
 from .settings import Settings
+from .supervised import RESTART_SIGNAL, SupervisorLink
 from .web import CHAT_PATH, ECHO_PATH, Router
 
-__all__ = ["App", "namespaces_of", "run"]
+__all__ = ["App", "addresses_text", "namespaces_of", "run"]
 
 logger = logging.getLogger("server")
+
+# How the clients are closed on RESTART_SIGNAL (App.stop's defaults: on SIGINT and SIGTERM).
+_RESTART = (rfc6455.CloseCode.SERVICE_RESTART, "service restart")
+
+
+def addresses_text(host: str, port: int) -> str:
+    """What the start-up line says after ``listening:``: the page to open, the WebSocket URL."""
+    host = f"[{host}]" if ":" in host else host
+    return f"open http://{host}:{port}/ (WebSocket ws://{host}:{port}/)"
 
 
 def namespaces_of(settings: Settings) -> Namespaces:
@@ -113,18 +123,20 @@ class App:
                 process_refusal=self.router.refusal,
                 subprotocols=(CHAT_SUBPROTOCOL,),
                 limits=settings.limits,
+                reuse_port=settings.reuse_port,
             )
         except BaseException:
             # Cannot listen (port taken, unknown host): close the database and its thread again.
             await self.engine.stop(0)
             raise
         port = self.server.port
-        host = f"[{settings.host}]" if ":" in settings.host else settings.host
-        logger.info("listening: open http://%s:%d/ (WebSocket ws://%s:%d/)", host, port, host, port)
+        logger.info("listening: %s", addresses_text(settings.host, port))
         return port
 
-    async def stop(self) -> None:
-        """Stop accepting, close clients with 1001, then drain the queue into the database.
+    async def stop(
+        self, code: int = rfc6455.CloseCode.GOING_AWAY, reason: str = "server shutting down"
+    ) -> None:
+        """Stop accepting, close clients with ``code``, then drain the queue into the database.
 
         Each of the two phases is bounded by ``shutdown_timeout``.
         """
@@ -132,7 +144,7 @@ class App:
         # queue without time to drain.
         timeout = self.settings.shutdown_timeout
         if self.server is not None:
-            await self.server.close(rfc6455.CloseCode.GOING_AWAY, "server shutting down", timeout)
+            await self.server.close(code, reason, timeout)
         self.access.close()
         self.chat.departures.close()
         await self.engine.stop(timeout)
@@ -143,27 +155,58 @@ class App:
         )
 
 
-async def run(settings: Settings) -> int:
-    """Run until SIGINT or SIGTERM, then shut down gracefully; returns the exit status."""
+async def run(settings: Settings, link: SupervisorLink | None = None) -> int:
+    """Run until a signal says stop, then shut down gracefully; returns the exit status.
+
+    SIGINT and SIGTERM close the clients with 1001 "server shutting down"; ``RESTART_SIGNAL``
+    (SIGUSR1) with 1012 "service restart", which tells them to connect again (to another
+    worker, or to this server once restarted).
+
+    Args:
+        settings: What the server was told.
+        link: The supervisor of this worker (``--workers``): told once the server listens;
+            its end stops the server as SIGTERM does.
+    """
     app = App(settings)
     stop = asyncio.Event()
+    restarting = False
+
+    def restart() -> None:
+        nonlocal restarting
+        restarting = True
+        stop.set()
+
+    def orphaned() -> None:
+        logger.warning("the supervisor is gone")
+        stop.set()
+
     loop = asyncio.get_running_loop()
     # Before start(), which logs the start-up line: a signal sent as soon as that line
     # appears must still get a graceful shutdown, not the default action (death).
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    signals = {signal.SIGINT: stop.set, signal.SIGTERM: stop.set, RESTART_SIGNAL: restart}
+    for signum, handler in signals.items():
+        loop.add_signal_handler(signum, handler)
+    if link is not None:
+        link.watch(orphaned)
     limits = settings.limits
     raise_descriptor_limit(settings.max_connections, limits.max_handshakes or 0)
     started = False
     try:
         await app.start()
         started = True
+        if link is not None:
+            link.ready()
         await stop.wait()
-        logger.info("shutting down")
+        if restarting:
+            logger.info("restarting: closing clients with %d %r", *_RESTART)
+        else:
+            logger.info("shutting down")
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in signals:
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(signum)
+        if link is not None:
+            link.close()
         if started:
-            await app.stop()
+            await (app.stop(*_RESTART) if restarting else app.stop())
     return 0

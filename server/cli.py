@@ -27,6 +27,8 @@ from .namespaces import NamespaceError
 from .options import OPTIONS, Option, default_text
 from .persistence import DatabaseInUse
 from .settings import Settings
+from .supervised import SupervisorLink
+from .supervisor import check_workers, supervise
 
 __all__ = ["main", "parse_args"]
 
@@ -121,6 +123,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         namespaces_of(settings)
     except NamespaceError as exc:
         parser.error(f"--channels: {exc}")
+    try:
+        check_workers(settings)
+    except ValueError as exc:
+        parser.error(str(exc))
     return settings
 
 
@@ -134,13 +140,24 @@ def _check_writable(folder: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m server``."""
     settings = parse_args(argv)
+    try:
+        link = SupervisorLink.from_environment()
+    except ValueError as exc:
+        print(f"{_PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    if link is not None:
+        settings = dataclasses.replace(settings, reuse_port=True)
+    # The workers of one supervisor share its stderr: each line names its worker's pid.
+    name = "%(name)s" if link is None else "%(name)s[%(process)d]"
     logging.basicConfig(
         level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s {name}: %(message)s",
         stream=sys.stderr,
     )
+    if settings.workers > 1:
+        return asyncio.run(supervise(settings, sys.argv[1:] if argv is None else argv))
     try:
-        return asyncio.run(run(settings))
+        return asyncio.run(run(settings, link))
     except OSError as exc:
         # The port is taken, or the host is not an address of this machine.
         print(f"{_PROG}: error: cannot listen: {exc.strerror or exc}", file=sys.stderr)

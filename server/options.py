@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .api import check_key
 from .auth import AUTH_MODES
@@ -131,6 +132,23 @@ def _api_key(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _engine(text: str) -> str:
+    if text == "local":
+        return text
+    try:
+        url = urlsplit(text)
+        valid = url.scheme.lower() in ("redis", "rediss") and bool(url.hostname)
+        url.port  # noqa: B018 (a port out of range or not a number raises)
+    except ValueError:
+        valid = False
+    # The URL is not repeated: it may carry a password.
+    if not valid:
+        raise argparse.ArgumentTypeError(
+            "the engine must be local or a redis://HOST[:PORT] or rediss:// URL"
+        )
+    return text
+
+
 def _listed(parse_list: Callable[[str], frozenset[str]]) -> Parse:
     def parse(text: str) -> frozenset[str]:
         try:
@@ -162,6 +180,22 @@ OPTIONS: tuple[Option, ...] = (
         "db_path",
         _path,
         "SQLite file; its folder is created. One server at a time may use it",
+    ),
+    Option(
+        "--engine",
+        "CHAT_ENGINE",
+        "engine",
+        _engine,
+        "`local` (this process, the SQLite `--db`) or a `redis://HOST[:PORT]` (`rediss://`: "
+        "TLS) URL: an engine several servers share (`--workers`)",
+    ),
+    Option(
+        "--workers",
+        "CHAT_WORKERS",
+        "workers",
+        _whole(1),
+        "server processes sharing the port, under a supervisor that restarts them (below); "
+        "more than 1 needs a Redis `--engine` and a `--port` other than 0",
     ),
     Option(
         "--log-level",

@@ -35,6 +35,11 @@ class Settings:
     # The web client's default URL is ws://localhost:5000 (the original design).
     port: int = 5000
     db_path: Path = Path("data/messages.db")
+    # The chat's engine: "local" (this process, SQLite) or a redis:// or rediss:// URL, an
+    # engine several processes share. A URL may carry a password: never shown.
+    engine: str = field(default="local", repr=False)
+    # Processes serving the port, under a supervisor (supervisor.py); 1: this process serves.
+    workers: int = 1
     log_level: str = "INFO"
     retry: RetryPolicy = RetryPolicy()
     # 10,000 messages of a chat burst fit in a few MiB of memory.
@@ -109,6 +114,9 @@ class Settings:
     history_memory: int = 16 * 2**20
     # Seconds between two retention passes: old messages outlive their limit by at most this.
     prune_interval: float = 60.0
+    # SO_REUSEPORT on the listening sockets: set by ``cli`` in a worker of ``--workers``, so
+    # that the workers share the port; a standalone server's port is its own.
+    reuse_port: bool = False
 
     @property
     def echo_enabled(self) -> bool:

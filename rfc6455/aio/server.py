@@ -311,12 +311,20 @@ def _refuse_at_once(conn: socket.socket) -> None:
     conn.close()
 
 
-def _listening_sockets(host: str | None, port: int | None) -> list[socket.socket]:
+def _listening_sockets(
+    host: str | None, port: int | None, reuse_port: bool = False
+) -> list[socket.socket]:
     """Bind and listen on every address of ``host`` (every interface for None).
+
+    ``reuse_port`` sets ``SO_REUSEPORT`` first, so that other sockets with it may listen on
+    the same port.
 
     Raises:
         OSError: An address cannot be bound (taken, or not an address of this machine).
+        ValueError: ``reuse_port`` on a platform without ``SO_REUSEPORT``.
     """
+    if reuse_port and not hasattr(socket, "SO_REUSEPORT"):
+        raise ValueError("reuse_port: this platform has no SO_REUSEPORT")
     infos = socket.getaddrinfo(host, port or 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     sockets: list[socket.socket] = []
     try:
@@ -324,6 +332,8 @@ def _listening_sockets(host: str | None, port: int | None) -> list[socket.socket
             sock = socket.socket(family, kind, proto)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 # One socket per family, as asyncio does: no IPv4 through the IPv6 one.
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
@@ -594,6 +604,7 @@ async def serve(
     subprotocols: Sequence[str] = (),
     limits: Limits | None = None,
     ssl: ssl_module.SSLContext | None = None,
+    reuse_port: bool = False,
     **options: float | int | None,
 ) -> Server:
     """Start a WebSocket server on ``host``:``port`` and return it, already serving.
@@ -615,6 +626,13 @@ async def serve(
         limits: a :class:`Limits`; ``options`` override single fields, e.g.
             ``max_size=None`` or ``ping_interval=5``.
         ssl: a server TLS context, for ``wss://``.
+        reuse_port: set ``SO_REUSEPORT`` on the listening sockets, so that several
+            servers (processes) with it listen on one port, the kernel spreading the
+            connections among them; a server without it cannot share their port.
+
+    Raises:
+        OSError: An address cannot be bound (taken, or not an address of this machine).
+        ValueError: ``reuse_port`` on a platform without ``SO_REUSEPORT``.
     """
     limits = dataclasses.replace(limits or Limits(), **options)  # type: ignore[arg-type]
     server = Server(
@@ -626,6 +644,6 @@ async def serve(
     )
     loop = asyncio.get_running_loop()
     # getaddrinfo may ask a DNS server: not in the event loop.
-    sockets = await loop.run_in_executor(None, _listening_sockets, host, port)
+    sockets = await loop.run_in_executor(None, _listening_sockets, host, port, reuse_port)
     server._listeners = [_Listener(server, sock, ssl) for sock in sockets]
     return server

@@ -978,3 +978,33 @@ async def test_process_refusal_that_fails_gives_500(
     await raw.send(post(b"", "Transfer-Encoding: chunked"))
     assert (await raw.read_reply()).status == 500
     assert info_lines(log)[-1] == f"process_refusal failed for {HOST}:{raw.local_address[1]}"
+
+
+async def test_servers_with_reuse_port_share_a_port_and_both_accept(net: Net) -> None:
+    first, second = Spy(), Spy()
+    one = await net.serve(first, reuse_port=True)
+    net.servers.append(await rfc6455.serve(second, HOST, one.port, reuse_port=True))
+    # The kernel spreads connections by their addresses: 100 all going to one server is a
+    # chance of 2**-99.
+    for _ in range(100):
+        client = await net.connect(one)
+        await client.send("x")
+        assert await client.recv() == "x"
+        if first.connections and second.connections:
+            break
+    assert first.connections
+    assert second.connections
+
+
+async def test_without_reuse_port_a_second_server_cannot_share_the_port(net: Net) -> None:
+    one = await net.serve(reuse_port=True)
+    with pytest.raises(OSError, match="error while attempting to bind"):
+        await rfc6455.serve(Spy(), HOST, one.port)
+
+
+async def test_reuse_port_without_so_reuseport_is_a_value_error(
+    net: Net, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delattr(server_module.socket, "SO_REUSEPORT")
+    with pytest.raises(ValueError, match="SO_REUSEPORT"):
+        await net.serve(reuse_port=True)

@@ -29,6 +29,16 @@ OPTIONS: list[tuple[str, str, str, Callable[[Settings], Any], Any]] = [
     ("--host", "CHAT_HOST", "localhost", lambda s: s.host, "localhost"),
     ("--port", "CHAT_PORT", "6001", lambda s: s.port, 6001),
     ("--db", "CHAT_DB", "DB", lambda s: s.db_path, "DB"),
+    ("--engine", "CHAT_ENGINE", "local", lambda s: s.engine, "local"),
+    (
+        "--engine",
+        "CHAT_ENGINE",
+        "redis://:pw@127.0.0.1:6380/2",
+        lambda s: s.engine,
+        "redis://:pw@127.0.0.1:6380/2",
+    ),
+    ("--engine", "CHAT_ENGINE", "rediss://[::1]", lambda s: s.engine, "rediss://[::1]"),
+    ("--workers", "CHAT_WORKERS", "1", lambda s: s.workers, 1),
     ("--log-level", "CHAT_LOG_LEVEL", "debug", lambda s: s.log_level, "DEBUG"),
     ("--retry-attempts", "CHAT_RETRY_ATTEMPTS", "7", lambda s: s.retry.attempts, 7),
     ("--retry-delay", "CHAT_RETRY_DELAY", "0.25", lambda s: s.retry.base_delay, 0.25),
@@ -261,6 +271,15 @@ BAD: list[tuple[list[str], dict[str, str]]] = [
     ([], {"CHAT_API_KEY": ""}),
     ([], {"CHAT_API_KEY": "0123456789 abcdef"}),
     (["--api-key", "0123456789abcdéf"], {}),
+    (["--engine", "sqlite"], {}),
+    (["--engine", "http://127.0.0.1:6379"], {}),
+    (["--engine", "redis://"], {}),
+    (["--engine", "redis://127.0.0.1:99999"], {}),
+    ([], {"CHAT_ENGINE": ""}),
+    (["--workers", "0"], {}),
+    ([], {"CHAT_WORKERS": "two"}),
+    (["--workers", "2"], {}),  # the local engine
+    (["--workers", "2", "--engine", "redis://127.0.0.1", "--port", "0"], {}),
     (["--no-such-option"], {}),
     (["--port"], {}),
     (["positional"], {}),
@@ -428,3 +447,14 @@ def test_a_bad_channels_file_is_one_line_and_exit_2(
     (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
     assert line.startswith("python -m server: error: --channels: ")
     assert complaint in line
+
+
+def test_the_engine_url_is_neither_shown_nor_repeated(capsys: pytest.CaptureFixture[str]) -> None:
+    """A Redis URL may carry a password."""
+    assert "hunter2" not in repr(parse_args(["--engine", "redis://:hunter2@127.0.0.1"]))
+    with pytest.raises(SystemExit):
+        parse_args(["--engine", "redis://:hunter2@"])
+    assert capsys.readouterr().err == (
+        "python -m server: error: argument --engine: the engine must be local or a "
+        "redis://HOST[:PORT] or rediss:// URL\n"
+    )

@@ -101,8 +101,11 @@ async def spawn(
     """Return ``spawn(*args, **env)``, which starts ``python -m server`` in tmp_path."""
     processes: list[ServerProcess] = []
 
-    async def start(*args: str, nofile: int | None = None, **env: str) -> ServerProcess:
-        """``nofile``: the child's soft and hard limit of file descriptors."""
+    async def start(
+        *args: str, nofile: int | None = None, pass_fds: tuple[int, ...] = (), **env: str
+    ) -> ServerProcess:
+        """``nofile``: the child's soft and hard limit of file descriptors; ``pass_fds``: those
+        it inherits."""
         environ = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
         path = environ.get("PYTHONPATH")
         environ["PYTHONPATH"] = str(REPO) if not path else f"{REPO}{os.pathsep}{path}"
@@ -119,6 +122,7 @@ async def spawn(
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             preexec_fn=None if nofile is None else partial(limit_descriptors, nofile),
+            pass_fds=pass_fds,
         )
         server = ServerProcess(process)
         processes.append(server)
@@ -269,6 +273,59 @@ async def test_signal_as_soon_as_the_startup_line_is_logged(
     await server.port()
     assert await server.wait() == 0, server.stderr
     assert server.lines_with("stopped: 0 messages persisted")
+
+
+async def test_the_restart_signal_closes_clients_with_1012_and_exits_0(
+    spawn: Callable[..., Any], tmp_path: Path
+) -> None:
+    server = await spawn("--port", "0", "--db", str(tmp_path / "m.db"))
+    url = f"ws://127.0.0.1:{await server.port()}/"
+    async with await rfc6455.connect(url, ping_interval=None) as client:
+        for _ in range(3):  # connectionId, welcome, history
+            await recv_rfc6455(client)
+        server.process.send_signal(signal.SIGUSR1)
+        with pytest.raises(rfc6455.ConnectionClosed) as closed:
+            await recv_rfc6455(client)
+    assert (closed.value.code, closed.value.reason) == (1012, "service restart")
+    assert await server.wait() == 0, server.stderr
+    assert server.lines_with("server: restarting: closing clients with 1012 'service restart'")
+    assert server.lines_with("stopped: 0 messages persisted")
+
+
+async def test_a_worker_says_when_it_listens_and_stops_once_its_supervisor_is_gone(
+    spawn: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The socket of SERVER_SUPERVISOR_FD: one byte once listening, then its end means stop."""
+    supervisor, worker = socket.socketpair()
+    with supervisor:
+        with worker:
+            server = await spawn(
+                "--port",
+                "0",
+                "--db",
+                str(tmp_path / "m.db"),
+                pass_fds=(worker.fileno(),),
+                SERVER_SUPERVISOR_FD=str(worker.fileno()),
+            )
+        loop = asyncio.get_running_loop()
+        supervisor.setblocking(False)
+        async with asyncio.timeout(GUARD):
+            assert await loop.sock_recv(supervisor, 1) == b"\n"
+        port = await server.port()  # logged before the byte is sent
+        # A worker's lines name its pid; it shares its port (SO_REUSEPORT).
+        assert server.lines_with(f"server[{server.process.pid}]: listening")
+        async with await rfc6455.connect(f"ws://127.0.0.1:{port}/", ping_interval=None) as client:
+            for _ in range(3):
+                await recv_rfc6455(client)
+            with socket.socket() as sharing:
+                sharing.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                sharing.bind(("127.0.0.1", port))
+            supervisor.close()
+            with pytest.raises(rfc6455.ConnectionClosed) as closed:
+                await recv_rfc6455(client)
+    assert closed.value.code == 1001
+    assert await server.wait() == 0, server.stderr
+    assert server.lines_with("the supervisor is gone")
 
 
 async def test_configured_by_environment_variables(
