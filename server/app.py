@@ -14,6 +14,7 @@ from .api import Api, ApiBackend
 from .auth import CHAT_SUBPROTOCOL
 from .backend import ChatBackend
 from .descriptors import raise_descriptor_limit
+from .engine import Engine
 from .handler import ChatHandler, echo
 from .hosts import HostPolicy
 from .hub import Hub
@@ -25,7 +26,7 @@ from .settings import Settings
 from .supervised import RESTART_SIGNAL, SupervisorLink
 from .web import CHAT_PATH, ECHO_PATH, Router
 
-__all__ = ["App", "addresses_text", "namespaces_of", "run"]
+__all__ = ["App", "addresses_text", "engine_of", "namespaces_of", "run"]
 
 logger = logging.getLogger("server")
 
@@ -55,6 +56,15 @@ def namespaces_of(settings: Settings) -> Namespaces:
     return Namespaces.load(settings.channels_file, defaults)
 
 
+def engine_of(settings: Settings, namespaces: Namespaces) -> Engine:
+    """The engine ``--engine`` names: this process's, or Redis's (imported only then)."""
+    if settings.engine == "local":
+        return LocalEngine(settings, namespaces)
+    from .redis_engine import RedisEngine
+
+    return RedisEngine(settings, namespaces)
+
+
 class App:
     """One chat server: start it, then stop it gracefully.
 
@@ -71,7 +81,7 @@ class App:
         self.settings = settings
         self.namespaces = namespaces = namespaces_of(settings)
         self.manager = ConnectionManager()
-        self.engine = LocalEngine(settings, namespaces)
+        self.engine: Engine = engine_of(settings, namespaces)
         self.hub = Hub(self.manager, namespaces, settings.limits.max_send_buffer or 2**20)
         self.engine.listener = self.hub
         self.chat = ChatHandler(self.manager, self.engine, self.hub, namespaces, settings)
@@ -96,7 +106,8 @@ class App:
 
     @property
     def queue(self) -> PersistenceQueue:
-        """The engine's persistence queue (its figures and its epoch, for tests and tools)."""
+        """The local engine's persistence queue (its figures and its epoch, for tests)."""
+        assert isinstance(self.engine, LocalEngine)
         return self.engine.queue
 
     def health(self) -> dict[str, object]:
@@ -148,10 +159,11 @@ class App:
         self.access.close()
         self.chat.departures.close()
         await self.engine.stop(timeout)
+        figures = self.engine.health()
         logger.info(
             "stopped: %d messages persisted, %d dead-lettered",
-            self.queue.persisted,
-            self.queue.dead_lettered,
+            figures.get("persisted", figures.get("archived", 0)),
+            figures.get("deadLettered", 0),
         )
 
 

@@ -23,6 +23,7 @@ from rfc6455 import Limits
 
 from .app import namespaces_of, run
 from .auth import authenticator
+from .engine import EngineUnavailable
 from .namespaces import NamespaceError
 from .options import OPTIONS, Option, default_text
 from .persistence import DatabaseInUse
@@ -105,10 +106,18 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     """Build Settings from ``argv`` and the environment; exits with status 2 on a bad value."""
     parser = _build_parser()
     settings = _settings(_values(parser, parser.parse_args(argv)))
-    try:
-        _check_writable(settings.db_path.parent)
-    except OSError as exc:
-        parser.error(f"--db: cannot write to {settings.db_path.parent}: {exc.strerror or exc}")
+    database = settings.db_path
+    if isinstance(database, str):
+        if settings.engine == "local":
+            parser.error(
+                "--db: the local engine keeps its messages in a SQLite file; "
+                "a PostgreSQL archive goes with a Redis --engine"
+            )
+    else:
+        try:
+            _check_writable(database.parent)
+        except OSError as exc:
+            parser.error(f"--db: cannot write to {database.parent}: {exc.strerror or exc}")
     # The limit is checked once the transport pauses writing, above write_limit.
     buffer, write_limit = settings.limits.max_send_buffer, Limits().write_limit
     if buffer is not None and buffer < write_limit:
@@ -167,4 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except sqlite3.Error as exc:
         print(f"{_PROG}: error: cannot open {settings.db_path}: {exc}", file=sys.stderr)
+        return 2
+    except (EngineUnavailable, ImportError) as exc:
+        # Redis or the archive cannot be reached, or their driver is not installed.
+        print(f"{_PROG}: error: {exc}", file=sys.stderr)
         return 2

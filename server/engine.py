@@ -20,7 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from . import messages
 from .history import Resume
+from .store import MessageRecord
 
 __all__ = [
     "API_CONNECTION",
@@ -35,6 +37,7 @@ __all__ = [
     "Position",
     "Publication",
     "Recovery",
+    "payload_of",
     "sender_of",
 ]
 
@@ -97,6 +100,20 @@ def sender_of(user: str | None, client_id: str | None, connection_id: str) -> st
     if connection_id == API_CONNECTION:
         return API_CONNECTION
     return None
+
+
+def payload_of(record: MessageRecord) -> bytes:
+    """A stored message's broadcast, as sent on the wire (and kept in histories)."""
+    return messages.broadcast(
+        record.connection_id,
+        record.message,
+        record.timestamp,
+        record.seq,
+        record.user,
+        channel=record.channel,
+        client_id=record.client_id,
+        name=record.name,
+    ).encode()
 
 
 @dataclass(slots=True)

@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from . import messages
 from .channels import DEFAULT_CHANNEL
 from .engine import (
     Ack,
@@ -32,6 +31,7 @@ from .engine import (
     Position,
     Publication,
     Recovery,
+    payload_of,
     sender_of,
 )
 from .history import Budget, History, Plan, Resume, payload_size
@@ -41,7 +41,7 @@ from .recent import DEFAULT_WINDOW, Entry, RecentIds
 from .settings import Settings
 from .store import MessageRecord, format_timestamp
 
-__all__ = ["LocalEngine", "payload"]
+__all__ = ["LocalEngine"]
 
 logger = logging.getLogger("server.engine")
 
@@ -49,20 +49,6 @@ logger = logging.getLogger("server.engine")
 _RECENT_ROWS = 200_000
 # Ids remembered between two sweeps of the expired ones in every channel.
 _SWEEP_EVERY = 4096
-
-
-def payload(record: MessageRecord) -> bytes:
-    """A message's broadcast, as sent on the wire (and kept in the history)."""
-    return messages.broadcast(
-        record.connection_id,
-        record.message,
-        record.timestamp,
-        record.seq,
-        record.user,
-        channel=record.channel,
-        client_id=record.client_id,
-        name=record.name,
-    ).encode()
 
 
 @dataclass(slots=True)
@@ -182,7 +168,7 @@ class LocalEngine:
                 rows = await queue.after(since, limit, max_bytes=max_bytes, channel=channel)
         except PersistenceClosed as exc:
             raise EngineClosed(str(exc)) from None
-        return [json.loads(payload(record)) for record in rows.records]
+        return [json.loads(payload_of(record)) for record in rows.records]
 
     def publish(self, draft: Draft) -> None:
         """Number and queue a message, and deliver it now (unless after the commit).
@@ -231,7 +217,7 @@ class LocalEngine:
         if ring is None:  # not `or`: an empty ring is falsy
             ring = self._new_ring(channel, seq - 1)
         if not self.settings.broadcast_after_commit:
-            encoded = payload(record)
+            encoded = payload_of(record)
             ring.append(seq, encoded)
             if self._budget.used > self._budget.limit:
                 self._shrink_rings()
@@ -265,7 +251,7 @@ class LocalEngine:
                     if recent is not None and sender is not None and draft.client_msg_id:
                         recent.discard(sender, draft.client_msg_id, seq)
             if after_commit:
-                encoded = payload(record)
+                encoded = payload_of(record)
                 ring = self._rings.get(channel)
                 if ring is None:
                     ring = self._new_ring(channel, seq - 1)
@@ -331,7 +317,7 @@ class LocalEngine:
         # Failed, retention deleted some meanwhile, or more than a history may hold.
         if older is None:
             return plan.fallback, False
-        items = [payload(record) for record in older]
+        items = [payload_of(record) for record in older]
         if plan.read_bytes is not None and payload_size(items) > plan.read_bytes:
             return plan.fallback, False
         return items + plan.messages, True
@@ -378,7 +364,7 @@ class LocalEngine:
             # The ring stays as it is: a resume reads the database, a history starts now.
             logger.warning("history: cannot read the latest messages of %s: %s", channel, exc)
         else:
-            stored = [(record.seq, payload(record)) for record in latest.records]
+            stored = [(record.seq, payload_of(record)) for record in latest.records]
             ring.load(stored, complete=latest.complete, through=through)
             if self._budget.used > self._budget.limit:
                 self._shrink_rings()

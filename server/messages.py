@@ -237,6 +237,26 @@ def broadcast(
     return _dumps(payload)
 
 
+def broadcast_around_seq(
+    sender: str,
+    message: str,
+    timestamp: str,
+    user: str | None = None,
+    *,
+    channel: str = "general",
+    client_id: str | None = None,
+    name: str | None = None,
+) -> tuple[str, str]:
+    """A ``broadcast`` cut where its seq goes: ``head + str(seq) + tail`` is the broadcast,
+    for an engine whose seqs are given elsewhere (Redis's publish script)."""
+    text = broadcast(
+        sender, message, timestamp, 0, user, channel=channel, client_id=client_id, name=name
+    )
+    # No string value can hold '"seq":0' unescaped: this is the key.
+    head, _, tail = text.partition('"seq":0')
+    return head + '"seq":', tail
+
+
 def _messages(head: bytes, items: Sequence[bytes], epoch: str, recovered: bool) -> bytes:
     """``head`` then ``"messages"``: broadcast payloads as encoded for the wire, spliced in
     without re-encoding, then ``epoch`` and ``recovered``."""

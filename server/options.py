@@ -121,6 +121,15 @@ def _path(text: str) -> Path:
     return Path(text)
 
 
+def _database(text: str) -> Path | str:
+    """A SQLite file, or a PostgreSQL URL (kept as text: a Path would fold its slashes)."""
+    if text.startswith(("postgresql://", "postgres://")):
+        if not urlsplit(text).hostname and "host=" not in text:
+            raise argparse.ArgumentTypeError("a PostgreSQL URL names its host")
+        return text
+    return _path(text)
+
+
 def _optional_path(text: str) -> Path | None:
     return Path(text) if text else None
 
@@ -178,8 +187,10 @@ OPTIONS: tuple[Option, ...] = (
         "--db",
         "CHAT_DB",
         "db_path",
-        _path,
-        "SQLite file; its folder is created. One server at a time may use it",
+        _database,
+        "SQLite file (its folder is created), or with a Redis `--engine` a "
+        "`postgresql://` URL: the archive servers on several hosts share. One server with "
+        "the local engine at a time may use a file",
     ),
     Option(
         "--engine",

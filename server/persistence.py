@@ -82,6 +82,7 @@ __all__ = [
     "PersistenceClosed",
     "PersistenceQueue",
     "RecordRejected",
+    "append_dead_letters",
     "dead_letter_path_for",
     "lock_database",
     "lock_path_for",
@@ -803,7 +804,7 @@ class PersistenceQueue:
         if not batch:  # only a reservation failed; the next round tries again
             return
         # File I/O stays off the event loop, in the worker, in order with the database writes.
-        await self._worker.call(partial(_append_dead_letters, self.dead_letter_path, batch, reason))
+        await self._worker.call(partial(append_dead_letters, self.dead_letter_path, batch, reason))
         self._dead_lettered += len(batch)
         self._notify(self.on_dead_lettered, batch)
 
@@ -825,7 +826,7 @@ class PersistenceQueue:
         if batch:
             # On the event loop: the worker may be stuck, and this is shutdown anyway.
             reason = "persistence stopped before it could be written"
-            _append_dead_letters(self.dead_letter_path, batch, reason)
+            append_dead_letters(self.dead_letter_path, batch, reason)
             self._dead_lettered += len(batch)
             self._notify(self.on_dead_lettered, batch)
 
@@ -906,7 +907,7 @@ def _ignore_pruned(channel: str, seq: int) -> None:
     """The retention listener until one is set."""
 
 
-def _append_dead_letters(path: Path, records: Sequence[MessageRecord], reason: str) -> None:
+def append_dead_letters(path: Path, records: Sequence[MessageRecord], reason: str) -> None:
     """Append records to the dead-letter file, or to the log if the file cannot be written."""
     dead_lettered_at = datetime.now(UTC).isoformat(timespec="microseconds")
     lines = "".join(

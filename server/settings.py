@@ -34,7 +34,8 @@ class Settings:
     host: str = "127.0.0.1"
     # The web client's default URL is ws://localhost:5000 (the original design).
     port: int = 5000
-    db_path: Path = Path("data/messages.db")
+    # A SQLite file, or (with a Redis engine) a PostgreSQL URL, which may carry a password.
+    db_path: Path | str = field(default=Path("data/messages.db"), repr=False)
     # The chat's engine: "local" (this process, SQLite) or a redis:// or rediss:// URL, an
     # engine several processes share. A URL may carry a password: never shown.
     engine: str = field(default="local", repr=False)

@@ -7,7 +7,8 @@ the test (``filterwarnings = error`` turns a leak into a failure). It depends on
 which records every call to the event loop's exception handler ("Task exception was never
 retrieved", ...) and fails the test if there was one.
 
-``postgres`` (``postgres_service.py``) is a real PostgreSQL server, one for the session.
+``postgres`` (``postgres_service.py``) is a real PostgreSQL server, one for the session;
+``redis_url`` a real redis-server's, emptied for the test (``redis_service.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ from server.api import ApiBackend  # noqa: E402
 from server.app import App  # noqa: E402
 from server.settings import Settings  # noqa: E402
 from tests.server.postgres_service import postgres  # noqa: E402, F401 (a fixture)
+from tests.server.redis_service import (  # noqa: E402, F401 (fixtures)
+    redis_factory,
+    redis_server,
+    redis_url,
+)
 from tests.server.support import HOST, Chat  # noqa: E402
 
 

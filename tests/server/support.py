@@ -292,7 +292,7 @@ class Chat:
         assert second["type"] == "welcome", second
         assert isinstance(second["message"], str)
         assert second["message"]
-        assert second["epoch"] == self.app.queue.meta.epoch
+        assert second["epoch"] == (await self.app.engine.position("general")).epoch
         if history is not None:
             assert history["type"] == "history", history
             assert history["epoch"] == second["epoch"]
@@ -366,6 +366,13 @@ class Chat:
         if not self.stopped:
             self.stopped = True
             await self.app.stop()
+
+    async def archived(self) -> None:
+        """With the Redis engine, wait until what was published is archived."""
+        archiver = getattr(self.app.engine, "archiver", None)
+        if archiver is not None:
+            async with asyncio.timeout(GUARD):
+                await archiver.settle()
 
     def rows(self) -> list[tuple[Any, ...]]:
         """Every row of ``messages``, read through an independent connection."""

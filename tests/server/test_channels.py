@@ -1,7 +1,10 @@
 """Channels with real sockets and the real database: subscribe, publish, resume, exactly once.
 
-Every test runs against each engine (``chat_engine``): today the one-process SQLite engine; a
-shared engine joins the parameters and must pass the same tests.
+Every test runs against each engine (``start``): the one-process SQLite engine, and Redis (a
+real redis-server, emptied for each test, with the messages archived to SQLite). The few tests
+of the local engine's own workings (its queue's commits, its rings and their budget, a crash's
+skipped seqs, a database from before channels) use ``start_chat``, the local engine only; what
+Redis adds (several nodes, gaps, outages) is in ``test_redis_engine.py``.
 """
 
 from __future__ import annotations
@@ -29,11 +32,16 @@ from tests.server.test_auth import SECRET, token
 Start = Callable[..., Any]
 
 
-@pytest.fixture(params=["local"])
+@pytest.fixture(params=["local", "redis"])
 def start(request: pytest.FixtureRequest, start_chat: Start) -> Start:
-    """``start_chat`` for the engine of this run of the test."""
+    """``start_chat`` for the engine of this run of the test: the one-process SQLite engine,
+    or Redis (a real redis-server, emptied for the test)."""
+    engine = "local"
+    if request.param == "redis":
+        engine = request.getfixturevalue("redis_url")
 
     async def start(**settings: Any) -> Chat:
+        settings.setdefault("engine", engine)
         chat: Chat = await start_chat(**settings)
         return chat
 
@@ -265,6 +273,7 @@ async def test_a_message_sent_again_is_stored_once(start: Start) -> None:
     await publish_acked(a, "general", "marker", "other")
     await b.expect("broadcast", message="marker")
     assert [m["message"] for m in b.seen if m["type"] == "broadcast"] == ["once"]
+    await chat.archived()
     assert [row[2] for row in chat.rows()] == ["once", "marker"]
 
 
@@ -292,11 +301,11 @@ async def test_exactly_once_across_a_reconnect_and_a_restart(start: Start) -> No
 
 
 async def test_a_duplicate_of_a_message_not_yet_committed_is_acked_with_it(
-    start: Start,
+    start_chat: Start,
 ) -> None:
     from tests.server.test_handler import PATIENT
 
-    chat = await start(retry=PATIENT)
+    chat = await start_chat(retry=PATIENT)
     a = await chat.join(f"clientId={uuid.uuid4()}")
     with locked(chat.db_path):
         await a.publish("general", "slow", "dup")
@@ -306,6 +315,7 @@ async def test_a_duplicate_of_a_message_not_yet_committed_is_acked_with_it(
     acks = [await a.expect("ack"), await a.expect("ack")]
     assert [ack["seq"] for ack in acks] == [1, 1]
     assert [ack.get("duplicate") for ack in acks] == [None, True]
+    await chat.archived()
     assert len(chat.rows()) == 1
 
 
@@ -480,11 +490,11 @@ def old_database(path: Path, count: int) -> str:
 
 
 async def test_a_database_from_before_channels_becomes_generals(
-    start: Start, tmp_path: Path
+    start_chat: Start, tmp_path: Path
 ) -> None:
     db = tmp_path / "old.db"
     epoch = old_database(db, 30)
-    chat = await start(db_path=db)
+    chat = await start_chat(db_path=db)
     resumed = await chat.join(f"since=25&epoch={epoch}")
     assert resumed.welcome["epoch"] == epoch
     assert resumed.history is not None
@@ -498,9 +508,9 @@ async def test_a_database_from_before_channels_becomes_generals(
 
 
 async def test_seqs_of_every_channel_survive_a_crash_without_reuse(
-    start: Start, tmp_path: Path
+    start_chat: Start, tmp_path: Path
 ) -> None:
-    chat = await start()
+    chat = await start_chat()
     a = await chat.join()
     await a.subscribe("room")
     for n in range(1, 6):
@@ -514,7 +524,7 @@ async def test_seqs_of_every_channel_survive_a_crash_without_reuse(
         conn.commit()
     finally:
         conn.close()
-    again = await start(db_path=chat.db_path)
+    again = await start_chat(db_path=chat.db_path)
     b = await again.join()
     subscribed = await b.subscribe("room")
     assert seqs(subscribed["messages"]) == [1, 2, 3, 4, 5]
@@ -679,9 +689,9 @@ async def test_the_api_disconnects_a_user(start: Start) -> None:
 # Memory: bounded in bytes across channels
 
 
-async def test_the_histories_of_all_channels_share_one_budget(start: Start) -> None:
+async def test_the_histories_of_all_channels_share_one_budget(start_chat: Start) -> None:
     budget = 64 * 1024
-    chat = await start(history_memory=budget, rate_limit=0)
+    chat = await start_chat(history_memory=budget, rate_limit=0)
     a = await chat.join(f"clientId={uuid.uuid4()}")
     text = "x" * 2000
     for n in range(20):
@@ -751,9 +761,9 @@ async def test_a_new_name_is_announced_as_joined_again(start: Start) -> None:
     assert [m.get("name") for m in snapshot["members"] if "clientId" in m] == ["Annie"]
 
 
-async def test_the_first_message_of_a_channel_goes_into_its_ring(start: Start) -> None:
+async def test_the_first_message_of_a_channel_goes_into_its_ring(start_chat: Start) -> None:
     # An empty ring is falsy: the engine once replaced it (and its pending load) on a publish.
-    chat = await start()
+    chat = await start_chat()
     a = await chat.join()
     await a.subscribe("room")
     ring = chat.app.engine._rings["room"]

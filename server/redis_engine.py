@@ -1,0 +1,824 @@
+"""RedisEngine: channels shared by every server process that uses one Redis (``engine.Engine``).
+
+After the model of Centrifugo's Redis engine (``../docs/redis.md`` has the key layout):
+
+- **Publishing.** One Lua script per message (``redis_scripts.PUBLISH``) gives it the next seq
+  of its channel, appends it to the channel's stream and publishes it on the channel's topic,
+  atomically: every node receives a channel's messages in seq order. A sender's clientMsgId is
+  remembered there for ten minutes (``SET NX`` with a TTL), so a message sent again is
+  acknowledged with its first seq. The drafts waiting are sent as one pipeline, one at a time:
+  a sender's messages keep their order. The ack goes out once the script succeeded.
+- **Delivery.** A node subscribes to a channel's topic while it has subscribers of the channel
+  (``history`` starts it, ``forget`` ends it), and checks every message's seq and epoch: one
+  already delivered is dropped, one after a gap waits while the gap is read from the stream
+  (``_Watch``). A channel whose epoch changed (Redis lost its data), or whose gap is no longer
+  anywhere, starts again (``Listener.reset``): its subscribers get ``recovered: false``.
+- **Outages.** When Redis cannot be reached, publishes get ``unavailable`` at once (the
+  clients send them again: the same clientMsgId is recognised), and the node reconnects with
+  backoff (0.5 s doubling to 30 s), subscribes again and reads what it missed of each channel.
+- **Presence** is kept per node and member (``redis_presence.py``): refreshed every 25 s,
+  expiring after 60 s, so a crashed node's members leave within about a minute.
+- **Archive.** Every stream is read by a consumer group whose consumers are the nodes'
+  archivers (``redis_archiver.py``): each message is written to the database, acknowledged
+  after the commit, and trimmed from the stream once it is both archived and older than the
+  channel's history. A history that reaches further back than the stream reads the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from . import messages
+from .archive import Archive, open_archive
+from .engine import (
+    Ack,
+    Draft,
+    EngineClosed,
+    EngineUnavailable,
+    Listener,
+    Member,
+    NoListener,
+    Position,
+    Publication,
+    Recovery,
+    payload_of,
+)
+from .history import Resume, payload_size
+from .namespaces import Namespaces
+from .recent import DEFAULT_WINDOW
+from .redis_keys import CHANNELS, GROUP, ChannelKeys, node_topic
+from .redis_scripts import HISTORY, INIT, PUBLISH, SCRIPTS, SET_READ, Script
+from .settings import Settings
+from .store import MessageRecord, format_timestamp
+
+__all__ = ["RedisEngine", "connect_redis"]
+
+logger = logging.getLogger("server.engine")
+
+_MISSING_REDIS = "--engine redis:// needs redis-py: python -m pip install 'rfc6455-chat[redis]'"
+#: The most drafts in one pipeline.
+_PIPELINE = 512
+#: Reconnection delays: the first, and the most.
+_RECONNECT_FIRST = 0.5
+_RECONNECT_MOST = 30.0
+#: A channel that never gets a message expires after this many seconds unread.
+_UNUSED_TTL = 600
+#: The longest a history waits for this node's delivery to reach what it read.
+_CATCH_UP = 10.0
+
+
+def connect_redis(url: str) -> Any:
+    """A redis-py client for ``url`` that never retries by itself: a command that failed may
+    have run (a publish), so the engine decides; raises ``ImportError`` naming the extra."""
+    try:
+        from redis.asyncio import Redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+    except ImportError:
+        raise ImportError(_MISSING_REDIS) from None
+    return Redis.from_url(
+        url,
+        retry=Retry(NoBackoff(), 0),
+        socket_connect_timeout=5,
+        socket_timeout=10,
+        health_check_interval=0,
+    )
+
+
+@dataclass(slots=True)
+class _Live:
+    """A message as a node receives it on a channel's topic."""
+
+    seq: int
+    epoch: str
+    connection_id: str
+    payload: bytes
+
+
+@dataclass(slots=True)
+class _Watch:
+    """A channel this node delivers: what it has delivered, and what waits.
+
+    ``pending`` is not None while the node is not sure of its position (the first read, a
+    gap being filled, a reconnection): live messages wait there, in order.
+    """
+
+    keys: ChannelKeys
+    epoch: str = ""
+    top: int = 0
+    pending: list[_Live] | None = field(default_factory=list)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    waiters: list[tuple[int, asyncio.Future[None]]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """What ``HISTORY`` read: the position, entries after ``since``, the latest entries."""
+
+    epoch: str
+    top: int
+    after: list[tuple[int, bytes, str]]
+    latest: list[tuple[int, bytes, str]]
+
+
+class RedisEngine:
+    """Channels in Redis, shared by every node that uses it; messages archived in ``db``.
+
+    Args:
+        settings: The server's settings (``engine`` is the Redis URL, ``db_path`` the archive).
+        namespaces: The channels' options (history).
+        redis: A client (``connect_redis``); by default one for ``settings.engine``.
+        archive: The database; by default ``open_archive(settings.db)``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        namespaces: Namespaces,
+        *,
+        redis: Any = None,
+        archive: Archive | None = None,
+    ) -> None:
+        self.settings = settings
+        self.namespaces = namespaces
+        self.listener: Listener = NoListener()
+        self.node = uuid.uuid4().hex
+        self.redis = connect_redis(settings.engine) if redis is None else redis
+        self.archive = open_archive(settings.db_path) if archive is None else archive
+        self._watches: dict[str, _Watch] = {}
+        self._keys: dict[str, ChannelKeys] = {}
+        self._outbox: list[Draft] = []
+        self._room = asyncio.Event()
+        self._room.set()
+        self._flusher: asyncio.Task[None] | None = None
+        self._pubsub: Any = None
+        self._confirmations: dict[str, list[asyncio.Future[None]]] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._available = False
+        self._closed = False
+        self._outages = 0
+        # Imported here: redis-py is an optional extra.
+        from .redis_archiver import Archiver
+        from .redis_presence import Presence
+
+        self.presence = Presence(self)
+        self.archiver = Archiver(self)
+
+    # Life cycle.
+
+    async def start(self) -> None:
+        """Connect to Redis and to the database, subscribe this node's topic, start the
+        archiver and presence refresh; raises what keeps it from running."""
+        await self.archive.start()
+        try:
+            await self._load_scripts()
+            await self._connect_pubsub()
+        except BaseException:
+            await self.archive.close()
+            await self.redis.aclose()
+            raise
+        self._available = True
+        self.presence.start()
+        self.archiver.start()
+
+    async def stop(self, timeout: float) -> None:
+        """Publish what waits (within ``timeout``), take this node's members out of presence,
+        archive what this node read, then close."""
+        self._closed = True
+        self._room.set()
+        if self._flusher is not None:
+            await asyncio.wait([self._flusher], timeout=timeout)
+        for draft in self._outbox:
+            self._unavailable(draft)
+        self._outbox.clear()
+        await self.presence.stop(timeout)
+        await self.archiver.stop(timeout)
+        for task in (self._reader, self._reconnecting, *self._tasks):
+            if task is not None:
+                task.cancel()
+        if self._pubsub is not None:
+            await _quietly(self._pubsub.aclose())
+        await _quietly(self.redis.aclose())
+        await self.archive.close()
+
+    def health(self) -> dict[str, object]:
+        """Figures for ``/healthz``."""
+        return {
+            "engine": "redis",
+            "redis": "up" if self._available else "down",
+            "outages": self._outages,
+            "outbox": len(self._outbox),
+            "channels": len(self._watches),
+            **self.archiver.health(),
+        }
+
+    # Publishing.
+
+    def ready(self) -> bool:
+        """Whether ``publish()`` may be called now (room in the outbox)."""
+        return len(self._outbox) < self.settings.queue_capacity
+
+    async def wait_ready(self) -> None:
+        """Wait for room in the outbox; raises ``EngineClosed`` once stopped."""
+        while not self.ready():
+            if self._closed:
+                raise EngineClosed("the engine has stopped")
+            self._room.clear()
+            await self._room.wait()
+        if self._closed:
+            raise EngineClosed("the engine has stopped")
+
+    def publish(self, draft: Draft) -> None:
+        """Send a message to Redis with the next pipeline; its ack comes once the script ran,
+        or ``unavailable`` at once while Redis cannot be reached."""
+        if self._closed:
+            raise EngineClosed("the engine has stopped")
+        if not self._available:
+            self._unavailable(draft)
+            return
+        self._outbox.append(draft)
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+
+    def _unavailable(self, draft: Draft) -> None:
+        self.listener.acked((Ack(draft, 0, "", stored=False, unavailable=True),))
+
+    async def _flush(self) -> None:
+        """Run the publish script of every draft waiting, a pipeline at a time."""
+        try:
+            while self._outbox:
+                batch = self._outbox[:_PIPELINE]
+                del self._outbox[:_PIPELINE]
+                if len(self._outbox) < self.settings.queue_capacity:
+                    self._room.set()
+                again = await self._publish_batch(batch)
+                if again:
+                    self._outbox[:0] = again
+        finally:
+            self._flusher = None
+
+    async def _publish_batch(self, batch: list[Draft]) -> list[Draft]:
+        """Publish drafts; returns those to publish again (a channel given its meta since)."""
+        from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+        now = datetime.now(UTC)
+        timestamp = format_timestamp(now)
+        created_at = now.isoformat(timespec="microseconds")
+        pipe = self.redis.pipeline(transaction=False)
+        for draft in batch:
+            keys = self._keys_of(draft.channel)
+            head, tail = messages.broadcast_around_seq(
+                draft.connection_id,
+                draft.text,
+                timestamp,
+                draft.user,
+                channel=draft.channel,
+                client_id=draft.client_id,
+                name=draft.name,
+            )
+            sender, client_msg_id = draft.sender, draft.client_msg_id
+            remembered = sender is not None and client_msg_id is not None
+            pipe.evalsha(
+                PUBLISH.sha,
+                3,
+                keys.meta,
+                keys.stream,
+                keys.dedupe(sender, client_msg_id)
+                if sender is not None and client_msg_id is not None
+                else keys.meta,
+                head,
+                tail,
+                draft.connection_id,
+                client_msg_id or "",
+                created_at,
+                DEFAULT_WINDOW if remembered else 0,
+                keys.topic,
+            )
+        try:
+            results = await pipe.execute(raise_on_error=False)
+        except (RedisError, OSError) as exc:
+            self._lost_redis(exc)
+            for draft in batch:
+                self._unavailable(draft)
+            return []
+        acks: list[Ack] = []
+        again: list[Draft] = []
+        missing: set[str] = set()
+        for draft, result in zip(batch, results, strict=True):
+            if isinstance(result, NoScriptError):
+                again.append(draft)
+            elif isinstance(result, ResponseError) and str(result).startswith("NOMETA"):
+                missing.add(draft.channel)
+                again.append(draft)
+            elif isinstance(result, Exception):
+                logger.warning("publish to %s failed: %s", draft.channel, result)
+                acks.append(Ack(draft, 0, "", stored=False, unavailable=True))
+            else:
+                seq, epoch, duplicate = result
+                acks.append(Ack(draft, int(seq), epoch.decode(), duplicate=bool(duplicate)))
+        if acks:
+            self.listener.acked(acks)
+            self.archiver.wake()
+        if again:
+            try:
+                if len(missing) < len(again):
+                    await self._load_scripts()
+                for channel in missing:
+                    await self._init(self._keys_of(channel))
+            except (RedisError, OSError) as exc:
+                self._lost_redis(exc)
+                for draft in again:
+                    self._unavailable(draft)
+                return []
+        return again
+
+    # Channels' meta and history.
+
+    def _keys_of(self, channel: str) -> ChannelKeys:
+        keys = self._keys.get(channel)
+        if keys is None:
+            if len(self._keys) > 4096:
+                self._keys.clear()
+            keys = self._keys[channel] = ChannelKeys(channel)
+        return keys
+
+    async def _init(self, keys: ChannelKeys) -> None:
+        """Give a channel its meta: a new epoch, after the archive's last seq (so seqs are
+        never used twice, even after Redis lost its data)."""
+        latest = await self.archive.last(keys.channel, 1, 2**31)
+        floor = latest[-1].seq if latest else 0
+        await self.redis.sadd(CHANNELS, keys.channel)
+        made = await self._evalsha(
+            INIT, keys.meta, keys.stream, args=(str(uuid.uuid4()), floor, GROUP, _UNUSED_TTL)
+        )
+        if made:
+            logger.info("channel %s: a new epoch, after seq %d", keys.channel, floor)
+
+    async def _read(
+        self, channel: str, *, after: int | None = None, most: int = 0, latest: int = 0
+    ) -> _Read:
+        """A channel's position and entries (``HISTORY``), its meta made first if need be.
+
+        Raises:
+            EngineUnavailable: Redis cannot be reached.
+        """
+        from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+        keys = self._keys_of(channel)
+        args = (-1 if after is None else after, most, latest, _UNUSED_TTL)
+        for _ in range(3):
+            try:
+                epoch, top, newer, older = await self._evalsha(
+                    HISTORY, keys.meta, keys.stream, args=args
+                )
+            except NoScriptError:
+                await self._load_scripts()
+            except ResponseError as exc:
+                if not str(exc).startswith("NOMETA"):
+                    raise EngineUnavailable(str(exc)) from None
+                try:
+                    await self._init(keys)
+                except (RedisError, OSError) as error:
+                    self._lost_redis(error)
+                    raise EngineUnavailable(str(error)) from None
+            except (RedisError, OSError) as exc:
+                self._lost_redis(exc)
+                raise EngineUnavailable(str(exc)) from None
+            else:
+                return _Read(epoch.decode(), int(top), _entries(newer), _entries(older))
+        raise EngineUnavailable(f"cannot read {channel}")
+
+    async def _evalsha(self, script: Script, *keys: str, args: Sequence[object]) -> Any:
+        return await self.redis.evalsha(script.sha, len(keys), *keys, *args)
+
+    async def _load_scripts(self) -> None:
+        for script in SCRIPTS:
+            await self.redis.script_load(script.source)
+
+    async def position(self, channel: str) -> Position:
+        """The channel's epoch and last seq, read from Redis."""
+        if not self._available:
+            raise EngineUnavailable("Redis cannot be reached")
+        read = await self._read(channel)
+        return Position(read.epoch, read.top)
+
+    async def known(self, channel: str) -> bool:
+        """Whether the channel has a meta key in Redis (or subscribers here)."""
+        if channel in self._watches:
+            return True
+        from redis.exceptions import RedisError
+
+        try:
+            return bool(await self.redis.exists(self._keys_of(channel).meta))
+        except (RedisError, OSError) as exc:
+            raise EngineUnavailable(str(exc)) from None
+
+    async def history(
+        self,
+        channel: str,
+        resume: Resume | None,
+        *,
+        count: int,
+        resume_max: int,
+        max_bytes: int | None,
+    ) -> Recovery:
+        """The latest ``count`` messages, or everything after ``since`` (from the stream,
+        and from the archive for what the stream no longer holds); this node delivers the
+        channel from now on (``forget`` ends it)."""
+        if not self._available:
+            raise EngineUnavailable("Redis cannot be reached")
+        watch = await self._watch(channel)
+        if resume is None:
+            read = await self._read(channel, latest=count)
+            items = _fit([payload for _, payload, _ in reversed(read.latest)], max_bytes)
+            await self._caught_up(watch, read.top)
+            return Recovery(read.epoch, items, False, read.top)
+        read = await self._read(channel, after=resume.since, most=resume_max + 1, latest=count)
+        fallback = _fit([payload for _, payload, _ in reversed(read.latest)], max_bytes)
+        recovered = await self._missed(channel, resume, read, resume_max, max_bytes)
+        await self._caught_up(watch, read.top)
+        if recovered is None:
+            return Recovery(read.epoch, fallback, False, read.top)
+        return Recovery(read.epoch, recovered, True, read.top)
+
+    async def _missed(
+        self,
+        channel: str,
+        resume: Resume,
+        read: _Read,
+        resume_max: int,
+        max_bytes: int | None,
+    ) -> list[bytes] | None:
+        """Everything after ``resume.since``, or None if that cannot be given exactly."""
+        since, top = resume.since, read.top
+        if resume.epoch != read.epoch or since > top or top - since > resume_max:
+            return None
+        newer = [payload for _, payload, _ in read.after]
+        first = read.after[0][0] if read.after else top + 1
+        if first > since + 1:
+            older = await self.archive.after(channel, since, first - 1, resume_max, max_bytes)
+            if older is None:
+                return None
+            newer = [payload_of(record) for record in older] + newer
+        if len(newer) != top - since:
+            return None
+        if max_bytes is not None and payload_size(newer) > max_bytes:
+            return None
+        return newer
+
+    async def stored(
+        self, channel: str, since: int | None, limit: int, max_bytes: int
+    ) -> list[dict[str, object]]:
+        """At most ``limit`` acknowledged messages after ``since`` (the latest if None),
+        oldest first, from the stream and the archive."""
+        if since is None:
+            read = await self._read(channel, latest=limit)
+            entries = list(reversed(read.latest))
+            first = entries[0][0] if entries else read.top + 1
+            older: list[MessageRecord] = []
+            if len(entries) < limit and first > 1:
+                older = await self.archive.last(
+                    channel, limit - len(entries), max_bytes, through=first - 1
+                )
+        else:
+            read = await self._read(channel, after=since, most=limit)
+            entries = read.after
+            first = entries[0][0] if entries else read.top + 1
+            older = []
+            if first > since + 1:
+                through = min(first - 1, since + limit)
+                older = await self.archive.after(channel, since, through, limit, max_bytes) or []
+        items = [payload_of(record) for record in older] + [p for _, p, _ in entries]
+        return [json.loads(payload) for payload in _fit(items[:limit], max_bytes)]
+
+    # Delivery.
+
+    async def _watch(self, channel: str) -> _Watch:
+        """Deliver ``channel`` here: subscribe to its topic, then read where it is."""
+        watch = self._watches.get(channel)
+        if watch is None:
+            watch = self._watches[channel] = _Watch(self._keys_of(channel))
+            task = asyncio.get_running_loop().create_task(self._start_watch(watch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if not watch.ready.is_set():
+            try:
+                await asyncio.wait_for(watch.ready.wait(), _CATCH_UP)
+            except TimeoutError:
+                raise EngineUnavailable(f"cannot subscribe to {channel}") from None
+        return watch
+
+    async def _start_watch(self, watch: _Watch) -> None:
+        from redis.exceptions import RedisError
+
+        try:
+            await self._subscribe(watch.keys.topic)
+            await self._recover(watch)
+        except (RedisError, OSError, EngineUnavailable) as exc:
+            # The reconnection subscribes every watch again, and recovers it.
+            self._lost_redis(exc)
+
+    async def _subscribe(self, topic: str) -> None:
+        """Subscribe to a topic and wait for Redis's confirmation: what is published after
+        it reaches this node."""
+        pubsub = self._pubsub
+        if pubsub is None:
+            raise EngineUnavailable("Redis cannot be reached")
+        confirmed = asyncio.get_running_loop().create_future()
+        self._confirmations.setdefault(topic, []).append(confirmed)
+        await pubsub.subscribe(topic)
+        await asyncio.wait_for(confirmed, _CATCH_UP)
+
+    async def _recover(self, watch: _Watch) -> None:
+        """Read where a channel is, and go on from there (a first read, or after a gap or a
+        reconnection): deliver what the stream holds since what was delivered; start again
+        if the epoch changed or the gap is gone."""
+        channel = watch.keys.channel
+        if watch.pending is None:
+            watch.pending = []
+        first = not watch.ready.is_set()
+        read = await self._read(channel, after=watch.top, most=self.settings.resume_max + 1)
+        if self._watches.get(channel) is not watch:
+            return
+        if first:
+            watch.epoch, watch.top = read.epoch, read.top
+        elif read.epoch != watch.epoch or not self._deliver_read(watch, read):
+            logger.warning(
+                "channel %s: cannot go on from seq %d: starting again", channel, watch.top
+            )
+            watch.epoch, watch.top = read.epoch, read.top
+            self.listener.reset(channel)
+        watch.ready.set()
+        self._drain(watch)
+
+    def _deliver_read(self, watch: _Watch, read: _Read) -> bool:
+        """Deliver the entries read after the watch's top; False if some are missing."""
+        if read.top <= watch.top:
+            return read.top == watch.top or not read.after
+        entries = read.after
+        if not entries or entries[0][0] != watch.top + 1 or entries[-1][0] != read.top:
+            return False
+        for seq, payload, connection_id in entries:
+            self._deliver(watch, seq, payload, connection_id)
+        return True
+
+    def _drain(self, watch: _Watch) -> None:
+        """Take the live messages that waited, in order, until a gap (its fill goes on)."""
+        pending, watch.pending = watch.pending or [], None
+        for index, live in enumerate(pending):
+            if not self._take(watch, live):
+                _waiting(watch).extend(pending[index + 1 :])
+                return
+
+    def _take(self, watch: _Watch, live: _Live) -> bool:
+        """Check a live message's epoch and seq, and deliver it or drop it (True), or wait
+        for the gap before it to be filled (False)."""
+        if live.epoch != watch.epoch or live.seq > watch.top + 1:
+            watch.pending = [live]
+            self._spawn(self._fill(watch))
+            return False
+        if live.seq == watch.top + 1:
+            self._deliver(watch, live.seq, live.payload, live.connection_id)
+        return True
+
+    async def _fill(self, watch: _Watch) -> None:
+        from redis.exceptions import RedisError
+
+        try:
+            await self._recover(watch)
+        except (RedisError, OSError, EngineUnavailable) as exc:
+            self._lost_redis(exc)
+
+    def _deliver(self, watch: _Watch, seq: int, payload: bytes, connection_id: str) -> None:
+        watch.top = seq
+        channel = watch.keys.channel
+        self.listener.published(Publication(channel, seq, payload, connection_id))
+        if watch.waiters:
+            due = [(top, waiter) for top, waiter in watch.waiters if top <= seq]
+            if due:
+                watch.waiters = [(top, w) for top, w in watch.waiters if top > seq]
+                for _, waiter in due:
+                    if not waiter.done():
+                        waiter.set_result(None)
+
+    async def _caught_up(self, watch: _Watch, top: int) -> None:
+        """Wait until this node delivered the channel through ``top`` (what a history read
+        covers), filling the gap if no message is coming to show it."""
+        if watch.top >= top or self._watches.get(watch.keys.channel) is not watch:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        watch.waiters.append((top, waiter))
+        if watch.pending is None:
+            watch.pending = []
+            self._spawn(self._fill(watch))
+        try:
+            await asyncio.wait_for(waiter, _CATCH_UP)
+        except TimeoutError:
+            raise EngineUnavailable(f"cannot deliver {watch.keys.channel}") from None
+
+    def watched(self) -> list[str]:
+        """The channels this node delivers."""
+        return list(self._watches)
+
+    def keeps(self, channel: str) -> int:
+        """How many of a channel's latest messages its stream keeps once archived."""
+        return max(self.namespaces.of(channel).history, self.settings.resume_max)
+
+    def forget(self, channel: str) -> None:
+        """Nobody here is subscribed to ``channel``: stop receiving its topic."""
+        watch = self._watches.pop(channel, None)
+        if watch is None:
+            return
+        for _, waiter in watch.waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        if self._pubsub is not None and self._available:
+            self._spawn(_quietly(self._pubsub.unsubscribe(watch.keys.topic)))
+
+    def _spawn(self, work: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # The pub/sub connection.
+
+    async def _connect_pubsub(self) -> None:
+        """A pub/sub connection, subscribed to this node's topic and every watched channel's."""
+        pubsub = self._pubsub = self.redis.pubsub()
+        self._confirmations.clear()
+        self._reader = asyncio.get_running_loop().create_task(self._read_pubsub(pubsub))
+        await self._subscribe(node_topic(self.node))
+        for watch in self._watches.values():
+            await self._subscribe(watch.keys.topic)
+
+    async def _read_pubsub(self, pubsub: Any) -> None:
+        from redis.exceptions import RedisError
+
+        try:
+            while True:
+                message = await pubsub.get_message(timeout=None)
+                if message is not None:
+                    self._received(message)
+        except (RedisError, OSError) as exc:
+            if pubsub is self._pubsub:
+                self._lost_redis(exc)
+
+    def _received(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        topic = message["channel"].decode()
+        if kind == "subscribe":
+            waiting = self._confirmations.get(topic)
+            if waiting:
+                confirmed = waiting.pop(0)
+                if not confirmed.done():
+                    confirmed.set_result(None)
+            return
+        if kind != "message":
+            return
+        data: bytes = message["data"]
+        channel = topic[len("chat:{") : -len("}:live")]
+        if data[:1] == b"p":
+            watch = self._watches.get(channel)
+            if watch is None:
+                return
+            seq, epoch, connection_id, payload = data[1:].split(b":", 3)
+            live = _Live(int(seq), epoch.decode(), connection_id.decode(), payload)
+            if watch.pending is not None:
+                watch.pending.append(live)
+            else:
+                self._take(watch, live)
+        elif channel in self._watches:
+            self.presence.received(channel, data)
+
+    def _lost_redis(self, error: BaseException) -> None:
+        """Redis cannot be reached: refuse publishes, and reconnect in the background."""
+        if self._closed:
+            return
+        if self._available:
+            self._available = False
+            self._outages += 1
+            logger.warning("redis: lost (%s): publishes are refused until it is back", error)
+        if self._reconnecting is None:
+            self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        """Reconnect with backoff (0.5 s doubling to 30 s), subscribe again, recover."""
+        from redis.exceptions import RedisError
+
+        delay = _RECONNECT_FIRST
+        attempt = 0
+        try:
+            while not self._closed:
+                attempt += 1
+                await asyncio.sleep(delay)
+                logger.info("redis: reconnecting (attempt %d)", attempt)
+                old, self._pubsub = self._pubsub, None
+                if old is not None:
+                    await _quietly(old.aclose())
+                if self._reader is not None:
+                    self._reader.cancel()
+                for watch in self._watches.values():
+                    if watch.pending is None:
+                        watch.pending = []
+                try:
+                    await self._load_scripts()
+                    await self._connect_pubsub()
+                    self._available = True
+                    for watch in list(self._watches.values()):
+                        await self._recover(watch)
+                except (RedisError, OSError, EngineUnavailable, TimeoutError) as exc:
+                    self._available = False
+                    logger.warning("redis: attempt %d failed: %s", attempt, exc)
+                    delay = min(delay * 2, _RECONNECT_MOST)
+                    continue
+                logger.info("redis: back after %d attempts", attempt)
+                self.presence.refresh_soon()
+                return
+        finally:
+            self._reconnecting = None
+
+    # Read positions.
+
+    async def read_position(self, channel: str, reader: str) -> int | None:
+        """A reader's last read seq in a channel."""
+        from redis.exceptions import RedisError
+
+        try:
+            value = await self.redis.hget(self._keys_of(channel).reads, reader)
+        except (RedisError, OSError) as exc:
+            logger.warning("cannot read the read position in %s: %s", channel, exc)
+            return None
+        return None if value is None else int(value)
+
+    def set_read(self, channel: str, reader: str, seq: int) -> None:
+        """Record a reader's last read seq (it only goes forward)."""
+        self.presence.send(SET_READ, (self._keys_of(channel).reads,), (reader, seq))
+
+    # Presence and signals (``redis_presence.Presence``).
+
+    def join(self, channel: str, member: Member, connection_id: str) -> None:
+        """One more connection of ``member`` in ``channel``."""
+        self.presence.join(channel, member, connection_id)
+
+    def leave(self, channel: str, member: Member, connection_id: str) -> None:
+        """One connection of ``member`` less in ``channel``."""
+        self.presence.leave(channel, member, connection_id)
+
+    async def members(self, channel: str, most: int | None = None) -> list[dict[str, object]]:
+        """The channel's members across the nodes."""
+        return await self.presence.members(channel, most)
+
+    async def member_count(self, channel: str) -> int:
+        """How many members the channel has across the nodes."""
+        return await self.presence.count(channel)
+
+    def signal(self, channel: str, payload: bytes, connection_id: str) -> None:
+        """Send an ephemeral message to the channel's subscribers on every node."""
+        self.presence.publish(
+            self._keys_of(channel).topic, b"s" + connection_id.encode() + b":" + payload
+        )
+
+
+def _waiting(watch: _Watch) -> list[_Live]:
+    """What waits for a watch's gap to be filled (it has one)."""
+    assert watch.pending is not None
+    return watch.pending
+
+
+def _entries(raw: list[Any]) -> list[tuple[int, bytes, str]]:
+    """Stream entries as (seq, broadcast, sender's connection id)."""
+    entries = []
+    for entry_id, fields in raw:
+        values = dict(zip(fields[::2], fields[1::2], strict=True))
+        seq = int(entry_id.split(b"-", 1)[0])
+        entries.append((seq, values[b"d"], values[b"c"].decode()))
+    return entries
+
+
+def _fit(items: list[bytes], max_bytes: int | None) -> list[bytes]:
+    """The latest of ``items`` that fit in ``max_bytes``."""
+    if max_bytes is None:
+        return items
+    total = 0
+    for index in range(len(items) - 1, -1, -1):
+        total += len(items[index]) + 1
+        if total > max_bytes:
+            return items[index + 1 :]
+    return items
+
+
+async def _quietly(work: Awaitable[Any]) -> None:
+    """Await ``work``, ignoring that the connection is already gone."""
+    try:
+        await work
+    except Exception as exc:
+        logger.debug("redis: %s", exc)
