@@ -172,6 +172,14 @@ _seconds = _non_negative("a number of seconds")
 _seconds_or_off = _non_negative("a number of seconds", zero_is_none=True)
 _rate = _non_negative("a number per second")
 
+
+def _presence_ttl(text: str) -> float:
+    seconds: float = _seconds(text)
+    if not 1 <= seconds <= 3600:
+        raise argparse.ArgumentTypeError("the presence TTL is 1 to 3600 seconds")
+    return seconds
+
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 OPTIONS: tuple[Option, ...] = (
@@ -199,6 +207,14 @@ OPTIONS: tuple[Option, ...] = (
         _engine,
         "`local` (this process, the SQLite `--db`) or a `redis://HOST[:PORT]` (`rediss://`: "
         "TLS) URL: an engine several servers share (`--workers`)",
+    ),
+    Option(
+        "--presence-ttl",
+        "CHAT_PRESENCE_TTL",
+        "presence_ttl",
+        _presence_ttl,
+        "with a Redis `--engine`: seconds after which the members of a node that stopped "
+        "refreshing them (crashed) leave; each node refreshes its own every 5/12 of it",
     ),
     Option(
         "--workers",

@@ -523,9 +523,9 @@ class RedisEngine:
         try:
             await self._subscribe(watch.keys.topic)
             await self._recover(watch)
-        except (RedisError, OSError, EngineUnavailable) as exc:
+        except (RedisError, OSError, EngineUnavailable, TimeoutError) as exc:
             # The reconnection subscribes every watch again, and recovers it.
-            self._lost_redis(exc)
+            self._lost_pubsub(exc)
 
     async def _subscribe(self, topic: str) -> None:
         """Subscribe to a topic and wait for Redis's confirmation: what is published after
@@ -596,7 +596,8 @@ class RedisEngine:
         try:
             await self._recover(watch)
         except (RedisError, OSError, EngineUnavailable) as exc:
-            self._lost_redis(exc)
+            # The reconnection recovers it.
+            self._lost_pubsub(exc)
 
     def _deliver(self, watch: _Watch, seq: int, payload: bytes, connection_id: str) -> None:
         watch.top = seq
@@ -630,8 +631,9 @@ class RedisEngine:
         return list(self._watches)
 
     def keeps(self, channel: str) -> int:
-        """How many of a channel's latest messages its stream keeps once archived."""
-        return max(self.namespaces.of(channel).history, self.settings.resume_max)
+        """How many of a channel's latest messages its stream keeps once they are archived:
+        its history; a resume that reaches further back reads the archive."""
+        return self.namespaces.of(channel).history
 
     def forget(self, channel: str) -> None:
         """Nobody here is subscribed to ``channel``: stop receiving its topic."""
@@ -670,7 +672,7 @@ class RedisEngine:
                     self._received(message)
         except (RedisError, OSError) as exc:
             if pubsub is self._pubsub:
-                self._lost_redis(exc)
+                self._lost_pubsub(exc)
 
     def _received(self, message: dict[str, Any]) -> None:
         kind = message["type"]
@@ -703,23 +705,38 @@ class RedisEngine:
         """Redis cannot be reached: refuse publishes, and reconnect in the background."""
         if self._closed:
             return
+        self._unreachable(error)
+        self._start_reconnecting(_RECONNECT_FIRST)
+
+    def _lost_pubsub(self, error: BaseException) -> None:
+        """The pub/sub connection broke (Redis may be fine): reconnect it at once; publishes
+        go on meanwhile, and what it missed is read from the streams."""
+        if self._closed:
+            return
+        logger.warning("redis: pub/sub connection lost (%s): reconnecting", error)
+        self._start_reconnecting(0.0)
+
+    def _unreachable(self, error: BaseException) -> None:
         if self._available:
             self._available = False
             self._outages += 1
-            logger.warning("redis: lost (%s): publishes are refused until it is back", error)
-        if self._reconnecting is None:
-            self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
+            logger.warning("redis: unreachable (%s): publishes are refused until it is back", error)
 
-    async def _reconnect(self) -> None:
-        """Reconnect with backoff (0.5 s doubling to 30 s), subscribe again, recover."""
+    def _start_reconnecting(self, delay: float) -> None:
+        if self._reconnecting is None:
+            self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect(delay))
+
+    async def _reconnect(self, delay: float) -> None:
+        """Reconnect with backoff (0.5 s doubling to 30 s, each attempt logged), subscribe
+        again, and recover every channel delivered here."""
         from redis.exceptions import RedisError
 
-        delay = _RECONNECT_FIRST
         attempt = 0
         try:
             while not self._closed:
+                if delay:
+                    await asyncio.sleep(delay)
                 attempt += 1
-                await asyncio.sleep(delay)
                 logger.info("redis: reconnecting (attempt %d)", attempt)
                 old, self._pubsub = self._pubsub, None
                 if old is not None:
@@ -730,17 +747,20 @@ class RedisEngine:
                     if watch.pending is None:
                         watch.pending = []
                 try:
+                    await self.redis.ping()
                     await self._load_scripts()
                     await self._connect_pubsub()
                     self._available = True
                     for watch in list(self._watches.values()):
                         await self._recover(watch)
                 except (RedisError, OSError, EngineUnavailable, TimeoutError) as exc:
-                    self._available = False
-                    logger.warning("redis: attempt %d failed: %s", attempt, exc)
-                    delay = min(delay * 2, _RECONNECT_MOST)
+                    self._unreachable(exc)
+                    delay = min(delay * 2, _RECONNECT_MOST) if delay else _RECONNECT_FIRST
+                    logger.warning(
+                        "redis: attempt %d failed: %s; next in %g s", attempt, exc, delay
+                    )
                     continue
-                logger.info("redis: back after %d attempts", attempt)
+                logger.info("redis: connected again (attempt %d)", attempt)
                 self.presence.refresh_soon()
                 return
         finally:

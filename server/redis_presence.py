@@ -6,7 +6,8 @@ and counts each member's entries (``redis_scripts.PRESENCE_JOIN``/``PRESENCE_LEA
 member's first entry anywhere publishes ``joined`` on the channel's topic, its last
 ``left``; every node delivers them to its own subscribers (``Listener.joined``/``left``).
 
-Entries are refreshed every 25 s and expire 60 s after their last refresh. A node that crashed
+Entries are refreshed every 25 s and expire 60 s after their last refresh (``--presence-ttl``;
+the refresh and the sweeps below keep their proportions to it). A node that crashed
 refreshes nothing: whichever node next sweeps the channel (every node sweeps the channels it
 delivers every 5 s, and every read of presence sweeps first) removes the expired entries and,
 for a member with none left, publishes its ``left``, once, since the sweep is one script. So
@@ -32,14 +33,13 @@ from .store import format_timestamp
 if TYPE_CHECKING:
     from .redis_engine import RedisEngine
 
-__all__ = ["EXPIRY", "REFRESH", "SWEEP", "Presence"]
+__all__ = ["Presence"]
 
-#: Seconds between two refreshes of a node's entries.
-REFRESH = 25.0
-#: Seconds after its last refresh that an entry expires.
-EXPIRY = 60.0
-#: Seconds between two sweeps of the channels a node delivers.
-SWEEP = 5.0
+#: A node refreshes its entries this part of their TTL (``--presence-ttl``) after the last:
+#: 25 s of the default 60 s, so one refresh may be late or lost before they expire.
+_REFRESH = 5 / 12
+#: Nodes sweep the channels they deliver this part of the TTL apart (5 s of 60 s).
+_SWEEP = 1 / 12
 
 
 @dataclass(slots=True)
@@ -61,6 +61,7 @@ class Presence:
         self._local: dict[str, dict[str, _Entry]] = {}
         self._task: asyncio.Task[None] | None = None
         self._refresh = asyncio.Event()
+        self.ttl = engine.settings.presence_ttl
 
     def start(self) -> None:
         """Start refreshing and sweeping."""
@@ -188,7 +189,7 @@ class Presence:
     def _write(self, channel: str, entry: _Entry, connection_id: str, *, announce: bool) -> None:
         keys = ChannelKeys(channel)
         info = self._info(entry)
-        expires = int((time.time() + EXPIRY) * 1000)
+        expires = int((time.time() + self.ttl) * 1000)
         event = b"j" + connection_id.encode() + b":" + info
         self.background.script(
             PRESENCE_JOIN,
@@ -234,15 +235,15 @@ class Presence:
             raise EngineUnavailable(str(exc)) from None
 
     async def _run(self) -> None:
-        """Every ``SWEEP`` seconds sweep the channels delivered here; every ``REFRESH``
-        seconds (or when Redis is back) write this node's entries again."""
+        """Sweep the channels delivered here every TTL/12 (5 s); write this node's entries
+        again every 5/12 of the TTL (25 s), and when Redis is back."""
         loop = asyncio.get_running_loop()
         refreshed = loop.time()
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._refresh.wait(), SWEEP)
+                await asyncio.wait_for(self._refresh.wait(), self.ttl * _SWEEP)
             now = loop.time()
-            if self._refresh.is_set() or now - refreshed >= REFRESH:
+            if self._refresh.is_set() or now - refreshed >= self.ttl * _REFRESH:
                 self._refresh.clear()
                 refreshed = now
                 for channel, entries in self._local.items():

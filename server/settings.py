@@ -39,6 +39,8 @@ class Settings:
     # The chat's engine: "local" (this process, SQLite) or a redis:// or rediss:// URL, an
     # engine several processes share. A URL may carry a password: never shown.
     engine: str = field(default="local", repr=False)
+    # Redis engine: a node's presence entries expire this long after their last refresh.
+    presence_ttl: float = 60.0
     # Processes serving the port, under a supervisor (supervisor.py); 1: this process serves.
     workers: int = 1
     log_level: str = "INFO"

@@ -39,6 +39,7 @@ OPTIONS: list[tuple[str, str, str, Callable[[Settings], Any], Any]] = [
     ),
     ("--engine", "CHAT_ENGINE", "rediss://[::1]", lambda s: s.engine, "rediss://[::1]"),
     ("--workers", "CHAT_WORKERS", "1", lambda s: s.workers, 1),
+    ("--presence-ttl", "CHAT_PRESENCE_TTL", "2.5", lambda s: s.presence_ttl, 2.5),
     ("--log-level", "CHAT_LOG_LEVEL", "debug", lambda s: s.log_level, "DEBUG"),
     ("--retry-attempts", "CHAT_RETRY_ATTEMPTS", "7", lambda s: s.retry.attempts, 7),
     ("--retry-delay", "CHAT_RETRY_DELAY", "0.25", lambda s: s.retry.base_delay, 0.25),
@@ -211,6 +212,8 @@ def test_help_names_every_environment_variable(capsys: pytest.CaptureFixture[str
 
 
 BAD: list[tuple[list[str], dict[str, str]]] = [
+    (["--presence-ttl", "0.5"], {}),
+    (["--presence-ttl", "nope"], {}),
     (["--port", "70000"], {}),
     (["--port", "-1"], {}),
     (["--port", "abc"], {}),
