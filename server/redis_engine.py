@@ -70,6 +70,10 @@ _RECONNECT_FIRST = 0.5
 _RECONNECT_MOST = 30.0
 #: A channel that never gets a message expires after this many seconds unread.
 _UNUSED_TTL = 600
+#: A channel given a new epoch after it had messages (Redis lost its data) goes on this far
+#: above the archive's last seq: messages of the lost epoch that archivers had read and are
+#: still writing (at most 512 per node) keep their seqs, and the new ones get seqs of their own.
+_EPOCH_GAP = 100_000
 #: The longest a history waits for this node's delivery to reach what it read.
 _CATCH_UP = 10.0
 
@@ -115,6 +119,7 @@ class _Watch:
     top: int = 0
     pending: list[_Live] | None = field(default_factory=list)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     waiters: list[tuple[int, asyncio.Future[None]]] = field(default_factory=list)
 
 
@@ -166,6 +171,8 @@ class RedisEngine:
         self._available = False
         self._closed = False
         self._outages = 0
+        # Connections lost: a reconnection that saw one more meanwhile goes round again.
+        self._losses = 0
         # Imported here: redis-py is an optional extra.
         from .redis_archiver import Archiver
         from .redis_presence import Presence
@@ -339,6 +346,12 @@ class RedisEngine:
                 for draft in again:
                     self._unavailable(draft)
                 return []
+            except Exception:
+                # The archive cannot say where the channel's seqs go on (it is read first).
+                logger.exception("cannot give %s a new epoch", ", ".join(sorted(missing)))
+                for draft in again:
+                    self._unavailable(draft)
+                return []
         return again
 
     # Channels' meta and history.
@@ -355,7 +368,7 @@ class RedisEngine:
         """Give a channel its meta: a new epoch, after the archive's last seq (so seqs are
         never used twice, even after Redis lost its data)."""
         latest = await self.archive.last(keys.channel, 1, 2**31)
-        floor = latest[-1].seq if latest else 0
+        floor = latest[-1].seq + _EPOCH_GAP if latest else 0
         await self.redis.sadd(CHANNELS, keys.channel)
         made = await self._evalsha(
             INIT, keys.meta, keys.stream, args=(str(uuid.uuid4()), floor, GROUP, _UNUSED_TTL)
@@ -389,6 +402,9 @@ class RedisEngine:
                     await self._init(keys)
                 except (RedisError, OSError) as error:
                     self._lost_redis(error)
+                    raise EngineUnavailable(str(error)) from None
+                except Exception as error:
+                    logger.exception("cannot give %s a new epoch", channel)
                     raise EngineUnavailable(str(error)) from None
             except (RedisError, OSError) as exc:
                 self._lost_redis(exc)
@@ -459,21 +475,35 @@ class RedisEngine:
         max_bytes: int | None,
     ) -> list[bytes] | None:
         """Everything after ``resume.since``, or None if that cannot be given exactly."""
-        since, top = resume.since, read.top
-        if resume.epoch != read.epoch or since > top or top - since > resume_max:
+        if resume.epoch != read.epoch:
             return None
-        newer = [payload for _, payload, _ in read.after]
-        first = read.after[0][0] if read.after else top + 1
-        if first > since + 1:
-            older = await self.archive.after(channel, since, first - 1, resume_max, max_bytes)
-            if older is None:
-                return None
-            newer = [payload_of(record) for record in older] + newer
-        if len(newer) != top - since:
+        entries = await self._after(channel, resume.since, read, resume_max, max_bytes)
+        if entries is None:
             return None
+        newer = [payload for _, payload, _ in entries]
         if max_bytes is not None and payload_size(newer) > max_bytes:
             return None
         return newer
+
+    async def _after(
+        self, channel: str, since: int, read: _Read, most: int, max_bytes: int | None
+    ) -> list[tuple[int, bytes, str]] | None:
+        """Every message after ``since`` through ``read.top``: the stream's (``read.after``)
+        and, before them, the archive's; None if some are in neither, or more than ``most``."""
+        top = read.top
+        if since > top or top - since > most:
+            return None
+        entries = read.after
+        first = entries[0][0] if entries else top + 1
+        if first > since + 1:
+            older = await self.archive.after(channel, since, first - 1, most, max_bytes)
+            if older is None:
+                return None
+            archived = [(r.seq, payload_of(r), r.connection_id) for r in older]
+            entries = archived + entries
+        if len(entries) != top - since:
+            return None
+        return entries
 
     async def stored(
         self, channel: str, since: int | None, limit: int, max_bytes: int
@@ -530,9 +560,9 @@ class RedisEngine:
     async def _subscribe(self, topic: str) -> None:
         """Subscribe to a topic and wait for Redis's confirmation: what is published after
         it reaches this node."""
-        pubsub = self._pubsub
-        if pubsub is None:
-            raise EngineUnavailable("Redis cannot be reached")
+        pubsub, reader = self._pubsub, self._reader
+        if pubsub is None or reader is None or reader.done():
+            raise ConnectionError("no pub/sub connection")
         confirmed = asyncio.get_running_loop().create_future()
         self._confirmations.setdefault(topic, []).append(confirmed)
         await pubsub.subscribe(topic)
@@ -540,36 +570,33 @@ class RedisEngine:
 
     async def _recover(self, watch: _Watch) -> None:
         """Read where a channel is, and go on from there (a first read, or after a gap or a
-        reconnection): deliver what the stream holds since what was delivered; start again
-        if the epoch changed or the gap is gone."""
+        reconnection): deliver what the stream, or the archive, holds after what was
+        delivered; start again if the epoch changed or some of it is nowhere."""
         channel = watch.keys.channel
         if watch.pending is None:
             watch.pending = []
-        first = not watch.ready.is_set()
-        read = await self._read(channel, after=watch.top, most=self.settings.resume_max + 1)
-        if self._watches.get(channel) is not watch:
-            return
-        if first:
-            watch.epoch, watch.top = read.epoch, read.top
-        elif read.epoch != watch.epoch or not self._deliver_read(watch, read):
-            logger.warning(
-                "channel %s: cannot go on from seq %d: starting again", channel, watch.top
-            )
-            watch.epoch, watch.top = read.epoch, read.top
-            self.listener.reset(channel)
-        watch.ready.set()
-        self._drain(watch)
-
-    def _deliver_read(self, watch: _Watch, read: _Read) -> bool:
-        """Deliver the entries read after the watch's top; False if some are missing."""
-        if read.top <= watch.top:
-            return read.top == watch.top or not read.after
-        entries = read.after
-        if not entries or entries[0][0] != watch.top + 1 or entries[-1][0] != read.top:
-            return False
-        for seq, payload, connection_id in entries:
-            self._deliver(watch, seq, payload, connection_id)
-        return True
+        async with watch.lock:  # one at a time: a fill and a reconnection may overlap
+            most = self.settings.resume_max
+            read = await self._read(channel, after=watch.top, most=most + 1)
+            if self._watches.get(channel) is not watch:
+                return
+            if not watch.ready.is_set():
+                watch.epoch, watch.top = read.epoch, read.top
+            else:
+                entries = None
+                if read.epoch == watch.epoch:
+                    entries = await self._after(channel, watch.top, read, most, None)
+                if entries is None:
+                    logger.warning(
+                        "channel %s: cannot go on from seq %d: starting again", channel, watch.top
+                    )
+                    watch.epoch, watch.top = read.epoch, read.top
+                    self.listener.reset(channel)
+                else:
+                    for seq, payload, connection_id in entries:
+                        self._deliver(watch, seq, payload, connection_id)
+            watch.ready.set()
+            self._drain(watch)
 
     def _drain(self, watch: _Watch) -> None:
         """Take the live messages that waited, in order, until a gap (its fill goes on)."""
@@ -668,10 +695,21 @@ class RedisEngine:
         try:
             while True:
                 message = await pubsub.get_message(timeout=None)
-                if message is not None:
+                if message is None:
+                    continue
+                try:
                     self._received(message)
+                except (ValueError, KeyError, TypeError) as exc:
+                    # Not ours (another program on the topic?): the others still go through.
+                    logger.error("redis: cannot read %r: %s", message["data"][:200], exc)
         except (RedisError, OSError) as exc:
             if pubsub is self._pubsub:
+                # Whoever waits for a confirmation on it waits no more.
+                for waiting in self._confirmations.values():
+                    for confirmed in waiting:
+                        if not confirmed.done():
+                            confirmed.set_exception(ConnectionError("pub/sub connection lost"))
+                self._confirmations.clear()
                 self._lost_pubsub(exc)
 
     def _received(self, message: dict[str, Any]) -> None:
@@ -706,6 +744,7 @@ class RedisEngine:
         if self._closed:
             return
         self._unreachable(error)
+        self._losses += 1
         self._start_reconnecting(_RECONNECT_FIRST)
 
     def _lost_pubsub(self, error: BaseException) -> None:
@@ -714,6 +753,7 @@ class RedisEngine:
         if self._closed:
             return
         logger.warning("redis: pub/sub connection lost (%s): reconnecting", error)
+        self._losses += 1
         self._start_reconnecting(0.0)
 
     def _unreachable(self, error: BaseException) -> None:
@@ -746,19 +786,30 @@ class RedisEngine:
                 for watch in self._watches.values():
                     if watch.pending is None:
                         watch.pending = []
+                reachable = False
+                losses = self._losses
                 try:
+                    # Every pooled connection is stale after a restart: new ones for all.
+                    await self.redis.connection_pool.disconnect()
                     await self.redis.ping()
+                    reachable = True
                     await self._load_scripts()
                     await self._connect_pubsub()
                     self._available = True
                     for watch in list(self._watches.values()):
                         await self._recover(watch)
                 except (RedisError, OSError, EngineUnavailable, TimeoutError) as exc:
-                    self._unreachable(exc)
-                    delay = min(delay * 2, _RECONNECT_MOST) if delay else _RECONNECT_FIRST
+                    if reachable:  # Redis answers: only the pub/sub connection broke again
+                        delay = _RECONNECT_FIRST
+                    else:
+                        self._unreachable(exc)
+                        delay = min(delay * 2, _RECONNECT_MOST) if delay else _RECONNECT_FIRST
                     logger.warning(
                         "redis: attempt %d failed: %s; next in %g s", attempt, exc, delay
                     )
+                    continue
+                if self._losses != losses:  # one broke again meanwhile
+                    delay = 0.0
                     continue
                 logger.info("redis: connected again (attempt %d)", attempt)
                 self.presence.refresh_soon()

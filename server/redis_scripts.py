@@ -131,7 +131,7 @@ return 1
 )
 
 #: Expire the entries of nodes that stopped refreshing them (crashed), announcing each member
-#: whose last entry that was ('l::' and its info), then answer a read.
+#: whose last entry that was ('l:' and its info: no connection), then answer a read.
 #: KEYS: entries, info, members. ARGV: now (ms), topic, what ("entries": every entry's info;
 #: "count": how many members; "sweep": nothing).
 PRESENCE = Script(
@@ -145,7 +145,7 @@ for _, entry in ipairs(expired) do
     local member = cjson.decode(info)['key']
     if redis.call('HINCRBY', KEYS[3], member, -1) <= 0 then
       redis.call('HDEL', KEYS[3], member)
-      redis.call('PUBLISH', ARGV[2], 'l::' .. info)
+      redis.call('PUBLISH', ARGV[2], 'l:' .. info)
     end
   end
 end
