@@ -6,6 +6,7 @@ connection and come back resuming where they were. Whatever the order, once a cl
 subscribed to a channel it has, whenever it is subscribed, every message of that channel
 exactly once: what it received (history and live, in increasing seq order, never twice) and
 what it published itself. A message sent again is acked with its first seq and stored once.
+The same machine runs on the local engine and on the Redis engine.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -33,6 +35,7 @@ from hypothesis.stateful import (
 import rfc6455
 from server.app import App
 from server.settings import Settings
+from tests.server.redis_service import RedisServer
 from tests.server.support import GUARD, HOST
 
 CHANNELS = ("general", "room:a", "room:b")
@@ -61,10 +64,17 @@ class Slot:
 
 
 class Channels(RuleBasedStateMachine):
+    #: The Redis server of the run on the Redis engine (``RedisChannels``); None: local.
+    redis: RedisServer | None = None
+
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.folder = Path(tempfile.mkdtemp())
+        engine = "local"
+        if self.redis is not None:
+            self.redis.command("FLUSHALL")
+            engine = self.redis.url
         self.app = App(
             Settings(
                 host=HOST,
@@ -74,6 +84,7 @@ class Channels(RuleBasedStateMachine):
                 history=1000,
                 rate_limit=0,
                 leave_rate=0,
+                engine=engine,
             )
         )
         self.port = self.run(self.app.start())
@@ -297,5 +308,17 @@ class Channels(RuleBasedStateMachine):
             self._absorb_one(slot, message)
 
 
+class RedisChannels(Channels):
+    """The same property on the Redis engine (its messages archived to the SQLite file)."""
+
+
+@pytest.fixture(autouse=True)
+def redis_for_the_machine(request: pytest.FixtureRequest) -> None:
+    if request.cls is RedisChannels.TestCase:
+        RedisChannels.redis = request.getfixturevalue("redis_server")
+
+
 Channels.TestCase.settings = settings(max_examples=25, stateful_step_count=30, deadline=None)
+RedisChannels.TestCase.settings = Channels.TestCase.settings
 test_channels_property = Channels.TestCase
+test_channels_property_on_redis = RedisChannels.TestCase
