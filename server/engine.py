@@ -218,6 +218,9 @@ class Listener(Protocol):
         """The channel cannot go on from what was delivered here (its epoch changed, or
         messages were lost beyond recovery): its subscribers here must start again."""
 
+    def invited(self, user: str, channel: str) -> None:
+        """A direct message came for ``user`` in ``channel``: subscribe its connections here."""
+
 
 class Engine(Protocol):
     """Channels' seqs, storage, history, read positions and presence."""
@@ -295,6 +298,16 @@ class Engine(Protocol):
     def forget(self, channel: str) -> None:
         """Nobody here is subscribed to ``channel`` any more: memory of it may go."""
 
+    def watch_user(self, user: str) -> None:
+        """A user's first connection here: invitations for it (``invite``) reach this node."""
+
+    def unwatch_user(self, user: str) -> None:
+        """A user's last connection here went."""
+
+    def invite(self, user: str, channel: str) -> None:
+        """Tell every other node that a direct message for ``user`` came in ``channel``
+        (``Listener.invited``); the handler subscribes the connections here itself."""
+
     def health(self) -> dict[str, object]:
         """Figures for ``/healthz``."""
 
@@ -320,4 +333,7 @@ class NoListener:
         pass
 
     def reset(self, channel: str) -> None:
+        pass
+
+    def invited(self, user: str, channel: str) -> None:
         pass

@@ -138,8 +138,10 @@ class ChatHandler:
         self._typing: dict[tuple[str, str], float] = {}
         # The clients connected, by connection id: a direct message subscribes its users'.
         self._clients: dict[str, _Client] = {}
+        # Histories sent by themselves (a channel started again, another node's invitation).
         self._resets: set[asyncio.Task[None]] = set()
         hub.on_reset = self._reset
+        hub.on_invited = self._invited
 
     async def __call__(self, connection: rfc6455.Connection) -> None:
         request = connection.request
@@ -172,6 +174,8 @@ class ChatHandler:
         """
         connection, engine, settings = client.connection, self.engine, self.settings
         assert connection.request is not None
+        if client.user is not None and not self.manager.of_user(client.user):
+            engine.watch_user(client.user)
         self.manager.add(client.id, connection, client.user)
         self._clients[client.id] = client
         try:
@@ -334,18 +338,40 @@ class ChatHandler:
             )
         # It reaches every connection of both users: those not subscribed to the pair's
         # channel are now, as if they had asked (``subscribed``, with the latest messages and
-        # the epoch to resume from), unless they are in as many channels as they may be.
+        # the epoch to resume from), unless they are in as many channels as they may be;
+        # those here first, then those on other nodes (``Listener.invited``).
         for user in {client.user, to}:
             for connection_id in self.manager.of_user(user):
                 other = self._clients.get(connection_id)
-                if (
-                    other is not None
-                    and channel not in other.subscriptions
-                    and len(other.subscriptions) < MAX_CHANNELS
-                ):
-                    with contextlib.suppress(rfc6455.ConnectionClosed):
+                if other is not None and self._may_join(other, channel):
+                    with contextlib.suppress(rfc6455.ConnectionClosed, CommandError):
                         await self._send_subscription(other, channel, None)
+            self.engine.invite(user, channel)
         await self._submit(client.draft(channel, text, client_msg_id))
+
+    def _may_join(self, client: _Client, channel: str) -> bool:
+        return channel not in client.subscriptions and len(client.subscriptions) < MAX_CHANNELS
+
+    def _invited(self, user: str, channel: str) -> None:
+        """Another node's direct message: subscribe the user's connections here."""
+        for connection_id in self.manager.of_user(user):
+            client = self._clients.get(connection_id)
+            if client is not None and self._may_join(client, channel):
+                subscriber = self._subscribe_now(client, channel)
+                task = asyncio.get_running_loop().create_task(
+                    self._invite(client, channel, subscriber)
+                )
+                self._resets.add(task)
+                task.add_done_callback(self._resets.discard)
+
+    async def _invite(self, client: _Client, channel: str, subscriber: Subscriber) -> None:
+        try:
+            await self._send_history(client, channel, subscriber, None, restart=False)
+        except EngineUnavailable:
+            if client.subscriptions.get(channel) is subscriber:
+                self._unsubscribe_now(client, channel)
+        except rfc6455.ConnectionClosed:
+            pass
 
     async def _subscribe(self, client: _Client, channel: str, resume: Resume | None) -> None:
         if channel in client.subscriptions:
@@ -542,7 +568,10 @@ class ChatHandler:
         for channel in list(client.subscriptions):
             self._unsubscribe_now(client, channel)
         self._clients.pop(client.id, None)
-        if not self.manager.remove(client.id, client.user):
+        removed = self.manager.remove(client.id, client.user)
+        if client.user is not None and not self.manager.of_user(client.user):
+            self.engine.unwatch_user(client.user)
+        if not removed:
             return
         connection = client.connection
         logger.info(

@@ -60,8 +60,10 @@ class Hub:
         self.namespaces = namespaces
         self.max_held = max_held
         self._channels: dict[str, dict[str, Subscriber]] = {}
-        #: Told which channel to start again (``reset``): the chat handler sets it.
+        #: Told which channel to start again (``reset``), and which user to subscribe to a
+        #: direct message's channel (``invited``): the chat handler sets them.
         self.on_reset: Callable[[str], None] | None = None
+        self.on_invited: Callable[[str, str], None] | None = None
 
     def subscribe(
         self, channel: str, connection_id: str, connection: rfc6455.Connection
@@ -175,6 +177,11 @@ class Hub:
         """The engine lost the channel's thread: its subscribers here start again."""
         if self.on_reset is not None:
             self.on_reset(channel)
+
+    def invited(self, user: str, channel: str) -> None:
+        """A direct message for ``user`` came in ``channel`` on another node."""
+        if self.on_invited is not None:
+            self.on_invited(user, channel)
 
     def _fan_out(self, channel: str, seq: int | None, frame: bytes, exclude: str | None) -> int:
         subscribers = self._channels.get(channel)

@@ -492,6 +492,15 @@ class LocalEngine:
         """Deliver an ephemeral message to the channel's subscribers here."""
         self.listener.signalled(channel, payload, connection_id)
 
+    def watch_user(self, user: str) -> None:
+        """One process: every user's connections are here already."""
+
+    def unwatch_user(self, user: str) -> None:
+        """One process: nothing to do."""
+
+    def invite(self, user: str, channel: str) -> None:
+        """One process: no other node to tell."""
+
     def forget(self, channel: str) -> None:
         """Nobody here is subscribed to ``channel``: its ring may go, and its row if it never
         had a message."""

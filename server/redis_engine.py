@@ -53,7 +53,7 @@ from .engine import (
 from .history import Resume, payload_size
 from .namespaces import Namespaces
 from .recent import DEFAULT_WINDOW
-from .redis_keys import CHANNELS, GROUP, ChannelKeys, node_topic
+from .redis_keys import CHANNELS, GROUP, USER_TOPIC, ChannelKeys, node_topic
 from .redis_scripts import HISTORY, INIT, PUBLISH, SCRIPTS, SET_READ, Script
 from .settings import Settings
 from .store import MessageRecord, format_timestamp
@@ -158,6 +158,7 @@ class RedisEngine:
         self.redis = connect_redis(settings.engine) if redis is None else redis
         self.archive = open_archive(settings.db_path) if archive is None else archive
         self._watches: dict[str, _Watch] = {}
+        self._users: set[str] = set()  # users with connections here
         self._keys: dict[str, ChannelKeys] = {}
         self._outbox: list[Draft] = []
         self._room = asyncio.Event()
@@ -673,6 +674,22 @@ class RedisEngine:
         if self._pubsub is not None and self._available:
             self._spawn(_quietly(self._pubsub.unsubscribe(watch.keys.topic)))
 
+    def watch_user(self, user: str) -> None:
+        """A user's first connection here: receive its invitations (its own topic)."""
+        self._users.add(user)
+        if self._pubsub is not None and self._available:
+            self._spawn(_quietly(self._subscribe(USER_TOPIC + user)))
+
+    def unwatch_user(self, user: str) -> None:
+        """A user's last connection here went."""
+        self._users.discard(user)
+        if self._pubsub is not None and self._available:
+            self._spawn(_quietly(self._pubsub.unsubscribe(USER_TOPIC + user)))
+
+    def invite(self, user: str, channel: str) -> None:
+        """Tell the nodes with connections of ``user`` that it has a direct message."""
+        self.presence.publish(USER_TOPIC + user, channel.encode())
+
     def _spawn(self, work: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
@@ -688,6 +705,8 @@ class RedisEngine:
         await self._subscribe(node_topic(self.node))
         for watch in self._watches.values():
             await self._subscribe(watch.keys.topic)
+        for user in self._users:
+            await self._subscribe(USER_TOPIC + user)
 
     async def _read_pubsub(self, pubsub: Any) -> None:
         from redis.exceptions import RedisError
@@ -725,6 +744,9 @@ class RedisEngine:
         if kind != "message":
             return
         data: bytes = message["data"]
+        if topic.startswith(USER_TOPIC):
+            self.listener.invited(topic[len(USER_TOPIC) :], data.decode())
+            return
         channel = topic[len("chat:{") : -len("}:live")]
         if data[:1] == b"p":
             watch = self._watches.get(channel)

@@ -12,6 +12,9 @@ __all__ = ["CHANNELS", "GROUP", "PREFIX", "ChannelKeys", "node_topic"]
 PREFIX = "chat:"
 #: Every channel that was given a meta key: the archivers read their streams.
 CHANNELS = PREFIX + "channels"
+#: Pub/sub: a user's invitations to direct messages' channels (``USER_TOPIC + user``), which
+#: a node receives while it has connections of the user.
+USER_TOPIC = PREFIX + "user:"
 #: The consumer group of every stream: the nodes' archivers, which write it to the database.
 GROUP = "archive"
 

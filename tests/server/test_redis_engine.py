@@ -26,6 +26,7 @@ import pytest
 
 import rfc6455
 from tests.server.redis_service import RedisServer
+from tests.server.test_auth import SECRET, token
 from tests.server.test_subprocess import ServerProcess
 from tests.server.test_subprocess import spawn as spawn  # the fixture
 
@@ -96,8 +97,8 @@ class Peer:
         self.closes: list[int | None] = []
         self._mark = 0
 
-    async def connect(self, node: Node, *, resume: bool = False) -> None:
-        query = f"clientId={self.client_id}"
+    async def connect(self, node: Node, *, resume: bool = False, query: str = "") -> None:
+        query = query or f"clientId={self.client_id}"
         if resume and "general" in self.epochs:
             query += f"&since={self.last('general')}&epoch={self.epochs['general']}"
         self.connection = await rfc6455.connect(
@@ -424,3 +425,33 @@ async def test_a_crashed_nodes_clients_resume_elsewhere_and_its_members_leave(
     await writing
     await eventually(lambda: all(p.count("room") >= 600 for p in peers))
     check_every_message_once_in_order(peers, "room", 600)
+
+
+# Direct messages
+
+
+async def test_a_direct_message_reaches_the_users_connections_on_every_node(
+    spawn: Spawn, redis_factory: Callable[..., RedisServer], tmp_path: Path
+) -> None:
+    redis = redis_factory()
+    db = tmp_path / "chat.db"
+    auth = ("--auth", "jwt", "--jwt-secret", SECRET)
+    nodes = [await start_node(spawn, redis, db, *auth) for _ in range(3)]
+    alice, bob, bob_tab = Peer("alice"), Peer("bob"), Peer("bob's tab")
+    await alice.connect(nodes[0], query=f"access_token={token(sub='alice')}")
+    await bob.connect(nodes[1], query=f"access_token={token(sub='bob')}")
+    await bob_tab.connect(nodes[2], query=f"access_token={token(sub='bob')}")
+    alice.outbox["d1"] = ("dm:alice:bob", "psst")  # its ack counts as alice's own message
+    await alice.send({"type": "direct", "to": "bob", "message": "psst", "clientMsgId": "d1"})
+    for peer in (bob, bob_tab):
+        await eventually(lambda peer=peer: peer.count("dm:alice:bob") == 1)
+        subscribed = [m for m in peer.messages if m.get("type") == "subscribed"]
+        assert [m["channel"] for m in subscribed] == ["dm:alice:bob"]
+        # In the history it came with, or live after it: once either way.
+        texts = [m["message"] for m in peer.messages if m.get("type") == "broadcast"]
+        texts += [item["message"] for m in subscribed for item in m["messages"]]
+        assert texts == ["psst"]
+    # Subscribed now: the answer goes back the usual way.
+    await bob_tab.publish("dm:alice:bob", "hi alice")
+    await eventually(lambda: alice.count("dm:alice:bob") == 2)
+    check_every_message_once_in_order([alice, bob, bob_tab], "dm:alice:bob", 2)
