@@ -121,6 +121,8 @@ class _Watch:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     waiters: list[tuple[int, asyncio.Future[None]]] = field(default_factory=list)
+    # Acks of this node's messages, held until they are delivered here (seq order).
+    acks: list[Ack] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,13 +188,21 @@ class RedisEngine:
     async def start(self) -> None:
         """Connect to Redis and to the database, subscribe this node's topic, start the
         archiver and presence refresh; raises what keeps it from running."""
-        await self.archive.start()
+        from redis.exceptions import RedisError
+
+        try:
+            await self.archive.start()
+        except self.archive.retryable as exc:
+            await _quietly(self.redis.aclose())
+            raise EngineUnavailable(f"cannot open the archive: {_first_line(exc)}") from None
         try:
             await self._load_scripts()
             await self._connect_pubsub()
-        except BaseException:
+        except BaseException as exc:
             await self.archive.close()
-            await self.redis.aclose()
+            await _quietly(self.redis.aclose())
+            if isinstance(exc, RedisError | OSError | TimeoutError):
+                raise EngineUnavailable(f"cannot reach Redis: {_first_line(exc)}") from None
             raise
         self._available = True
         self.presence.start()
@@ -208,6 +218,8 @@ class RedisEngine:
         for draft in self._outbox:
             self._unavailable(draft)
         self._outbox.clear()
+        for watch in self._watches.values():
+            self._release_acks(watch, everything=True)
         await self.presence.stop(timeout)
         await self.archiver.stop(timeout)
         for task in (self._reader, self._reconnecting, *self._tasks):
@@ -334,7 +346,7 @@ class RedisEngine:
                 seq, epoch, duplicate = result
                 acks.append(Ack(draft, int(seq), epoch.decode(), duplicate=bool(duplicate)))
         if acks:
-            self.listener.acked(acks)
+            self._acknowledge(acks)
             self.archiver.wake()
         if again:
             try:
@@ -456,16 +468,35 @@ class RedisEngine:
         watch = await self._watch(channel)
         if resume is None:
             read = await self._read(channel, latest=count)
-            items = _fit([payload for _, payload, _ in reversed(read.latest)], max_bytes)
+            items = await self._latest(channel, read, count, max_bytes)
             await self._caught_up(watch, read.top)
             return Recovery(read.epoch, items, False, read.top)
         read = await self._read(channel, after=resume.since, most=resume_max + 1, latest=count)
-        fallback = _fit([payload for _, payload, _ in reversed(read.latest)], max_bytes)
         recovered = await self._missed(channel, resume, read, resume_max, max_bytes)
+        if recovered is None:
+            items = await self._latest(channel, read, count, max_bytes)
         await self._caught_up(watch, read.top)
         if recovered is None:
-            return Recovery(read.epoch, fallback, False, read.top)
+            return Recovery(read.epoch, items, False, read.top)
         return Recovery(read.epoch, recovered, True, read.top)
+
+    async def _latest(
+        self, channel: str, read: _Read, count: int, max_bytes: int | None
+    ) -> list[bytes]:
+        """The channel's latest ``count`` messages within ``max_bytes``: the stream's, and
+        before them the archive's when the stream holds fewer (Redis lost its data)."""
+        entries = list(reversed(read.latest))
+        items = [payload for _, payload, _ in entries]
+        first = entries[0][0] if entries else read.top + 1
+        if len(entries) < count and first > 1:
+            room = 2**31 if max_bytes is None else max_bytes
+            try:
+                older = await self.archive.last(channel, count - len(entries), room, first - 1)
+            except self.archive.retryable as exc:
+                logger.warning("history: cannot read the archive of %s: %s", channel, exc)
+                older = []
+            items = [payload_of(record) for record in older] + items
+        return _fit(items, max_bytes)
 
     async def _missed(
         self,
@@ -513,22 +544,16 @@ class RedisEngine:
         oldest first, from the stream and the archive."""
         if since is None:
             read = await self._read(channel, latest=limit)
-            entries = list(reversed(read.latest))
-            first = entries[0][0] if entries else read.top + 1
-            older: list[MessageRecord] = []
-            if len(entries) < limit and first > 1:
-                older = await self.archive.last(
-                    channel, limit - len(entries), max_bytes, through=first - 1
-                )
+            items = await self._latest(channel, read, limit, max_bytes)
         else:
             read = await self._read(channel, after=since, most=limit)
             entries = read.after
             first = entries[0][0] if entries else read.top + 1
-            older = []
+            older: list[MessageRecord] = []
             if first > since + 1:
                 through = min(first - 1, since + limit)
                 older = await self.archive.after(channel, since, through, limit, max_bytes) or []
-        items = [payload_of(record) for record in older] + [p for _, p, _ in entries]
+            items = [payload_of(record) for record in older] + [p for _, p, _ in entries]
         return [json.loads(payload) for payload in _fit(items[:limit], max_bytes)]
 
     # Delivery.
@@ -578,10 +603,16 @@ class RedisEngine:
             watch.pending = []
         async with watch.lock:  # one at a time: a fill and a reconnection may overlap
             most = self.settings.resume_max
-            read = await self._read(channel, after=watch.top, most=most + 1)
+            first = not watch.ready.is_set()
+            # The first read needs the position only.
+            read = (
+                await self._read(channel)
+                if first
+                else await self._read(channel, after=watch.top, most=most + 1)
+            )
             if self._watches.get(channel) is not watch:
                 return
-            if not watch.ready.is_set():
+            if first:
                 watch.epoch, watch.top = read.epoch, read.top
             else:
                 entries = None
@@ -592,8 +623,10 @@ class RedisEngine:
                         "channel %s: cannot go on from seq %d: starting again", channel, watch.top
                     )
                     watch.epoch, watch.top = read.epoch, read.top
+                    self._release_acks(watch, everything=True)
                     self.listener.reset(channel)
                 else:
+                    logger.debug("channel %s: %d read after a gap", channel, len(entries))
                     for seq, payload, connection_id in entries:
                         self._deliver(watch, seq, payload, connection_id)
             watch.ready.set()
@@ -611,6 +644,12 @@ class RedisEngine:
         """Check a live message's epoch and seq, and deliver it or drop it (True), or wait
         for the gap before it to be filled (False)."""
         if live.epoch != watch.epoch or live.seq > watch.top + 1:
+            logger.debug(
+                "channel %s: seq %d after %d: reading the gap",
+                watch.keys.channel,
+                live.seq,
+                watch.top,
+            )
             watch.pending = [live]
             self._spawn(self._fill(watch))
             return False
@@ -627,10 +666,36 @@ class RedisEngine:
             # The reconnection recovers it.
             self._lost_pubsub(exc)
 
+    def _acknowledge(self, acks: list[Ack]) -> None:
+        """Send acks, each once this node has delivered its message (and those before it)
+        to the channel's subscribers here: a sender that counts its own seqs as seen never
+        gets ahead of the broadcasts (as the local engine acks after its broadcast)."""
+        now: list[Ack] = []
+        for ack in acks:
+            watch = self._watches.get(ack.draft.channel)
+            if watch is None or watch.top >= ack.seq:
+                now.append(ack)
+            else:
+                watch.acks.append(ack)
+        if now:
+            self.listener.acked(now)
+
+    def _release_acks(self, watch: _Watch, everything: bool = False) -> None:
+        """Send the held acks of messages delivered now (all of them if ``everything``)."""
+        acks = watch.acks
+        count = 0
+        while count < len(acks) and (everything or acks[count].seq <= watch.top):
+            count += 1
+        if count:
+            due, watch.acks = acks[:count], acks[count:]
+            self.listener.acked(due)
+
     def _deliver(self, watch: _Watch, seq: int, payload: bytes, connection_id: str) -> None:
         watch.top = seq
         channel = watch.keys.channel
         self.listener.published(Publication(channel, seq, payload, connection_id))
+        if watch.acks:
+            self._release_acks(watch)
         if watch.waiters:
             due = [(top, waiter) for top, waiter in watch.waiters if top <= seq]
             if due:
@@ -671,6 +736,7 @@ class RedisEngine:
         for _, waiter in watch.waiters:
             if not waiter.done():
                 waiter.set_result(None)
+        self._release_acks(watch, everything=True)
         if self._pubsub is not None and self._available:
             self._spawn(_quietly(self._pubsub.unsubscribe(watch.keys.topic)))
 
@@ -811,8 +877,10 @@ class RedisEngine:
                 reachable = False
                 losses = self._losses
                 try:
-                    # Every pooled connection is stale after a restart: new ones for all.
-                    await self.redis.connection_pool.disconnect()
+                    if not self._available:
+                        # After a restart the idle pooled connections are stale: new ones.
+                        # (Not those in use: a pipeline waits on one.)
+                        await self.redis.connection_pool.disconnect(inuse_connections=False)
                     await self.redis.ping()
                     reachable = True
                     await self._load_scripts()
@@ -907,6 +975,11 @@ def _fit(items: list[bytes], max_bytes: int | None) -> list[bytes]:
         if total > max_bytes:
             return items[index + 1 :]
     return items
+
+
+def _first_line(error: BaseException) -> str:
+    """An error's first line (a driver's message may go on with details)."""
+    return (str(error) or type(error).__name__).splitlines()[0]
 
 
 async def _quietly(work: Awaitable[Any]) -> None:
