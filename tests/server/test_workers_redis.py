@@ -493,7 +493,9 @@ async def test_a_rolling_restart_of_two_workers_loses_nothing_and_archives_each_
     # What they missed while away came with the resumes (the others kept publishing).
     assert sum(len(resume.seqs) for client in clients for resume in client.resumes) > 0
     for client in clients:
-        assert len(client.resumes) == 2 * len(client.closes)  # general and the room, each time
+        # Both channels resumed on the last connection at least (an earlier one may have been
+        # closed before its answers came).
+        assert {resume.channel for resume in client.resumes} == set(CHANNELS)
         for resume in client.resumes:
             assert resume.recovered, (client.name, resume)
             assert resume.seqs == list(range(resume.since + 1, resume.since + 1 + len(resume.seqs)))
