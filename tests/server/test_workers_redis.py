@@ -571,3 +571,42 @@ async def test_an_ack_comes_after_the_broadcasts_of_the_seqs_before_it(
         await b.recv_any()
     order = [(m["type"], m["seq"]) for m in b.received if m.get("type") in ("broadcast", "ack")]
     assert order == [("broadcast", 1), ("ack", 2)]
+
+
+# Found while documenting the engine: the left of a crashed node's member.
+
+
+async def test_a_crashed_nodes_member_is_announced_left_and_the_others_deliver_on(
+    start_chat: Callable[..., Any], redis_url: str
+) -> None:
+    """Three nodes (three Apps on one Redis, in this process) in one channel, with a presence
+    TTL of 1 s. Node C "crashes": it stops without taking its presence entries out, as
+    ``kill -9`` would, so they expire. A node delivering the channel sweeps them: B's subscriber
+    is told that C's member left, and B still delivers what node A's client publishes (the
+    sweep's ``left`` once ended the pub/sub reader of every node that received it: ``l::``
+    made its info unreadable)."""
+    node_a, node_b, node_c = [
+        await start_chat(engine=redis_url, presence_ttl=1.0) for _ in range(3)
+    ]
+    cat = str(uuid.uuid4())
+    a, b, c = [
+        await node.join(f"clientId={client_id}&name={name}")
+        for node, client_id, name in (
+            (node_a, uuid.uuid4(), "Ann"),
+            (node_b, uuid.uuid4(), "Bob"),
+            (node_c, cat, "Cat"),
+        )
+    ]
+    channel = "room:crash"
+    for client in (a, b, c):
+        await client.subscribe(channel)
+    assert (await b.expect("joined", channel=channel))["member"]["name"] == "Cat"
+    node_c.app.engine.presence._local.clear()  # nothing taken out at its stop: a crash
+    await node_c.app.stop()
+    node_c.stopped = True
+    assert (await b.expect("left", channel=channel))["member"] == {"clientId": cat, "name": "Cat"}
+    await b.request("presence", channel=channel)
+    presence = await b.expect("presence", channel=channel)
+    assert sorted(member["name"] for member in presence["members"]) == ["Ann", "Bob"]
+    await a.publish(channel, "still here?", "m-1")
+    assert (await b.expect("broadcast", channel=channel))["message"] == "still here?"
