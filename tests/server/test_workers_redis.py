@@ -1,18 +1,20 @@
 """``python -m server --workers 2 --engine redis://...`` as real processes, with a real Redis.
 
-A supervisor and its two workers run as one ``python -m server --workers 2`` child (the
-repository on ``PYTHONPATH``, in ``tmp_path``), on a port the test holds bound (with
-``SO_REUSEPORT``, never listening) so that no one else takes it. Redis is the session's
-``redis-server`` (``redis_service.py``), emptied for the test; the archive is one SQLite file
-both workers share, or a PostgreSQL database of the test's own.
+A supervisor and its two workers run as one child (``workers_service.py``), on a port the test
+holds bound. Redis is the session's ``redis-server`` (``redis_service.py``), emptied for the
+test; the archive is one SQLite file both workers share, or a PostgreSQL database of the
+test's own.
 
-Clients are connected until each worker has some: a worker's log lines name its pid
-(``server.handler[PID]: connect <connectionId> ...``), which tells the test where each client
-is. They behave as the console and web clients do (``docs/protocol.md``, "Resuming"): an
-outbox of messages with a ``clientMsgId`` (and a ``clientId``, so that the server knows the
-sender), sent again after every reconnect; on 1012 they connect again to the same port with
-``?since=&epoch=`` for ``general`` and ``subscribe`` with ``since`` and ``epoch`` for the other
-channel, the position being the highest seq delivered (a broadcast or a history's message).
+Clients are connected until each worker has some: a worker's log lines name its pid, which
+tells the test where each client is. They behave as the console and web clients do
+(``docs/protocol.md``, "Resuming"): an outbox of messages with a ``clientMsgId`` (and a
+``clientId``, so that the server knows the sender), sent again after every reconnect; on 1012
+they connect again to the same port with ``?since=&epoch=`` for ``general`` and ``subscribe``
+with ``since`` and ``epoch`` for the other channel, the position being the highest seq
+delivered (a broadcast or a history's message).
+
+Then what was found while writing it and the Redis engine's documentation, with several
+nodes in this process (Apps on one Redis).
 
 Orders, sets and counts are asserted, never durations; every wait has a generous bound.
 """
@@ -22,14 +24,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import re
 import signal
-import socket
 import sqlite3
-import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,14 +37,17 @@ import pytest
 import rfc6455
 from tests.server.postgres_service import PostgresService
 from tests.server.support import wait_until
+from tests.server.workers_service import (
+    WAIT,
+    Supervisor,
+    Supervisors,
+    create_database,
+    reserved_port,
+)
 
-REPO = Path(__file__).resolve().parents[2]
 GENERAL = "general"
 ROOM = "room:workers"
 CHANNELS = (GENERAL, ROOM)
-# The bound of every wait: far above what a step takes (starting a worker takes a second or
-# two on a loaded machine), so that it fires only when something is broken.
-WAIT = 60.0
 # Clients each worker must have before the test goes on, and the most connected to get there.
 PER_WORKER = 3
 MOST_CLIENTS = 40
@@ -54,54 +55,8 @@ MOST_CLIENTS = 40
 # meanwhile, and the second worker may be replaced first), or almost at once (it may reach the
 # other old worker, to be closed again); every other client waits long.
 RECONNECT = (0.5, 0.05)
-# A worker's line for each chat connection: its pid, and the connection's id.
-CONNECT = re.compile(r"\[(\d+)\]: connect ([0-9a-f-]{36}) from ")
 
 Json = dict[str, Any]
-
-
-class Supervisor:
-    """The ``python -m server --workers 2`` child; its stderr (its workers' too), line by line."""
-
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-        self.lines: list[str] = []
-        # Each chat connection's worker, from the workers' log lines.
-        self.workers: dict[str, int] = {}
-        self._reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.process.stderr is not None
-        async for raw in self.process.stderr:
-            line = raw.decode(errors="replace")
-            self.lines.append(line)
-            if match := CONNECT.search(line):
-                self.workers[match.group(2)] = int(match.group(1))
-
-    def logged(self, text: str) -> int:
-        """How many lines hold ``text``."""
-        return sum(text in line for line in self.lines)
-
-    async def worker_of(self, connection_id: str) -> int:
-        """The pid of the worker that serves ``connection_id`` (logged before it is sent)."""
-        await wait_until(lambda: connection_id in self.workers, WAIT)
-        return self.workers[connection_id]
-
-    def signal(self, signum: signal.Signals) -> None:
-        self.process.send_signal(signum)
-
-    async def wait(self) -> int:
-        """Wait for the exit and the end of the output; the exit status."""
-        async with asyncio.timeout(WAIT):
-            status = await self.process.wait()
-            await self._reader
-        return status
-
-    async def kill(self) -> None:
-        if self.process.returncode is None:
-            self.process.kill()
-        await self.process.wait()
-        await self._reader
 
 
 @dataclass
@@ -285,64 +240,6 @@ async def _recv(connection: rfc6455.Connection) -> Json:
     return message
 
 
-@pytest.fixture
-def port() -> Iterator[int]:
-    """A port held bound (SO_REUSEPORT too, never listening): the workers' and no one else's."""
-    with socket.socket() as reserved:
-        reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        reserved.bind(("127.0.0.1", 0))
-        yield reserved.getsockname()[1]
-
-
-@pytest.fixture
-async def supervise(
-    tmp_path: Path, port: int, loop_errors: list[dict[str, Any]]
-) -> AsyncIterator[Callable[..., Any]]:
-    """``supervise(*args)`` starts ``python -m server --workers 2 --port PORT *args`` in
-    tmp_path and returns its Supervisor once every worker listens; killed at teardown."""
-    running: list[Supervisor] = []
-
-    async def start(*args: str) -> Supervisor:
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
-        environ["PYTHONPATH"] = str(REPO)
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "server",
-            "--workers",
-            "2",
-            "--port",
-            str(port),
-            "--shutdown-timeout",
-            "5",
-            *args,
-            cwd=tmp_path,
-            env=environ,
-            stdin=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        supervisor = Supervisor(process)
-        running.append(supervisor)
-        ready = "server.supervisor: listening: open http://127.0.0.1"
-        await wait_until(lambda: supervisor.logged(ready) or process.returncode is not None, WAIT)
-        assert process.returncode is None, supervisor.lines
-        return supervisor
-
-    yield start
-    for supervisor in running:
-        await supervisor.kill()
-
-
-async def create_database(service: PostgresService, name: str) -> str:
-    """A new database on the server; its URL."""
-    import psycopg
-    from psycopg import sql
-
-    async with await psycopg.AsyncConnection.connect(service.url, autocommit=True) as conn:
-        await conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return service.url_of(name)
-
-
 async def archived(db: str) -> list[tuple[str, int, str]]:
     """Every (channel, seq, message) of the archive's table."""
     query = "SELECT channel, seq, message FROM messages ORDER BY channel, seq"
@@ -357,6 +254,16 @@ async def archived(db: str) -> list[tuple[str, int, str]]:
         return [(c, int(s), m) for c, s, m in conn.execute(query).fetchall()]
     finally:
         conn.close()
+
+
+@pytest.fixture
+async def supervise(
+    tmp_path: Path, loop_errors: list[dict[str, Any]]
+) -> AsyncIterator[Callable[..., Any]]:
+    """``supervise(*args, port=P)``: a ``python -m server --workers 2`` in tmp_path."""
+    supervisors = Supervisors(tmp_path)
+    yield supervisors.start
+    await supervisors.close()
 
 
 async def until(clients: list[Client], predicate: Callable[[], object]) -> None:
@@ -451,7 +358,6 @@ async def wait_all_seen(clients: list[Client]) -> None:
 async def test_a_rolling_restart_of_two_workers_loses_nothing_and_archives_each_message_once(
     supervise: Callable[..., Any],
     redis_url: str,
-    port: int,
     tmp_path: Path,
     request: pytest.FixtureRequest,
     database: str,
@@ -461,8 +367,13 @@ async def test_a_rolling_restart_of_two_workers_loses_nothing_and_archives_each_
     else:
         service: PostgresService = request.getfixturevalue("postgres")
         db = await create_database(service, f"workers_{uuid.uuid4().hex}")
-    supervisor = await supervise("--engine", redis_url, "--db", db)
-    clients = await connect_to_both(supervisor, f"ws://127.0.0.1:{port}/")
+    with reserved_port() as port:
+        supervisor = await supervise("--engine", redis_url, "--db", db, port=port)
+        await chat_through_a_rolling_restart(supervisor, f"ws://127.0.0.1:{port}/", db)
+
+
+async def chat_through_a_rolling_restart(supervisor: Supervisor, url: str, db: str) -> None:
+    clients = await connect_to_both(supervisor, url)
     first_workers = {client.workers[0] for client in clients}
     assert len(first_workers) == 2
 
