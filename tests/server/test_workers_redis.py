@@ -24,8 +24,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sqlite3
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -45,6 +47,7 @@ from tests.server.workers_service import (
     reserved_port,
 )
 
+REPO = Path(__file__).resolve().parents[2]
 GENERAL = "general"
 ROOM = "room:workers"
 CHANNELS = (GENERAL, ROOM)
@@ -521,3 +524,41 @@ async def test_a_crashed_nodes_member_is_announced_left_and_the_others_deliver_o
     assert sorted(member["name"] for member in presence["members"]) == ["Ann", "Bob"]
     await a.publish(channel, "still here?", "m-1")
     assert (await b.expect("broadcast", channel=channel))["message"] == "still here?"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="RedisEngine.start and the archive's start raise redis-py's ConnectionError and "
+    "psycopg's OperationalError, which cli.main does not catch (it catches EngineUnavailable): "
+    "a traceback and status 1",
+)
+@pytest.mark.parametrize("unreachable", ["redis", "postgresql"])
+async def test_workers_that_cannot_reach_redis_or_the_database_exit_2_with_one_line(
+    redis_url: str, tmp_path: Path, unreachable: str
+) -> None:
+    """What the README says of a worker that exits before it first listens ("Redis
+    unreachable"): the supervisor exits with its status, 2, after the worker's one line."""
+    with reserved_port() as closed:  # bound, never listening: connections to it are refused
+        engine, db = redis_url, str(tmp_path / "chat.db")
+        if unreachable == "redis":
+            engine = f"redis://127.0.0.1:{closed}/0"
+        else:
+            db = f"postgresql://chat@127.0.0.1:{closed}/chat"
+        with reserved_port() as port:
+            environ = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "server",
+                *("--workers", "2", "--port", str(port), "--engine", engine, "--db", db),
+                cwd=tmp_path,
+                env={**environ, "PYTHONPATH": str(REPO)},
+                stdin=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            async with asyncio.timeout(WAIT):
+                _, stderr = await process.communicate()
+    assert process.returncode == 2
+    errors = [line for line in stderr.decode().splitlines() if "server.supervisor" not in line]
+    assert len(errors) in (1, 2)  # each worker's line, or the first one's only
+    assert all(line.startswith("python -m server: error: ") for line in errors), errors
