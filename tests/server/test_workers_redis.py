@@ -562,3 +562,59 @@ async def test_workers_that_cannot_reach_redis_or_the_database_exit_2_with_one_l
     errors = [line for line in stderr.decode().splitlines() if "server.supervisor" not in line]
     assert len(errors) in (1, 2)  # each worker's line, or the first one's only
     assert all(line.startswith("python -m server: error: ") for line in errors), errors
+
+
+async def test_a_channel_that_redis_rewound_is_started_again_not_silently_skipped(
+    start_chat: Callable[..., Any], redis_url: str
+) -> None:
+    """Two nodes; five messages; then Redis "loses" the last two, as a restart from an AOF
+    fsynced every second (or a snapshot) does: the meta key's seq goes back to 3 with the same
+    epoch, entries 4 and 5 are gone from the stream and its group. The nodes' pub/sub
+    connections are cut (a restart cuts them) and come back. Three new messages take seqs 4, 5
+    and 6: the subscriber on the other node must get all three, or start again
+    (``recovered: false``), not just the third."""
+    import redis.asyncio
+
+    node_a, node_b = [await start_chat(engine=redis_url) for _ in range(2)]
+    a, b = await node_a.join(), await node_b.join()
+    for number in range(1, 6):
+        await a.publish(GENERAL, f"before {number}", f"m{number}")
+        assert (await a.expect("ack"))["seq"] == number
+    assert (await b.expect("broadcast", seq=5))["message"] == "before 5"
+    engine_a, engine_b = node_a.app.engine, node_b.app.engine
+    pubsubs = (engine_a._pubsub, engine_b._pubsub)
+    redis_client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        # What an AOF without the last two scripts holds: the stream and its group too.
+        stream = "chat:{general}:stream"
+        await redis_client.hset("chat:{general}:meta", "s", 3)
+        await redis_client.xdel(stream, "4-0", "5-0")
+        await redis_client.execute_command("XSETID", stream, "3-0")
+        await redis_client.xgroup_setid(stream, "archive", "3-0")
+        await redis_client.client_kill_filter(_type="pubsub")
+    finally:
+        await redis_client.aclose()
+
+    def reconnected() -> bool:
+        return all(
+            engine._pubsub is not None
+            and engine._pubsub is not old
+            and engine._reconnecting is None
+            and all(watch.ready.is_set() for watch in engine._watches.values())
+            for engine, old in zip((engine_a, engine_b), pubsubs, strict=True)
+        )
+
+    await wait_until(reconnected)
+    for number in range(4, 7):
+        await a.publish(GENERAL, f"after {number}", f"n{number}")
+        assert (await a.expect("ack"))["seq"] == number
+    texts = []
+    reset = False
+    while "after 6" not in texts:
+        message = await b.recv()
+        if message["type"] == "broadcast":
+            texts.append(message["message"])
+        elif message["type"] == "history" and message["recovered"] is False:
+            reset = True
+            texts.extend(item["message"] for item in message["messages"])
+    assert reset or texts == ["after 4", "after 5", "after 6"]
