@@ -9,14 +9,17 @@ SHARED ?= $(CURDIR)/../shared
 
 test: deps style types pytest
 
-# Debian's packages the tests run: chromium (the web client's), redis-server (the Redis engine's)
-# and postgresql (the PostgreSQL archive's; tests/server/postgres_service.py runs its binaries).
+# Debian's packages the tests run: chromium (the web client's), redis-server (the Redis engine's),
+# postgresql (the PostgreSQL archive's; tests/server/postgres_service.py runs its binaries), and
+# nginx and openssl (tests/server/test_deploy_doc.py runs docs/deploy.md's nginx over TLS).
 # Only those missing are installed, after one apt-get update.
 deps:
 	missing=""; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	if [ -n "$$missing" ]; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
