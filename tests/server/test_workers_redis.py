@@ -437,12 +437,6 @@ async def chat_through_a_rolling_restart(supervisor: Supervisor, url: str, db: s
 # Found while writing the test above: the order of an ack and the broadcasts before it.
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the Redis engine acks a publish once its script ran, before this node delivered "
-    "the channel's earlier seqs: a client that counts acks as seen (server/client/positions.py, "
-    "web_client/script.js) skips or never resumes them",
-)
 async def test_an_ack_comes_after_the_broadcasts_of_the_seqs_before_it(
     start_chat: Callable[..., Any], redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -526,12 +520,6 @@ async def test_a_crashed_nodes_member_is_announced_left_and_the_others_deliver_o
     assert (await b.expect("broadcast", channel=channel))["message"] == "still here?"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RedisEngine.start and the archive's start raise redis-py's ConnectionError and "
-    "psycopg's OperationalError, which cli.main does not catch (it catches EngineUnavailable): "
-    "a traceback and status 1",
-)
 @pytest.mark.parametrize("unreachable", ["redis", "postgresql"])
 async def test_workers_that_cannot_reach_redis_or_the_database_exit_2_with_one_line(
     redis_url: str, tmp_path: Path, unreachable: str
