@@ -36,7 +36,8 @@ Decisions:
 * Dead letters: ``<db>.deadletter.jsonl`` beside the database (``messages.db`` gives
   ``messages.db.deadletter.jsonl``), one JSON object per message and per line, in queue order:
   ``connection_id``, ``message``, ``timestamp``, ``created_at``, ``seq``, ``client_msg_id``,
-  ``user`` (the ``MessageRecord`` fields, so the line can be replayed), plus ``error`` and
+  ``user``, ``channel``, ``client_id``, ``name`` (the ``MessageRecord`` fields, so the line
+  can be replayed), plus ``error`` and
   ``dead_lettered_at``. The file is ASCII (``\\uXXXX`` escapes), so any text round-trips
   through ``json.loads``. If even that file cannot be written, each message is written to the
   log instead, at ERROR level.
@@ -920,6 +921,9 @@ def append_dead_letters(path: Path, records: Sequence[MessageRecord], reason: st
                 "seq": record.seq,
                 "client_msg_id": record.client_msg_id,
                 "user": record.user,
+                "channel": record.channel,
+                "client_id": record.client_id,
+                "name": record.name,
                 "error": reason,
                 "dead_lettered_at": dead_lettered_at,
             }

@@ -44,6 +44,8 @@ _CHANNELS_EVERY = 10.0
 _CLAIM_EVERY = 30.0
 #: Milliseconds an entry stays pending before another node may claim it.
 _CLAIM_IDLE = 30_000
+#: Milliseconds a consumer without pending entries stays idle before it is forgotten.
+_GONE_IDLE = 3_600_000
 #: Seconds the archiver sleeps when there was nothing to write (a publish here wakes it).
 _IDLE = 1.0
 
@@ -167,12 +169,18 @@ class Archiver:
         return [(stream.decode(), items) for stream, items in answer or []]
 
     async def _claim(self, stream: str) -> list[Any]:
+        """Take over the entries other nodes left pending 30 s (they died), and forget the
+        consumers that left nothing pending and were idle an hour (nodes gone)."""
         from redis.exceptions import ResponseError
 
+        redis = self.engine.redis
         try:
-            answer = await self.engine.redis.xautoclaim(
+            answer = await redis.xautoclaim(
                 stream, GROUP, self.engine.node, _CLAIM_IDLE, "0-0", count=_COUNT
             )
+            for consumer in await redis.xinfo_consumers(stream, GROUP):
+                if not consumer["pending"] and consumer["idle"] > _GONE_IDLE:
+                    await redis.xgroup_delconsumer(stream, GROUP, consumer["name"])
         except ResponseError:
             return []
         return list(answer[1])
@@ -209,6 +217,8 @@ class Archiver:
                 await self.engine.archive.write([record])
             except RecordRejected as exc:
                 self.dead_lettered += 1
+                with contextlib.suppress(OSError):  # data/ beside a PostgreSQL archive
+                    self._dead_letters.parent.mkdir(parents=True, exist_ok=True)
                 append_dead_letters(self._dead_letters, [record], str(exc))
 
 

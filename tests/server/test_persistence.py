@@ -57,7 +57,18 @@ def dead_letters(path: Path) -> list[dict[str, Any]]:
 
 
 def as_records(letters: list[dict[str, Any]]) -> list[MessageRecord]:
-    fields = ("connection_id", "message", "timestamp", "created_at", "seq", "client_msg_id")
+    fields = (
+        "connection_id",
+        "message",
+        "timestamp",
+        "created_at",
+        "seq",
+        "client_msg_id",
+        "user",
+        "channel",
+        "client_id",
+        "name",
+    )
     return [MessageRecord(*(letter[f] for f in fields)) for letter in letters]
 
 
