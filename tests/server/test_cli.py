@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -461,3 +462,39 @@ def test_the_engine_url_is_neither_shown_nor_repeated(capsys: pytest.CaptureFixt
         "python -m server: error: argument --engine: the engine must be local or a "
         "redis://HOST[:PORT] or rediss:// URL\n"
     )
+
+
+def test_the_redis_engine_without_its_extra_is_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "redis.asyncio", None)  # as if redis-py were missing
+    argv = ["--port", "0", "--engine", "redis://127.0.0.1:1", "--db", str(tmp_path / "m.db")]
+    assert main(argv) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == (
+        "python -m server: error: --engine redis:// needs redis-py: "
+        "python -m pip install 'rfc6455-chat[redis]'"
+    )
+
+
+def test_an_unreachable_redis_is_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # nothing listens there once closed
+    argv = ["--port", "0", "--engine", f"redis://127.0.0.1:{port}", "--db", str(tmp_path / "m.db")]
+    assert main(argv) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("python -m server: error: cannot reach Redis: ")
+
+
+def test_a_postgresql_archive_goes_with_a_redis_engine(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["--db", "postgresql://chat:secret@db.example/chat"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "a PostgreSQL archive goes with a Redis --engine" in err
+    assert "secret" not in err
