@@ -16,6 +16,11 @@
 // recovered: false resets that channel's view. After a reconnect every
 // message of the outbox goes out again with the same clientMsgId, and the
 // server stores it once whatever happened to the first attempt.
+//
+// While the server cannot reach its engine (Redis), it answers a message or a
+// subscribe with the error `unavailable`: not a refusal. The message stays
+// pending and goes again with the same clientMsgId, the channel is subscribed
+// to again, after a delay that doubles until an answer shows the chat back.
 "use strict";
 
 (() => {
@@ -23,6 +28,10 @@
   // so that many clients dropped by one server restart do not come back at once.
   const RECONNECT_BASE_MS = 500;
   const RECONNECT_MAX_MS = 15000;
+  // After `unavailable`: the delay before sending again doubles from BASE to
+  // MAX (±20 % jitter), and starts from BASE again once the chat answers.
+  const UNAVAILABLE_BASE_MS = 500;
+  const UNAVAILABLE_MAX_MS = 10000;
   // A connection that stayed open this long counts as healthy: the next outage
   // starts again from the base delay.
   const STABLE_MS = 10000;
@@ -92,7 +101,7 @@
     1010: "The server did not offer a required extension",
     1011: "Server error: the server hit an unexpected condition",
     1012: "Service restart: the server is restarting",
-    1013: "Try again later: the server is overloaded",
+    1013: "Try again later: the server is overloaded or unavailable for now",
     1015: "TLS handshake failed",
   };
 
@@ -247,6 +256,12 @@
     // No message leaves before this (the server's retryAfterMs).
     pausedUntil: 0,
     pumpTimer: null,
+    // After `unavailable`: nothing goes from the outbox until this timer sends
+    // it again; unavailableAttempt counts such refusals in a row, unavailable
+    // says whether the status says so.
+    unavailableTimer: null,
+    unavailableAttempt: 0,
+    unavailable: false,
     presenceTimer: null,
     // Channels left whose unsubscribe is not answered yet.
     leaving: new Set(),
@@ -794,7 +809,7 @@
   function pump() {
     clearTimeout(state.pumpTimer);
     state.pumpTimer = null;
-    if (!isOpen()) return;
+    if (!isOpen() || state.unavailableTimer !== null) return;
     const wait = state.pausedUntil - Date.now();
     if (wait > 0) {
       state.pumpTimer = setTimeout(pump, wait);
@@ -1047,7 +1062,7 @@
     let text;
     switch (state.conn) {
       case "open":
-        text = "Connected";
+        text = state.unavailable ? "Chat unavailable: will retry" : "Connected";
         break;
       case "connecting":
         text = "Connecting…";
@@ -1228,6 +1243,9 @@
     }
     // Sent but not acknowledged: it goes again, with the same id, next time.
     for (const item of state.outbox) item.state = "queued";
+    clearTimeout(state.unavailableTimer);
+    state.unavailableTimer = null;
+    state.unavailable = false;
     const words = describeClose(event.code, event.reason);
     if (state.userClosed) {
       logEvent("closed", wasOpen ? `Disconnected: ${words}` : "Connection attempt cancelled.");
@@ -1359,6 +1377,7 @@
       return;
     }
     const channel = typeof msg.channel === "string" ? state.channels.get(msg.channel) : undefined;
+    if (["ack", "history", "subscribed", "presence"].includes(msg.type)) chatAnswers();
     switch (msg.type) {
       case undefined:
         // The first message has no type: {"connectionId": "<uuid4>"}.
@@ -1605,6 +1624,12 @@
     const index = typeof id === "string" ? state.outbox.findIndex((item) => item.clientMsgId === id) : -1;
     if (index >= 0) {
       const item = state.outbox[index];
+      if (msg.code === "unavailable") {
+        // Not taken for now: it stays pending, and goes again later, same clientMsgId.
+        item.state = "queued";
+        retryUnavailable();
+        return;
+      }
       if (msg.code === "rate_limited") {
         // Not taken: it goes again once the server allows (so does what was typed after it).
         const wait = Number.isFinite(msg.retryAfterMs) ? Math.max(50, msg.retryAfterMs) : 1000;
@@ -1622,6 +1647,16 @@
       return;
     }
     const code = String(msg.code);
+    if (msg.code === "unavailable") {
+      // A subscribe goes again later; a presence or a read asked again in time.
+      if (channel !== undefined && channel.name !== GENERAL && channel.state === "subscribing") {
+        channel.state = "idle";
+        retryUnavailable();
+      } else {
+        noteUnavailable();
+      }
+      return;
+    }
     if (msg.code === "rate_limited") {
       // A request (subscribe, read, typing) was dropped: nothing more goes
       // until the server allows, then the channels still waiting are
@@ -1651,6 +1686,41 @@
     }
     const detail = msg.message !== undefined ? `: ${String(msg.message)}` : "";
     logEvent("error", `Server error ${code}${detail}`);
+  }
+
+  // The chat cannot reach its engine: said once (an event, the status line),
+  // until it answers again.
+  function noteUnavailable() {
+    if (state.unavailable) return;
+    state.unavailable = true;
+    logEvent("unavailable", "The chat is unavailable for now: what it did not take is sent again later.");
+    render();
+  }
+
+  // Subscribes again to the channels and sends again the messages refused as
+  // unavailable, after a delay that doubles with each refusal in a row.
+  function retryUnavailable() {
+    noteUnavailable();
+    if (state.unavailableTimer !== null) return;
+    const ideal = Math.min(UNAVAILABLE_MAX_MS, UNAVAILABLE_BASE_MS * 2 ** state.unavailableAttempt);
+    const delay = Math.round(ideal * (0.8 + Math.random() * 0.4));
+    state.unavailableAttempt += 1;
+    state.unavailableTimer = setTimeout(() => {
+      state.unavailableTimer = null;
+      if (!isOpen()) return;
+      for (const ch of state.channels.values()) {
+        if (ch.name !== GENERAL && ch.state === "idle") subscribe(ch);
+      }
+      pump();
+    }, delay);
+  }
+
+  // An answer that shows the chat back: the next outage starts from BASE.
+  function chatAnswers() {
+    state.unavailableAttempt = 0;
+    if (!state.unavailable) return;
+    state.unavailable = false;
+    render();
   }
 
   function onTyping(channel, member) {

@@ -32,6 +32,9 @@ python -m rfc6455 --json does. Status lines and errors go to stderr.
 every message sent (TEXT, /msg) has a clientMsgId and stays in an outbox until
 the server acknowledges it ("[channel] you: TEXT (ack #seq)") or an error names
 it (printed); after rate_limited it is sent again once retryAfterMs has passed.
+While the chat cannot reach its engine (unavailable), what it refused, messages
+and subscribes, is sent again after 0.5 s, then 1, 2, 4, 8 and 10 s, until it
+answers again ("chat unavailable: will retry" is shown once).
 
 when the connection drops (1006) or the server closes it with 1001, 1011, 1012
 or 1013, the client connects again after 0.5 s, then 1, 2, 4 and 8 s: at most 5

@@ -7,6 +7,10 @@ settles the outbox, and is printed (:mod:`.render`; with ``--json``, as JSON lin
 When the connection drops or the server goes away, it connects again after a delay that
 grows, resuming general through the URI; once connected it subscribes again to every other
 channel joined, with since/epoch, and sends again what the outbox holds.
+
+While the chat cannot reach its engine (an ``unavailable`` error), a message or a subscribe
+it refused is kept and sent again after a delay that doubles up to 10 s, until an ack or a
+subscription shows that the chat is back; one status line says so, not one per message.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from .outbox import Outbox, Pending
 from .positions import Positions
 from .uri import resume_uri
 
-__all__ = ["RECONNECT_CODES", "RECONNECT_DELAYS", "ChatClient"]
+__all__ = ["RECONNECT_CODES", "RECONNECT_DELAYS", "UNAVAILABLE_DELAYS", "ChatClient"]
 
 # Reconnect after these: a dropped connection, and the server going away, failing,
 # restarting or overloaded. Not after 1000 (the server meant it), nor after codes that the
@@ -51,6 +55,13 @@ RECONNECT_CODES = frozenset(
 
 # The delay before each attempt in a row; as many attempts as delays.
 RECONNECT_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
+
+# The delay before sending again what ``unavailable`` refused, each time in a row; the last
+# one is repeated: the chat is expected back, and a reconnect sends everything again anyway.
+UNAVAILABLE_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 10.0)
+
+# What an ``unavailable`` refusal shows, once until the chat answers again.
+UNAVAILABLE_STATUS = "chat unavailable: will retry"
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
@@ -73,12 +84,19 @@ class ChatClient(Console):
         self.positions = Positions()
         self.outbox = Outbox()
         self.reconnect_delays: tuple[float, ...] = RECONNECT_DELAYS
+        self.unavailable_delays: tuple[float, ...] = UNAVAILABLE_DELAYS
         self.gave_up = False
         self._ws: Connection | None = None  # while connected
         self._subscribing: set[str] = set()  # subscribes not answered yet
         self._resuming: set[str] = set()  # channels asked to resume, until they answer
         self._attempts = 0  # reconnects in a row without a message received
         self._retries: set[asyncio.Task[None]] = set()  # rate-limited messages, waiting
+        # Refused as unavailable, to be sent again by one timer: clientMsgIds, channels.
+        self._unavailable_ids: set[str] = set()
+        self._unavailable_channels: set[str] = set()
+        self._unavailable_timer: asyncio.Task[None] | None = None
+        self._unavailable_count = 0  # such refusals in a row: the next delay's index
+        self._unavailable_shown = False  # its status line, until an answer shows it back
 
     async def run(self) -> int:
         """Run the whole session and return the exit status: 1 if reconnecting gave up."""
@@ -94,6 +112,7 @@ class ChatClient(Console):
         """Be in the channels joined again, from where they stopped; send the outbox again."""
         self._ws = ws
         self._subscribing.clear()
+        self._stop_unavailable_timer()  # every channel and message goes again here
         self._resuming = {GENERAL} if self.positions.since(GENERAL) is not None else set()
         if GENERAL not in self.joined:  # the server subscribes every client to it
             await ws.send(_dumps({"type": "unsubscribe", "channel": GENERAL}))
@@ -121,10 +140,10 @@ class ChatClient(Console):
             # message: it is resumed after a reconnect like one joined.
             self.joined.add(channel)
         resuming = channel in self._resuming
-        pending = self._settle(event)
+        pending, show = self._settle(event)
         if self.options.json:
             self.output.message(message)
-        elif not seen:
+        elif not seen and show:
             self._show(message, event, pending, resuming=resuming)
 
     def _show(
@@ -179,6 +198,7 @@ class ChatClient(Console):
         when every attempt failed (``gave_up``).
         """
         self._ws = None
+        self._stop_unavailable_timer()
         if not self._worth_reconnecting(ended):
             return None
         delays = self.reconnect_delays
@@ -230,17 +250,71 @@ class ChatClient(Console):
         self._subscribing.add(channel)
         await ws.send(_dumps(request))
 
-    def _settle(self, event: Mapping[str, object]) -> Pending | None:
-        """What an answer changes (the outbox, the subscriptions); the message it names."""
+    def _settle(self, event: Mapping[str, object]) -> tuple[Pending | None, bool]:
+        """What an answer changes (the outbox, the subscriptions); the message it names, and
+        whether to show the answer (not each ``unavailable`` that is retried)."""
         kind, channel = event.get("type"), channel_of(event)
+        if kind in ("ack", "history", "subscribed"):
+            # The chat answers: what it refused as unavailable waits the shortest again.
+            self._unavailable_count = 0
+            self._unavailable_shown = False
         if kind == "ack":
-            return self.outbox.pop(event.get("clientMsgId"))
+            return self.outbox.pop(event.get("clientMsgId")), True
         if kind in ("history", "subscribed"):
             self._subscribing.discard(channel)
             self._resuming.discard(channel)
         elif kind == "error":
-            return self._refused(event, channel)
-        return None
+            if event.get("code") == "unavailable" and self._unavailable(event, channel):
+                return self.outbox.get(event.get("clientMsgId")), False
+            return self._refused(event, channel), True
+        return None, True
+
+    def _unavailable(self, event: Mapping[str, object], channel: str) -> bool:
+        """Keep what ``unavailable`` refused, to send it again later; whether it was ours."""
+        pending = self.outbox.get(event.get("clientMsgId"))
+        if pending is not None:
+            self._unavailable_ids.add(pending.id)
+        elif "channel" in event and channel in self._subscribing:
+            self._subscribing.discard(channel)  # still joined: subscribed to again later
+            self._unavailable_channels.add(channel)
+        else:
+            return False  # a presence, a message settled already: shown as it is
+        if not self._unavailable_shown:
+            self._unavailable_shown = True
+            self.output.status(UNAVAILABLE_STATUS)
+        if self._unavailable_timer is None:
+            delays = self.unavailable_delays
+            delay = delays[min(self._unavailable_count, len(delays) - 1)]
+            self._unavailable_count += 1
+            timer = asyncio.create_task(self._send_unavailable_again(self._ws, delay))
+            self._unavailable_timer = timer
+            self._retries.add(timer)
+            timer.add_done_callback(self._retries.discard)
+        return True
+
+    async def _send_unavailable_again(self, ws: Connection | None, delay: float) -> None:
+        """After ``delay``, subscribe and send again on ``ws`` what ``unavailable`` refused."""
+        await asyncio.sleep(delay)
+        self._unavailable_timer = None  # what is refused from now on waits for the next
+        channels, ids = self._unavailable_channels, self._unavailable_ids
+        self._unavailable_channels, self._unavailable_ids = set(), set()
+        if ws is None or ws is not self._ws:
+            return
+        with contextlib.suppress(ConnectionClosed):
+            for channel in sorted(channels):
+                if channel in self.joined and channel not in self._subscribing:
+                    await self._subscribe(ws, channel)
+            for pending in self.outbox:  # oldest first, the same frames
+                if pending.id in ids:
+                    await ws.send(pending.frame)
+
+    def _stop_unavailable_timer(self) -> None:
+        """Forget what waits to be sent again: a new connection sends it all again."""
+        if self._unavailable_timer is not None:
+            self._unavailable_timer.cancel()
+            self._unavailable_timer = None
+        self._unavailable_channels.clear()
+        self._unavailable_ids.clear()
 
     def _refused(self, event: Mapping[str, object], channel: str) -> Pending | None:
         """An error: a message it names leaves the outbox (rate_limited: sent again later)."""

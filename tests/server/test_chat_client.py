@@ -473,7 +473,8 @@ class FakeChat:
     per channel, and a repeat gets the original seq with ``"duplicate": true``. With
     ``hold_acks``, messages are stored and not acknowledged, as when the ack is lost in a
     drop. ``refusals`` maps a channel (subscribe) or a text (publish) to the error it gets,
-    once.
+    once. During an ``outage``, that many subscribes and messages get ``unavailable``, as
+    from a server whose engine (Redis) cannot be reached.
     """
 
     def __init__(self) -> None:
@@ -482,6 +483,7 @@ class FakeChat:
         self.channels: dict[str, list[Json]] = {}
         self.hold_acks = False
         self.refusals: dict[str, Json] = {}
+        self.outage = 0
         self._stored: dict[tuple[str, str], int] = {}
         self._members: dict[Connection, set[str]] = {}
 
@@ -540,6 +542,17 @@ class FakeChat:
 
     async def _answer(self, ws: Connection, frame: Json) -> list[Json]:
         kind, channel, mine = frame.get("type"), frame.get("channel", ""), self._members[ws]
+        if self.outage and kind in ("subscribe", "publish", "direct"):
+            self.outage -= 1
+            return [
+                {
+                    "type": "error",
+                    "code": "unavailable",
+                    "message": "the chat cannot reach its engine: send it again",
+                    "clientMsgId": frame.get("clientMsgId"),
+                    "channel": channel,
+                }
+            ]
         if kind == "subscribe":
             if (refusal := self.refusals.pop(channel, None)) is not None:
                 return [{"type": "error", **refusal, "clientMsgId": None, "channel": channel}]
@@ -860,6 +873,103 @@ async def test_rate_limited_then_a_drop(net: Net) -> None:
     keyboard.end()
     assert await finished(running) == console.EXIT_OK  # its timer cancelled
     assert fake.frames[0] == fake.frames[1]
+
+
+def unavailable_delays(client: ChatClient, delays: tuple[float, ...]) -> list[float]:
+    """Give ``client`` these delays after ``unavailable``; the list of those it waits."""
+    client.unavailable_delays = delays
+    waited: list[float] = []
+    send_again = client._send_unavailable_again
+
+    async def spy(ws: Connection | None, delay: float) -> None:
+        waited.append(delay)
+        await send_again(ws, delay)
+
+    client._send_unavailable_again = spy  # type: ignore[method-assign]
+    return waited
+
+
+async def test_unavailable_is_sent_again_after_a_backoff(net: Net) -> None:
+    """The same frame after each delay, the last repeated; an ack starts them again."""
+    fake, uri = await fake_chat(net)
+    keyboard = Keyboard()
+    client = make_client(uri, keyboard)
+    waited = unavailable_delays(client, (0.01, 0.02))
+    running = asyncio.create_task(client.run())
+    await wait_until(lambda: "[general] 0 earlier messages" in shown(client))
+    fake.outage = 3
+    keyboard.type("one")
+    await wait_until(lambda: "[general] you: one (✓ #1)" in shown(client))
+    assert waited == [0.01, 0.02, 0.02]
+    fake.outage = 1
+    keyboard.type("two")
+    await wait_until(lambda: "[general] you: two (✓ #2)" in shown(client))
+    keyboard.end()
+    assert await finished(running) == console.EXIT_OK
+    assert waited == [0.01, 0.02, 0.02, 0.01]
+    (frames,) = fake.frames
+    assert [frame["message"] for frame in frames] == ["one"] * 4 + ["two"] * 2
+    assert frames[0] == frames[3]  # the same clientMsgId each time
+    assert [item["message"] for item in fake.channels["general"]] == ["one", "two"]
+    assert shown(client)[3:] == ["[general] you: one (✓ #1)", "[general] you: two (✓ #2)"]
+    # One status line for each outage, not one for each refusal.
+    assert status(client).count("chat unavailable: will retry") == 2
+    assert len(client.outbox) == 0
+
+
+async def test_unavailable_messages_and_subscribes_are_kept(net: Net) -> None:
+    """Several refused in one outage: one status line, each sent again, stored once."""
+    fake, uri = await fake_chat(net)
+    keyboard = Keyboard()
+    client = make_client(uri, keyboard)
+    unavailable_delays(client, (0.01,))
+    running = asyncio.create_task(client.run())
+    await wait_until(lambda: "[general] 0 earlier messages" in shown(client))
+    fake.outage = 4
+    keyboard.type("one", "/msg bob two", "/join dev", "three")
+    await wait_until(lambda: "[dev] you: three (✓ #1)" in shown(client))
+    keyboard.end()
+    assert await finished(running) == console.EXIT_OK
+    (frames,) = fake.frames
+    assert without_ids(frames[:4]) == [
+        {"type": "publish", "channel": "general", "message": "one"},
+        {"type": "direct", "to": "bob", "message": "two"},
+        {"type": "subscribe", "channel": "dev"},
+        {"type": "publish", "channel": "dev", "message": "three"},
+    ]
+    assert sorted(map(json.dumps, frames[4:])) == sorted(map(json.dumps, frames[:4]))
+    assert [item["message"] for item in fake.channels["general"]] == ["one"]
+    assert [item["message"] for item in fake.channels["dm:ann:bob"]] == ["two"]
+    assert [item["message"] for item in fake.channels["dev"]] == ["three"]
+    assert set(shown(client)[3:]) == {
+        "[general] you: one (✓ #1)",
+        "[dm:ann:bob] you: two (✓ #1)",
+        "[dev] joined, 0 earlier messages",
+        "[dev] you: three (✓ #1)",
+    }
+    assert status(client).count("chat unavailable: will retry") == 1
+    assert not any("not sent" in line or "unavailable" in line for line in shown(client))
+    assert client.joined == {"general", "dev"}
+    assert len(client.outbox) == 0
+
+
+async def test_unavailable_then_a_drop(net: Net) -> None:
+    """Sent again by the reconnect, not by the timer of the connection that dropped."""
+    fake, uri = await fake_chat(net)
+    keyboard = Keyboard()
+    client = make_client(uri, keyboard)
+    unavailable_delays(client, (60.0,))
+    running = asyncio.create_task(client.run())
+    await wait_until(lambda: "[general] 0 earlier messages" in shown(client))
+    fake.outage = 1
+    keyboard.type("held")
+    await wait_until(lambda: "chat unavailable: will retry" in status(client))
+    fake.drop()
+    await wait_until(lambda: "[general] you: held (✓ #1)" in shown(client))
+    keyboard.end()
+    assert await finished(running) == console.EXIT_OK  # its timer cancelled
+    assert fake.frames[0] == fake.frames[1]
+    assert len(fake.frames[1]) == 1
 
 
 async def test_json_prints_what_the_server_sent(net: Net) -> None:
