@@ -63,6 +63,8 @@ __all__ = ["RedisEngine", "connect_redis"]
 logger = logging.getLogger("server.engine")
 
 _MISSING_REDIS = "--engine redis:// needs redis-py: python -m pip install 'rfc6455-chat[redis]'"
+#: Connections to Redis per node (besides its pub/sub connection): commands beyond wait.
+_CONNECTIONS = 32
 #: The most drafts in one pipeline.
 _PIPELINE = 512
 #: Reconnection delays: the first, and the most.
@@ -79,21 +81,26 @@ _CATCH_UP = 10.0
 
 
 def connect_redis(url: str) -> Any:
-    """A redis-py client for ``url`` that never retries by itself: a command that failed may
-    have run (a publish), so the engine decides; raises ``ImportError`` naming the extra."""
+    """A redis-py client for ``url`` that never retries by itself (a command that failed may
+    have run: a publish; the engine decides), and whose commands wait for one of its
+    connections rather than fail when all are busy (a reconnection storm's subscribes);
+    raises ``ImportError`` naming the extra."""
     try:
-        from redis.asyncio import Redis
+        from redis.asyncio import BlockingConnectionPool, Redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
     except ImportError:
         raise ImportError(_MISSING_REDIS) from None
-    return Redis.from_url(
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=_CONNECTIONS,
+        timeout=_CATCH_UP,
         retry=Retry(NoBackoff(), 0),
         socket_connect_timeout=5,
         socket_timeout=10,
         health_check_interval=0,
     )
+    return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
 
 
 @dataclass(slots=True)
