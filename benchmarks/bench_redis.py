@@ -9,14 +9,16 @@ measurement starts its servers afresh, and a fresh ``redis-server`` too (on a fr
 ``--save ''``, no AOF, in the measurement's folder), the tables give the median of the rounds
 and their range, and ratios are taken round by round against a peer measured in the same
 round. CPU is utime + stime from ``/proc/PID/stat`` of each process (the redis-server's too),
-sampled every 20 ms and taken over the load's window. A measurement in which the measured
-server or the load waited for its core (other processes) for over 10% of the window is taken
-again once.
+sampled every 20 ms and taken over the load's window. **others** is what other processes
+(other sessions' tests...) took of the server's core or of the load's core during the window:
+the core's busy time from ``/proc/stat`` less the CPU of this benchmark's processes on it (as
+bench_persistence.py counts it; the run-queue wait of e2e.py would count the two workers of
+``--workers 2`` waiting for each other). A measurement where it is over 10% of the window is
+taken again once.
 
-Where things run, on a machine of 2 cores (``taskset``): the measured server on the first
-core; the load (``python -m benchmarks.load``, or this process), the ``redis-server`` and a
-second node on the other. Redis and the second node are light in the fan-out workloads (a few
-hundred to a thousand messages a second); in ``publish`` Redis takes a quarter of its core.
+Where things run, on a machine of 2 cores (``taskset``): the measured server, and node A of
+``cross``, on the first core; the load (``python -m benchmarks.load``, or this process) and
+the ``redis-server`` on the other.
 
 The servers (``python -m server --ping-interval 0 --rate-limit 0``, as in e2e.py, with the
 ``--channels`` file of bench_channels.py: the namespace ``fan`` without presence or notices):
@@ -122,6 +124,15 @@ out: TextIO = sys.stdout
 
 def log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM ends the run as Ctrl-C does: the servers of the measurement are stopped."""
+
+    def interrupted(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
 
 
 # Workloads
@@ -361,7 +372,7 @@ class Deployment:
             db=db,
         )
         self.sender_node = (
-            Node("node-a", load, workdir, engine=engine, namespaces=namespaces, db=db)
+            Node("node-a", server, workdir, engine=engine, namespaces=namespaces, db=db)
             if name == CROSS
             else None
         )
@@ -406,12 +417,34 @@ class Deployment:
             found["node-a"] = self.sender_node.pid
         return found
 
+    def on_server_cores(self) -> set[str]:
+        """The processes (of ``measured`` and ``others``) pinned to the server's cores."""
+        return {*self.measured(), *(["node-a"] if self.sender_node is not None else [])}
+
+
+class CoreSampler(e2e.CpuSampler):
+    """Samples the busy time of ``cores`` (``/proc/stat``: user, nice, system and steal, as
+    bench_persistence.py counts it), as ``CpuSampler`` samples a process's CPU time."""
+
+    def __init__(self, cores: Sequence[int], interval: float = 0.02) -> None:
+        super().__init__(0, interval)
+        self.cores = cores
+
+    def _sample(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.samples.append((time.monotonic(), busy_seconds(self.cores), 0.0))
+
 
 class Samplers:
-    """An ``e2e.CpuSampler`` for each of several processes."""
+    """An ``e2e.CpuSampler`` for each of several processes, and a ``CoreSampler`` for the
+    server's and the load's cores (``core.server``, ``core.load``)."""
 
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.samplers = {name: e2e.CpuSampler(pid) for name, pid in pids.items()}
+    def __init__(self, pids: dict[str, int], config: e2e.Config) -> None:
+        self.samplers: dict[str, e2e.CpuSampler] = {
+            name: e2e.CpuSampler(pid) for name, pid in pids.items()
+        }
+        self.samplers["core.server"] = CoreSampler(config.server_cores)
+        self.samplers["core.load"] = CoreSampler(config.load_cores)
 
     def __enter__(self) -> Samplers:
         for sampler in self.samplers.values():
@@ -452,19 +485,49 @@ def measure_once(
         deployment.stop()
 
 
+def busy_seconds(cores: Sequence[int]) -> float:
+    """CPU seconds ``cores`` spent running processes since boot (``/proc/stat``: user, nice,
+    system and steal; not irq and softirq, mostly the benchmark's own loopback traffic)."""
+    total = 0
+    wanted = {f"cpu{core}" for core in cores}
+    with open("/proc/stat") as stat:
+        for line in stat:
+            name, *fields = line.split()
+            if name in wanted:
+                user, nice, system, _idle, _iowait, _irq, _softirq, steal = map(int, fields[:8])
+                total += user + nice + system + steal
+    return total / e2e.CLOCK_TICKS
+
+
 def cpu_fields(
-    deployment: Deployment, samplers: Samplers, start: float, end: float, units: float
+    deployment: Deployment,
+    samplers: Samplers,
+    start: float,
+    end: float,
+    units: float,
+    load_cpu: float,
 ) -> dict[str, float]:
-    """The measured server's CPU and wait, each other process's CPU, over the window."""
+    """Over the window: the measured server's CPU, each process's, and what other processes
+    took of each core (``others.server``, ``others.load``): the core's busy time less the CPU
+    of the processes of this benchmark on it (``load_cpu``: the load generator's or this
+    process's)."""
     measured = set(deployment.measured())
     spent = samplers.between(start, end)
+    cpu = {name: used for name, (used, _wait) in spent.items()}
+    on_server = deployment.on_server_cores()
+    server_busy, load_busy = cpu.pop("core.server"), cpu.pop("core.load")
     fields = {
-        "cpu_s": sum(spent[n][0] for n in measured),
-        "waited_s": max(spent[n][1] for n in measured),
+        "cpu_s": sum(cpu[n] for n in measured),
+        # Run-queue wait of the measured processes (with --workers 2, each waits for the other).
+        "runqueue_wait_s": max(spent[n][1] for n in measured),
+        "others.server": max(0.0, server_busy - sum(cpu[n] for n in on_server)),
+        "others.load": max(
+            0.0, load_busy - load_cpu - sum(v for n, v in cpu.items() if n not in on_server)
+        ),
         "units": units,
     }
-    for name, (cpu, _wait) in spent.items():
-        fields[f"cpu_s.{name}"] = cpu
+    for name, used in cpu.items():
+        fields[f"cpu_s.{name}"] = used
     return fields
 
 
@@ -477,7 +540,9 @@ def measurement(
         cpu_s=cpu,
         window_s=window,
         cpu_per_unit_us=cpu / units * 1e6 if units else None,
-        waited_s=fields["waited_s"],
+        # e2e's "waited", here what other processes took of the server's and the load's cores.
+        waited_s=fields["others.server"],
+        load_waited_s=fields["others.load"],
         **rest,  # type: ignore[arg-type]
     )
 
@@ -499,15 +564,16 @@ def measure_broadcast(
     if deployment.sender_url is not None:
         command += ["--sender-url", deployment.sender_url]
     timeout = timings.duration + timings.warmup + 180
-    pids = {**deployment.measured(), **deployment.others()}
-    with Samplers(pids) as samplers:
+    pids = {**deployment.measured(), **deployment.others(), "driver": os.getpid()}
+    with Samplers(pids, config) as samplers:
         run = e2e.run_load(command, config.load_cores, timeout)
     result = run.result
     start, end = result.get("window_start"), result.get("window_end")
     if not (isinstance(start, int | float) and isinstance(end, int | float) and end > start):
         raise RuntimeError("the load generator measured no window")
     units = float(result.get("deliveries") or 0)
-    fields = cpu_fields(deployment, samplers, start, end, units)
+    load_cpu = run.sampler.between(start, end)[0]
+    fields = cpu_fields(deployment, samplers, start, end, units, load_cpu)
     latency = result.get("latency_ms") or {}
     raw = {**result, **fields, "messages": result.get("messages")}
     return measurement(
@@ -515,7 +581,6 @@ def measure_broadcast(
         fields,
         float(end - start),
         units,
-        load_waited_s=run.sampler.between(start, end)[1],
         p50_ms=latency.get("p50"),
         p99_ms=latency.get("p99"),
         errors=e2e.count_errors(result.get("errors")),
@@ -635,35 +700,33 @@ def measure_publish(
     assert isinstance(workload, RedisWorkload)
     timings = config.timings
     load = PublishLoad(deployment.url, workload.senders, workload.window)
-    pids = {**deployment.measured(), **deployment.others()}
-    own = os.getpid()
+    # This process is the load: its CPU is counted as the load generator's.
+    pids = {**deployment.measured(), **deployment.others(), "driver": os.getpid()}
 
-    async def drive() -> tuple[float, float, int, float]:
+    async def drive() -> tuple[float, float, int]:
         try:
             await load.connect(config.open_concurrency)
             load.start()
             await asyncio.sleep(timings.warmup)
-            acks0, start, wait0 = load.acks, time.monotonic(), e2e.proc_wait_seconds(own)
+            acks0, start = load.acks, time.monotonic()
             load.recording = True
             await asyncio.sleep(timings.duration)
             load.recording = False
-            acks1, end, wait1 = load.acks, time.monotonic(), e2e.proc_wait_seconds(own)
-            return start, end, acks1 - acks0, wait1 - wait0
+            return start, time.monotonic(), load.acks - acks0
         finally:
             load.close()
             await asyncio.sleep(0.1)  # let the transports see they are closed
 
-    with Samplers(pids) as samplers:
-        start, end, acks, load_waited = asyncio.run(drive())
+    with Samplers(pids, config) as samplers:
+        start, end, acks = asyncio.run(drive())
     window = end - start
-    fields = cpu_fields(deployment, samplers, start, end, float(acks))
+    fields = cpu_fields(deployment, samplers, start, end, float(acks), 0.0)
     samples = sorted(load.samples)
     return measurement(
         acks / window,
         fields,
         window,
         float(acks),
-        load_waited_s=load_waited,
         p50_ms=percentile(samples, 50) / 1e6 if samples else None,
         p99_ms=percentile(samples, 99) / 1e6 if samples else None,
         errors=sum(load.errors.values()),
@@ -706,7 +769,9 @@ def column(ms: Sequence[e2e.Measurement], what: str) -> list[float]:
             total = sum(
                 v
                 for k, v in m.raw.items()
-                if k.startswith("cpu_s.") and (what == "all_us" or k != "cpu_s.redis")
+                if k.startswith("cpu_s.")
+                and k != "cpu_s.driver"
+                and (what == "all_us" or k != "cpu_s.redis")
             )
             found.append(total / units * 1e6 if units else None)
         elif what.endswith("_per_msg_us"):
@@ -824,7 +889,7 @@ def publish_table(results: Results) -> Table:
         "Redis µs per message",
         "messages/s at 100% of Redis",
         "ack p50 / p99 ms",
-        "waited (max)",
+        "others (max)",
     ]
     return (
         "Publishing: acknowledged messages per second; medians of the rounds (range)",
@@ -868,7 +933,7 @@ def fanout_table(results: Results) -> Table:
         "÷ local",
         "with Redis, µs per delivery",
         "p50 / p99 ms",
-        "waited (max)",
+        "others (max)",
     ]
     return (
         "Fan-out: server CPU per delivery (node B for cross; the supervisor and its "
@@ -902,7 +967,7 @@ def latency_table(results: Results) -> Table:
         "p99 less local's, ms",
         "server CPU %",
         "server µs per delivery",
-        "waited (max)",
+        "others (max)",
     ]
     return (
         "Latency: from the send time stamped in a message to its arrival; medians of the "
@@ -1182,6 +1247,7 @@ def redis_version() -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     global out
     args = parse_args(argv)
+    stop_on_sigterm()
     if args.markdown:
         out = sys.stderr
         e2e.out = sys.stderr
@@ -1232,8 +1298,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     seconds = time.monotonic() - started
     header = [
         *e2e.machine(config, load_start, os.getloadavg()[0], seconds),
-        f"commit {commit()}; {redis_version()}; Redis and node A on core "
-        f"{','.join(map(str, load_cores))}, with the load",
+        f"commit {commit()}; {redis_version()}; node A with the server, Redis with the load",
     ]
     tables = [
         publish_table(results),
