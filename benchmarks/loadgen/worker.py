@@ -322,7 +322,10 @@ class Worker:
                 if subscribe is not None and answered is not None:
                     # A broadcast receiver or sender, or a subscribe-mode listener: it keeps
                     # its place until the server answered (or closed, or took too long).
-                    client.send_frame(subscribe)
+                    try:
+                        client.send_frame(subscribe)
+                    except ConnectionClosed:
+                        return  # counted by _lost
                     await asyncio.wait(
                         [answered, client.closed],
                         timeout=OPEN_TIMEOUT,
