@@ -957,6 +957,8 @@ def latency_table(results: Results) -> Table:
                 versus_local(results, "latency", name, "p99", diff=True),
                 spread(column(ms, "cpu_pct"), 0),
                 spread(column(ms, "cpu_us")),
+                spread(column(ms, "node-a_pct"), 0) if name == CROSS else "—",
+                spread(column(ms, "node-a_per_msg_us")) if name == CROSS else "—",
                 waited(ms),
             ]
         )
@@ -967,6 +969,8 @@ def latency_table(results: Results) -> Table:
         "p99 less local's, ms",
         "server CPU %",
         "server µs per delivery",
+        "node A CPU %",
+        "node A µs per message",
         "others (max)",
     ]
     return (
