@@ -11,7 +11,9 @@ Modes:
   envelope's ``message``) and with a plain relay that forwards the raw text. With
   ``--channel C`` (the chat only) every connection first subscribes to C and the senders
   publish to it (``{"type": "publish", "channel": C, "message": ...}``) instead of sending
-  plain text, which the chat publishes to its default channel.
+  plain text, which the chat publishes to its default channel. With ``--sender-url URL2``
+  the senders connect to URL2 and the receivers to URL: two servers of one chat (a shared
+  engine), so that the latency is from one server to the other.
 - ``connect``: C loops each open a connection and close it, again and again; the latency is
   the opening handshake (TCP connect, upgrade request, 101 response).
 - ``subscribe`` (the chat only, with ``--channel C``): ``--senders`` of the C connections
@@ -48,7 +50,8 @@ The JSON keys (counts over the measured window; rates per second of it):
   ``chat_error`` (the chat refused a subscribe-mode request), ``worker_crashed``,
   ``worker_timeout``;
 - ``interrupted`` (Ctrl-C), ``params`` (``size``, ``in_flight``, ``senders``, ``rate``,
-  ``window``, ``binary``, ``fresh_masks``, ``channel``).
+  ``window``, ``binary``, ``fresh_masks``, ``channel``, ``sender_url``,
+  ``open_concurrency``).
 
 Exit status: 0, 1 when errors were counted or nothing was measured, 2 for a bad command line,
 130 after Ctrl-C (the partial report is printed first).
@@ -180,6 +183,18 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, bool]:
         help="the chat channel that broadcast publishes to (every connection subscribes to it "
         "first) and that subscribe mode subscribes to; required by subscribe",
     )
+    parser.add_argument(
+        "--sender-url",
+        help="broadcast: the ws:// URL the senders connect to (another server of the same "
+        "chat); the receivers connect to URL (default: URL for all)",
+    )
+    parser.add_argument(
+        "--open-concurrency",
+        type=_positive_int,
+        default=64,
+        help="connections opened at a time per process; with --channel each keeps its place "
+        "until its subscribe is answered (default 64)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     parser.add_argument("--quiet", action="store_true", help="no live progress on stderr")
     args = parser.parse_args(argv)
@@ -187,11 +202,16 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, bool]:
         parser.error("argument -d/--duration: must be more than 0")
     if args.mode == "subscribe" and not args.channel:
         parser.error("subscribe mode needs --channel")
-    try:
-        if parse_uri(args.url).secure:
-            parser.error("argument url: wss:// is not supported, use ws://")
-    except ValueError as exc:
-        parser.error(f"argument url: {exc}")
+    if args.sender_url and args.mode != "broadcast":
+        parser.error("--sender-url is for broadcast mode")
+    for name, url in (("url", args.url), ("--sender-url", args.sender_url)):
+        if not url:
+            continue
+        try:
+            if parse_uri(url).secure:
+                parser.error(f"argument {name}: wss:// is not supported, use ws://")
+        except ValueError as exc:
+            parser.error(f"argument {name}: {exc}")
     options = Options(
         mode=args.mode,
         url=args.url,
@@ -208,6 +228,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, bool]:
         fresh_masks=args.fresh_masks,
         quiet=args.quiet,
         channel=args.channel or None,
+        sender_url=args.sender_url or None,
+        open_concurrency=args.open_concurrency,
     )
     return options, args.json
 
@@ -453,6 +475,8 @@ def build_report(options: Options, results: list[Result]) -> dict[str, Any]:
             "binary": options.binary,
             "fresh_masks": options.fresh_masks,
             "channel": options.channel,
+            "sender_url": options.sender_url,
+            "open_concurrency": options.open_concurrency,
         },
     }
 

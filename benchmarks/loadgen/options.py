@@ -32,6 +32,11 @@ class Options:
     # The chat channel that broadcast publishes to and subscribe cycles on (None: broadcast
     # sends plain text, which the chat publishes to its default channel).
     channel: str | None = None
+    # Broadcast: the URL the senders connect to (None: ``url``, as the receivers): another
+    # server of the same chat, so that every delivery crosses from one to the other.
+    sender_url: str | None = None
+    # Connections being opened at a time (with a channel: until their subscribe is answered).
+    open_concurrency: int = 64
     # Latency samples kept in memory across all processes (reservoir sampling beyond).
     sample_cap: int = 1_000_000
 

@@ -2,8 +2,12 @@
 
 A run goes through these phases:
 
-1. **connecting**: open the share's connections, at most ``OPEN_CONCURRENCY`` handshakes at a
-   time (``connect`` mode opens none here). In ``broadcast`` the worker then waits until each
+1. **connecting**: open the share's connections, at most ``open_concurrency`` (64) at a
+   time (``connect`` mode opens none here); with a ``channel`` a connection keeps its place
+   until its subscribe is answered, so that at most that many subscribes wait on the server
+   at once. A broadcast's senders connect to ``sender_url`` when there is one (another
+   server of the same chat: the receivers are on ``url``). In ``broadcast`` the worker then
+   waits until each
    connection has had the chat's greeting (or, when none gets any message within
    ``SETTLE_QUIET``, decides that the server sends none), so that every receiver is
    registered before the first message; with a ``channel``, each connection subscribes to it
@@ -62,7 +66,6 @@ from .wire import (
 
 __all__ = ["Hooks", "Progress", "Worker"]
 
-OPEN_CONCURRENCY = 64
 OPEN_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 2.0
 # Seconds the echo replies in flight may take to arrive once the run is over.
@@ -126,6 +129,7 @@ class Worker:
         self.key = os.urandom(4)  # see wire.py: one masking key per process
         self.phase = "connecting"
         self.clients: list[Client] = []
+        self.sending: list[Client] = []  # broadcast: this share's senders
         self.live = 0  # clients of self.clients still connected
         self.echoes: list[Echo] = []
         self.cyclers: list[Subscription] = []  # subscribe mode: those that cycle
@@ -217,7 +221,7 @@ class Worker:
         elif options.mode == "broadcast":
             tasks = [
                 asyncio.create_task(self._send_loop(client, sender))
-                for client, sender in zip(self.clients, self.share.senders, strict=False)
+                for client, sender in zip(self.sending, self.share.senders, strict=False)
             ]
         elif options.mode == "subscribe":
             for cycler in self.cyclers:
@@ -255,12 +259,16 @@ class Worker:
 
     # Connections
 
-    async def _connect(self, on_message: Callable[[Data], None] | None = None) -> Client | None:
-        """Open one connection; on failure count the error and return None."""
+    async def _connect(
+        self, on_message: Callable[[Data], None] | None = None, url: str | None = None
+    ) -> Client | None:
+        """Open one connection (to ``url``, by default the options'); on failure count the
+        error and return None."""
+        url = self.options.url if url is None else url
         try:
             if on_message is None:
-                return await open_client(self.options.url, OPEN_TIMEOUT)
-            return await open_client(self.options.url, OPEN_TIMEOUT, on_message)
+                return await open_client(url, OPEN_TIMEOUT)
+            return await open_client(url, OPEN_TIMEOUT, on_message)
         except HandshakeError:
             self.rec.error("handshake")
         except TimeoutError:
@@ -274,23 +282,32 @@ class Worker:
     async def _open_all(self) -> None:
         assert self._stop is not None
         stop = self._stop
-        limit = asyncio.Semaphore(OPEN_CONCURRENCY)
-        mode = self.options.mode
-        channel = self.options.channel
+        options = self.options
+        limit = asyncio.Semaphore(options.open_concurrency)
+        mode = options.mode
+        channel = options.channel
         subscribe = None if channel is None else request_frame("subscribe", channel, self.key)
         cyclers = len(self.share.senders) if mode == "subscribe" else 0
+        # Broadcast: connections 0 .. senders - 1 of the share send (to sender_url if given).
+        senders = len(self.share.senders) if mode == "broadcast" else 0
+        loop = asyncio.get_running_loop()
 
-        async def open_one() -> None:
+        async def open_one(index: int) -> None:
             async with limit:
                 if stop.is_set():
                     return
+                answered = None if subscribe is None else loop.create_future()
                 echo = Echo(self) if mode == "echo" else None
-                member = Subscription(self) if mode == "subscribe" else None
-                on_message = echo or member or self._receiver()
-                client = await self._connect(on_message)
+                member = Subscription(self, answered) if mode == "subscribe" else None
+                on_message = echo or member or self._receiver(answered)
+                sends = index < senders
+                url = options.sender_url if sends else None
+                client = await self._connect(on_message, url)
                 if client is None:
                     return
                 self.clients.append(client)
+                if sends:
+                    self.sending.append(client)
                 self.live += 1
                 client.on_close = self._lost
                 if echo is not None:
@@ -302,11 +319,20 @@ class Worker:
                         member.cycling = True
                         self.cyclers.append(member)
                         return
-                if subscribe is not None:
-                    # A broadcast receiver or sender, or a subscribe-mode listener.
-                    client.send_frame(subscribe)
+                if subscribe is not None and answered is not None:
+                    # A broadcast receiver or sender, or a subscribe-mode listener: it keeps
+                    # its place until the server answered (or closed, or took too long).
+                    try:
+                        client.send_frame(subscribe)
+                    except ConnectionClosed:
+                        return  # counted by _lost
+                    await asyncio.wait(
+                        [answered, client.closed],
+                        timeout=OPEN_TIMEOUT,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
 
-        await asyncio.gather(*(open_one() for _ in range(self.share.connections)))
+        await asyncio.gather(*(open_one(i) for i in range(self.share.connections)))
 
     def _lost(self, client: Client) -> None:
         """A connection of ours is gone: an error unless we closed it; stop when none is left."""
@@ -363,9 +389,10 @@ class Worker:
 
     # Broadcast
 
-    def _receiver(self) -> Callable[[Data], None]:
+    def _receiver(self, answered: asyncio.Future[None] | None = None) -> Callable[[Data], None]:
         """A broadcast receiver: counts stamped messages and their latency, and notes the
-        first other message (the chat's greeting; with a channel, its ``subscribed``).
+        first other message (the chat's greeting; with a channel, its ``subscribed``, which
+        completes ``answered``).
 
         The chat's envelope and the raw text are parsed inline (the hot path: one call per
         delivery); anything else goes through ``parse_stamp``.
@@ -397,6 +424,8 @@ class Worker:
                     if not greeted and type(message) is str and message.startswith(greeting):
                         greeted = True
                         self.greeted += 1
+                        if answered is not None and not answered.done():
+                            answered.set_result(None)
                     return
                 sender, sent_at = stamp
             rec.deliveries += 1
@@ -595,9 +624,18 @@ class Subscription:
     and ``left`` notices they receive as deliveries (what announcing members costs).
     """
 
-    __slots__ = ("_rec", "_sent_at", "_subscribe", "_unsubscribe", "_worker", "client", "cycling")
+    __slots__ = (
+        "_rec",
+        "_sent_at",
+        "_subscribe",
+        "_unsubscribe",
+        "_worker",
+        "answered",
+        "client",
+        "cycling",
+    )
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: Worker, answered: asyncio.Future[None] | None = None) -> None:
         channel = worker.options.channel
         if channel is None:
             raise ValueError("subscribe mode needs a channel")
@@ -608,6 +646,8 @@ class Subscription:
         self._sent_at = 0  # perf_counter_ns() of the request waiting for its answer
         self.client: Client | None = None
         self.cycling = False
+        # A listener's: completed by its first ``subscribed``.
+        self.answered = answered
 
     def start(self) -> None:
         self._request(self._subscribe)
@@ -631,6 +671,8 @@ class Subscription:
         elif message.startswith(CHAT_SUBSCRIBED):
             if not self.cycling:
                 self._worker.greeted += 1
+                if self.answered is not None and not self.answered.done():
+                    self.answered.set_result(None)
             elif self._answered(now):
                 self._request(self._unsubscribe)
         elif message.startswith(CHAT_UNSUBSCRIBED):

@@ -139,6 +139,8 @@ class Run:
     status: int
     stdout: str
     stderr: str
+    # The logs of the servers it ran against, where a test reads them.
+    server_logs: tuple[str, ...] = ()
 
     @property
     def report(self) -> dict[str, Any]:
@@ -187,7 +189,7 @@ def when_measuring(load: subprocess.Popen[str], action: Callable[[], object]) ->
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
     """Every run of this file, started at once; name -> Run."""
     root = tmp_path_factory.mktemp("load")
-    names = ("shared", "broadcast", "broadcast2", "channel", "subscribe", "gone")
+    names = ("shared", "broadcast", "broadcast2", "channel", "subscribe", "gone", "a", "b")
     servers = {name: Server(root / name) for name in names}
     try:
         shared = servers["shared"]
@@ -212,6 +214,14 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
             ),
             "broadcast_channel": start_load(
                 "broadcast", servers["channel"].url("/"), *TINY, "--channel", "room:t"
+            ),
+            # The sender on server a, the two receivers on server b.
+            "sender_url": start_load(
+                "broadcast",
+                servers["b"].url("/"),
+                *TINY,
+                *("--rate", "50", "--channel", "room:x", "--open-concurrency", "1"),
+                *("--sender-url", servers["a"].url("/")),
             ),
             # Two connections subscribe and unsubscribe, one listens.
             "subscribe": start_load(
@@ -245,6 +255,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
             ),
         }
         results.update((name, finish(load)) for name, load in loads.items())
+        results["sender_url"].server_logs = (
+            servers["a"].log.read_text(),
+            servers["b"].log.read_text(),
+        )
         yield results
     finally:
         for server in servers.values():
@@ -305,6 +319,28 @@ def test_broadcast_to_a_channel(runs: dict[str, Run]) -> None:
     assert report["messages"] > 0
     assert 0 < report["deliveries"] <= 2 * report["messages"] + 2
     assert report["latency_samples"] == report["deliveries"]
+
+
+def test_broadcast_senders_on_another_server(runs: dict[str, Run]) -> None:
+    """With --sender-url the sender connects there, the receivers to the URL. These two
+    servers share no engine: the receivers get nothing, which the report says."""
+    run = runs["sender_url"]
+    assert run.status == 1, run.stderr
+    report = run.report
+    assert report["connected"] == 3
+    assert report["messages"] > 0
+    assert report["deliveries"] == 0
+    assert report["params"]["sender_url"].startswith("ws://127.0.0.1:")
+    assert report["params"]["open_concurrency"] == 1
+    a, b = run.server_logs
+    assert a.count(" connect ") == 1
+    assert b.count(" connect ") == 2
+
+
+def test_sender_url_is_for_broadcast() -> None:
+    run = finish(start_load("echo", "ws://127.0.0.1:1/", *TINY, "--sender-url", "ws://h/"))
+    assert run.status == 2
+    assert "--sender-url is for broadcast mode" in run.stderr
 
 
 def test_subscribe(runs: dict[str, Run]) -> None:
