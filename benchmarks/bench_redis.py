@@ -59,7 +59,6 @@ import asyncio
 import contextlib
 import dataclasses
 import importlib.util
-import json
 import os
 import shutil
 import signal
@@ -1325,22 +1324,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print("\n".join(f"- {line}" for line in ASSUMPTIONS))
     e2e.report_targets(targets(results), header, markdown=args.markdown, out=out)
     if args.save:
-        args.save.write_text(
-            json.dumps(
-                {
-                    "machine": header,
-                    "rounds": rounds,
-                    "sizes": asdict(sizes),
-                    "timings": asdict(timings),
-                    "workloads": [{"type": type(w).__name__, **asdict(w)} for w in chosen_list],
-                    "results": {
-                        w: {s: [asdict(m) for m in ms] for s, ms in by.items()}
-                        for w, by in results.items()
-                    },
-                },
-                indent=1,
-            )
-        )
+        e2e.save_run(args.save, header, rounds, timings, chosen_list, results, sizes=asdict(sizes))
 
 
 if __name__ == "__main__":

@@ -140,6 +140,35 @@ class Workload:
         return not self.servers or server in self.servers
 
 
+def save_run(
+    path: Path,
+    header: Sequence[str],
+    rounds: int,
+    timings: Any,
+    workloads: Sequence[Any],
+    results: dict[str, dict[str, list[Any]]],
+    **extra: object,
+) -> None:
+    """Write a run's figures as JSON (``--save``): the machine, the rounds, ``extra`` (the
+    sizes...), the timings, the workloads and every measurement."""
+    path.write_text(
+        json.dumps(
+            {
+                "machine": list(header),
+                "rounds": rounds,
+                **extra,
+                "timings": asdict(timings),
+                "workloads": [{"type": type(w).__name__, **asdict(w)} for w in workloads],
+                "results": {
+                    w: {s: [asdict(m) for m in ms] for s, ms in by.items()}
+                    for w, by in results.items()
+                },
+            },
+            indent=1,
+        )
+    )
+
+
 def report_targets(
     verdicts: Sequence[tuple[str, str, str]],
     header: Sequence[str],
@@ -1146,21 +1175,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"| {t.text} | {fmt_ratio(value)} | {verdict(value, t)} |")
         print("\n" + "\n".join(f"- {line}" for line in header))
     if args.save:
-        args.save.write_text(
-            json.dumps(
-                {
-                    "machine": header,
-                    "rounds": rounds,
-                    "timings": asdict(timings),
-                    "workloads": [asdict(w) for w in workloads],
-                    "results": {
-                        w: {s: [asdict(m) for m in ms] for s, ms in by.items()}
-                        for w, by in results.items()
-                    },
-                },
-                indent=1,
-            )
-        )
+        save_run(args.save, header, rounds, timings, workloads, results)
 
 
 if __name__ == "__main__":
