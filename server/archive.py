@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .persistence import RECORD_ERRORS, RETRYABLE_ERRORS, RecordRejected, lock_database, rejecting
-from .store import COLUMNS, MessageRecord, Store, as_row, from_row
+from .store import COLUMNS, MessageRecord, Store, as_row, from_row, last_prunable
 from .worker import Worker
 
 if TYPE_CHECKING:
@@ -106,6 +106,11 @@ class Archive(Protocol):
         Read newest first, no further than the first whose text does not fit in what is left
         of ``max_bytes`` (UTF-8 bytes), as ``Store.last`` does.
         """
+
+    async def prune(self, channel: str, keep: int | None, before: str | None, limit: int) -> int:
+        """Delete the oldest records of ``channel`` that retention no longer keeps (``keep``
+        or more seqs below its last, or created before ``before``), at most ``limit``, as
+        ``Store.prune`` does; returns the highest seq deleted, or 0."""
 
 
 def open_archive(db: str | os.PathLike[str]) -> Archive:
@@ -220,6 +225,12 @@ class SqliteArchive:
         )
         return rows.records
 
+    async def prune(self, channel: str, keep: int | None, before: str | None, limit: int) -> int:
+        worker, store = self._open()
+        job = partial(store.prune, keep=keep, before=before, limit=limit, channel=channel)
+        last: int = await worker.call(job)
+        return last
+
     def _open(self) -> tuple[Worker, Store]:
         if self._worker is None or self._store is None:
             raise RuntimeError("the archive is not open")
@@ -275,6 +286,9 @@ def _pg_range(order: str) -> str:
     )
 
 
+_PG_OLDEST = "SELECT seq, created_at FROM messages WHERE channel = %s ORDER BY seq LIMIT %s"
+_PG_TOP = "SELECT max(seq) FROM messages WHERE channel = %s"
+_PG_PRUNE = "DELETE FROM messages WHERE channel = %s AND seq <= %s"
 _PG_AFTER = _pg_range("ASC")
 _PG_LAST = _pg_range("DESC")
 
@@ -363,6 +377,20 @@ class PostgresArchive:
             return []
         top = _PG_MAX if through is None else through
         return await self._query(_PG_LAST, channel, _PG_MIN, top, limit, budget=max_bytes)
+
+    async def prune(self, channel: str, keep: int | None, before: str | None, limit: int) -> int:
+        async with self._use(self._writes) as conn, conn.transaction():
+            cursor = await conn.execute(_PG_OLDEST, (channel, limit))
+            oldest = [(seq, created_at) for seq, created_at in await cursor.fetchall()]
+            bound = 0
+            if keep is not None:
+                cursor = await conn.execute(_PG_TOP, (channel,))
+                row = await cursor.fetchone()
+                bound = (row[0] if row is not None and row[0] is not None else 0) - keep
+            last = last_prunable(oldest, bound, before)
+            if last:
+                await conn.execute(_PG_PRUNE, (channel, last))
+            return last
 
     async def _query(
         self, sql: str, channel: str, since: int, through: int, limit: int, *, budget: int

@@ -88,6 +88,7 @@ __all__ = [
     "lock_database",
     "lock_path_for",
     "rejecting",
+    "retention_bounds",
 ]
 
 logger = logging.getLogger("server.persistence")
@@ -874,14 +875,8 @@ class PersistenceQueue:
 
     def _prune_job(self, store: Store, channel: str) -> Callable[[], int]:
         """One delete of at most ``PRUNE_CHUNK`` rows, with the age cut-off taken now."""
-        messages, days = self.retention(channel)
-        before = None
-        if days:
-            cutoff = datetime.now(UTC) - timedelta(days=days)
-            before = cutoff.isoformat(timespec="microseconds")
-        return partial(
-            store.prune, keep=messages or None, before=before, limit=PRUNE_CHUNK, channel=channel
-        )
+        keep, before = retention_bounds(*self.retention(channel))
+        return partial(store.prune, keep=keep, before=before, limit=PRUNE_CHUNK, channel=channel)
 
     def _allocator(self) -> SequenceAllocator:
         if self._sequence is None:
@@ -898,6 +893,16 @@ class PersistenceQueue:
         if self._stopped:
             raise PersistenceClosed("the persistence queue is stopped")
         return self._worker, self._store
+
+
+def retention_bounds(messages: int, days: float) -> tuple[int | None, str | None]:
+    """``Store.prune``'s ``keep`` and ``before`` for a channel's retention, taken now: how
+    many of the latest messages stay, and the ``created_at`` older ones go (None: no bound)."""
+    before = None
+    if days:
+        cutoff = datetime.now(UTC) - timedelta(days=days)
+        before = cutoff.isoformat(timespec="microseconds")
+    return messages or None, before
 
 
 def _ignore(value: object) -> None:

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .archive import RecordRejected
-from .persistence import append_dead_letters, dead_letter_path_for
+from .persistence import PRUNE_CHUNK, append_dead_letters, dead_letter_path_for, retention_bounds
 from .redis_keys import CHANNELS, GROUP, ChannelKeys
 from .redis_scripts import TRIM
 from .retry import retry
@@ -64,6 +64,7 @@ class Archiver:
         self._channels: list[str] = []
         self._channels_at = -_CHANNELS_EVERY
         self._claimed_at = 0.0
+        self._pruned_at = 0.0
         database = engine.settings.db_path
         # Beside the SQLite file; for a PostgreSQL archive, in the working folder's data/.
         self._dead_letters = dead_letter_path_for(
@@ -141,7 +142,27 @@ class Archiver:
         written = 0
         for stream, items in entries.items():
             written += await self._archive(stream, items)
+        if now - self._pruned_at >= self.engine.settings.prune_interval:
+            self._pruned_at = now
+            await self._prune(channels)
         return written
+
+    async def _prune(self, channels: Sequence[str]) -> None:
+        """Retention: delete from the archive what a channel's namespace no longer keeps
+        (every node does it; a second delete finds nothing). The streams keep their
+        history; a resume from before what is left gets ``recovered: false``."""
+        archive = self.engine.archive
+        for channel in channels:
+            options = self.engine.namespaces.of(channel)
+            keep, before = retention_bounds(options.retention_messages, options.retention_days)
+            if keep is None and before is None:
+                continue
+            try:
+                while await archive.prune(channel, keep, before, PRUNE_CHUNK):
+                    pass
+            except archive.retryable as exc:
+                logger.warning("retention: deleting old messages of %s failed: %s", channel, exc)
+                return
 
     async def _read_new(self, channels: Sequence[str]) -> list[tuple[str, list[Any]]]:
         from redis.exceptions import ResponseError

@@ -59,6 +59,7 @@ __all__ = [
     "as_row",
     "format_timestamp",
     "from_row",
+    "last_prunable",
 ]
 
 logger = logging.getLogger("server.store")
@@ -459,11 +460,7 @@ class Store:
                     "SELECT max(seq) FROM messages WHERE channel = ?", (channel,)
                 ).fetchone()
                 bound = (top or 0) - keep
-            last = 0
-            for seq, created_at in oldest:
-                if seq > bound and (before is None or created_at >= before):
-                    break
-                last = seq
+            last = last_prunable(oldest, bound, before)
             if last:
                 conn.execute("DELETE FROM messages WHERE channel = ? AND seq <= ?", (channel, last))
                 conn.execute(
@@ -822,6 +819,17 @@ class Store:
 # The last second formatted: at a thousand messages a second, strftime once instead of 1,000
 # times, and one string for all that happened in that second (presence keeps one per member).
 _formatted: tuple[datetime, str] = (datetime.min.replace(tzinfo=UTC), "")
+
+
+def last_prunable(oldest: Sequence[tuple[int, str]], bound: int, before: str | None) -> int:
+    """The highest seq of the run of ``oldest`` (seq, created_at) that retention deletes: seq
+    at most ``bound``, or created before ``before``; 0 if the first one stays."""
+    last = 0
+    for seq, created_at in oldest:
+        if seq > bound and (before is None or created_at >= before):
+            break
+        last = seq
+    return last
 
 
 def format_timestamp(when: datetime) -> str:

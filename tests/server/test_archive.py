@@ -13,7 +13,7 @@ import sqlite3
 import sys
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -404,3 +404,21 @@ async def test_sqlite_archive_in_a_missing_folder_fails_to_start(tmp_path: Path)
     with pytest.raises(sqlite3.OperationalError, match="cannot lock"):
         await archive.start()
     await archive.close()
+
+
+async def test_retention_deletes_the_oldest_beyond_a_count(archive: Archive) -> None:
+    await archive.write([record(n) for n in range(1, 11)])
+    await archive.write([record(n, channel="other") for n in range(1, 4)])
+    assert await archive.prune("general", 3, None, 4) == 4  # at most 4 a call
+    assert await archive.prune("general", 3, None, 100) == 7
+    assert await archive.prune("general", 3, None, 100) == 0
+    assert seqs(await archive.last("general", 100, 10_000)) == [8, 9, 10]
+    assert await archive.after("general", 5, 10, 100, None) is None  # 6 and 7 are gone
+    assert seqs(await archive.last("other", 100, 10_000)) == [1, 2, 3]
+
+
+async def test_retention_deletes_the_oldest_run_before_an_age(archive: Archive) -> None:
+    old = [replace(record(n), created_at="2020-01-01T00:00:00.000000+00:00") for n in (1, 2)]
+    await archive.write([*old, record(3), record(4)])
+    assert await archive.prune("general", None, "2021-01-01T00:00:00+00:00", 100) == 2
+    assert seqs(await archive.last("general", 100, 10_000)) == [3, 4]

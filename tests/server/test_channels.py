@@ -770,3 +770,13 @@ async def test_the_first_message_of_a_channel_goes_into_its_ring(start_chat: Sta
     await publish_acked(a, "room", "first", "m1")
     assert chat.app.engine._rings["room"] is ring
     assert len(ring) == 1
+
+
+async def test_retention_keeps_the_latest_messages_in_the_database(start: Start) -> None:
+    # The local engine prunes its own database; the Redis engine's archivers prune the archive.
+    chat = await start(retention_messages=5, prune_interval=0.05, rate_limit=0)
+    a = await chat.join(f"clientId={uuid.uuid4()}")
+    for number in range(20):
+        await publish_acked(a, "general", f"m{number}", f"id{number}")
+    await chat.archived()
+    await wait_until(lambda: [row[0] for row in chat.rows()] == [16, 17, 18, 19, 20])
