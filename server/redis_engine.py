@@ -5,9 +5,10 @@ After the model of Centrifugo's Redis engine (``../docs/redis.md`` has the key l
 - **Publishing.** One Lua script per message (``redis_scripts.PUBLISH``) gives it the next seq
   of its channel, appends it to the channel's stream and publishes it on the channel's topic,
   atomically: every node receives a channel's messages in seq order. A sender's clientMsgId is
-  remembered there for ten minutes (``SET NX`` with a TTL), so a message sent again is
-  acknowledged with its first seq. The drafts waiting are sent as one pipeline, one at a time:
-  a sender's messages keep their order. The ack goes out once the script succeeded.
+  remembered there for ten minutes (a key with a TTL, read and set by the same script), so a
+  message sent again is acknowledged with its first seq. The drafts waiting are sent as one
+  pipeline, one at a time: a sender's messages keep their order. The ack goes out once the
+  script ran and this node delivered the message (and those before it) to its subscribers.
 - **Delivery.** A node subscribes to a channel's topic while it has subscribers of the channel
   (``history`` starts it, ``forget`` ends it), and checks every message's seq and epoch: one
   already delivered is dropped, one after a gap waits while the gap is read from the stream
