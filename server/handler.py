@@ -19,6 +19,7 @@ import logging
 import sys
 import time
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 
 import rfc6455
@@ -358,11 +359,7 @@ class ChatHandler:
             client = self._clients.get(connection_id)
             if client is not None and self._may_join(client, channel):
                 subscriber = self._subscribe_now(client, channel)
-                task = asyncio.get_running_loop().create_task(
-                    self._invite(client, channel, subscriber)
-                )
-                self._resets.add(task)
-                task.add_done_callback(self._resets.discard)
+                self._spawn(self._invite(client, channel, subscriber))
 
     async def _invite(self, client: _Client, channel: str, subscriber: Subscriber) -> None:
         try:
@@ -454,11 +451,13 @@ class ChatHandler:
             subscriber = None if client is None else client.subscriptions.get(channel)
             if client is not None and subscriber is not None and subscriber.held is None:
                 self.hub.hold(subscriber)
-                task = asyncio.get_running_loop().create_task(
-                    self._restart(client, channel, subscriber)
-                )
-                self._resets.add(task)
-                task.add_done_callback(self._resets.discard)
+                self._spawn(self._restart(client, channel, subscriber))
+
+    def _spawn(self, work: Coroutine[object, object, None]) -> None:
+        """Run a history sent by itself in the background, kept until it is done."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._resets.add(task)
+        task.add_done_callback(self._resets.discard)
 
     async def _restart(self, client: _Client, channel: str, subscriber: Subscriber) -> None:
         try:

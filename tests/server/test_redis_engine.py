@@ -26,6 +26,7 @@ import pytest
 
 import rfc6455
 from tests.server.redis_service import RedisServer
+from tests.server.support import wait_until
 from tests.server.test_auth import SECRET, token
 from tests.server.test_subprocess import ServerProcess
 from tests.server.test_subprocess import spawn as spawn  # the fixture
@@ -36,13 +37,8 @@ HOST = "127.0.0.1"
 PATIENCE = 60.0
 
 
-async def eventually(predicate: Callable[[], object], within: float = PATIENCE) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"not within {within} s")
-        await asyncio.sleep(0.01)
+async def eventually(predicate: Callable[[], object]) -> None:
+    await wait_until(predicate, PATIENCE)
 
 
 class Node:
