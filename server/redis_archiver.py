@@ -18,12 +18,13 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .archive import RecordRejected
 from .persistence import PRUNE_CHUNK, append_dead_letters, dead_letter_path_for, retention_bounds
-from .redis_keys import CHANNELS, GROUP, ChannelKeys
+from .redis_keys import CHANNELS, GROUP
+from .redis_ops import pipelined
 from .redis_scripts import TRIM
 from .retry import retry
 from .store import MessageRecord
@@ -48,6 +49,9 @@ _CLAIM_IDLE = 30_000
 _GONE_IDLE = 3_600_000
 #: Seconds the archiver sleeps when there was nothing to write (a publish here wakes it).
 _IDLE = 1.0
+#: Seconds between two passes: a trickle of messages is written a few at a time, not one
+#: transaction, acknowledgement and trim each.
+_GATHER = 0.01
 
 
 class Archiver:
@@ -62,6 +66,7 @@ class Archiver:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._channels: list[str] = []
+        self._published: set[str] = set()
         self._channels_at = -_CHANNELS_EVERY
         self._claimed_at = 0.0
         self._pruned_at = 0.0
@@ -75,8 +80,9 @@ class Archiver:
         """Start archiving in the background."""
         self._task = asyncio.get_running_loop().create_task(self._run())
 
-    def wake(self) -> None:
-        """Messages were published here: read the streams now."""
+    def wake(self, channels: Iterable[str] = ()) -> None:
+        """Messages were published here (to these channels): read the streams now."""
+        self._published.update(channels)
         self._wake.set()
 
     async def settle(self) -> None:
@@ -109,6 +115,9 @@ class Archiver:
             except (RedisError, OSError) as exc:
                 logger.debug("archive: redis unavailable: %s", exc)
                 written = 0
+            except Exception:
+                logger.exception("archive: a pass failed")
+                written = 0
             if self._stopping and not written:
                 return
             if not written:
@@ -118,6 +127,8 @@ class Archiver:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), _IDLE)
+            if not self._stopping:
+                await asyncio.sleep(_GATHER)
 
     async def archive_once(self) -> int:
         """Read, write, acknowledge and trim once; returns how many entries were written."""
@@ -127,21 +138,20 @@ class Archiver:
             members = await redis.smembers(CHANNELS)
             self._channels = sorted(member.decode() for member in members)
             self._channels_at = now
-        channels = sorted(set(self._channels) | set(self.engine.watched()))
+        # The channels of the list (read every 10 s), and those delivered or published here.
+        channels = sorted(set(self._channels).union(self.engine.watched(), self._published))
+        self._published.clear()
         entries: dict[str, list[Any]] = {}
         for start in range(0, len(channels), _STREAMS):
-            chunk = channels[start : start + _STREAMS]
-            for stream, items in await self._read_new(chunk):
-                entries.setdefault(stream, []).extend(items)
+            for channel, items in await self._read_new(channels[start : start + _STREAMS]):
+                entries.setdefault(channel, []).extend(items)
         if now - self._claimed_at >= _CLAIM_EVERY:
             self._claimed_at = now
             for channel in channels:
-                claimed = await self._claim(ChannelKeys(channel).stream)
+                claimed = await self._claim(channel)
                 if claimed:
-                    entries.setdefault(ChannelKeys(channel).stream, []).extend(claimed)
-        written = 0
-        for stream, items in entries.items():
-            written += await self._archive(stream, items)
+                    entries.setdefault(channel, []).extend(claimed)
+        written = await self._archive(entries) if entries else 0
         if now - self._pruned_at >= self.engine.settings.prune_interval:
             self._pruned_at = now
             await self._prune(channels)
@@ -149,8 +159,8 @@ class Archiver:
 
     async def _prune(self, channels: Sequence[str]) -> None:
         """Retention: delete from the archive what a channel's namespace no longer keeps
-        (every node does it; a second delete finds nothing). The streams keep their
-        history; a resume from before what is left gets ``recovered: false``."""
+        (every node does it; a second delete finds nothing), and trim the streams of the
+        channels that got no message since (``_archive`` trims the others)."""
         archive = self.engine.archive
         for channel in channels:
             options = self.engine.namespaces.of(channel)
@@ -163,42 +173,68 @@ class Archiver:
             except archive.retryable as exc:
                 logger.warning("retention: deleting old messages of %s failed: %s", channel, exc)
                 return
+        _failed(await pipelined(self.engine.redis, [self._trim(channel) for channel in channels]))
+
+    def _trim(self, channel: str) -> tuple[object, ...]:
+        """The command that trims a channel's stream to what its history and retention keep."""
+        options = self.engine.namespaces.of(channel)
+        keep, before = retention_bounds(options.retention_messages, options.retention_days)
+        history = options.history if keep is None else min(options.history, keep)
+        keys = self.engine.keys_of(channel)
+        return ("EVALSHA", TRIM.sha, 2, keys.stream, keys.meta, GROUP, history, before or "")
 
     async def _read_new(self, channels: Sequence[str]) -> list[tuple[str, list[Any]]]:
+        """The entries of these channels that no node has read yet, by channel."""
         from redis.exceptions import ResponseError
 
         redis = self.engine.redis
-        streams = {ChannelKeys(channel).stream: ">" for channel in channels}
-        try:
-            answer = await redis.xreadgroup(GROUP, self.engine.node, streams, count=_COUNT)
-        except ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
+        streams = [self.engine.keys_of(channel).stream for channel in channels]
+        # RESP3: a map of stream -> entries (nil when there is nothing new).
+        (answer,) = await pipelined(redis, [self._read_command(streams)])
+        if answer is None:
+            return []
+        if isinstance(answer, ResponseError):
+            if "NOGROUP" not in str(answer):
+                raise answer
             # A channel that expired unused: forget it, read the others one by one.
-            answer = []
-            for channel in channels:
-                keys = ChannelKeys(channel)
-                try:
-                    one = await redis.xreadgroup(
-                        GROUP, self.engine.node, {keys.stream: ">"}, count=_COUNT
-                    )
-                except ResponseError:
+            answer = {}
+            replies = await pipelined(redis, [self._read_command([stream]) for stream in streams])
+            for channel, reply in zip(channels, replies, strict=True):
+                if isinstance(reply, ResponseError):
                     await redis.srem(CHANNELS, channel)
                     self._channels = [c for c in self._channels if c != channel]
-                    continue
-                answer.extend(one)
-        return [(stream.decode(), items) for stream, items in answer or []]
+                else:
+                    answer.update(reply or {})
+        channel_of = dict(zip(streams, channels, strict=True))
+        return [(channel_of[stream.decode()], items) for stream, items in answer.items()]
 
-    async def _claim(self, stream: str) -> list[Any]:
+    def _read_command(self, streams: Sequence[str]) -> tuple[object, ...]:
+        return (
+            "XREADGROUP",
+            "GROUP",
+            GROUP,
+            self.engine.node,
+            "COUNT",
+            _COUNT,
+            "STREAMS",
+            *streams,
+            *(">" for _ in streams),
+        )
+
+    async def _claim(self, channel: str) -> list[Any]:
         """Take over the entries other nodes left pending 30 s (they died), and forget the
         consumers that left nothing pending and were idle an hour (nodes gone)."""
         from redis.exceptions import ResponseError
 
         redis = self.engine.redis
+        stream = self.engine.keys_of(channel).stream
+        node = self.engine.node
         try:
-            answer = await redis.xautoclaim(
-                stream, GROUP, self.engine.node, _CLAIM_IDLE, "0-0", count=_COUNT
+            (answer,) = await pipelined(
+                redis, [("XAUTOCLAIM", stream, GROUP, node, _CLAIM_IDLE, "0-0", "COUNT", _COUNT)]
             )
+            if isinstance(answer, ResponseError):
+                return []
             for consumer in await redis.xinfo_consumers(stream, GROUP):
                 if not consumer["pending"] and consumer["idle"] > _GONE_IDLE:
                     await redis.xgroup_delconsumer(stream, GROUP, consumer["name"])
@@ -206,28 +242,35 @@ class Archiver:
             return []
         return list(answer[1])
 
-    async def _archive(self, stream: str, items: list[Any]) -> int:
-        """Write a stream's entries, then acknowledge and trim them."""
-        channel = stream[len("chat:{") : -len("}:stream")]
-        records = [_record(channel, entry_id, fields) for entry_id, fields in items if fields]
-        ids = [entry_id for entry_id, _ in items]
+    async def _archive(self, entries: dict[str, list[Any]]) -> int:
+        """Write the entries read, of every channel, in one transaction, then acknowledge and
+        trim their streams in one pipeline; returns how many were written."""
+        records = [
+            _record(channel, entry_id, fields)
+            for channel, items in entries.items()
+            for entry_id, fields in items
+            if fields
+        ]
         archive = self.engine.archive
         try:
             await retry(
                 lambda: archive.write(records),
                 policy=self.engine.settings.retry,
                 retry_on=archive.retryable,
-                description=f"archive {len(records)} messages of {channel}",
+                description=f"archive {len(records)} messages",
             )
         except RecordRejected:
             await self._one_by_one(records)
         except archive.retryable:
             return 0  # they stay pending: claimed and written again later
-        redis = self.engine.redis
-        await redis.xack(stream, GROUP, *ids)
-        keys = ChannelKeys(channel)
-        keep = self.engine.keeps(channel)
-        await redis.evalsha(TRIM.sha, 2, keys.stream, keys.meta, GROUP, keep)
+        commands: list[tuple[object, ...]] = []
+        for channel, items in entries.items():
+            ids = [entry_id for entry_id, _ in items]
+            commands += [
+                ("XACK", self.engine.keys_of(channel).stream, GROUP, *ids),
+                self._trim(channel),
+            ]
+        _failed(await pipelined(self.engine.redis, commands))
         self.archived += len(records)
         return len(records)
 
@@ -243,21 +286,28 @@ class Archiver:
                 append_dead_letters(self._dead_letters, [record], str(exc))
 
 
-def _record(
-    channel: str, entry_id: bytes, fields: list[bytes] | dict[bytes, bytes]
-) -> MessageRecord:
-    """A stream entry as the row the archive stores."""
-    values = (
-        fields if isinstance(fields, dict) else dict(zip(fields[::2], fields[1::2], strict=True))
-    )
-    broadcast = json.loads(values[b"d"])
+def _failed(replies: Sequence[object]) -> None:
+    """Log the first error of a pipeline's acknowledgements and trims (what was not
+    acknowledged stays pending and is claimed again; what was not trimmed, next time)."""
+    errors = [reply for reply in replies if isinstance(reply, Exception)]
+    if errors:
+        logger.warning(
+            "archive: %d of %d commands failed: %s", len(errors), len(replies), errors[0]
+        )
+
+
+def _record(channel: str, entry_id: bytes, fields: list[bytes]) -> MessageRecord:
+    """A stream entry, its fields in the order ``PUBLISH`` writes them, as the row the archive
+    stores."""
+    _, data, _, connection_id, _, client_msg_id, _, created_at = fields
+    broadcast = json.loads(data.decode())
     return MessageRecord(
-        connection_id=values[b"c"].decode(),
+        connection_id=connection_id.decode(),
         message=broadcast["message"],
         timestamp=broadcast["timestamp"],
-        created_at=values[b"t"].decode(),
+        created_at=created_at.decode(),
         seq=int(entry_id.split(b"-", 1)[0]),
-        client_msg_id=values[b"k"].decode() or None,
+        client_msg_id=client_msg_id.decode() or None,
         user=broadcast.get("user"),
         channel=channel,
         client_id=broadcast.get("clientId"),

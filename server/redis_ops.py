@@ -1,24 +1,76 @@
-"""Background: the Redis engine's writes that nobody waits for (presence, read positions,
-typing signals), sent in order, as pipelines, one at a time.
+"""How the Redis engine sends commands in bulk: ``pipelined``, and ``Background`` for the
+writes that nobody waits for (presence, read positions, typing signals), sent in order, as
+pipelines, one at a time.
 
-They are best effort: while Redis cannot be reached they are dropped (counted, logged once per
-outage), and what matters of them is written again (presence is refreshed every 25 s).
+Background writes are best effort: while Redis cannot be reached they are dropped (counted,
+logged once per outage), and what matters of them is written again (presence is refreshed
+every 25 s).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .redis_scripts import Script
 
-__all__ = ["Background"]
+__all__ = ["Background", "pipelined"]
 
 logger = logging.getLogger("server.engine")
 
 _PIPELINE = 512
+#: The longest a pipeline's replies take to come.
+_REPLIES_TIMEOUT = 10.0
+
+
+def _hiredis_packer() -> Callable[[Any], bytes] | None:
+    try:
+        from hiredis import pack_command
+    except ImportError:
+        return None
+    return pack_command
+
+
+#: hiredis packs a command in C, 7x faster than redis-py's asyncio connection does in Python
+#: (1.1 against 7.9 µs for a publish's 13 arguments: benchmarks/README.md).
+_pack = _hiredis_packer()
+
+
+async def pipelined(redis: Any, commands: Sequence[tuple[object, ...]]) -> list[Any]:
+    """Send ``commands`` in one write on one of the client's connections and read their
+    replies, in order: each reply as the parser gives it (no response callbacks), or the
+    ``ResponseError`` Redis answered with. redis-py's ``Pipeline.execute(raise_on_error=False)``
+    without its work per command, which was a third of a node's time when publishing.
+
+    Raises:
+        redis.exceptions.RedisError, OSError: The connection failed: some commands may have run.
+    """
+    from redis.exceptions import ResponseError
+
+    pool = redis.connection_pool
+    connection = await pool.get_connection()
+    try:
+        if _pack is None:
+            packed: bytes | list[bytes] = connection.pack_commands(commands)
+        else:
+            packed = b"".join(map(_pack, commands))
+        await connection.send_packed_command(packed, check_health=False)
+        replies: list[Any] = []
+        async with asyncio.timeout(_REPLIES_TIMEOUT):
+            for _ in commands:
+                try:
+                    replies.append(await connection.read_response(timeout=math.inf))
+                except ResponseError as exc:
+                    replies.append(exc)
+    except BaseException:
+        await connection.disconnect(nowait=True)
+        raise
+    finally:
+        await pool.release(connection)
+    return replies
 
 
 class Background:
@@ -71,14 +123,14 @@ class Background:
             while self._queue:
                 batch = self._queue[:_PIPELINE]
                 del self._queue[:_PIPELINE]
-                pipe = self.redis.pipeline(transaction=False)
-                for script, keys, args in batch:
-                    if script is None:
-                        pipe.publish(keys[0], args[0])
-                    else:
-                        pipe.evalsha(script.sha, len(keys), *keys, *args)
+                commands = [
+                    ("PUBLISH", keys[0], args[0])
+                    if script is None
+                    else ("EVALSHA", script.sha, len(keys), *keys, *args)
+                    for script, keys, args in batch
+                ]
                 try:
-                    results: list[Any] = await pipe.execute(raise_on_error=False)
+                    results = await pipelined(self.redis, commands)
                 except (RedisError, OSError) as exc:
                     self._failed(len(batch), exc)
                     continue

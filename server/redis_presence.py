@@ -49,7 +49,7 @@ class _Entry:
     member: Member
     connections: int
     since: str
-    joined: int  # ms since the epoch: orders the members who came in the same second
+    joined: int  # µs since the epoch: orders the members who came in the same second
 
 
 class Presence:
@@ -95,7 +95,7 @@ class Presence:
         if entry is None:
             now = datetime.now(UTC)
             entry = entries[member.key] = _Entry(
-                member, 1, format_timestamp(now), int(now.timestamp() * 1000)
+                member, 1, format_timestamp(now), int(now.timestamp() * 1_000_000)
             )
         else:
             entry.connections += 1

@@ -164,9 +164,12 @@ return 0
 """
 )
 
-#: Drop the entries of a stream that are archived and older than its history: never one the
-#: archive group has not acknowledged (pending) or not read yet.
-#: KEYS: stream, meta. ARGV: group, history (entries kept). Returns the entries trimmed.
+#: Drop the entries of a stream that are archived and that its history no longer keeps: those
+#: before its latest ``history`` and those created before ``oldest`` (the namespace's
+#: retention; entries carry their creation time in ``t``), never one the archive group has not
+#: acknowledged (pending) or not read yet.
+#: KEYS: stream, meta. ARGV: group, history (entries kept), oldest ("": any age).
+#: Returns the entries trimmed.
 TRIM = Script(
     """
 local group = nil
@@ -186,6 +189,30 @@ if pending[1] > 0 then
   if oldest < floor then floor = oldest end
 end
 local keep = tonumber(redis.call('HGET', KEYS[2], 's') or '0') - tonumber(ARGV[2]) + 1
+if ARGV[3] ~= '' then
+  local from = '-'
+  while keep < floor do
+    local chunk = redis.call('XRANGE', KEYS[1], from, '+', 'COUNT', 64)
+    if #chunk == 0 then keep = floor break end
+    local young = nil
+    for _, entry in ipairs(chunk) do
+      local fields = entry[2]
+      for i = 1, #fields, 2 do
+        if fields[i] == 't' and fields[i + 1] >= ARGV[3] then young = entry[1] end
+      end
+      if young then break end
+    end
+    if young then
+      local seq = tonumber(string.match(young, '^(%d+)'))
+      if seq > keep then keep = seq end
+      break
+    end
+    local last = chunk[#chunk][1]
+    local after = tonumber(string.match(last, '^(%d+)')) + 1
+    if after > keep then keep = after end
+    from = '(' .. last
+  end
+end
 if keep < floor then floor = keep end
 if floor <= 1 then return 0 end
 return redis.call('XTRIM', KEYS[1], 'MINID', floor .. '-0')

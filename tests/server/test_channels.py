@@ -780,3 +780,19 @@ async def test_retention_keeps_the_latest_messages_in_the_database(start: Start)
         await publish_acked(a, "general", f"m{number}", f"id{number}")
     await chat.archived()
     await wait_until(lambda: [row[0] for row in chat.rows()] == [16, 17, 18, 19, 20])
+
+
+async def test_messages_older_than_the_retention_leave_the_history(start: Start) -> None:
+    # The Redis engine trims its streams by age too, not only the archive behind them.
+    chat = await start(retention_days=1.5 / 86_400, prune_interval=0.05, rate_limit=0)
+    a = await chat.join(f"clientId={uuid.uuid4()}")
+    await a.subscribe("room")
+    for number in range(3):
+        await publish_acked(a, "room", f"old {number}", f"old{number}")
+    await asyncio.sleep(1.6)
+    await publish_acked(a, "room", "new", "new")
+    await chat.archived()
+    await wait_until(lambda: [row[2] for row in chat.rows()] == ["new"])
+    reader = await chat.join()
+    subscribed = await reader.subscribe("room")
+    assert [m["message"] for m in subscribed["messages"]] == ["new"]

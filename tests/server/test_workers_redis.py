@@ -454,13 +454,10 @@ async def test_an_ack_comes_after_the_broadcasts_of_the_seqs_before_it(
     a, b = await node_a.join(), await node_b.join()
     engine = node_b.app.engine
     received = engine._received
-    held: list[dict[str, Any]] = []
+    held: list[tuple[str, bytes]] = []
 
-    def hold(message: dict[str, Any]) -> None:
-        if message["type"] == "message":
-            held.append(message)
-        else:
-            received(message)
+    def hold(topic: str, data: bytes) -> None:
+        held.append((topic, data))
 
     monkeypatch.setattr(engine, "_received", hold)
     await a.publish(GENERAL, "from a", "m-a")
@@ -472,8 +469,8 @@ async def test_an_ack_comes_after_the_broadcasts_of_the_seqs_before_it(
         async with asyncio.timeout(1.0):
             await b.recv_any()
     monkeypatch.setattr(engine, "_received", received)
-    for message in held:
-        received(message)
+    for topic, data in held:
+        received(topic, data)
     while not any(m.get("type") == "broadcast" for m in b.received):
         await b.recv_any()
     while not any(m.get("type") == "ack" for m in b.received):
