@@ -3,7 +3,8 @@
 Every stream has one consumer group (``redis_keys.GROUP``) whose consumers are the nodes. A node
 reads what no node has read yet (``XREADGROUP ... >``), writes it to the archive (idempotent by
 ``(channel, seq)``), and acknowledges it only after the commit (``XACK``); then the stream is
-trimmed of what is both archived and older than the channel's history (``redis_scripts.TRIM``).
+trimmed of what is both archived and beyond what the channel's history keeps: its latest
+``history``, none older than its retention (``redis_scripts.TRIM``).
 A node that dies leaves its entries pending: another claims them once they have been idle 30 s
 (``XAUTOCLAIM``). A failed write is retried with the writer's linear backoff; entries that still
 cannot be written stay pending in Redis and are claimed again later, so the stream is the

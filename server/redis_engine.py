@@ -21,8 +21,9 @@ After the model of Centrifugo's Redis engine (``../docs/redis.md`` has the key l
   expiring after 60 s, so a crashed node's members leave within about a minute.
 - **Archive.** Every stream is read by a consumer group whose consumers are the nodes'
   archivers (``redis_archiver.py``): each message is written to the database, acknowledged
-  after the commit, and trimmed from the stream once it is both archived and older than the
-  channel's history. A history that reaches further back than the stream reads the database.
+  after the commit, and trimmed from the stream once it is both archived and beyond what the
+  channel's history keeps (its count and its retention's age). A history that reaches further
+  back than the stream reads the database.
 """
 
 from __future__ import annotations
