@@ -18,7 +18,8 @@ taken again once.
 
 Where things run, on a machine of 2 cores (``taskset``): the measured server, and node A of
 ``cross``, on the first core; the load (``python -m benchmarks.load``, or this process) and
-the ``redis-server`` on the other.
+the ``redis-server`` on the other (``--redis-with servers``: the ``redis-server`` on the
+first core, with the servers).
 
 The servers (``python -m server --ping-interval 0 --rate-limit 0``, as in e2e.py, with the
 ``--channels`` file of bench_channels.py: the namespace ``fan`` without presence or notices):
@@ -358,7 +359,9 @@ class Deployment:
         self.workdir = workdir
         server, load = config.server_cores, config.load_cores
         namespaces = workdir / "namespaces.toml"
-        self.redis = RedisServer(load, workdir / "redis") if name != LOCAL else None
+        self.redis_with = config.redis_with
+        redis_cores = server if config.redis_with == "servers" else load
+        self.redis = RedisServer(redis_cores, workdir / "redis") if name != LOCAL else None
         engine = "local" if self.redis is None else self.redis.url
         db = workdir / "archive.db"
         self.node = Node(
@@ -418,7 +421,10 @@ class Deployment:
 
     def on_server_cores(self) -> set[str]:
         """The processes (of ``measured`` and ``others``) pinned to the server's cores."""
-        return {*self.measured(), *(["node-a"] if self.sender_node is not None else [])}
+        beside = ["node-a"] if self.sender_node is not None else []
+        if self.redis is not None and self.redis_with == "servers":
+            beside.append("redis")
+        return {*self.measured(), *beside}
 
 
 class CoreSampler(e2e.CpuSampler):
@@ -465,6 +471,7 @@ class Samplers:
 @dataclass
 class Config(e2e.Config):
     open_concurrency: int = OPEN_CONCURRENCY
+    redis_with: str = "load"  # the core redis-server is pinned to: "load" or "servers"
 
 
 def measure_once(
@@ -1221,6 +1228,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=OPEN_CONCURRENCY,
         help=f"connections opened (and subscribes waiting) at a time (default {OPEN_CONCURRENCY})",
     )
+    parser.add_argument(
+        "--redis-with",
+        choices=("load", "servers"),
+        default="load",
+        help="the core redis-server runs on: the load's (default) or the servers'",
+    )
     parser.add_argument("--retries", type=int, default=1, help="see e2e.py (default 1)")
     parser.add_argument("--noise", type=float, default=0.10, help="see e2e.py (default 0.10)")
     parser.add_argument("--markdown", action="store_true", help="Markdown tables on stdout")
@@ -1296,12 +1309,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             retries=args.retries,
             noise_limit=args.noise,
             open_concurrency=args.open_concurrency,
+            redis_with=args.redis_with,
         )
         results = e2e.run_all(chosen_list, servers, rounds, config, measure_once)
     seconds = time.monotonic() - started
     header = [
         *e2e.machine(config, load_start, os.getloadavg()[0], seconds),
-        f"commit {commit()}; {redis_version()}; node A with the server, Redis with the load",
+        f"commit {commit()}; {redis_version()}; node A with the server, "
+        f"Redis with the {args.redis_with}",
     ]
     tables = [
         publish_table(results),
