@@ -1063,7 +1063,8 @@ def projection(scale: Scale, cores: int) -> tuple[float, float, float]:
     r1, r2 = scale.redis_per_message.get(1), scale.redis_per_message.get(2)
     if r1 is None or r2 is None:
         return by_workers, float("inf"), by_workers
-    redis_us = r1 + (r2 - r1) * (workers - 1)
+    # A step below zero is noise (another node cannot make a message cheaper): none then.
+    redis_us = r1 + max(0.0, r2 - r1) * (workers - 1)
     by_redis = 1e6 / max(redis_us, 1e-9) * scale.units_per_message
     return by_workers, by_redis, min(by_workers, by_redis)
 
