@@ -107,6 +107,15 @@ class Archive(Protocol):
         of ``max_bytes`` (UTF-8 bytes), as ``Store.last`` does.
         """
 
+    async def begin(self, channel: str, floor: int) -> None:
+        """Record that a new epoch of ``channel`` numbers its messages after ``floor`` (a
+        channel's recorded floor only grows)."""
+
+    async def floor(self, channel: str) -> int | None:
+        """The highest of ``channel``'s archived seqs and recorded floors (``begin``): where
+        a new epoch must go on after, so that no seq is used twice; None if the archive knows
+        nothing of the channel (its first epoch)."""
+
     async def prune(self, channel: str, keep: int | None, before: str | None, limit: int) -> int:
         """Delete the oldest records of ``channel`` that retention no longer keeps (``keep``
         or more seqs below its last, or created before ``before``), at most ``limit``, as
@@ -225,6 +234,15 @@ class SqliteArchive:
         )
         return rows.records
 
+    async def begin(self, channel: str, floor: int) -> None:
+        worker, store = self._open()
+        await worker.call(partial(store.begin, channel, floor))
+
+    async def floor(self, channel: str) -> int | None:
+        worker, store = self._open()
+        found: int | None = await worker.call(partial(store.floor, channel))
+        return found
+
     async def prune(self, channel: str, keep: int | None, before: str | None, limit: int) -> int:
         worker, store = self._open()
         job = partial(store.prune, keep=keep, before=before, limit=limit, channel=channel)
@@ -259,6 +277,10 @@ CREATE TABLE IF NOT EXISTS messages (
     client_id     TEXT,
     name          TEXT,
     UNIQUE (channel, seq)
+);
+CREATE TABLE IF NOT EXISTS epoch_floors (
+    channel TEXT PRIMARY KEY,
+    floor   BIGINT NOT NULL
 )
 """
 # Servers starting together create the table one at a time (IF NOT EXISTS alone can race):
@@ -286,6 +308,14 @@ def _pg_range(order: str) -> str:
     )
 
 
+_PG_BEGIN = (
+    "INSERT INTO epoch_floors (channel, floor) VALUES (%s, %s)"
+    " ON CONFLICT (channel) DO UPDATE SET floor = GREATEST(epoch_floors.floor, excluded.floor)"
+)
+_PG_FLOOR = (
+    "SELECT max(seq) FROM (SELECT max(seq) AS seq FROM messages WHERE channel = %s"
+    " UNION ALL SELECT floor FROM epoch_floors WHERE channel = %s) AS known"
+)
 _PG_OLDEST = "SELECT seq, created_at FROM messages WHERE channel = %s ORDER BY seq LIMIT %s"
 _PG_TOP = "SELECT max(seq) FROM messages WHERE channel = %s"
 _PG_PRUNE = "DELETE FROM messages WHERE channel = %s AND seq <= %s"
@@ -377,6 +407,16 @@ class PostgresArchive:
             return []
         top = _PG_MAX if through is None else through
         return await self._query(_PG_LAST, channel, _PG_MIN, top, limit, budget=max_bytes)
+
+    async def begin(self, channel: str, floor: int) -> None:
+        async with self._use(self._writes) as conn:
+            await conn.execute(_PG_BEGIN, (channel, floor))
+
+    async def floor(self, channel: str) -> int | None:
+        async with self._use(self._reads) as conn:
+            cursor = await conn.execute(_PG_FLOOR, (channel, channel))
+            row = await cursor.fetchone()
+        return None if row is None or row[0] is None else int(row[0])
 
     async def prune(self, channel: str, keep: int | None, before: str | None, limit: int) -> int:
         async with self._use(self._writes) as conn, conn.transaction():

@@ -76,8 +76,9 @@ _RECONNECT_FIRST = 0.5
 _RECONNECT_MOST = 30.0
 #: A channel that never gets a message expires after this many seconds unread.
 _UNUSED_TTL = 600
-#: A channel given a new epoch after it had messages (Redis lost its data) goes on this far
-#: above the archive's last seq: messages of the lost epoch that archivers had read and are
+#: A channel given a new epoch after an earlier one (Redis lost its data, or the channel
+#: expired unused) goes on this far above what the archive knows of it (its last seq, or
+#: where the last epoch began): messages of a lost epoch that archivers had read and are
 #: still writing (at most 512 per node) keep their seqs, and the new ones get seqs of their own.
 _EPOCH_GAP = 100_000
 #: The longest a history waits for this node's delivery to reach what it read.
@@ -394,10 +395,12 @@ class RedisEngine:
         return keys
 
     async def _init(self, keys: ChannelKeys) -> None:
-        """Give a channel its meta: a new epoch, after the archive's last seq (so seqs are
-        never used twice, even after Redis lost its data)."""
-        latest = await self.archive.last(keys.channel, 1, 2**31)
-        floor = latest[-1].seq + _EPOCH_GAP if latest else 0
+        """Give a channel its meta: a new epoch, after every seq the archive knows of the
+        channel (so seqs are never used twice, even after Redis lost its data before the
+        archive had any message of it), recorded there first."""
+        known = await self.archive.floor(keys.channel)
+        floor = 0 if known is None else known + _EPOCH_GAP
+        await self.archive.begin(keys.channel, floor)
         await self.redis.sadd(CHANNELS, keys.channel)
         made = await self._evalsha(
             INIT, keys.meta, keys.stream, args=(str(uuid.uuid4()), floor, GROUP, _UNUSED_TTL)

@@ -132,6 +132,21 @@ CREATE TABLE IF NOT EXISTS read_positions (
     PRIMARY KEY (channel, reader)
 ) WITHOUT ROWID
 """
+# The Redis engine's: where each epoch of a channel began numbering (``Archive.begin``).
+_FLOORS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS epoch_floors (
+    channel TEXT PRIMARY KEY,
+    floor   INTEGER NOT NULL
+) WITHOUT ROWID
+"""
+_UPSERT_FLOOR = (
+    "INSERT INTO epoch_floors (channel, floor) VALUES (?, ?)"
+    " ON CONFLICT (channel) DO UPDATE SET floor = max(floor, excluded.floor)"
+)
+_FLOOR = (
+    "SELECT max(seq) FROM (SELECT max(seq) AS seq FROM messages WHERE channel = ?"
+    " UNION ALL SELECT floor FROM epoch_floors WHERE channel = ?)"
+)
 _UPSERT_CHANNEL = (
     "INSERT INTO channels (name, epoch, last_seq, pruned_seq) VALUES (?, ?, ?, ?)"
     " ON CONFLICT (name) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)"
@@ -582,6 +597,17 @@ class Store:
         )
         return None if not rows else int(rows[0][0])
 
+    def begin(self, channel: str, floor: int) -> None:
+        """Record that an epoch of ``channel`` numbers its messages after ``floor`` (the Redis
+        engine's epochs; a channel's recorded floor only grows)."""
+        self._write(lambda conn: conn.execute(_UPSERT_FLOOR, (channel, floor)))
+
+    def floor(self, channel: str) -> int | None:
+        """The highest of ``channel``'s stored seqs and recorded floors (``begin``); None if
+        the database has neither."""
+        (top,) = self._query(_FLOOR, (channel, channel))[0]
+        return None if top is None else int(top)
+
     def _query_within(self, sql: str, params: tuple[str | int, ...], max_bytes: int | None) -> Rows:
         """Run a query whose last column is ``_SIZE``, keeping rows while they fit.
 
@@ -721,6 +747,7 @@ class Store:
                 conn.execute("UPDATE meta SET committed_seq = reserved_seq")
             conn.execute(_CHANNELS_SCHEMA)
             conn.execute(_READS_SCHEMA)
+            conn.execute(_FLOORS_SCHEMA)
             meta = self._read_meta(conn)
             if meta is None:
                 (top,) = conn.execute("SELECT max(seq) FROM messages").fetchone()

@@ -255,6 +255,25 @@ async def test_archives_on_one_database_write_side_by_side(opener: Opener) -> No
     assert seqs(await one.after("general", 0, 4, 10, None)) == [1, 2, 3, 4]
 
 
+async def test_a_channels_floor_is_its_highest_seq_or_epoch_floor(opener: Opener) -> None:
+    first = await opener()
+    assert await first.floor("room") is None  # never heard of: a first epoch starts at 0
+    await first.begin("room", 0)
+    assert await first.floor("room") == 0  # known now, though it holds no message
+    await first.write([record(5, channel="room"), record(9)])
+    assert await first.floor("room") == 5
+    await first.begin("room", 100_005)
+    await first.begin("room", 7)  # a floor only grows
+    assert await first.floor("room") == 100_005
+    await first.write([record(100_006, channel="room")])
+    assert await first.floor("room") == 100_006
+    assert await first.floor("general") == 9
+    await first.close()
+    second = await opener()  # recorded in the database, for every server
+    assert await second.floor("room") == 100_006
+    assert await second.floor("news") is None
+
+
 async def test_close_is_idempotent_and_final(archive: Archive) -> None:
     await archive.close()
     await archive.close()

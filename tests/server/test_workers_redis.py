@@ -39,6 +39,7 @@ import pytest
 
 import rfc6455
 from tests.server.postgres_service import PostgresService
+from tests.server.redis_service import RedisServer
 from tests.server.support import wait_until
 from tests.server.workers_service import (
     WAIT,
@@ -607,3 +608,17 @@ async def test_a_channel_that_redis_rewound_is_started_again_not_silently_skippe
             reset = True
             texts.extend(item["message"] for item in message["messages"])
     assert reset or texts == ["after 4", "after 5", "after 6"]
+
+
+async def test_a_channel_redis_lost_before_the_archive_had_any_of_it_never_reuses_a_seq(
+    start_chat: Callable[..., Any], redis_url: str, redis_server: RedisServer
+) -> None:
+    """The archive records where each epoch began: a channel whose first messages Redis lost
+    before any was archived goes on far above them, not at 1 again (an archiver may still be
+    writing those)."""
+    chat = await start_chat(engine=redis_url)
+    client = await chat.join()
+    redis_server.command("FLUSHALL")  # general's epoch began at 0; its data is gone
+    await client.publish(GENERAL, "after the loss", "m1")
+    ack = await client.expect("ack")
+    assert ack["seq"] == 100_001
