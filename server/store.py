@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -699,7 +700,7 @@ class Store:
         # isolation_level=None: no implicit transactions; _write issues its own BEGIN.
         conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
         try:
-            (mode,) = conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            mode = self._use_wal(conn)
             if mode != "wal":
                 logger.warning("database %s: WAL mode unavailable, using %s", self.path, mode)
             # FULL: each commit is fsynced, so an acknowledged message survives a power loss,
@@ -718,6 +719,25 @@ class Store:
             conn.close()
             raise
         return conn, identity
+
+    def _use_wal(self, conn: sqlite3.Connection) -> str:
+        """Switch the file to WAL mode; returns the journal mode it is in.
+
+        Servers opening a new file together each hold a shared lock when they ask for the
+        switch, which needs an exclusive one: SQLite answers all but one "database is locked"
+        at once rather than wait on the busy timeout (it would deadlock), so the request is
+        made again until the timeout has passed.
+        """
+        deadline = time.monotonic() + self._busy_timeout
+        while True:
+            try:
+                (mode,) = conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.005)
+            else:
+                return str(mode)
 
     def _set_up(self, conn: sqlite3.Connection) -> tuple[Meta, dict[str, ChannelRow]]:
         """Create or migrate the tables and rows in one transaction; after a crash, move

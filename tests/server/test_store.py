@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import sqlite3
+import threading
 import tracemalloc
 import uuid
 from collections.abc import Iterator
@@ -475,3 +476,29 @@ def test_prune_deletes_what_is_older_than_the_cut_off(store: Store) -> None:
     assert [r.seq for r in store.after(0, 100).records] == [3, 4]
     assert store.prune(keep=None, before=cutoff, limit=100) == 0
     assert store.prune(keep=None, before=None, limit=100) == 0
+
+
+def test_servers_opening_a_new_file_together_all_open_it(tmp_path: Path) -> None:
+    # Each asks for WAL mode holding a shared lock: SQLite refused all but one at once.
+    for attempt in range(40):
+        path = tmp_path / f"new{attempt}.db"
+        barrier = threading.Barrier(4)
+        errors: list[BaseException] = []
+
+        def open_it(
+            path: Path = path,
+            barrier: threading.Barrier = barrier,
+            errors: list[BaseException] = errors,
+        ) -> None:
+            barrier.wait()
+            try:
+                Store(path, busy_timeout=5.0).close()
+            except sqlite3.Error as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_it) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == [], (attempt, errors)
