@@ -1,0 +1,296 @@
+"""``python -m server --tls-cert --tls-key``: HTTPS and WSS, bad files, SIGHUP reloads.
+
+Certificates come from ``trustme``. The files are checked through ``main`` in-process, as
+``test_cli.py`` does; serving and reloading run the real ``python -m server``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import ssl
+import sys
+import urllib.request
+import warnings
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from cryptography.hazmat.primitives import serialization
+
+import rfc6455
+from server import cli
+from server.app import addresses_text
+from server.cli import main
+from server.settings import Settings
+from server.tls import server_context
+from tests.server.support import GUARD, wait_until
+from tests.server.test_subprocess import REPO, ServerProcess
+
+LISTENING = re.compile(r"listening: open https://127\.0\.0\.1:(\d+)/ \(WebSocket wss://")
+NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def write_pair(leaf: trustme.LeafCert, folder: Path, name: str = "") -> tuple[Path, Path]:
+    """Write ``leaf``'s chain and key into ``folder``; return their paths."""
+    cert, key = folder / f"cert{name}.pem", folder / f"key{name}.pem"
+    leaf.private_key_pem.write_to_path(str(key))
+    cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    return cert, key
+
+
+def client_context(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return context
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def files(ca: trustme.CA, tmp_path: Path) -> tuple[Path, Path]:
+    return write_pair(ca.issue_cert(*NAMES), tmp_path)
+
+
+# The context
+
+
+async def test_the_context_offers_http_1_1_and_refuses_tls_1_1(
+    ca: trustme.CA, files: tuple[Path, Path]
+) -> None:
+    context = server_context(*files)
+    assert context.minimum_version == ssl.TLSVersion.TLSv1_2
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        client = client_context(ca)
+        client.set_alpn_protocols(["h2", "http/1.1"])
+        _, writer = await asyncio.open_connection("localhost", port, ssl=client)
+        assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "http/1.1"
+        writer.close()
+        old = client_context(ca)
+        with warnings.catch_warnings():  # TLS 1.1 is deprecated: that is the point
+            warnings.simplefilter("ignore", DeprecationWarning)
+            old.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+            old.maximum_version = ssl.TLSVersion.TLSv1_1
+        with pytest.raises(ssl.SSLError):
+            await asyncio.open_connection("localhost", port, ssl=old)
+
+
+def test_the_start_up_line_says_https_and_wss() -> None:
+    assert (
+        addresses_text("::1", 443, tls=True)
+        == "open https://[::1]:443/ (WebSocket wss://[::1]:443/)"
+    )
+
+
+# Bad files: one line, exit 2, before listening
+
+
+def encrypted_key(leaf: trustme.LeafCert, path: Path) -> Path:
+    key = serialization.load_pem_private_key(leaf.private_key_pem.bytes(), None)
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    return path
+
+
+def bad_files(case: str, ca: trustme.CA, folder: Path) -> tuple[list[str], str]:
+    """The arguments of one bad case, and what its line says."""
+    cert, key = write_pair(ca.issue_cert("localhost"), folder)
+    other_cert, other_key = write_pair(ca.issue_cert("localhost"), folder, "-other")
+    junk = folder / "junk.pem"
+    junk.write_text("not PEM\n")
+    missing = folder / "missing.pem"
+    cases = {
+        "missing certificate": (
+            [missing, key],
+            f"--tls-cert: cannot read {missing}: No such file or directory",
+        ),
+        "missing key": ([cert, missing], f"--tls-key: cannot read {missing}: No such file"),
+        "a folder": ([folder, key], f"--tls-cert: cannot read {folder}: Is a directory"),
+        "certificate not PEM": ([junk, key], f"--tls-cert: {junk} holds no PEM certificate"),
+        "key not PEM": ([cert, junk], f"--tls-key: {junk} holds no PEM private key"),
+        "swapped": ([key, cert], f"--tls-cert: {key} holds no PEM certificate"),
+        "mismatched": ([cert, other_key], f"--tls-key: {other_key} is not the key of {cert}"),
+        "encrypted key": (
+            [other_cert, encrypted_key(ca.issue_cert("x"), folder / "enc.pem")],
+            "--tls-key: the key is encrypted: give it without a pass phrase",
+        ),
+    }
+    (given_cert, given_key), says = cases[case]
+    return ["--tls-cert", str(given_cert), "--tls-key", str(given_key)], says
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing certificate",
+        "missing key",
+        "a folder",
+        "certificate not PEM",
+        "key not PEM",
+        "swapped",
+        "mismatched",
+        "encrypted key",
+    ],
+)
+def test_bad_files_exit_2_with_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    ca: trustme.CA,
+    tmp_path: Path,
+    case: str,
+) -> None:
+    argv, says = bad_files(case, ca, tmp_path)
+
+    async def must_not_run(settings: Settings) -> int:
+        raise AssertionError(f"bad TLS files got through: {settings}")
+
+    monkeypatch.setattr(cli, "run", must_not_run)
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--db", str(tmp_path / "m.db")])
+    assert exited.value.code == 2
+    out, err = capsys.readouterr()
+    (line,) = err.splitlines()
+    assert line.startswith(f"python -m server: error: {says}")
+    assert out == ""
+
+
+# The real server
+
+
+@pytest.fixture
+async def tls_spawn(
+    tmp_path: Path, loop_errors: list[dict[str, Any]]
+) -> AsyncIterator[Callable[..., Any]]:
+    """``tls_spawn(cert, key, *args)``: ``python -m server`` over TLS; returns it and its port."""
+    processes: list[ServerProcess] = []
+
+    async def start(cert: Path, key: Path, *args: str) -> tuple[ServerProcess, int]:
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
+        environ["PYTHONPATH"] = str(REPO)
+        process = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "server", "--port", "0", "--db", str(tmp_path / "m.db")),
+            *("--tls-cert", str(cert), "--tls-key", str(key), *args),
+            cwd=tmp_path,
+            env=environ,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        server = ServerProcess(process)
+        processes.append(server)
+        await wait_until(lambda: LISTENING.search(server.stderr) or process.returncode)
+        match = LISTENING.search(server.stderr)
+        assert match is not None, server.stderr
+        return server, int(match[1])
+
+    yield start
+    for server in processes:
+        await server.kill()
+
+
+async def test_https_and_wss_chat(
+    tls_spawn: Callable[..., Any], ca: trustme.CA, files: tuple[Path, Path]
+) -> None:
+    server, port = await tls_spawn(*files)
+    context = client_context(ca)
+
+    def get(path: str) -> tuple[int, bytes]:
+        with urllib.request.urlopen(f"https://localhost:{port}{path}", context=context) as reply:
+            return reply.status, reply.read()
+
+    status, page = await asyncio.to_thread(get, "/")
+    assert status == 200
+    assert b"<!doctype html>" in page.lower()
+    status, health = await asyncio.to_thread(get, "/healthz")
+    assert json.loads(health)["connections"] == 0
+    async with await rfc6455.connect(f"wss://localhost:{port}/", ssl=context) as ws:
+        async with asyncio.timeout(GUARD):
+            first, second = [json.loads(str(await ws.recv())) for _ in range(2)]
+        assert "connectionId" in first
+        assert second["type"] == "welcome"
+    # Plaintext to the TLS port: that connection closes, one line, no traceback.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    async with asyncio.timeout(GUARD):
+        await reader.read()
+    writer.close()
+    await wait_until(lambda: server.lines_with("TLS handshake with"))
+    (line,) = server.lines_with("TLS handshake with")
+    assert line.rstrip().endswith("failed: http request")
+    server.process.send_signal(signal.SIGTERM)
+    assert await server.wait() == 0
+    assert "Traceback" not in server.stderr
+
+
+async def echo_loop(ws: rfc6455.Connection, counts: list[int], index: int) -> None:
+    """Send and receive 1 KiB messages until cancelled, counting the round trips."""
+    payload = "m" * 1024
+    while True:
+        await ws.send(payload)
+        assert await ws.recv() == payload
+        counts[index] += 1
+
+
+async def test_sighup_reloads_under_load_and_a_failed_reload_keeps_the_old_one(
+    tls_spawn: Callable[..., Any], ca: trustme.CA, files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    cert, key = files
+    server, port = await tls_spawn(cert, key, "--echo", "on")
+    uri = f"wss://localhost:{port}/echo"
+    old_clients = [await rfc6455.connect(uri, ssl=client_context(ca)) for _ in range(8)]
+    counts = [0] * len(old_clients)
+    loops = [asyncio.create_task(echo_loop(ws, counts, i)) for i, ws in enumerate(old_clients)]
+    try:
+        await wait_until(lambda: all(counts))
+        # A new CA, so that a client can tell which certificate it was served.
+        new_ca = trustme.CA()
+        new_cert, new_key = write_pair(new_ca.issue_cert(*NAMES), tmp_path, "-new")
+        new_cert.replace(cert)
+        new_key.replace(key)
+        server.process.send_signal(signal.SIGHUP)
+        await wait_until(lambda: server.lines_with("TLS reloaded"))
+        before = list(counts)
+        async with await rfc6455.connect(uri, ssl=client_context(new_ca)) as ws:
+            await ws.send("new certificate")
+            assert await ws.recv() == "new certificate"
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await rfc6455.connect(uri, ssl=client_context(ca))
+        # Every connection opened before the reload still exchanges messages.
+        await wait_until(lambda: all(now > then for now, then in zip(counts, before, strict=True)))
+
+        # A key that is not the certificate's: logged, and the new certificate stays.
+        write_pair(new_ca.issue_cert("localhost"), tmp_path, "-stray")[1].replace(key)
+        server.process.send_signal(signal.SIGHUP)
+        await wait_until(lambda: server.lines_with("TLS reload failed"))
+        (line,) = server.lines_with("TLS reload failed")
+        assert line.rstrip().endswith(f"--tls-key: {key} is not the key of {cert}")
+        async with await rfc6455.connect(uri, ssl=client_context(new_ca)) as ws:
+            await ws.send("still the new one")
+            assert await ws.recv() == "still the new one"
+        before = list(counts)
+        await wait_until(lambda: all(now > then for now, then in zip(counts, before, strict=True)))
+    finally:
+        for loop in loops:
+            loop.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+    for ws in old_clients:
+        assert ws.close_code is None  # none of them dropped
+        await ws.close()
+    server.process.send_signal(signal.SIGTERM)
+    assert await server.wait() == 0
+    assert "Traceback" not in server.stderr
