@@ -24,11 +24,14 @@ import trustme
 from cryptography.hazmat.primitives import serialization
 
 import rfc6455
+from rfc6455.aio import console
 from server import cli
 from server.app import addresses_text
 from server.cli import main
+from server.client import cli as chat_cli
 from server.settings import Settings
 from server.tls import server_context
+from server.users import hash_password
 from tests.server.support import GUARD, wait_until
 from tests.server.test_subprocess import REPO, ServerProcess
 
@@ -294,3 +297,106 @@ async def test_sighup_reloads_under_load_and_a_failed_reload_keeps_the_old_one(
     server.process.send_signal(signal.SIGTERM)
     assert await server.wait() == 0
     assert "Traceback" not in server.stderr
+
+
+async def run_client(module: str, *args: str, stdin: bytes = b"") -> tuple[int, str, str]:
+    """``python -m MODULE ARGS`` to its end, ``stdin`` given; its status, stdout, stderr."""
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", module, *args),
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(GUARD * 2):
+            stdout, stderr = await process.communicate(stdin)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+async def test_console_clients_with_cafile_insecure_and_user(
+    tls_spawn: Callable[..., Any], ca: trustme.CA, files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    users = tmp_path / "users"
+    users.write_text(f"ann:{hash_password('s3cret: with colon')}\n", encoding="utf-8")
+    _, port = await tls_spawn(*files, "--auth", "basic", "--users", str(users))
+    uri = f"wss://localhost:{port}/"
+    cafile = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(cafile))
+    script = ("--expect", "2", "--timeout", "10", "--json")
+    ann = ("--user", "ann:s3cret: with colon")
+
+    status, out, err = await run_client("rfc6455", uri, "--cafile", str(cafile), *ann, *script)
+    assert status == 0, err
+    assert json.loads(out.splitlines()[1])["data"]["type"] == "welcome"
+    assert "warning" not in err
+
+    status, _, err = await run_client("rfc6455", uri, "--insecure", *ann, *script)
+    assert status == 0, err
+    assert err.startswith("rfc6455: warning: --insecure: the server's certificate is not checked\n")
+
+    status, _, err = await run_client("rfc6455", uri, *ann, *script)
+    assert status == 1
+    assert err == (
+        f"rfc6455: TLS certificate of {uri} not accepted: unable to get local issuer certificate\n"
+    )
+
+    status, _, err = await run_client(
+        "rfc6455", uri, "--cafile", str(cafile), "--user", "ann:wrong", *script
+    )
+    assert status == 1
+    assert err.startswith(f"rfc6455: handshake with {uri} refused: 401 Unauthorized")
+
+    # The chat's console: the same options; publishes a line, gets its ack, ends with stdin.
+    status, out, err = await run_client(
+        "server.client", uri, "--cafile", str(cafile), *ann, "--json", stdin=b"hello\n"
+    )
+    assert status == 0, err
+    kinds = [json.loads(line)["data"].get("type") for line in out.splitlines()]
+    assert "ack" in kinds
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--user", "ann"], "argument --user: not of the form NAME:PASSWORD"),
+        (["--user", ":pw"], "argument --user: not of the form NAME:PASSWORD"),
+        (["--user", "ann:p\tw"], "argument --user: a name or password has no control characters"),
+        (["--user", "a:b", "--token", "t"], "--token and --user exclude each other"),
+        (
+            ["--user", "a:b", "-H", "Authorization: x"],
+            "--user and an Authorization header (-H) exclude each other",
+        ),
+        (["--cafile", "CA", "--insecure"], "--cafile and --insecure exclude each other"),
+        (["--cafile", "MISSING"], "--cafile: cannot read MISSING: No such file or directory"),
+        (["--cafile", "JUNK"], "--cafile: JUNK holds no usable certificate: "),
+    ],
+)
+@pytest.mark.parametrize("module", ["rfc6455", "server.client"])
+def test_console_usage_errors_are_one_line(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    ca: trustme.CA,
+    module: str,
+    argv: list[str],
+    says: str,
+) -> None:
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    (tmp_path / "junk.pem").write_text("junk\n")
+    paths = {"CA": "ca.pem", "MISSING": "missing.pem", "JUNK": "junk.pem"}
+    argv = [str(tmp_path / paths[arg]) if arg in paths else arg for arg in argv]
+    says = says.replace("MISSING", str(tmp_path / "missing.pem"))
+    says = says.replace("JUNK", str(tmp_path / "junk.pem"))
+    parse = console.parse_args if module == "rfc6455" else chat_cli.parse_args
+    with pytest.raises(SystemExit) as exited:
+        parse(["wss://localhost:1/", *argv])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"python -m {module}: error: {says}")
+    assert err.count("\n") == 1
+    assert "pw" not in err
