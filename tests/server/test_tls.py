@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import ssl
 import sys
 import urllib.request
@@ -34,6 +35,7 @@ from server.tls import server_context
 from server.users import hash_password
 from tests.server.support import GUARD, wait_until
 from tests.server.test_subprocess import REPO, ServerProcess
+from tests.server.workers_service import WAIT, Supervisors, reserved_port
 
 LISTENING = re.compile(r"listening: open https://127\.0\.0\.1:(\d+)/ \(WebSocket wss://")
 NAMES = ("localhost", "127.0.0.1", "::1")
@@ -400,3 +402,44 @@ def test_console_usage_errors_are_one_line(
     assert err.startswith(f"python -m {module}: error: {says}")
     assert err.count("\n") == 1
     assert "pw" not in err
+
+
+async def test_sighup_to_the_supervisor_restarts_the_workers_with_the_new_certificate(
+    redis_url: str, ca: trustme.CA, files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    cert, key = files
+    # In WAL mode already: two workers switching a new file to it at once may find it locked
+    # (the switch does not wait out SQLite's busy timeout), which is not what this tests.
+    database = sqlite3.connect(tmp_path / "chat.db")
+    database.execute("PRAGMA journal_mode=WAL").fetchone()
+    database.close()
+    supervisors = Supervisors(tmp_path)
+    try:
+        with reserved_port() as port:
+            supervisor = await supervisors.start(
+                *("--engine", redis_url, "--db", str(tmp_path / "chat.db"), "--echo", "on"),
+                *("--tls-cert", str(cert), "--tls-key", str(key)),
+                port=port,
+            )
+            assert supervisor.logged(f"listening: open https://127.0.0.1:{port}/ (WebSocket wss")
+            uri = f"wss://localhost:{port}/echo"
+            async with await rfc6455.connect(uri, ssl=client_context(ca)) as ws:
+                await ws.send("first certificate")
+                assert await ws.recv() == "first certificate"
+            new_ca = trustme.CA()
+            new_cert, new_key = write_pair(new_ca.issue_cert(*NAMES), tmp_path, "-new")
+            new_cert.replace(cert)
+            new_key.replace(key)
+            supervisor.signal(signal.SIGHUP)
+            await wait_until(lambda: supervisor.logged("restarted 2 workers"), WAIT)
+            # Both workers are new ones, with the new files: every connection gets them.
+            for _ in range(4):
+                async with await rfc6455.connect(uri, ssl=client_context(new_ca)) as ws:
+                    await ws.send("new certificate")
+                    assert await ws.recv() == "new certificate"
+            with pytest.raises(ssl.SSLCertVerificationError):
+                await rfc6455.connect(uri, ssl=client_context(ca))
+            supervisor.signal(signal.SIGTERM)
+            assert await supervisor.wait() == 0
+    finally:
+        await supervisors.close()
