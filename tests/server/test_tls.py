@@ -211,8 +211,10 @@ async def tls_spawn(
 async def test_https_and_wss_chat(
     tls_spawn: Callable[..., Any], ca: trustme.CA, files: tuple[Path, Path]
 ) -> None:
-    server, port = await tls_spawn(*files)
+    server, port = await tls_spawn(*files, "--tls-handshake-timeout", "0.3")
     context = client_context(ca)
+    # A client that never starts TLS is dropped after --tls-handshake-timeout.
+    silent_reader, silent = await asyncio.open_connection("127.0.0.1", port)
 
     def get(path: str) -> tuple[int, bytes]:
         with urllib.request.urlopen(f"https://localhost:{port}{path}", context=context) as reply:
@@ -228,14 +230,18 @@ async def test_https_and_wss_chat(
             first, second = [json.loads(str(await ws.recv())) for _ in range(2)]
         assert "connectionId" in first
         assert second["type"] == "welcome"
+    async with asyncio.timeout(GUARD):
+        assert await silent_reader.read() == b""
+    silent.close()
+    await wait_until(lambda: server.lines_with("no TLS handshake within 0.3 s"))
     # Plaintext to the TLS port: that connection closes, one line, no traceback.
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
     async with asyncio.timeout(GUARD):
         await reader.read()
     writer.close()
-    await wait_until(lambda: server.lines_with("TLS handshake with"))
-    (line,) = server.lines_with("TLS handshake with")
+    await wait_until(lambda: server.lines_with("TLS handshake with 127.0.0.1"))
+    (line,) = server.lines_with("TLS handshake with 127.0.0.1")
     assert line.rstrip().endswith("failed: http request")
     server.process.send_signal(signal.SIGTERM)
     assert await server.wait() == 0
