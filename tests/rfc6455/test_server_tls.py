@@ -17,6 +17,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as websockets_serve
 
 import rfc6455
+from rfc6455.aio.console import describe_connect_error
 from tests.rfc6455.conftest import GUARD, HOST, Net, echo, info_lines, wait_until
 
 pytestmark = pytest.mark.usefixtures("loop_errors")
@@ -80,6 +81,18 @@ async def test_a_certificate_for_another_name_is_refused(net: Net, ca: trustme.C
     with pytest.raises(ssl.SSLCertVerificationError) as raised:
         await rfc6455.connect(f"wss://{HOST}:{server.port}/", ssl=client_context(ca))
     assert "IP address mismatch" in raised.value.verify_message
+    # What the console clients print of it: one line that says why.
+    uri = f"wss://{HOST}:{server.port}/"
+    assert describe_connect_error(raised.value, uri) == (
+        f"TLS certificate of {uri} not accepted: "
+        f"IP address mismatch, certificate is not valid for '{HOST}'."
+    )
+    named = await net.serve(ssl=server_context(ca.issue_cert("chat.example.com")))
+    with pytest.raises(ssl.SSLCertVerificationError) as raised:
+        await rfc6455.connect(f"wss://localhost:{named.port}/", ssl=client_context(ca))
+    assert raised.value.verify_message == (
+        "Hostname mismatch, certificate is not valid for 'localhost'."
+    )
 
 
 async def test_an_untrusted_ca_is_refused_by_default(
