@@ -61,7 +61,7 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     except ssl.SSLError as exc:
         if exc.reason == "KEY_VALUES_MISMATCH":
             raise TLSFileError(f"--tls-key: {key} is not the key of {cert}") from None
-        reason = (exc.reason or "not valid PEM").lower().replace("_", " ")
+        reason = exc.reason.lower().replace("_", " ") if exc.reason else "not valid PEM"
         raise TLSFileError(f"--tls-cert, --tls-key: cannot load {cert}, {key}: {reason}") from None
     except OSError as exc:  # replaced between the check and the load
         raise TLSFileError(f"cannot read {cert} or {key}: {exc.strerror or exc}") from None

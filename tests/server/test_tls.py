@@ -119,6 +119,8 @@ def bad_files(case: str, ca: trustme.CA, folder: Path) -> tuple[list[str], str]:
     junk = folder / "junk.pem"
     junk.write_text("not PEM\n")
     missing = folder / "missing.pem"
+    damaged = folder / "damaged.pem"
+    damaged.write_text("-----BEGIN CERTIFICATE-----\nbm90IERFUg==\n-----END CERTIFICATE-----\n")
     cases = {
         "missing certificate": (
             [missing, key],
@@ -129,6 +131,10 @@ def bad_files(case: str, ca: trustme.CA, folder: Path) -> tuple[list[str], str]:
         "certificate not PEM": ([junk, key], f"--tls-cert: {junk} holds no PEM certificate"),
         "key not PEM": ([cert, junk], f"--tls-key: {junk} holds no PEM private key"),
         "swapped": ([key, cert], f"--tls-cert: {key} holds no PEM certificate"),
+        "damaged certificate": (
+            [damaged, key],
+            f"--tls-cert, --tls-key: cannot load {damaged}, {key}: not valid PEM",
+        ),
         "mismatched": ([cert, other_key], f"--tls-key: {other_key} is not the key of {cert}"),
         "encrypted key": (
             [other_cert, encrypted_key(ca.issue_cert("x"), folder / "enc.pem")],
@@ -148,6 +154,7 @@ def bad_files(case: str, ca: trustme.CA, folder: Path) -> tuple[list[str], str]:
         "certificate not PEM",
         "key not PEM",
         "swapped",
+        "damaged certificate",
         "mismatched",
         "encrypted key",
     ],
