@@ -39,6 +39,10 @@ class Limits:
     max_body_size: int = 2**20
     # The opening handshake must complete within this time (slowloris guard).
     open_timeout: float | None = 10.0
+    # Server side, with TLS: the TLS handshake (RFC 8446 §4), before the opening handshake's
+    # open_timeout starts, must complete within this time. asyncio's default is 60 s; a real
+    # client needs a few round trips, so 10 s is the slowloris guard of open_timeout again.
+    tls_handshake_timeout: float | None = 10.0
     # How long to wait for the peer's close frame and TCP close (RFC 6455 §7.1.1).
     close_timeout: float | None = 10.0
     # Keepalive: a ping every ping_interval; no pong within ping_timeout fails

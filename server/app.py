@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 
 import rfc6455
 
@@ -24,6 +25,7 @@ from .namespaces import Namespace, Namespaces
 from .persistence import PersistenceQueue
 from .settings import Settings
 from .supervised import RESTART_SIGNAL, SupervisorLink
+from .tls import TLSFileError, server_context
 from .web import CHAT_PATH, ECHO_PATH, Router
 
 __all__ = ["App", "addresses_text", "engine_of", "namespaces_of", "run"]
@@ -34,10 +36,14 @@ logger = logging.getLogger("server")
 _RESTART = (rfc6455.CloseCode.SERVICE_RESTART, "service restart")
 
 
-def addresses_text(host: str, port: int) -> str:
-    """What the start-up line says after ``listening:``: the page to open, the WebSocket URL."""
+def addresses_text(host: str, port: int, *, tls: bool = False) -> str:
+    """What the start-up line says after ``listening:``: the page to open, the WebSocket URL.
+
+    ``tls``: served over TLS (``--tls-cert``), so ``https://`` and ``wss://``.
+    """
     host = f"[{host}]" if ":" in host else host
-    return f"open http://{host}:{port}/ (WebSocket ws://{host}:{port}/)"
+    http, ws = ("https", "wss") if tls else ("http", "ws")
+    return f"open {http}://{host}:{port}/ (WebSocket {ws}://{host}:{port}/)"
 
 
 def namespaces_of(settings: Settings) -> Namespaces:
@@ -124,6 +130,7 @@ class App:
     async def start(self) -> int:
         """Open the database, load the latest messages and start listening; returns the port."""
         settings = self.settings
+        context = self._tls_context()
         await self.engine.start()
         try:
             self.server = await rfc6455.serve(
@@ -135,14 +142,42 @@ class App:
                 subprotocols=(CHAT_SUBPROTOCOL,),
                 limits=settings.limits,
                 reuse_port=settings.reuse_port,
+                ssl=context,
             )
         except BaseException:
             # Cannot listen (port taken, unknown host): close the database and its thread again.
             await self.engine.stop(0)
             raise
         port = self.server.port
-        logger.info("listening: %s", addresses_text(settings.host, port))
+        logger.info("listening: %s", addresses_text(settings.host, port, tls=context is not None))
         return port
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        """The context of ``--tls-cert`` and ``--tls-key``; None without them.
+
+        Raises:
+            TLSFileError: They cannot be used (``tls.server_context``).
+        """
+        cert, key = self.settings.tls_cert, self.settings.tls_key
+        return None if cert is None or key is None else server_context(cert, key)
+
+    def reload_tls(self) -> bool:
+        """Load the certificate and key again (SIGHUP): the connections accepted from now on
+        get them, those open keep theirs. One that fails keeps the old ones, logged.
+
+        Returns:
+            Whether the new ones are served.
+        """
+        assert self.server is not None
+        try:
+            context = self._tls_context()
+        except TLSFileError as exc:
+            logger.error("TLS reload failed, still serving the previous certificate: %s", exc)
+            return False
+        assert context is not None
+        self.server.set_ssl(context)
+        logger.info("TLS reloaded: new connections get %s", self.settings.tls_cert)
+        return True
 
     async def stop(
         self, code: int = rfc6455.CloseCode.GOING_AWAY, reason: str = "server shutting down"
@@ -173,6 +208,7 @@ async def run(settings: Settings, link: SupervisorLink | None = None) -> int:
     SIGINT and SIGTERM close the clients with 1001 "server shutting down"; ``RESTART_SIGNAL``
     (SIGUSR1) with 1012 "service restart", which tells them to connect again (to another
     worker, or to this server once restarted).
+    With TLS, SIGHUP loads the certificate and key again (``App.reload_tls``).
 
     Args:
         settings: What the server was told.
@@ -188,6 +224,10 @@ async def run(settings: Settings, link: SupervisorLink | None = None) -> int:
         restarting = True
         stop.set()
 
+    def reload() -> None:
+        if app.server is not None:  # else start() loads the files still
+            app.reload_tls()
+
     def orphaned() -> None:
         logger.warning("the supervisor is gone")
         stop.set()
@@ -196,6 +236,8 @@ async def run(settings: Settings, link: SupervisorLink | None = None) -> int:
     # Before start(), which logs the start-up line: a signal sent as soon as that line
     # appears must still get a graceful shutdown, not the default action (death).
     signals = {signal.SIGINT: stop.set, signal.SIGTERM: stop.set, RESTART_SIGNAL: restart}
+    if settings.tls_cert is not None:
+        signals[signal.SIGHUP] = reload
     for signum, handler in signals.items():
         loop.add_signal_handler(signum, handler)
     if link is not None:

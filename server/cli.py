@@ -30,6 +30,7 @@ from .persistence import DatabaseInUse
 from .settings import Settings
 from .supervised import SupervisorLink
 from .supervisor import check_workers, supervise
+from .tls import TLSFileError, server_context
 
 __all__ = ["main", "parse_args"]
 
@@ -124,6 +125,13 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         parser.error(
             f"--max-send-buffer: {buffer} is out of range: must be 0 or at least {write_limit}"
         )
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        try:
+            server_context(settings.tls_cert, settings.tls_key)
+        except TLSFileError as exc:
+            parser.error(str(exc))
     try:
         authenticator(settings.auth, settings.jwt_secret, settings.users_file)
     except (ValueError, ImportError) as exc:
@@ -176,6 +184,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except sqlite3.Error as exc:
         print(f"{_PROG}: error: cannot open {settings.db_path}: {exc}", file=sys.stderr)
+        return 2
+    except TLSFileError as exc:
+        # The files changed since parse_args checked them.
+        print(f"{_PROG}: error: {exc}", file=sys.stderr)
         return 2
     except (EngineUnavailable, ImportError) as exc:
         # Redis or the archive cannot be reached, or their driver is not installed.

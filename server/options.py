@@ -192,6 +192,31 @@ OPTIONS: tuple[Option, ...] = (
         "TCP port; `0` picks a free one (logged at start-up)",
     ),
     Option(
+        "--tls-cert",
+        "CHAT_TLS_CERT",
+        "tls_cert",
+        _optional_path,
+        "PEM certificate chain (the certificate, then its intermediates): serve HTTPS and "
+        "WSS on `--port`, with `--tls-key`; SIGHUP loads both again (TLS, below)",
+        shown="",
+    ),
+    Option(
+        "--tls-key",
+        "CHAT_TLS_KEY",
+        "tls_key",
+        _optional_path,
+        "the PEM private key of `--tls-cert`, without a pass phrase",
+        shown="",
+    ),
+    Option(
+        "--tls-handshake-timeout",
+        "CHAT_TLS_HANDSHAKE_TIMEOUT",
+        "limits.tls_handshake_timeout",
+        _seconds_or_off,
+        "with `--tls-cert`: seconds a client has to complete the TLS handshake, before "
+        "`--open-timeout` starts (`0`: no timeout)",
+    ),
+    Option(
         "--db",
         "CHAT_DB",
         "db_path",

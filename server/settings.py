@@ -34,6 +34,10 @@ class Settings:
     host: str = "127.0.0.1"
     # The web client's default URL is ws://localhost:5000 (the original design).
     port: int = 5000
+    # HTTPS and WSS on the port (tls.py): a PEM certificate chain and its key, loaded again
+    # on SIGHUP; None: plaintext. Usually a proxy ends TLS (docs/deploy.md); this is without one.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     # A SQLite file, or (with a Redis engine) a PostgreSQL URL, which may carry a password.
     db_path: Path | str = field(default=Path("data/messages.db"), repr=False)
     # The chat's engine: "local" (this process, SQLite) or a redis:// or rediss:// URL, an

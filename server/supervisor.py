@@ -358,7 +358,7 @@ async def supervise(settings: Settings, argv: Sequence[str]) -> int:
     def listening() -> None:
         logger.info(
             "listening: %s, %d workers",
-            addresses_text(settings.host, settings.port),
+            addresses_text(settings.host, settings.port, tls=settings.tls_cert is not None),
             settings.workers,
         )
 

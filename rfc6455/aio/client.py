@@ -42,11 +42,15 @@ async def connect(
         headers: extra request headers, e.g. ``Authorization``.
         subprotocols: subprotocols to offer, the preferred one first.
         limits: a :class:`Limits`; ``options`` override single fields.
-        ssl: a client TLS context for ``wss://`` (the default context if omitted).
+        ssl: a client TLS context for ``wss://``; by default ``ssl.create_default_context()``,
+            which checks the certificate against the system's CAs and its host name
+            (RFC 6125 through OpenSSL).
 
     Raises:
         ValueError: ``uri`` is not a valid WebSocket URI.
-        OSError: the TCP connection could not be opened.
+        OSError: the TCP connection could not be opened; for ``wss://``, an
+            ``ssl.SSLCertVerificationError`` when the certificate is not trusted or
+            names another host, an ``ssl.SSLError`` when TLS fails otherwise.
         TimeoutError: the handshake did not complete within ``open_timeout``
             (a refusal whose body is late is an ``InvalidResponse`` all the same).
         InvalidResponse: the server refused the upgrade or answered wrongly;

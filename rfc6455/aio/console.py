@@ -163,6 +163,11 @@ class Options:
     json: bool = False
     # Interactive: after the end of input, close once no message came for this long.
     linger: float = 1.0
+    # wss://: the client TLS context (--cafile, --insecure); None: the default one, which
+    # checks the certificate against the system's CAs, and the host name.
+    tls: ssl.SSLContext | None = None
+    # --insecure: the context checks nothing, which the run says in a warning line.
+    insecure: bool = False
 
     @property
     def interactive(self) -> bool:
@@ -226,11 +231,47 @@ def _count(text: str) -> int:
     return value
 
 
+def _basic_credentials(text: str) -> str:
+    """``--user NAME:PASSWORD``: the ``Authorization`` value of HTTP basic auth (RFC 7617 §2)."""
+    # The text is not repeated in an error: it holds a password.
+    name, colon, _ = text.partition(":")
+    if not colon or not name:
+        raise argparse.ArgumentTypeError("not of the form NAME:PASSWORD")
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in text):
+        # RFC 7617 §2: the user-id and password contain no control characters.
+        raise argparse.ArgumentTypeError("a name or password has no control characters")
+    # RFC 7617 §2.1: the server's charset="UTF-8" is the encoding used.
+    return "Basic " + base64.b64encode(text.encode()).decode("ascii")
+
+
+def _client_context(
+    parser: argparse.ArgumentParser, cafile: str | None, insecure: bool
+) -> ssl.SSLContext | None:
+    """The TLS context of ``--cafile`` or ``--insecure``; None for the default one."""
+    if insecure:
+        if cafile is not None:
+            parser.error("--cafile and --insecure exclude each other")
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    if cafile is None:
+        return None
+    try:
+        return ssl.create_default_context(cafile=cafile)
+    except ssl.SSLError as exc:
+        reason = (exc.reason or str(exc)).lower().replace("_", " ")
+        parser.error(f"--cafile: {cafile} holds no usable certificate: {reason}")
+    except OSError as exc:
+        parser.error(f"--cafile: cannot read {cafile}: {exc.strerror or exc}")
+
+
 def console_parser(prog: str, description: str, epilog: str) -> argparse.ArgumentParser:
     """A parser of the arguments every console has; :func:`console_options` reads them.
 
-    They are the URI, ``-H``, ``--token``, ``--subprotocol``, ``--max-size``,
-    ``--linger`` and ``--json``. A usage error is one line on stderr and status 2.
+    They are the URI, ``-H``, ``--token``, ``--user``, ``--subprotocol``, ``--max-size``,
+    ``--linger``, ``--json``, ``--cafile`` and ``--insecure``. A usage error is one line on
+    stderr and status 2.
     """
     parser = _Parser(
         prog=prog,
@@ -254,6 +295,25 @@ def console_parser(prog: str, description: str, epilog: str) -> argparse.Argumen
         metavar="TOKEN",
         help="bearer token (RFC 6750): sends 'Authorization: Bearer TOKEN'; "
         "a command line is visible to other users of the machine, -H from a script is not",
+    )
+    parser.add_argument(
+        "--user",
+        metavar="NAME:PASSWORD",
+        type=_basic_credentials,
+        help="HTTP basic authentication (RFC 7617), as curl -u: sends 'Authorization: Basic "
+        "...'; visible to other users of the machine, as --token",
+    )
+    parser.add_argument(
+        "--cafile",
+        metavar="FILE",
+        help="wss://: check the server's certificate against the CAs of this PEM file "
+        "instead of the system's (a private CA, a test one)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="wss://: check neither the server's certificate nor its host name "
+        "(a warning says so): anyone on the way can read and change the messages",
     )
     parser.add_argument(
         "--subprotocol",
@@ -293,10 +353,14 @@ def console_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     ``Authorization`` header, is a usage error (``parser.error``).
     """
     headers = list(args.headers)
-    if args.token is not None:
+    if args.token is not None and args.user is not None:
+        parser.error("--token and --user exclude each other")
+    for flag, value in (("--token", args.token), ("--user", args.user)):
+        if value is None:
+            continue
         if any(name.lower() == "authorization" for name, _ in headers):
-            parser.error("--token and an Authorization header (-H) exclude each other")
-        headers.append(("Authorization", f"Bearer {args.token}"))
+            parser.error(f"{flag} and an Authorization header (-H) exclude each other")
+        headers.append(("Authorization", value if flag == "--user" else f"Bearer {value}"))
     options = Options(
         uri=args.uri,
         headers=tuple(headers),
@@ -304,6 +368,8 @@ def console_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         max_size=args.max_size,
         json=args.json,
         linger=args.linger,
+        tls=_client_context(parser, args.cafile, args.insecure),
+        insecure=args.insecure,
     )
     # Build the request once, so that a bad URI, subprotocol name or header
     # value is a usage error rather than a failed connection.
@@ -775,6 +841,7 @@ class Console:
             headers=options.headers,
             subprotocols=options.subprotocols,
             max_size=options.max_size,
+            ssl=options.tls,
         )
 
     async def dial_until(self, uri: str, deadline: float | None) -> Connection:
@@ -792,6 +859,8 @@ class Console:
         options = self.options
         loop = asyncio.get_running_loop()
         deadline = None if options.timeout is None else loop.time() + options.timeout
+        if options.insecure:
+            self.output.error("warning: --insecure: the server's certificate is not checked")
         try:
             ws = await self.dial_until(options.uri, deadline)
         except asyncio.CancelledError:

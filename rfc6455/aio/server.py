@@ -108,8 +108,10 @@ class Server:
         process_request: ProcessRequest | None,
         subprotocols: Sequence[str],
         process_refusal: ProcessRefusal | None = None,
+        ssl: ssl_module.SSLContext | None = None,
     ) -> None:
         self.handler = handler
+        self._ssl = ssl
         self.limits = limits
         self.process_request = process_request
         self.process_refusal = process_refusal
@@ -134,6 +136,24 @@ class Server:
     def port(self) -> int:
         """The port of the first listening socket (useful after binding port 0)."""
         return int(self._listeners[0].sock.getsockname()[1])
+
+    @property
+    def ssl(self) -> ssl_module.SSLContext | None:
+        """The TLS context of the connections accepted from now on (None: plaintext)."""
+        return self._ssl
+
+    def set_ssl(self, context: ssl_module.SSLContext) -> None:
+        """Serve the connections accepted from now on with ``context`` (a certificate reload).
+
+        The connections already open, or in their TLS handshake, keep the context they
+        started with.
+
+        Raises:
+            ValueError: The server was started without TLS: its clients speak plaintext.
+        """
+        if self._ssl is None:
+            raise ValueError("a server started without ssl cannot switch to TLS")
+        self._ssl = context
 
     def _admit(self, key: str) -> bool:
         """Count a new TCP connection from address ``key`` in; False if it is one too many."""
@@ -235,12 +255,9 @@ class _Listener:
     accepting for ``_ACCEPT_PAUSE`` and is logged once a second, not once per attempt.
     """
 
-    def __init__(
-        self, server: Server, sock: socket.socket, ssl: ssl_module.SSLContext | None
-    ) -> None:
+    def __init__(self, server: Server, sock: socket.socket) -> None:
         self.server = server
         self.sock = sock
-        self._ssl = ssl
         self._loop = asyncio.get_running_loop()
         self._pending: set[asyncio.Task[None]] = set()
         self._resume: asyncio.TimerHandle | None = None
@@ -268,21 +285,35 @@ class _Listener:
                 _refuse_at_once(conn)
                 continue
             handshake = _Handshake(server, key)
-            task = self._loop.create_task(self._start(conn, handshake))
+            peer = _address(address)
+            task = self._loop.create_task(self._start(conn, peer, handshake))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
 
-    async def _start(self, conn: socket.socket, handshake: _Handshake) -> None:
-        """Make the transport (after TLS's handshake, with ``ssl``) and its protocol."""
+    async def _start(
+        self, conn: socket.socket, peer: tuple[str, int] | None, handshake: _Handshake
+    ) -> None:
+        """Make the transport (after TLS's handshake, with ``Server.ssl``) and its protocol."""
+        ssl = self.server.ssl
+        timeout = self.server.limits.tls_handshake_timeout
         try:
             await self._loop.connect_accepted_socket(
                 lambda: handshake,
                 conn,
-                ssl=self._ssl,
-                ssl_handshake_timeout=self.server.limits.open_timeout if self._ssl else None,
+                ssl=ssl,
+                # None would be asyncio's default (60 s): "no limit" is a day.
+                ssl_handshake_timeout=(86400.0 if timeout is None else timeout) if ssl else None,
             )
-        except (OSError, asyncio.CancelledError) as exc:  # TLS failed, or the peer left
-            logger.debug("could not start a handshake: %r", exc)
+        except (OSError, asyncio.CancelledError) as exc:
+            if isinstance(exc, ssl_module.SSLError):
+                # Not TLS (plaintext HTTP, say), or no protocol version or cipher in common.
+                reason = (exc.reason or str(exc)).lower().replace("_", " ")
+                logger.info("TLS handshake with %s failed: %s", _peer(peer), reason)
+            elif isinstance(exc, ConnectionAbortedError):
+                # asyncio's sslproto aborts with it once ssl_handshake_timeout has passed.
+                logger.info("dropped %s: no TLS handshake within %s s", _peer(peer), timeout)
+            else:  # the peer left, or the server closes
+                logger.debug("could not start a handshake: %r", exc)
             handshake.abort()
             conn.close()
 
@@ -625,7 +656,8 @@ async def serve(
         subprotocols: the subprotocols the server speaks, by preference.
         limits: a :class:`Limits`; ``options`` override single fields, e.g.
             ``max_size=None`` or ``ping_interval=5``.
-        ssl: a server TLS context, for ``wss://``.
+        ssl: a server TLS context, for ``wss://`` (and ``https://``);
+            ``Server.set_ssl`` replaces it for the connections accepted after.
         reuse_port: set ``SO_REUSEPORT`` on the listening sockets, so that several
             servers (processes) with it listen on one port, the kernel spreading the
             connections among them; a server without it cannot share their port.
@@ -641,9 +673,10 @@ async def serve(
         process_request=process_request,
         subprotocols=subprotocols,
         process_refusal=process_refusal,
+        ssl=ssl,
     )
     loop = asyncio.get_running_loop()
     # getaddrinfo may ask a DNS server: not in the event loop.
     sockets = await loop.run_in_executor(None, _listening_sockets, host, port, reuse_port)
-    server._listeners = [_Listener(server, sock, ssl) for sock in sockets]
+    server._listeners = [_Listener(server, sock) for sock in sockets]
     return server

@@ -19,6 +19,7 @@ import runpy
 import shutil
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import trustme
 
 import rfc6455
 from rfc6455 import Close, Connection, Headers, InvalidResponse, Request, Response
@@ -1266,3 +1268,29 @@ def test_python_m_rfc6455(
         runpy.run_module("rfc6455", run_name="__main__")
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.startswith("usage: python -m rfc6455 ")
+
+
+def test_tls_options_give_the_context(tmp_path: Path) -> None:
+    uri = "wss://localhost:1/"
+    assert console.parse_args([uri]).tls is None  # connect()'s default: the system's CAs
+    insecure = console.parse_args([uri, "--insecure"])
+    assert insecure.insecure
+    assert insecure.tls is not None
+    assert (insecure.tls.verify_mode, insecure.tls.check_hostname) == (ssl.CERT_NONE, False)
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    trusting = console.parse_args([uri, "--cafile", str(tmp_path / "ca.pem")])
+    assert trusting.tls is not None
+    assert not trusting.insecure
+    assert len(trusting.tls.get_ca_certs()) == 1  # that CA, and not the system's
+
+
+async def test_insecure_connects_to_an_untrusted_server_with_a_warning(net: Net, tls: Tls) -> None:
+    server = await net.serve(echo, ssl=tls.server)
+    options = console.parse_args([f"wss://{HOST}:{server.port}/", "--insecure", "--send", "x"])
+    client = make_console(options)
+    assert await client.run() == console.EXIT_OK
+    stderr = printed(client)[1]
+    assert stderr.startswith(
+        "rfc6455: warning: --insecure: the server's certificate is not checked\n"
+    )

@@ -29,6 +29,20 @@ from tests.server.support import GUARD
 OPTIONS: list[tuple[str, str, str, Callable[[Settings], Any], Any]] = [
     ("--host", "CHAT_HOST", "localhost", lambda s: s.host, "localhost"),
     ("--port", "CHAT_PORT", "6001", lambda s: s.port, 6001),
+    (
+        "--tls-handshake-timeout",
+        "CHAT_TLS_HANDSHAKE_TIMEOUT",
+        "2.5",
+        lambda s: s.limits.tls_handshake_timeout,
+        2.5,
+    ),
+    (
+        "--tls-handshake-timeout",
+        "CHAT_TLS_HANDSHAKE_TIMEOUT",
+        "0",
+        lambda s: s.limits.tls_handshake_timeout,
+        None,
+    ),
     ("--db", "CHAT_DB", "DB", lambda s: s.db_path, "DB"),
     ("--engine", "CHAT_ENGINE", "local", lambda s: s.engine, "local"),
     (
@@ -218,6 +232,11 @@ BAD: list[tuple[list[str], dict[str, str]]] = [
     (["--port", "70000"], {}),
     (["--port", "-1"], {}),
     (["--port", "abc"], {}),
+    (["--tls-handshake-timeout", "-1"], {}),
+    ([], {"CHAT_TLS_HANDSHAKE_TIMEOUT": "soon"}),
+    (["--tls-cert", "FILE"], {}),  # no key
+    ([], {"CHAT_TLS_KEY": "FILE"}),  # no certificate
+    (["--tls-cert", "FILE", "--tls-key", "FILE"], {}),  # not PEM
     ([], {"CHAT_PORT": "abc"}),
     ([], {"CHAT_PORT": "70000"}),
     (["--retry-delay", "-1"], {}),

@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[2]
 WAIT = 60.0
 # A worker's line for each chat connection: its pid, and the connection's id.
 CONNECT = re.compile(r"\[(\d+)\]: connect ([0-9a-f-]{36}) from ")
-LISTENING = "server.supervisor: listening: open http://"
+LISTENING = "server.supervisor: listening: open http"  # https:// with --tls-cert
 
 
 class Supervisor:

@@ -51,7 +51,7 @@ PHONE: ViewportSize = {"width": 390, "height": 844}
 
 # How long the server may take to start or to stop.
 SERVER_TIMEOUT = 15.0
-_LISTENING = re.compile(r"listening: open (http://\S+/) \(WebSocket (ws://\S+:(\d+)/)\)")
+_LISTENING = re.compile(r"listening: open (https?://\S+/) \(WebSocket (wss?://\S+:(\d+)/)\)")
 
 _screenshots: pytest.StashKey[list[Path]] = pytest.StashKey()
 
