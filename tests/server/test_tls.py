@@ -11,7 +11,6 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import ssl
 import sys
 import urllib.request
@@ -421,11 +420,6 @@ async def test_sighup_to_the_supervisor_restarts_the_workers_with_the_new_certif
     redis_url: str, ca: trustme.CA, files: tuple[Path, Path], tmp_path: Path
 ) -> None:
     cert, key = files
-    # In WAL mode already: two workers switching a new file to it at once may find it locked
-    # (the switch does not wait out SQLite's busy timeout), which is not what this tests.
-    database = sqlite3.connect(tmp_path / "chat.db")
-    database.execute("PRAGMA journal_mode=WAL").fetchone()
-    database.close()
     supervisors = Supervisors(tmp_path)
     try:
         with reserved_port() as port:
