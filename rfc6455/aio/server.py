@@ -14,7 +14,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 
 from ..addresses import address_key
+from ..deflate import Compression, PerMessageDeflate, server_negotiate
 from ..exceptions import ConnectionClosed, InvalidRequest
+from ..extensions import parse_extensions
 from ..frames import CloseCode
 from ..handshake import accept, is_upgrade, reject, select_subprotocol
 from ..http11 import Request, RequestParser, Response, body_length
@@ -108,8 +110,10 @@ class Server:
         process_request: ProcessRequest | None,
         subprotocols: Sequence[str],
         process_refusal: ProcessRefusal | None = None,
+        compression: Compression | None = None,
     ) -> None:
         self.handler = handler
+        self.compression = compression
         self.limits = limits
         self.process_request = process_request
         self.process_refusal = process_refusal
@@ -475,10 +479,23 @@ class _Handshake(asyncio.BufferedProtocol):
 
     def _respond(self, request: Request, answer: Response | None) -> None:
         """Answer the request: the hook's response, a refusal, or the upgrade."""
+        deflate: PerMessageDeflate | None = None
         try:
             if answer is None:
                 subprotocol = select_subprotocol(request, self._server.subprotocols)
-                answer = accept(request, subprotocol=subprotocol)  # check_request() first
+                extensions: tuple[tuple[str, str], ...] = ()
+                compression = self._server.compression
+                # RFC 7692 §5: the first offer this server can honour, or none.
+                negotiated = (
+                    None
+                    if compression is None
+                    else server_negotiate(parse_extensions(request.headers), compression)
+                )
+                if negotiated is not None:
+                    extensions = (("Sec-WebSocket-Extensions", negotiated[0]),)
+                    deflate = negotiated[1]
+                # check_request() first
+                answer = accept(request, subprotocol=subprotocol, extra_headers=extensions)
             head = answer.serialize()
         except InvalidRequest as exc:
             self._refuse(exc, request)
@@ -490,9 +507,11 @@ class _Handshake(asyncio.BufferedProtocol):
         if answer.status != 101:
             self._send_and_close(head)
             return
-        self._upgrade(request, answer, head)
+        self._upgrade(request, answer, head, deflate)
 
-    def _upgrade(self, request: Request, response: Response, head: bytes) -> None:
+    def _upgrade(
+        self, request: Request, response: Response, head: bytes, deflate: PerMessageDeflate | None
+    ) -> None:
         transport = self._transport
         parser = self._parser
         assert transport is not None
@@ -509,6 +528,7 @@ class _Handshake(asyncio.BufferedProtocol):
             request=request,
             response=response,
             subprotocol=response.headers.get("Sec-WebSocket-Protocol"),
+            deflate=deflate,
             logger=logger,
         )
         server._start_handler(connection)
@@ -605,6 +625,7 @@ async def serve(
     limits: Limits | None = None,
     ssl: ssl_module.SSLContext | None = None,
     reuse_port: bool = False,
+    compression: Compression | None = Compression(),
     **options: float | int | None,
 ) -> Server:
     """Start a WebSocket server on ``host``:``port`` and return it, already serving.
@@ -629,6 +650,9 @@ async def serve(
         reuse_port: set ``SO_REUSEPORT`` on the listening sockets, so that several
             servers (processes) with it listen on one port, the kernel spreading the
             connections among them; a server without it cannot share their port.
+        compression: permessage-deflate (RFC 7692), accepted when a client
+            offers it: by default without context takeover either way; None
+            turns it off.
 
     Raises:
         OSError: An address cannot be bound (taken, or not an address of this machine).
@@ -641,6 +665,7 @@ async def serve(
         process_request=process_request,
         subprotocols=subprotocols,
         process_refusal=process_refusal,
+        compression=compression,
     )
     loop = asyncio.get_running_loop()
     # getaddrinfo may ask a DNS server: not in the event loop.

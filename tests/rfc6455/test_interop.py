@@ -274,7 +274,7 @@ async def test_server_shutdown_with_websockets_client(net: Net, ws_clients: Any)
 
 
 async def test_websockets_client_compression_offer_is_declined(net: Net, ws_clients: Any) -> None:
-    server = await net.serve(rfc_echo)
+    server = await net.serve(rfc_echo, compression=None)
     client = await ws_clients(server.port, compression="deflate")
     assert client.response is not None
     assert "Sec-WebSocket-Extensions" not in client.response.headers

@@ -324,6 +324,16 @@ async def test_subprotocol_through_connect(net: Net) -> None:
 async def test_unknown_extensions_are_not_accepted(net: Net) -> None:
     server = await net.serve()
     raw = await net.raw(server)
+    offer = "x-unknown-extension, permessage-deflate; client_max_window_bits"
+    reply = await raw.handshake(upgrade_request(extra=[("Sec-WebSocket-Extensions", offer)]))
+    assert reply.headers["sec-websocket-extensions"] == (
+        "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+    )
+
+
+async def test_compression_off_accepts_no_extension(net: Net) -> None:
+    server = await net.serve(compression=None)
+    raw = await net.raw(server)
     offer = "permessage-deflate; client_max_window_bits, x-unknown-extension"
     reply = await raw.handshake(upgrade_request(extra=[("Sec-WebSocket-Extensions", offer)]))
     assert "sec-websocket-extensions" not in reply.headers
