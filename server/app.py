@@ -135,6 +135,7 @@ class App:
                 subprotocols=(CHAT_SUBPROTOCOL,),
                 limits=settings.limits,
                 reuse_port=settings.reuse_port,
+                compression=settings.deflate,
             )
         except BaseException:
             # Cannot listen (port taken, unknown host): close the database and its thread again.
