@@ -197,6 +197,11 @@ class Protocol:
                 continue
             max_size = self.max_size
             if max_size is not None:
+                if deflate is not None and (self._inflating or buffer[pos] & 0x40):
+                    # RFC 7692: max_size bounds a compressed message once inflated,
+                    # which _inflate_* check; its frames may be longer, by at most
+                    # zlib's deflateBound() for data that deflate cannot shrink.
+                    max_size += (max_size >> 3) + (max_size >> 6) + 64
                 max_size -= self._message_size
             try:
                 header = parse_header(buffer, pos, masked, max_size, rsv)

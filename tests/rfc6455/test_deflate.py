@@ -446,3 +446,24 @@ def test_protocols_exchange_compressed_messages(keep: bool) -> None:
         for data in server.data_to_send():
             client.receive_data(data)
         assert client.events_received() == [text.encode()]
+
+
+def test_compressed_frames_may_be_longer_than_max_size(mode: str) -> None:
+    # With a window of 9 bits zlib finds no match at distance 256 (its MAX_DIST
+    # is the window less 262 bytes): this message grows by 1.4% when compressed.
+    data = bytes(range(256)) * 64
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -9, 5)
+    payload = (compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    assert len(payload) > len(data)
+    server, _ = protocols(max_size=len(data))
+    frames = incoming(Side.SERVER, Opcode.BINARY, payload, rsv=0x40)
+    half = len(payload) // 2
+    frames += incoming(Side.SERVER, Opcode.BINARY, payload[:half], fin=False, rsv=0x40)
+    frames += incoming(Side.SERVER, Opcode.CONT, payload[half:])
+    assert receive(server, frames, mode) == [data, data]
+
+
+def test_compressed_frames_over_deflate_bound_fail_before_their_payload(mode: str) -> None:
+    server, _ = protocols(max_size=1000)
+    header = incoming(Side.SERVER, Opcode.BINARY, bytes(1000 + 125 + 15 + 65), rsv=0x40)
+    assert_fails(server, header[:8], mode, 1009)
