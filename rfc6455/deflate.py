@@ -108,6 +108,10 @@ class Compression:
             raise ValueError("Compression.level is 0 to 9 and mem_level 1 to 9")
 
 
+_ANSWERS: dict[tuple[tuple[str, str | None], ...], ExtensionElement] = {}
+_KEYS: dict[tuple[int, int, int], tuple[int, int, int]] = {}
+
+
 class _SharedCompressors(threading.local):
     """One zlib compressor per parameter set and thread, for messages without context."""
 
@@ -175,11 +179,10 @@ class PerMessageDeflate:
         self._remaining: int | None = None
         #: Connections whose ``shared_key`` is equal (and not None) turn a message into
         #: the same compressed payload: a broadcast compresses it once for them all.
-        self.shared_key: tuple[int, int, int] | None = (
-            (compress_bits, compression.level, compression.mem_level)
-            if compress_bits is not None and not compress_context
-            else None
-        )
+        self.shared_key: tuple[int, int, int] | None = None
+        if compress_bits is not None and not compress_context:
+            key = (compress_bits, compression.level, compression.mem_level)
+            self.shared_key = _KEYS.setdefault(key, key)  # one tuple for every connection
 
     def __repr__(self) -> str:
         return f"PerMessageDeflate({serialize_extension(self.response.name, self.response.params)})"
@@ -369,8 +372,14 @@ def _accept_offer(offer: ExtensionElement, compression: Compression) -> PerMessa
         # §7.1.2.2: only if offered; the client's inflater then holds less.
         inflate_bits = min(inflate_bits, compression.window_bits)
         response.append(("client_max_window_bits", str(inflate_bits)))
+    answer = tuple(response)
+    # One answer object per distinct answer (there are a few hundred at most): each
+    # connection would otherwise hold its own copy, some 170 bytes.
+    element = _ANSWERS.get(answer)
+    if element is None:
+        element = _ANSWERS[answer] = ExtensionElement(EXTENSION_NAME, answer)
     return PerMessageDeflate(
-        ExtensionElement(EXTENSION_NAME, tuple(response)),
+        element,
         compression,
         compress_bits=compress_bits,
         compress_context=compress_context,
