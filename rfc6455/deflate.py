@@ -38,6 +38,7 @@ __all__ = [
     "EXTENSION_NAME",
     "Compression",
     "PerMessageDeflate",
+    "SharedKey",
     "client_accept",
     "client_offer",
     "server_negotiate",
@@ -109,14 +110,16 @@ class Compression:
 
 
 _ANSWERS: dict[tuple[tuple[str, str | None], ...], ExtensionElement] = {}
-_KEYS: dict[tuple[int, int, int], tuple[int, int, int]] = {}
+# (window bits, level, memLevel, threshold): what decides a message's compressed form.
+SharedKey = tuple[int, int, int, int]
+_KEYS: dict[SharedKey, SharedKey] = {}
 
 
 class _SharedCompressors(threading.local):
     """One zlib compressor per parameter set and thread, for messages without context."""
 
     def __init__(self) -> None:
-        self.by_key: dict[tuple[int, int, int], zlib._Compress] = {}
+        self.by_key: dict[SharedKey, zlib._Compress] = {}
 
 
 _shared = _SharedCompressors()
@@ -177,11 +180,11 @@ class PerMessageDeflate:
         self._compressor: zlib._Compress | None = None
         self._inflater: zlib._Decompress | None = None
         self._remaining: int | None = None
-        #: Connections whose ``shared_key`` is equal (and not None) turn a message into
-        #: the same compressed payload: a broadcast compresses it once for them all.
-        self.shared_key: tuple[int, int, int] | None = None
+        #: Connections whose ``shared_key`` is the same object (and not None) turn a
+        #: message into the same frame: a broadcast compresses it once for them all.
+        self.shared_key: SharedKey | None = None
         if compress_bits is not None and not compress_context:
-            key = (compress_bits, compression.level, compression.mem_level)
+            key = (compress_bits, compression.level, compression.mem_level, self.threshold)
             self.shared_key = _KEYS.setdefault(key, key)  # one tuple for every connection
 
     def __repr__(self) -> str:
@@ -281,7 +284,7 @@ class PerMessageDeflate:
         return output
 
 
-def shared_compress(key: tuple[int, int, int], data: BytesLike) -> bytes:
+def shared_compress(key: SharedKey, data: BytesLike) -> bytes:
     """Compress a message without context, with this thread's compressor for ``key``.
 
     ``Z_FULL_FLUSH`` ends the output on a byte boundary, as ``Z_SYNC_FLUSH``
@@ -290,7 +293,7 @@ def shared_compress(key: tuple[int, int, int], data: BytesLike) -> bytes:
     """
     compressor = _shared.by_key.get(key)
     if compressor is None:
-        compressor = _shared.by_key[key] = _compressor(*key)
+        compressor = _shared.by_key[key] = _compressor(key[0], key[1], key[2])
     return (compressor.compress(data) + compressor.flush(zlib.Z_FULL_FLUSH))[:-4]
 
 

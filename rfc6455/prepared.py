@@ -12,7 +12,7 @@ depends on it alone).
 
 from __future__ import annotations
 
-from .deflate import PerMessageDeflate, shared_compress
+from .deflate import PerMessageDeflate, SharedKey, shared_compress
 from .frames import Opcode, serialize_frame
 from .typing import BytesLike, Data
 
@@ -25,9 +25,15 @@ class PreparedMessage:
     Args:
         message: ``str`` for a text message, bytes for binary.
         text: with ``bytes``, send them as a text message (already UTF-8).
+
+    Attributes:
+        frame: the plain frame.
+        size: its length: about what the message costs a receiver, at most.
+        last_key: the ``shared_key`` asked for last, and ``last_frame`` its frame:
+            a broadcast to connections alike finds its frame with one test.
     """
 
-    __slots__ = ("_compressed", "frame", "opcode", "payload")
+    __slots__ = ("_frames", "frame", "last_frame", "last_key", "opcode", "payload", "size")
 
     def __init__(self, message: Data | BytesLike, *, text: bool = False) -> None:
         if isinstance(message, str):
@@ -36,14 +42,11 @@ class PreparedMessage:
         else:
             self.opcode = Opcode.TEXT if text else Opcode.BINARY
             self.payload = bytes(message)
-        #: The plain frame.
         self.frame = serialize_frame(self.opcode, self.payload)
-        self._compressed: dict[tuple[int, int, int], bytes] | None = None
-
-    @property
-    def size(self) -> int:
-        """The plain frame's length: what the message costs a receiver at most, about."""
-        return len(self.frame)
+        self.size = len(self.frame)
+        self.last_key: SharedKey | None = None
+        self.last_frame = self.frame
+        self._frames: dict[SharedKey, bytes] | None = None
 
     def frame_for(self, deflate: PerMessageDeflate | None) -> bytes | None:
         """The frame to write to a connection with ``deflate`` (None: no extension).
@@ -52,21 +55,25 @@ class PreparedMessage:
             The plain or the shared compressed frame; None when that connection
             compresses with context and must compress the message itself.
         """
-        if deflate is None or len(self.payload) < deflate.threshold:
+        if deflate is None:
             return self.frame
         key = deflate.shared_key
         if key is None:
-            return None
-        compressed = self._compressed
-        if compressed is None:
-            compressed = self._compressed = {}
-        frame = compressed.get(key)
+            return None if len(self.payload) >= deflate.threshold else self.frame
+        if key is self.last_key:
+            return self.last_frame
+        frames = self._frames
+        if frames is None:
+            frames = self._frames = {}
+        frame = frames.get(key)
         if frame is None:
-            payload = shared_compress(key, self.payload)
-            # RFC 7692 §6: compressing is per message; a longer result is not worth sending.
-            frame = compressed[key] = (
-                serialize_frame(self.opcode | 0x40, payload)
-                if len(payload) < len(self.payload)
-                else self.frame
-            )
+            frame = self.frame
+            if len(self.payload) >= deflate.threshold:
+                payload = shared_compress(key, self.payload)
+                # RFC 7692 §6: compressing is per message; a longer result is not worth it.
+                if len(payload) < len(self.payload):
+                    frame = serialize_frame(self.opcode | 0x40, payload)
+            frames[key] = frame
+        self.last_key = key
+        self.last_frame = frame
         return frame

@@ -465,8 +465,15 @@ class Protocol:
         """
         if self._mask:
             raise InvalidState("a client cannot share encoded frames: each one is masked")
-        self._check_open()
-        frame = message.frame_for(self.deflate)
+        if self.state is not _OPEN:
+            self._check_open()
+        deflate = self.deflate
+        if deflate is None:
+            frame: bytes | None = message.frame
+        elif deflate.shared_key is message.last_key is not None:
+            frame = message.last_frame  # the usual case of a broadcast: one test
+        else:
+            frame = message.frame_for(deflate)
         if frame is None:
             self._send_message(message.opcode, message.payload)
         else:
