@@ -37,6 +37,7 @@ from .typing import BytesLike
 __all__ = [
     "EXTENSION_NAME",
     "Compression",
+    "Inflation",
     "PerMessageDeflate",
     "SharedKey",
     "client_accept",
@@ -110,6 +111,10 @@ class Compression:
 
 
 _ANSWERS: dict[tuple[tuple[str, str | None], ...], ExtensionElement] = {}
+# And its header value, which each connection's response holds.
+_HEADERS: dict[ExtensionElement, str] = {}
+# The extension itself, when it keeps no state: the connections share it.
+_STATELESS: dict[tuple[ExtensionElement, Compression], PerMessageDeflate] = {}
 # (window bits, level, memLevel, threshold): what decides a message's compressed form.
 SharedKey = tuple[int, int, int, int]
 _KEYS: dict[SharedKey, SharedKey] = {}
@@ -153,7 +158,6 @@ class PerMessageDeflate:
         "_inflate_bits",
         "_inflate_context",
         "_inflater",
-        "_remaining",
         "compression",
         "response",
         "shared_key",
@@ -179,7 +183,6 @@ class PerMessageDeflate:
         self._inflate_context = inflate_context
         self._compressor: zlib._Compress | None = None
         self._inflater: zlib._Decompress | None = None
-        self._remaining: int | None = None
         #: Connections whose ``shared_key`` is the same object (and not None) turn a
         #: message into the same frame: a broadcast compresses it once for them all.
         self.shared_key: SharedKey | None = None
@@ -214,6 +217,11 @@ class PerMessageDeflate:
 
     # Receiving (RFC 7692 §7.2.2)
 
+    @property
+    def stateless(self) -> bool:
+        """Whether it keeps nothing between messages, so connections may share it."""
+        return self.shared_key is not None and not self._inflate_context
+
     def inflate(self, data: BytesLike, max_size: int | None) -> bytes:
         """Inflate a whole compressed message, at most ``max_size`` bytes of it.
 
@@ -221,16 +229,41 @@ class PerMessageDeflate:
             PayloadTooBig: it inflates to more than ``max_size`` bytes.
             InvalidPayloadData: it is not valid deflate data.
         """
-        self.start(max_size)
-        output = self.feed(data)
-        rest = self.finish()
+        inflation = self.start(max_size)
+        output = inflation.feed(data)
+        rest = inflation.finish()
         return output + rest if rest else output
 
-    def start(self, max_size: int | None) -> None:
+    def start(self, max_size: int | None) -> Inflation:
         """Begin inflating a message of at most ``max_size`` inflated bytes."""
+        inflater = self._inflater
+        if inflater is None:
+            inflater = _inflater(self._inflate_bits)
+            if self._inflate_context:
+                self._inflater = inflater
+        return Inflation(self, inflater, max_size)
+
+    def _ended(self, inflater: zlib._Decompress) -> None:
+        # After a final block (BFINAL, §7.2.3.4) the next message starts a new stream.
+        if inflater.eof and self._inflater is inflater:
+            self._inflater = None
+
+
+class Inflation:
+    """One compressed message being inflated, within its ``max_size`` (RFC 7692 §7.2.2).
+
+    The protocol holds it from the message's first frame to its last, so that
+    nothing of it is left on the connection between messages.
+    """
+
+    __slots__ = ("_extension", "_inflater", "_remaining")
+
+    def __init__(
+        self, extension: PerMessageDeflate, inflater: zlib._Decompress, max_size: int | None
+    ) -> None:
+        self._extension = extension
+        self._inflater = inflater
         self._remaining = max_size
-        if self._inflater is None or not self._inflate_context:
-            self._inflater = _inflater(self._inflate_bits)
 
     def feed(self, data: BytesLike) -> bytes:
         """Inflate the next piece of the message's payload.
@@ -248,7 +281,6 @@ class PerMessageDeflate:
             InvalidPayloadData: it is not valid deflate data.
         """
         inflater = self._inflater
-        assert inflater is not None
         remaining = self._remaining
         pieces: list[bytes] = []
         view = memoryview(data)
@@ -275,12 +307,7 @@ class PerMessageDeflate:
     def finish(self) -> bytes:
         """End the message: inflate the tail the sender removed (§7.2.2)."""
         output = self.feed(_TAIL)
-        inflater = self._inflater
-        assert inflater is not None
-        # Without context, or after a final block (BFINAL, §7.2.3.4), the next
-        # message starts a new stream: nothing is kept while idle.
-        if not self._inflate_context or inflater.eof:
-            self._inflater = None
+        self._extension._ended(self._inflater)
         return output
 
 
@@ -332,7 +359,7 @@ def server_negotiate(
             continue
         accepted = _accept_offer(offer, compression)
         if accepted is not None:
-            return serialize_extension(EXTENSION_NAME, accepted.response.params), accepted
+            return _HEADERS[accepted.response], accepted
     return None
 
 
@@ -381,7 +408,11 @@ def _accept_offer(offer: ExtensionElement, compression: Compression) -> PerMessa
     element = _ANSWERS.get(answer)
     if element is None:
         element = _ANSWERS[answer] = ExtensionElement(EXTENSION_NAME, answer)
-    return PerMessageDeflate(
+        _HEADERS[element] = serialize_extension(EXTENSION_NAME, answer)
+    shared = _STATELESS.get((element, compression))
+    if shared is not None:
+        return shared
+    extension = PerMessageDeflate(
         element,
         compression,
         compress_bits=compress_bits,
@@ -389,6 +420,11 @@ def _accept_offer(offer: ExtensionElement, compression: Compression) -> PerMessa
         inflate_bits=inflate_bits,
         inflate_context=inflate_context,
     )
+    if extension.stateless:
+        # Nothing of it changes between messages (an Inflation holds a message's
+        # state): every connection with this answer and these settings shares it.
+        _STATELESS[element, compression] = extension
+    return extension
 
 
 def client_offer(compression: Compression) -> str:

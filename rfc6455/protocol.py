@@ -26,7 +26,7 @@ import codecs
 from dataclasses import dataclass
 from enum import Enum, IntEnum
 
-from .deflate import PerMessageDeflate
+from .deflate import Inflation, PerMessageDeflate
 from .exceptions import InvalidPayloadData, InvalidState, PayloadTooBig, ProtocolError
 from .frames import (
     Close,
@@ -144,8 +144,8 @@ class Protocol:
         self._message_text: list[str] | None = None
         self._message_size = 0
         self._decoder: codecs.IncrementalDecoder | None = None
-        # Whether the message being reassembled is compressed (RSV1 on its first frame).
-        self._inflating = False
+        # The compressed message being reassembled (RSV1 on its first frame), if any.
+        self._inflation: Inflation | None = None
         # The data frame whose payload is still arriving.
         self._frame_length = 0
         self._frame_remaining = 0
@@ -197,7 +197,7 @@ class Protocol:
                 continue
             max_size = self.max_size
             if max_size is not None:
-                if deflate is not None and (self._inflating or buffer[pos] & 0x40):
+                if deflate is not None and (self._inflation is not None or buffer[pos] & 0x40):
                     # RFC 7692: max_size bounds a compressed message once inflated,
                     # which _inflate_* check; its frames may be longer, by at most
                     # zlib's deflateBound() for data that deflate cannot shrink.
@@ -264,10 +264,9 @@ class Protocol:
             if self._message_opcode:
                 raise ProtocolError("expected a continuation frame")
             self._message_opcode = opcode
-            self._inflating = compressed
             if compressed:
                 assert self.deflate is not None
-                self.deflate.start(self.max_size)
+                self._inflation = self.deflate.start(self.max_size)
             if opcode is Opcode.TEXT:
                 self._decoder = _Utf8Decoder()
                 self._message_text = []
@@ -297,8 +296,9 @@ class Protocol:
             data = apply_mask(chunk, mask[offset:] + mask[:offset])
         self._frame_remaining -= take
         final = self._frame_fin and not self._frame_remaining
-        if self._inflating:
-            data = self._inflate_part(data, final)
+        inflation = self._inflation
+        if inflation is not None:
+            data = self._inflate_part(inflation, data, final)
         decoder = self._decoder
         if decoder is not None:
             try:
@@ -332,19 +332,17 @@ class Protocol:
             self._message_opcode = 0
             self._message_size = 0
             self._decoder = None
-            self._inflating = False
+            self._inflation = None
         if not self._frame_remaining:
             self._frame_mask = None
         return pos + take
 
-    def _inflate_part(self, data: BytesLike, final: bool) -> bytes:
+    def _inflate_part(self, inflation: Inflation, data: BytesLike, final: bool) -> bytes:
         """Inflate a piece of a compressed message in fragments (RFC 7692 §7.2.2)."""
-        deflate = self.deflate
-        assert deflate is not None
         try:
-            output = deflate.feed(data)
+            output = inflation.feed(data)
             if final:
-                rest = deflate.finish()
+                rest = inflation.finish()
                 if rest:
                     output += rest
         except PayloadTooBig:

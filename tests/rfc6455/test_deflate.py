@@ -271,6 +271,25 @@ def test_no_context_does_not_keep_zlib_objects() -> None:
     server.inflate(payload, None)
     assert server._inflater is None
     assert client._compressor is None
+    # Nothing changes between messages: every connection with the same answer shares one.
+    assert server.stateless
+    assert pair()[0] is server
+    keep = Compression(context_takeover=True)
+    assert pair(keep, keep)[0] is not pair(keep, keep)[0]
+
+
+def test_context_keeps_the_inflater_until_a_final_block() -> None:
+    keep = Compression(context_takeover=True, threshold=0)
+    server, client = pair(keep, keep)
+    for _ in range(2):
+        payload = client.compress(b"context " * 50)
+        assert payload is not None
+        assert server.inflate(payload, None) == b"context " * 50
+        assert server._inflater is not None
+    # A message ending with BFINAL (§7.2.3.4) ends the stream: the next starts another.
+    final = zlib.compressobj(6, zlib.DEFLATED, -15)
+    assert server.inflate(final.compress(b"last") + final.flush(), None) == b"last"
+    assert server._inflater is None
 
 
 def test_invalid_deflate_data() -> None:
