@@ -212,18 +212,16 @@ class Protocol:
                 break
             opcode, fin, length, start = header
             stop = start + length
-            # RFC 7692 §6.1: RSV1 marks the first frame of a compressed message.
-            compressed = deflate is not None and buffer[pos] & 0x40
             if stop <= end and (
                 opcode >= 0x8 or (fin and not self._message_opcode and opcode is not _CONT)
             ):
                 # Fast path: a whole control frame or unfragmented message is here.
                 data = unmask_payload(buffer, start, stop) if masked else buffer[start:stop]
-                pos = stop
-                if compressed:
-                    assert deflate is not None
-                    # §7.2.2: inflate first; the UTF-8 check is on the inflated text.
+                # RFC 7692 §6.1: RSV1 marks a compressed message (parse_header
+                # refused it on control frames); §7.2.2: inflate before the UTF-8 check.
+                if deflate is not None and buffer[pos] & 0x40:
                     data = self._inflate_whole(deflate, data)
+                pos = stop
                 if opcode is _TEXT:
                     try:
                         append(data.decode())
@@ -239,7 +237,8 @@ class Protocol:
                 # A fragment, or a frame still arriving: its payload is taken as
                 # it comes (even when empty, since it may end the message).
                 key = bytes(buffer[start - 4 : start]) if masked else None
-                self._start_frame(opcode, fin, length, key, bool(compressed))
+                compressed = deflate is not None and bool(buffer[pos] & 0x40)
+                self._start_frame(opcode, fin, length, key, compressed)
                 pos = self._consume_payload(buffer, start)
         return pos
 
