@@ -230,6 +230,11 @@ class PerMessageDeflate:
             InvalidPayloadData: it is not valid deflate data.
         """
         inflation = self.start(max_size)
+        if len(data) < _IN_STEP:
+            # One call to zlib: the tail (§7.2.2) is worth a copy of a small message.
+            output = inflation.feed(bytes(data) + _TAIL)
+            self._ended(inflation._inflater)
+            return output
         output = inflation.feed(data)
         rest = inflation.finish()
         return output + rest if rest else output
@@ -280,29 +285,36 @@ class Inflation:
             PayloadTooBig: the message inflates to more than ``max_size`` bytes.
             InvalidPayloadData: it is not valid deflate data.
         """
+        if len(data) <= _IN_STEP:
+            return self._step(data)
+        view = memoryview(data)
+        return b"".join([self._step(view[i : i + _IN_STEP]) for i in range(0, len(view), _IN_STEP)])
+
+    def _step(self, chunk: BytesLike) -> bytes:
+        """Inflate at most ``_IN_STEP`` bytes, asking zlib for ``_OUT_STEP`` at a time."""
         inflater = self._inflater
         remaining = self._remaining
         pieces: list[bytes] = []
-        view = memoryview(data)
         try:
-            for start in range(0, len(view), _IN_STEP):
-                chunk: BytesLike = view[start : start + _IN_STEP]
-                while True:
-                    step = _OUT_STEP if remaining is None else min(_OUT_STEP, remaining + 1)
-                    output = inflater.decompress(chunk, step)
-                    if remaining is not None:
-                        if len(output) > remaining:
-                            raise PayloadTooBig("message over max_size bytes once inflated")
-                        remaining -= len(output)
-                    pieces.append(output)
-                    chunk = inflater.unconsumed_tail
-                    # Less than asked for, and no input left: zlib holds nothing more.
-                    if not chunk and len(output) < step:
-                        break
+            while True:
+                step = _OUT_STEP if remaining is None else min(_OUT_STEP, remaining + 1)
+                output = inflater.decompress(chunk, step)
+                if remaining is not None:
+                    if len(output) > remaining:
+                        raise PayloadTooBig("message over max_size bytes once inflated")
+                    remaining -= len(output)
+                chunk = inflater.unconsumed_tail
+                # Less than asked for, and no input left: zlib holds nothing more.
+                if not chunk and len(output) < step:
+                    break
+                pieces.append(output)
         except zlib.error as exc:
             raise InvalidPayloadData(f"invalid compressed data: {exc}") from None
         self._remaining = remaining
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        if pieces:
+            pieces.append(output)
+            return b"".join(pieces)
+        return output
 
     def finish(self) -> bytes:
         """End the message: inflate the tail the sender removed (§7.2.2)."""
