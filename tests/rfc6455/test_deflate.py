@@ -486,3 +486,16 @@ def test_compressed_frames_over_deflate_bound_fail_before_their_payload(mode: st
     server, _ = protocols(max_size=1000)
     header = incoming(Side.SERVER, Opcode.BINARY, bytes(1000 + 125 + 15 + 65), rsv=0x40)
     assert_fails(server, header[:8], mode, 1009)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"window_bits": 8}, {"window_bits": 16}, {"threshold": -1}, {"level": 10}, {"mem_level": 0}],
+)
+def test_compression_settings_are_checked(options: dict[str, int]) -> None:
+    with pytest.raises(ValueError, match="Compression"):
+        Compression(**options)
+
+
+def test_repr_shows_the_answer() -> None:
+    assert repr(pair()[0]) == f"PerMessageDeflate({NO_CONTEXT})"

@@ -109,3 +109,24 @@ def test_client_cannot_send_prepared() -> None:
 def test_plain_frame_parses_back() -> None:
     frame = PreparedMessage(TEXT).frame
     assert parse_frame(frame, 0, mask=False) == (Frame(Opcode.TEXT, TEXT.encode()), len(frame))
+
+
+def test_frame_for_each_kind_of_connection() -> None:
+    message = PreparedMessage(TEXT)
+    assert message.frame_for(None) == message.frame
+    keep = Compression(context_takeover=True)
+    context = pair(keep, keep)[0]
+    assert message.frame_for(context) is None  # it compresses with its own context
+    assert PreparedMessage("hi").frame_for(context) == b"\x81\x02hi"  # under the threshold
+    default = pair()[0]
+    first = message.frame_for(default)
+    assert first is not None
+    assert first[0] == 0xC1
+    assert message.frame_for(default) is first  # the last key's frame, found again
+
+
+def test_send_prepared_after_close() -> None:
+    server = server_with(Compression())
+    server.send_close()
+    with pytest.raises(InvalidState):
+        server.send_prepared(PreparedMessage("late"))
