@@ -20,20 +20,21 @@ from tests.rfc6455.test_deflate import pair
 TEXT = '{"type":"message","text":"' + "hello, everyone " * 64 + '"}'
 
 
-def server_with(compression: Compression | None) -> Protocol:
-    deflate = None if compression is None else pair(compression)[0]
+def server_with(compression: Compression | None, client: Compression = Compression()) -> Protocol:
+    """A server protocol with what ``compression`` negotiates with a ``client``'s offer."""
+    deflate = None if compression is None else pair(compression, client)[0]
     return Protocol(Side.SERVER, deflate=deflate)
 
 
-def receiver_of(server: Protocol) -> Protocol:
-    """A client protocol that can read what ``server`` sends."""
+def receiver_of(server: Protocol, client: Compression = Compression()) -> Protocol:
+    """A client protocol that can read what ``server`` sends (``client``: what it offered)."""
     deflate: PerMessageDeflate | None = None
     if server.deflate is not None:
         response = server.deflate.response
         header = serialize_extension(response.name, response.params)
         deflate = client_accept(
             parse_extensions(Headers([("Sec-WebSocket-Extensions", header)])),
-            Compression(),
+            client,
         )
     return Protocol(Side.CLIENT, deflate=deflate)
 
@@ -65,7 +66,8 @@ def test_receivers_get_the_frame_of_their_parameters(compress_calls: mock.Mock) 
     plain = server_with(None)
     default = [server_with(Compression()) for _ in range(3)]
     small_window = [server_with(Compression(window_bits=10)) for _ in range(3)]
-    context = server_with(Compression(context_takeover=True))
+    keep = Compression(context_takeover=True)
+    context = server_with(keep, keep)
     high_threshold = server_with(Compression(threshold=10**6))
     everyone = [plain, *default, *small_window, context, high_threshold]
     message = PreparedMessage(TEXT)
@@ -74,12 +76,14 @@ def test_receivers_get_the_frame_of_their_parameters(compress_calls: mock.Mock) 
     # One call per parameter set without context; the connection with context
     # compresses with its own compressor.
     assert compress_calls.call_count == 2
-    assert b"".join(plain.data_to_send()) == message.frame
-    assert b"".join(high_threshold.data_to_send()) == message.frame
-    for server in everyone:
-        data = b"".join(server.data_to_send())
-        client = receiver_of(server)
-        client.receive_data(data or message.frame)
+    wire = {server: b"".join(server.data_to_send()) for server in everyone}
+    assert wire[plain] == wire[high_threshold] == message.frame
+    assert wire[context][0] == 0xC1  # compressed, by its own compressor
+    assert len({wire[server] for server in default}) == 1
+    assert wire[default[0]] != wire[small_window[0]]
+    for server, data in wire.items():
+        client = receiver_of(server, keep if server is context else Compression())
+        client.receive_data(data)
         assert client.events_received() == [TEXT]
 
 
