@@ -18,6 +18,8 @@ one part). Parts:
   bytes each receiver read off the wire per message. The receivers are raw sockets that offer
   what Chrome offers and read frame headers only (no inflating), so that they cost this
   process the same either way.
+- ``chat-memory``: e2e.py's memory workload (5,000 idle raw connections to the chat, ``/``)
+  with each connection offering what Chrome offers, ``--compression off`` and ``on``.
 - ``memory``: the server's RSS per idle connection, 2,000 connections to ``/echo`` with raw
   sockets (offering ``permessage-deflate; client_max_window_bits`` as Chrome does), each
   after one compressed 1 KiB message echoed, with ``--compression off``, ``on`` and
@@ -56,7 +58,9 @@ from benchmarks.e2e import (
     HOST,
     PEERS,
     ROOT,
+    close_all,
     free_port,
+    open_idle,
     proc_cpu_seconds,
     proc_rss_bytes,
     python_path,
@@ -598,9 +602,49 @@ def memory(connections: int, rounds: int) -> None:
     print()
 
 
+CHROME_OFFER = "permessage-deflate; client_max_window_bits"
+
+
+def chat_memory(connections: int, rounds: int) -> None:
+    """e2e.py's memory workload, its connections offering what Chrome offers."""
+    print(f"## chat memory: server RSS per idle connection to /, {connections} connections\n")
+    raise_nofile(connections + 100)
+    results: dict[str, list[float]] = {"off": [], "on": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        for round_ in range(rounds):
+            modes = list(results)
+            for mode in modes[round_ % 2 :] + modes[: round_ % 2]:
+                server = Process(project(mode, workdir), workdir)
+                # As e2e.measure_memory: a few first, so that what the first loads is in the
+                # baseline.
+                warm = open_idle(server.port, "/", 20, extensions=CHROME_OFFER)
+                sockets: list[socket.socket] = []
+                try:
+                    time.sleep(0.5)
+                    before = proc_rss_bytes(server.process.pid)
+                    sockets = open_idle(server.port, "/", connections, extensions=CHROME_OFFER)
+                    time.sleep(1.0)
+                    after = proc_rss_bytes(server.process.pid)
+                finally:
+                    # Killed before the clients leave, as e2e does: no departures to announce.
+                    server.process.kill()
+                    server.process.wait()
+                    server.log.close()
+                    close_all([*warm, *sockets])
+                results[mode].append((after - before) / connections / 1024)
+                print(f"  {mode}: {results[mode][-1]:.2f} KiB", file=sys.stderr, flush=True)
+    print("| --compression | KiB per connection (median) | rounds |")
+    print("| --- | --: | --- |")
+    for mode, values in results.items():
+        shown = ", ".join(f"{value:.2f}" for value in values)
+        print(f"| {mode} | {sorted(values)[rounds // 2]:.2f} | {shown} |")
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", choices=("codec", "parse", "broadcast", "memory"))
+    parser.add_argument("--only", choices=("codec", "parse", "broadcast", "memory", "chat-memory"))
     parser.add_argument("--before", type=Path, help="the package before the extension")
     parser.add_argument("--receivers", type=int, default=200)
     parser.add_argument("--connections", type=int, default=2000)
@@ -616,6 +660,8 @@ def main() -> None:
         broadcast(args.receivers, args.messages, args.rounds, args.servers)
     if args.only in (None, "memory"):
         memory(args.connections, args.rounds)
+    if args.only in (None, "chat-memory"):
+        chat_memory(5000, args.rounds)
 
 
 if __name__ == "__main__":

@@ -29,3 +29,10 @@ def test_memory_reports_every_mode(capsys: pytest.CaptureFixture[str]) -> None:
 def test_parse_compares_two_trees(capsys: pytest.CaptureFixture[str]) -> None:
     bench_deflate.parse(bench_deflate.ROOT)
     assert "masked 1 KiB text" in capsys.readouterr().out
+
+
+def test_chat_memory_reports_both_modes(capsys: pytest.CaptureFixture[str]) -> None:
+    bench_deflate.chat_memory(connections=30, rounds=1)
+    out = capsys.readouterr().out
+    assert "| off |" in out
+    assert "| on |" in out
