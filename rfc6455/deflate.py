@@ -68,7 +68,7 @@ _WINDOW_BITS = {str(bits): bits for bits in range(8, 16)}
 # inflater always has at least 9, which reads any stream written with 8.
 _MIN_ZLIB_BITS = 9
 # Inflating goes this many bytes of input and of output at a time (see
-# PerMessageDeflate.feed): a chat message takes one step, and a step's copies
+# Inflation.feed): a chat message takes one step, and a step's copies
 # are what a bomb costs on top of its max_size.
 _IN_STEP = 16 * 1024
 _OUT_STEP = 64 * 1024
@@ -80,18 +80,18 @@ class Compression:
 
     Attributes:
         context_takeover: keep each direction's zlib context between messages
-            (a better ratio, and some 300 KiB per connection at 15 bits);
+            (a better ratio, and some 110 KiB per connection at 15 bits);
             False asks for ``server_no_context_takeover`` and
             ``client_no_context_takeover`` (RFC 7692 §7.1.1), so that no zlib
             object lives between messages.
         window_bits: the LZ77 window this side compresses with, and asks the
             peer to compress with when context is kept (§7.1.2); 9 to 15.
         threshold: messages shorter than this many bytes are sent
-            uncompressed (§6: compressing is per message): 256 B of chat
-            JSON shrinks by tens of bytes at most, for a few µs of zlib.
+            uncompressed (§6: compressing is per message): chat JSON under
+            256 B saves under 70 bytes, for some 5 to 15 µs of zlib at each end.
         level: zlib's compression level, 1 (fast) to 9 (small). 1: a 1 KiB chat
             message comes out 2% larger than at zlib's default of 6, and 16 KiB of
-            it 10% larger in a quarter of the time (``benchmarks/bench_deflate.py``).
+            it 9% larger in a third of the time or less (``benchmarks/README.md``).
         mem_level: zlib's memLevel, 1 to 9: memory for the compressor's state.
     """
 
@@ -110,6 +110,8 @@ class Compression:
             raise ValueError("Compression.level is 0 to 9 and mem_level 1 to 9")
 
 
+# The server's answers, interned: there are a few hundred at most (two flags, two
+# window sizes), and each connection would otherwise hold a copy of its own.
 _ANSWERS: dict[tuple[tuple[str, str | None], ...], ExtensionElement] = {}
 # And its header value, which each connection's response holds.
 _HEADERS: dict[ExtensionElement, str] = {}
@@ -415,8 +417,6 @@ def _accept_offer(offer: ExtensionElement, compression: Compression) -> PerMessa
         inflate_bits = min(inflate_bits, compression.window_bits)
         response.append(("client_max_window_bits", str(inflate_bits)))
     answer = tuple(response)
-    # One answer object per distinct answer (there are a few hundred at most): each
-    # connection would otherwise hold its own copy, some 170 bytes.
     element = _ANSWERS.get(answer)
     if element is None:
         element = _ANSWERS[answer] = ExtensionElement(EXTENSION_NAME, answer)

@@ -530,7 +530,7 @@ OPTIONS: tuple[Option, ...] = (
         _choice(COMPRESSION_MODES),
         "permessage-deflate (RFC 7692) for clients that offer it (browsers do): `on` without "
         "context takeover (no memory kept between messages; a broadcast is compressed once), "
-        "`context` with it (smaller messages, some 300 KiB per connection), or `off`; "
+        "`context` with it (smaller messages, some 110 KiB per connection), or `off`; "
         "messages under 256 bytes go uncompressed",
         metavar="{" + ",".join(COMPRESSION_MODES) + "}",
     ),
