@@ -7,12 +7,13 @@ over the 256-byte threshold go compressed both ways.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from playwright.sync_api import expect
 
 from tests.web_client.conftest import ChatServer, Pages
-from tests.web_client.helpers import open_chat, others, send, texts
+from tests.web_client.helpers import click, event_texts, open_chat, others, send, status, texts
 
 NO_CONTEXT = "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
 
@@ -34,6 +35,12 @@ def test_chromium_negotiates_compression_and_chats_through_it(
 ) -> None:
     a = open_chat(pages, chat_server, "Ann")
     b = open_chat(pages, chat_server, "Bob")
+    # The web client reads its socket's extensions, and says so in its connection events.
+    click(a, status(a))
+    expect(event_texts(a, "connected")).to_have_text(
+        [re.compile(r"^Connected to .*, compressed \(permessage-deflate\)$")]
+    )
+    click(a, status(a))
     long_text = ("compressed both ways, " * 60).strip()
     extensions, echoed = a.evaluate(_PROBE, [chat_server.ws_url + "echo", long_text])
     assert extensions == NO_CONTEXT
@@ -52,6 +59,8 @@ def test_chromium_without_compression_on_the_server(pages: Pages, tmp_path: Path
     server.start(args=["--compression", "off"])
     try:
         page = open_chat(pages, server, "Ann")
+        click(page, status(page))
+        expect(event_texts(page, "connected")).to_have_text([re.compile(r"^Connected to \S+$")])
         extensions, echoed = page.evaluate(_PROBE, [server.ws_url + "echo", "x" * 1000])
         assert extensions == ""
         assert echoed
