@@ -494,7 +494,7 @@ class _Handshake(asyncio.BufferedProtocol):
                 if negotiated is not None:
                     extensions = (("Sec-WebSocket-Extensions", negotiated[0]),)
                     deflate = negotiated[1]
-                # check_request() first
+                # accept() validates the request (check_request) before anything else.
                 answer = accept(request, subprotocol=subprotocol, extra_headers=extensions)
             head = answer.serialize()
         except InvalidRequest as exc:
