@@ -556,16 +556,22 @@ def run_load(command: list[str], cores: Sequence[int], timeout: float) -> LoadRu
 # Idle connections, for the memory workload
 
 
-def upgrade_request(port: int, path: str) -> bytes:
+def upgrade_request(port: int, path: str, extensions: str | None = None) -> bytes:
     key = base64.b64encode(os.urandom(16)).decode()
+    offer = "" if extensions is None else f"Sec-WebSocket-Extensions: {extensions}\r\n"
     return (
         f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        f"{offer}\r\n"
     ).encode()
 
 
-def open_idle(port: int, path: str, count: int, batch: int = 50) -> list[socket.socket]:
+def open_idle(
+    port: int, path: str, count: int, batch: int = 50, extensions: str | None = None
+) -> list[socket.socket]:
     """Open ``count`` WebSocket connections with raw sockets; each got its 101 response.
+
+    ``extensions``: a ``Sec-WebSocket-Extensions`` offer to make (bench_deflate.py).
 
     Batches stay under the listen backlog (asyncio's default is 100), so that no SYN is
     dropped and retried a second later.
@@ -579,7 +585,7 @@ def open_idle(port: int, path: str, count: int, batch: int = 50) -> list[socket.
             ]
             sockets += group
             for sock in group:
-                sock.sendall(upgrade_request(port, path))
+                sock.sendall(upgrade_request(port, path, extensions))
             for sock in group:
                 head = b""
                 while b"\r\n\r\n" not in head:

@@ -7,6 +7,7 @@ asyncio adapter (``serve``, ``connect``, ``Connection``).
 from __future__ import annotations
 
 from .aio import Connection, Server, broadcast, connect, serve
+from .deflate import Compression
 from .exceptions import (
     ConnectionClosed,
     ConnectionClosedError,
@@ -23,11 +24,13 @@ from .exceptions import (
 from .frames import Close, CloseCode, Frame, Opcode
 from .http11 import Headers, Request, Response
 from .limits import Limits
+from .prepared import PreparedMessage
 from .protocol import Ping, Pong, Protocol, Side, State
 
 __all__ = [
     "Close",
     "CloseCode",
+    "Compression",
     "Connection",
     "ConnectionClosed",
     "ConnectionClosedError",
@@ -44,6 +47,7 @@ __all__ = [
     "PayloadTooBig",
     "Ping",
     "Pong",
+    "PreparedMessage",
     "Protocol",
     "ProtocolError",
     "Request",

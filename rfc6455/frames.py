@@ -112,7 +112,7 @@ FrameHeader = tuple[Opcode, bool, int, int]
 
 
 def parse_header(
-    buf: BytesLike, pos: int, mask: bool, max_size: int | None = None
+    buf: BytesLike, pos: int, mask: bool, max_size: int | None = None, rsv: int = 0
 ) -> FrameHeader | None:
     """Parse the frame header at ``buf[pos:]``, or return None if it is incomplete.
 
@@ -125,6 +125,8 @@ def parse_header(
         mask: True when frames must be masked (we are the server), False when
             they must not be (we are the client).
         max_size: the largest payload accepted for a data frame, or None.
+        rsv: the reserved bits that a negotiated extension defines (0x40: RSV1,
+            permessage-deflate); allowed on data frames only.
 
     Returns:
         ``(opcode, fin, length, payload_start)``, see :data:`FrameHeader`.
@@ -142,7 +144,9 @@ def parse_header(
     # RFC 6455 §5.2: "If a nonzero value is received and none of the negotiated
     # extensions defines the meaning of such a nonzero value, the receiving
     # endpoint MUST _Fail the WebSocket Connection_."
-    if first & 0x70:
+    # RFC 7692 §6.1: an extension's bit on a control frame fails it too. One
+    # test on the usual path: the bits are checked only when one is set.
+    if first & 0x70 and (first & 0x70 & ~rsv or first & 0x08):
         raise ProtocolError("reserved bits must be 0")
     opcode = _OPCODE_BY_VALUE[first & 0x0F]
     if opcode is None:

@@ -9,8 +9,9 @@ Client: ``parse_uri`` reads a ``ws://`` or ``wss://`` URI (§3),
 validates the server's reply (§4.1, "the client MUST validate the server's
 response"); ``refused`` is its error for a status other than 101.
 
-No extension is ever negotiated: the server never returns
-``Sec-WebSocket-Extensions`` and the client refuses a reply that has one.
+Extensions (permessage-deflate, RFC 7692) are negotiated by ``deflate``: the
+server's ``accept`` carries its answer in ``extra_headers``, and a client that
+offered one checks the reply's ``Sec-WebSocket-Extensions`` there.
 """
 
 from __future__ import annotations
@@ -350,13 +351,17 @@ def refused(response: Response) -> InvalidResponse:
     )
 
 
-def check_response(response: Response, key: str, subprotocols: Sequence[str] = ()) -> str | None:
+def check_response(
+    response: Response, key: str, subprotocols: Sequence[str] = (), *, extensions: bool = False
+) -> str | None:
     """Validate the server's reply to the opening handshake (RFC 6455 §4.1).
 
     Args:
         response: the parsed response head.
         key: the ``Sec-WebSocket-Key`` that was sent.
         subprotocols: the subprotocols that were offered.
+        extensions: whether extensions were offered: then the caller checks
+            ``Sec-WebSocket-Extensions`` (``deflate.client_accept``).
 
     Returns:
         The subprotocol the server selected, or None.
@@ -382,8 +387,8 @@ def check_response(response: Response, key: str, subprotocols: Sequence[str] = (
     if headers.get_all("Sec-WebSocket-Accept") != [accept_key(key)]:
         raise InvalidResponse("missing or invalid Sec-WebSocket-Accept header", response)
     # §4.1 item 5: an extension "not present in the client's handshake" fails
-    # the connection, and this client offers none.
-    if _tokens(headers, "Sec-WebSocket-Extensions"):
+    # the connection: without an offer, any extension.
+    if not extensions and _tokens(headers, "Sec-WebSocket-Extensions"):
         raise InvalidResponse("server selected an extension, and none was offered", response)
     # §4.1 item 6: a subprotocol "that was not present in the client's handshake"
     # fails the connection; so does more than one, as only one can be selected.

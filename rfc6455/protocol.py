@@ -26,6 +26,7 @@ import codecs
 from dataclasses import dataclass
 from enum import Enum, IntEnum
 
+from .deflate import Inflation, PerMessageDeflate
 from .exceptions import InvalidPayloadData, InvalidState, PayloadTooBig, ProtocolError
 from .frames import (
     Close,
@@ -37,6 +38,7 @@ from .frames import (
     serialize_frame,
 )
 from .masking import apply_mask, unmask_payload
+from .prepared import PreparedMessage
 from .typing import BytesLike
 
 __all__ = ["Event", "Ping", "Pong", "Protocol", "Side", "State"]
@@ -107,6 +109,7 @@ class Protocol:
         max_size: largest incoming message in bytes, or None for no limit.
         max_frame_size: outgoing messages larger than this are fragmented
             (§5.4), or None to send each message as one frame.
+        deflate: permessage-deflate, if the handshake negotiated it (RFC 7692).
     """
 
     def __init__(
@@ -115,12 +118,16 @@ class Protocol:
         *,
         max_size: int | None = 2**20,
         max_frame_size: int | None = None,
+        deflate: PerMessageDeflate | None = None,
     ) -> None:
         if max_frame_size is not None and max_frame_size < 1:
             raise ValueError("max_frame_size must be at least 1")
         self.side = side
         self.max_size = max_size
         self.max_frame_size = max_frame_size
+        self.deflate = deflate
+        # RFC 7692 §6: permessage-deflate gives RSV1 a meaning on data frames.
+        self._rsv = 0 if deflate is None else 0x40
         self.state = State.OPEN
         # RFC 6455 §5.1: clients mask, servers don't, and each side checks the other.
         self._mask = side is Side.CLIENT
@@ -137,6 +144,8 @@ class Protocol:
         self._message_text: list[str] | None = None
         self._message_size = 0
         self._decoder: codecs.IncrementalDecoder | None = None
+        # The compressed message being reassembled (RSV1 on its first frame), if any.
+        self._inflation: Inflation | None = None
         # The data frame whose payload is still arriving.
         self._frame_length = 0
         self._frame_remaining = 0
@@ -180,15 +189,22 @@ class Protocol:
         end = len(buffer)
         masked = self._expect_mask
         append = self._events.append
+        deflate = self.deflate
+        rsv = self._rsv
         while pos < end and not self._discarding:
             if self._frame_remaining:
                 pos = self._consume_payload(buffer, pos)
                 continue
             max_size = self.max_size
             if max_size is not None:
+                if deflate is not None and (self._inflation is not None or buffer[pos] & 0x40):
+                    # RFC 7692: max_size bounds a compressed message once inflated,
+                    # which _inflate_* check; its frames may be longer, by at most
+                    # zlib's deflateBound() for data that deflate cannot shrink.
+                    max_size += (max_size >> 3) + (max_size >> 6) + 64
                 max_size -= self._message_size
             try:
-                header = parse_header(buffer, pos, masked, max_size)
+                header = parse_header(buffer, pos, masked, max_size, rsv)
             except PayloadTooBig:
                 # The limit, not what was left of it for this fragment.
                 raise PayloadTooBig(f"message over {self.max_size} bytes") from None
@@ -201,6 +217,10 @@ class Protocol:
             ):
                 # Fast path: a whole control frame or unfragmented message is here.
                 data = unmask_payload(buffer, start, stop) if masked else buffer[start:stop]
+                # RFC 7692 §6.1: RSV1 marks a compressed message (parse_header
+                # refused it on control frames); §7.2.2: inflate before the UTF-8 check.
+                if deflate is not None and buffer[pos] & 0x40:
+                    data = self._inflate_whole(deflate, data)
                 pos = stop
                 if opcode is _TEXT:
                     try:
@@ -217,19 +237,35 @@ class Protocol:
                 # A fragment, or a frame still arriving: its payload is taken as
                 # it comes (even when empty, since it may end the message).
                 key = bytes(buffer[start - 4 : start]) if masked else None
-                self._start_frame(opcode, fin, length, key)
+                compressed = deflate is not None and bool(buffer[pos] & 0x40)
+                self._start_frame(opcode, fin, length, key, compressed)
                 pos = self._consume_payload(buffer, start)
         return pos
 
-    def _start_frame(self, opcode: Opcode, fin: bool, length: int, mask: bytes | None) -> None:
+    def _inflate_whole(self, deflate: PerMessageDeflate, data: BytesLike) -> bytes:
+        """Inflate a message that came in one frame, within ``max_size`` (RFC 7692 §7.2.2)."""
+        try:
+            return deflate.inflate(data, self.max_size)
+        except PayloadTooBig:
+            raise PayloadTooBig(f"message over {self.max_size} bytes once inflated") from None
+
+    def _start_frame(
+        self, opcode: Opcode, fin: bool, length: int, mask: bytes | None, compressed: bool
+    ) -> None:
         """Begin a data frame that starts or continues a message (RFC 6455 §5.4)."""
         if opcode is Opcode.CONT:
             if not self._message_opcode:
                 raise ProtocolError("unexpected continuation frame")
+            # RFC 7692 §6.1: RSV1 is set on the first frame only.
+            if compressed:
+                raise ProtocolError("RSV1 set on a continuation frame")
         else:
             if self._message_opcode:
                 raise ProtocolError("expected a continuation frame")
             self._message_opcode = opcode
+            if compressed:
+                assert self.deflate is not None
+                self._inflation = self.deflate.start(self.max_size)
             if opcode is Opcode.TEXT:
                 self._decoder = _Utf8Decoder()
                 self._message_text = []
@@ -259,6 +295,9 @@ class Protocol:
             data = apply_mask(chunk, mask[offset:] + mask[:offset])
         self._frame_remaining -= take
         final = self._frame_fin and not self._frame_remaining
+        inflation = self._inflation
+        if inflation is not None:
+            data = self._inflate_part(inflation, data, final)
         decoder = self._decoder
         if decoder is not None:
             try:
@@ -292,9 +331,22 @@ class Protocol:
             self._message_opcode = 0
             self._message_size = 0
             self._decoder = None
+            self._inflation = None
         if not self._frame_remaining:
             self._frame_mask = None
         return pos + take
+
+    def _inflate_part(self, inflation: Inflation, data: BytesLike, final: bool) -> bytes:
+        """Inflate a piece of a compressed message in fragments (RFC 7692 §7.2.2)."""
+        try:
+            output = inflation.feed(data)
+            if final:
+                rest = inflation.finish()
+                if rest:
+                    output += rest
+        except PayloadTooBig:
+            raise PayloadTooBig(f"message over {self.max_size} bytes once inflated") from None
+        return output
 
     def _receive_control(self, opcode: Opcode, data: bytes) -> None:
         """Handle a ping, pong or close frame (RFC 6455 §5.5)."""
@@ -357,9 +409,16 @@ class Protocol:
         """Send a binary message (RFC 6455 §5.6)."""
         self._send_message(_BINARY, data)
 
-    def _send_message(self, opcode: Opcode, data: BytesLike) -> None:
+    def _send_message(self, opcode: int, data: BytesLike) -> None:
         if self.state is not _OPEN:
             self._check_open()
+        deflate = self.deflate
+        if deflate is not None:
+            compressed = deflate.compress(data)
+            if compressed is not None:
+                # RFC 7692 §6.1: RSV1 on the first frame of a compressed message.
+                opcode |= 0x40
+                data = compressed
         size = self.max_frame_size
         if size is None or len(data) <= size:
             self._send_frame(opcode, data, fin=True)
@@ -375,7 +434,7 @@ class Protocol:
                 fin=offset >= last,
             )
 
-    def _send_frame(self, opcode: Opcode, data: BytesLike, *, fin: bool) -> None:
+    def _send_frame(self, opcode: int, data: BytesLike, *, fin: bool) -> None:
         if not self._mask and len(data) > _COPY_LIMIT:
             self._output.append(frame_header(opcode, len(data), fin=fin))
             self._output.append(data if isinstance(data, bytes) else bytes(data))
@@ -393,6 +452,29 @@ class Protocol:
             raise InvalidState("a client cannot share encoded frames: each one is masked")
         self._check_open()
         self._output.append(frame)
+
+    def send_prepared(self, message: PreparedMessage) -> None:
+        """Send a message prepared once for many server connections.
+
+        The connection takes the frame that fits what it negotiated (RFC 7692:
+        plain, or compressed once for every connection with the same
+        parameters), or compresses the message itself if it keeps a context.
+        """
+        if self._mask:
+            raise InvalidState("a client cannot share encoded frames: each one is masked")
+        if self.state is not _OPEN:
+            self._check_open()
+        deflate = self.deflate
+        if deflate is None:
+            frame: bytes | None = message.frame
+        elif deflate.shared_key is message.last_key is not None:
+            frame = message.last_frame  # the usual case of a broadcast: one test
+        else:
+            frame = message.frame_for(deflate)
+        if frame is None:
+            self._send_message(message.opcode, message.payload)
+        else:
+            self._output.append(frame)
 
     def send_ping(self, data: BytesLike = b"") -> None:
         """Send a ping (RFC 6455 §5.5.2); at most 125 bytes."""

@@ -143,6 +143,7 @@ class App:
                 limits=settings.limits,
                 reuse_port=settings.reuse_port,
                 ssl=context,
+                compression=settings.deflate,
             )
         except BaseException:
             # Cannot listen (port taken, unknown host): close the database and its thread again.

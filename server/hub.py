@@ -1,12 +1,12 @@
 """The hub: who is subscribed to what here, and the fan-out to them (the engine's listener).
 
 A channel's subscribers are a dict of connection id to ``Subscriber``; a publication is one
-frame, encoded once, written to each of them without waiting, so a slow or dead client never
-delays the others. A subscriber is held from the step it subscribes in until its history is
-sent (``release``): what is delivered meanwhile is kept, in order, bounded in bytes (1013
-beyond, and the client resumes), and what its history already holds (``Recovery.top``) is
-dropped, so it gets no gap and no duplicate whatever the engine.
-"""
+``PreparedMessage``, framed once (and compressed once for every subscriber with the same
+permessage-deflate parameters), written to each of them without waiting, so a slow or dead
+client never delays the others. A subscriber is held from the step it subscribes in until its
+history is sent (``release``): what is delivered meanwhile is kept, in order, bounded in bytes
+(1013 beyond, and the client resumes), and what its history already holds (``Recovery.top``)
+is dropped, so it gets no gap and no duplicate whatever the engine."""
 
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ class Subscriber:
     def __init__(self, connection_id: str, connection: rfc6455.Connection) -> None:
         self.connection_id = connection_id
         self.connection = connection
-        # (seq or None, frame) while the history is being read; None once released.
-        self.held: list[tuple[int | None, bytes]] | None = []
+        # (seq or None, message) while the history is being read; None once released.
+        self.held: list[tuple[int | None, rfc6455.PreparedMessage]] | None = []
         self.held_size = 0
 
 
@@ -84,9 +84,9 @@ class Hub:
             rfc6455.ConnectionClosed: If the connection is closing.
         """
         held, subscriber.held = subscriber.held or [], None
-        for seq, frame in held:
+        for seq, message in held:
             if seq is None or seq > top:
-                subscriber.connection.send_encoded(frame)
+                subscriber.connection.send_prepared(message)
 
     def hold(self, subscriber: Subscriber) -> None:
         """Hold a released subscriber's messages again, until its next ``release``."""
@@ -183,7 +183,9 @@ class Hub:
         if self.on_invited is not None:
             self.on_invited(user, channel)
 
-    def _fan_out(self, channel: str, seq: int | None, frame: bytes, exclude: str | None) -> int:
+    def _fan_out(
+        self, channel: str, seq: int | None, message: rfc6455.PreparedMessage, exclude: str | None
+    ) -> int:
         subscribers = self._channels.get(channel)
         if subscribers is None:
             return 0
@@ -193,8 +195,8 @@ class Hub:
                 continue
             held = subscriber.held
             if held is not None:
-                held.append((seq, frame))
-                subscriber.held_size += len(frame)
+                held.append((seq, message))
+                subscriber.held_size += message.size
                 if subscriber.held_size > self.max_held:
                     subscriber.held = None
                     # RFC 6455 §7.4.1 (IANA registry): 1013, a temporary condition.
@@ -205,7 +207,7 @@ class Hub:
                 sent += 1
                 continue
             try:
-                subscriber.connection.send_encoded(frame)
+                subscriber.connection.send_prepared(message)
             except rfc6455.ConnectionClosed:
                 continue
             sent += 1

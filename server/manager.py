@@ -5,16 +5,17 @@ from __future__ import annotations
 import logging
 
 import rfc6455
-from rfc6455.frames import Opcode, serialize_frame
 
 __all__ = ["ConnectionManager", "send_now", "text_frame"]
 
 logger = logging.getLogger("server.manager")
 
 
-def text_frame(payload: str | bytes) -> bytes:
-    """A text frame (RFC 6455 §5.6) of ``payload`` (``bytes``: already UTF-8), unmasked."""
-    return serialize_frame(Opcode.TEXT, payload.encode() if isinstance(payload, str) else payload)
+def text_frame(payload: str | bytes) -> rfc6455.PreparedMessage:
+    """A text message (RFC 6455 §5.6) of ``payload`` (``bytes``: already UTF-8), ready to send
+    to one connection or many: its plain frame, and its compressed one once a connection with
+    permessage-deflate asks (RFC 7692)."""
+    return rfc6455.PreparedMessage(payload, text=True)
 
 
 def send_now(connection: rfc6455.Connection, payload: str | bytes) -> None:
@@ -23,7 +24,7 @@ def send_now(connection: rfc6455.Connection, payload: str | bytes) -> None:
     Raises:
         rfc6455.ConnectionClosed: If the connection is closing.
     """
-    connection.send_encoded(text_frame(payload))
+    connection.send_prepared(text_frame(payload))
 
 
 class ConnectionManager:
@@ -68,7 +69,7 @@ class ConnectionManager:
         if connection is None:
             return False
         try:
-            connection.send_encoded(text_frame(payload))
+            connection.send_prepared(text_frame(payload))
         except rfc6455.ConnectionClosed:
             return False
         return True

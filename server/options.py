@@ -20,7 +20,7 @@ from .api import check_key
 from .auth import AUTH_MODES
 from .hosts import parse_hosts
 from .origin import parse_origins
-from .settings import ECHO_MODES, Settings
+from .settings import COMPRESSION_MODES, ECHO_MODES, Settings
 
 __all__ = ["LOG_LEVELS", "OPTIONS", "Option", "default_text", "markdown_table"]
 
@@ -547,6 +547,17 @@ OPTIONS: tuple[Option, ...] = (
         "`on`, `off` or `auto`: the `/echo` endpoint, for conformance tests and benchmarks; "
         "`auto` turns it on unless `--auth` is set",
         metavar="{" + ",".join(ECHO_MODES) + "}",
+    ),
+    Option(
+        "--compression",
+        "CHAT_COMPRESSION",
+        "compression",
+        _choice(COMPRESSION_MODES),
+        "permessage-deflate (RFC 7692) for clients that offer it (browsers do): `on` without "
+        "context takeover (no memory kept between messages; a broadcast is compressed once), "
+        "`context` with it (smaller messages, some 110 KiB per connection), or `off`; "
+        "messages under 256 bytes go uncompressed",
+        metavar="{" + ",".join(COMPRESSION_MODES) + "}",
     ),
     Option(
         "--auth",

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rfc6455 import Limits
+from rfc6455 import Compression, Limits
 
 from .messages import MAX_TEXT_BYTES, MAX_TEXT_CHARS
 from .retry import RetryPolicy
 
-__all__ = ["ECHO_MODES", "WEB_ROOT", "Settings"]
+__all__ = ["COMPRESSION_MODES", "ECHO_MODES", "WEB_ROOT", "Settings"]
 
 # The browser client: inside the package once installed from a wheel (pyproject.toml maps
 # web_client/ to server/web_client/), beside it in a checkout or an editable install.
@@ -24,6 +24,9 @@ WEB_ROOT = (
 # ``--echo``: auto is on, unless clients must authenticate (then an anonymous endpoint is a
 # decision, not a default).
 ECHO_MODES = ("auto", "on", "off")
+
+# ``--compression``: permessage-deflate without context takeover, with it, or none.
+COMPRESSION_MODES = ("on", "context", "off")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +103,10 @@ class Settings:
     allowed_hosts: frozenset[str] = frozenset()
     # The /echo endpoint (tests and benchmarks): "auto", "on" or "off" (404).
     echo: str = "auto"
+    # permessage-deflate (RFC 7692) when a client offers it: browsers do, and the chat's JSON
+    # shrinks several times over. "on" keeps no zlib object between messages, so an idle
+    # connection costs what it did without it, and a broadcast is compressed once.
+    compression: str = "on"
     # "none", "jwt" (jwt_secret) or "basic" (users_file); see auth.py.
     auth: str = "none"
     jwt_secret: str = field(default="", repr=False)
@@ -124,6 +131,13 @@ class Settings:
     # SO_REUSEPORT on the listening sockets: set by ``cli`` in a worker of ``--workers``, so
     # that the workers share the port; a standalone server's port is its own.
     reuse_port: bool = False
+
+    @property
+    def deflate(self) -> Compression | None:
+        """What ``--compression`` gives ``rfc6455.serve``: None for ``off``."""
+        if self.compression == "off":
+            return None
+        return Compression(context_takeover=self.compression == "context")
 
     @property
     def echo_enabled(self) -> bool:

@@ -1207,7 +1207,10 @@
       if (state.ws !== ws) return;
       state.openedAt = Date.now();
       state.refusals = 0;
-      logEvent("connected", `Connected to ${url}`);
+      // RFC 7692: what the handshake negotiated; the server compresses unless told not to.
+      const compressed = ws.extensions.startsWith("permessage-deflate")
+        ? ", compressed (permessage-deflate)" : "";
+      logEvent("connected", `Connected to ${url}${compressed}`);
       setConn("open");
     });
     ws.addEventListener("message", (event) => {

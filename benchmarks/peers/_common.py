@@ -26,6 +26,12 @@ def parse_args(description: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument(
+        "--compression",
+        choices=("off", "on"),
+        default="off",
+        help="permessage-deflate at the library's defaults (benchmarks/bench_deflate.py)",
+    )
     return parser.parse_args()
 
 

@@ -1,6 +1,7 @@
 """Peer server: ``websockets`` (new asyncio API, C speedups), for benchmarks/e2e.py.
 
-Compression off, messages up to 16 MiB, no keepalive pings, everything else at
+Compression off (``--compression on``: websockets' default permessage-deflate, with
+context takeover and 12-bit windows), messages up to 16 MiB, no keepalive pings, everything else at
 websockets' defaults. The broadcast uses ``websockets.asyncio.server.broadcast``,
 websockets' own way to send one message to many clients without waiting.
 """
@@ -55,7 +56,7 @@ async def main(args: argparse.Namespace, stop: asyncio.Event) -> None:
         handler,
         args.host,
         args.port,
-        compression=None,
+        compression="deflate" if args.compression == "on" else None,
         max_size=_common.MAX_SIZE,
         ping_interval=None,
     ) as server:

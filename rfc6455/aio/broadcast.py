@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ..exceptions import ConnectionClosed
-from ..frames import Opcode, serialize_frame
+from ..prepared import PreparedMessage
 from ..typing import Data
 from .connection import Connection
 
@@ -17,20 +17,19 @@ def broadcast(connections: Iterable[Connection], message: Data) -> int:
 
     The frame is encoded once and the same bytes are written to each peer
     (server frames are unmasked, RFC 6455 §5.1), so the cost per receiver is
-    one ``write()``. Connections that are closing are skipped: a slow or dead
-    peer never delays the others.
+    one ``write()``; with permessage-deflate, it is compressed once for all
+    the peers that agreed on the same parameters without context takeover
+    (RFC 7692 §7.1.1). Connections that are closing are skipped: a slow or
+    dead peer never delays the others.
 
     Returns:
         How many connections the message was written to.
     """
-    if isinstance(message, str):
-        frame = serialize_frame(Opcode.TEXT, message.encode())
-    else:
-        frame = serialize_frame(Opcode.BINARY, message)
+    prepared = PreparedMessage(message)
     sent = 0
     for connection in connections:
         try:
-            connection.send_encoded(frame)
+            connection.send_prepared(prepared)
         except ConnectionClosed:
             continue
         sent += 1

@@ -8,7 +8,9 @@ import logging
 import ssl as ssl_module
 from collections.abc import Iterable, Mapping, Sequence
 
+from ..deflate import Compression, client_accept, client_offer
 from ..exceptions import InvalidResponse
+from ..extensions import parse_extensions
 from ..handshake import check_response, client_request, generate_key, parse_uri, refused
 from ..http11 import Request, Response, ResponseParser
 from ..limits import Limits
@@ -33,6 +35,7 @@ async def connect(
     subprotocols: Sequence[str] = (),
     limits: Limits | None = None,
     ssl: ssl_module.SSLContext | None = None,
+    compression: Compression | None = Compression(),
     **options: float | int | None,
 ) -> Connection:
     """Connect to a WebSocket server and return the open connection (RFC 6455 §4.1).
@@ -45,6 +48,8 @@ async def connect(
         ssl: a client TLS context for ``wss://``; by default ``ssl.create_default_context()``,
             which checks the certificate against the system's CAs and its host name
             (RFC 6125 through OpenSSL).
+        compression: permessage-deflate (RFC 7692) to offer: by default
+            without context takeover either way; None offers nothing.
 
     Raises:
         ValueError: ``uri`` is not a valid WebSocket URI.
@@ -53,7 +58,8 @@ async def connect(
             names another host, an ``ssl.SSLError`` when TLS fails otherwise.
         TimeoutError: the handshake did not complete within ``open_timeout``
             (a refusal whose body is late is an ``InvalidResponse`` all the same).
-        InvalidResponse: the server refused the upgrade or answered wrongly;
+        InvalidResponse: the server refused the upgrade or answered wrongly
+            (an extension or parameters that were not offered, RFC 7692 §5.1);
             a refusal carries the ``response``, with the start of its body.
     """
     limits = dataclasses.replace(limits or Limits(), **options)  # type: ignore[arg-type]
@@ -61,6 +67,8 @@ async def connect(
     if isinstance(headers, Mapping):
         headers = headers.items()
     key = generate_key()
+    if compression is not None:
+        headers = [*headers, ("Sec-WebSocket-Extensions", client_offer(compression))]
     request = client_request(target, key, subprotocols=subprotocols, headers=headers)
     if target.secure and ssl is None:
         ssl = ssl_module.create_default_context()
@@ -71,7 +79,7 @@ async def connect(
     try:
         async with asyncio.timeout(limits.open_timeout):
             transport, handshake = await loop.create_connection(
-                lambda: _Handshake(request, key, subprotocols, limits, opened),
+                lambda: _Handshake(request, key, subprotocols, limits, opened, compression),
                 target.host,
                 target.port,
                 ssl=ssl if target.secure else None,
@@ -105,8 +113,10 @@ class _Handshake(asyncio.BufferedProtocol):
         subprotocols: Sequence[str],
         limits: Limits,
         opened: asyncio.Future[Connection],
+        compression: Compression | None,
     ) -> None:
         self._request = request
+        self._compression = compression
         self._key = key
         self._subprotocols = subprotocols
         self._limits = limits
@@ -140,7 +150,15 @@ class _Handshake(asyncio.BufferedProtocol):
                 self._body_size = _body_size(response)
                 self._read_body(self._parser.rest)
                 return
-            subprotocol = check_response(response, self._key, self._subprotocols)
+            compression = self._compression
+            subprotocol = check_response(
+                response, self._key, self._subprotocols, extensions=compression is not None
+            )
+            deflate = (
+                None
+                if compression is None
+                else client_accept(parse_extensions(response.headers), compression)
+            )
         except InvalidResponse as exc:
             self._fail(exc)
             return
@@ -152,6 +170,7 @@ class _Handshake(asyncio.BufferedProtocol):
             request=self._request,
             response=response,
             subprotocol=subprotocol,
+            deflate=deflate,
             logger=logger,
         )
         if not self._opened.done():

@@ -36,6 +36,7 @@ import time
 import weakref
 from types import TracebackType
 
+from ..deflate import PerMessageDeflate
 from ..exceptions import (
     ConnectionClosed,
     ConnectionClosedError,
@@ -46,6 +47,7 @@ from ..exceptions import (
 from ..frames import CloseCode
 from ..http11 import Request, Response
 from ..limits import Limits
+from ..prepared import PreparedMessage
 from ..protocol import Pong, Protocol, Side, State
 from ..typing import BytesLike, Data
 
@@ -152,10 +154,14 @@ class Connection(asyncio.BufferedProtocol):
         request: Request | None = None,
         response: Response | None = None,
         subprotocol: str | None = None,
+        deflate: PerMessageDeflate | None = None,
         logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
     ) -> None:
         self.protocol = Protocol(
-            side, max_size=limits.max_size, max_frame_size=limits.max_frame_size
+            side,
+            max_size=limits.max_size,
+            max_frame_size=limits.max_frame_size,
+            deflate=deflate,
         )
         self.limits = limits
         self.request = request
@@ -312,6 +318,20 @@ class Connection(asyncio.BufferedProtocol):
             raise self._closed_exception()
         self.protocol.send_encoded(frame)
         self._write_soon(len(frame))
+
+    def send_prepared(self, message: PreparedMessage) -> None:
+        """Write a message prepared once for many connections, without waiting.
+
+        Like :meth:`send_encoded`, for a server's broadcast; the connection
+        picks the frame that fits its permessage-deflate parameters (RFC 7692).
+
+        Raises:
+            ConnectionClosed: a close frame was already sent or received.
+        """
+        if self.protocol.state is not _OPEN:
+            raise self._closed_exception()
+        self.protocol.send_prepared(message)
+        self._write_soon(message.size)
 
     def write_buffer_size(self) -> int:
         """How many bytes are waiting to be sent."""

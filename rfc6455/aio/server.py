@@ -14,7 +14,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 
 from ..addresses import address_key
+from ..deflate import Compression, PerMessageDeflate, server_negotiate
 from ..exceptions import ConnectionClosed, InvalidRequest
+from ..extensions import parse_extensions
 from ..frames import CloseCode
 from ..handshake import accept, is_upgrade, reject, select_subprotocol
 from ..http11 import Request, RequestParser, Response, body_length
@@ -109,9 +111,11 @@ class Server:
         subprotocols: Sequence[str],
         process_refusal: ProcessRefusal | None = None,
         ssl: ssl_module.SSLContext | None = None,
+        compression: Compression | None = None,
     ) -> None:
         self.handler = handler
         self._ssl = ssl
+        self.compression = compression
         self.limits = limits
         self.process_request = process_request
         self.process_refusal = process_refusal
@@ -506,10 +510,23 @@ class _Handshake(asyncio.BufferedProtocol):
 
     def _respond(self, request: Request, answer: Response | None) -> None:
         """Answer the request: the hook's response, a refusal, or the upgrade."""
+        deflate: PerMessageDeflate | None = None
         try:
             if answer is None:
                 subprotocol = select_subprotocol(request, self._server.subprotocols)
-                answer = accept(request, subprotocol=subprotocol)  # check_request() first
+                extensions: tuple[tuple[str, str], ...] = ()
+                compression = self._server.compression
+                # RFC 7692 §5: the first offer this server can honour, or none.
+                negotiated = (
+                    None
+                    if compression is None
+                    else server_negotiate(parse_extensions(request.headers), compression)
+                )
+                if negotiated is not None:
+                    extensions = (("Sec-WebSocket-Extensions", negotiated[0]),)
+                    deflate = negotiated[1]
+                # accept() validates the request (check_request) before anything else.
+                answer = accept(request, subprotocol=subprotocol, extra_headers=extensions)
             head = answer.serialize()
         except InvalidRequest as exc:
             self._refuse(exc, request)
@@ -521,9 +538,11 @@ class _Handshake(asyncio.BufferedProtocol):
         if answer.status != 101:
             self._send_and_close(head)
             return
-        self._upgrade(request, answer, head)
+        self._upgrade(request, answer, head, deflate)
 
-    def _upgrade(self, request: Request, response: Response, head: bytes) -> None:
+    def _upgrade(
+        self, request: Request, response: Response, head: bytes, deflate: PerMessageDeflate | None
+    ) -> None:
         transport = self._transport
         parser = self._parser
         assert transport is not None
@@ -540,6 +559,7 @@ class _Handshake(asyncio.BufferedProtocol):
             request=request,
             response=response,
             subprotocol=response.headers.get("Sec-WebSocket-Protocol"),
+            deflate=deflate,
             logger=logger,
         )
         server._start_handler(connection)
@@ -636,6 +656,7 @@ async def serve(
     limits: Limits | None = None,
     ssl: ssl_module.SSLContext | None = None,
     reuse_port: bool = False,
+    compression: Compression | None = Compression(),
     **options: float | int | None,
 ) -> Server:
     """Start a WebSocket server on ``host``:``port`` and return it, already serving.
@@ -661,6 +682,9 @@ async def serve(
         reuse_port: set ``SO_REUSEPORT`` on the listening sockets, so that several
             servers (processes) with it listen on one port, the kernel spreading the
             connections among them; a server without it cannot share their port.
+        compression: permessage-deflate (RFC 7692), accepted when a client
+            offers it: by default without context takeover either way; None
+            turns it off.
 
     Raises:
         OSError: An address cannot be bound (taken, or not an address of this machine).
@@ -674,6 +698,7 @@ async def serve(
         subprotocols=subprotocols,
         process_refusal=process_refusal,
         ssl=ssl,
+        compression=compression,
     )
     loop = asyncio.get_running_loop()
     # getaddrinfo may ask a DNS server: not in the event loop.

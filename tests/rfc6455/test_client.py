@@ -9,6 +9,7 @@ import socket
 import ssl
 import struct
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -124,21 +125,44 @@ async def test_wrong_accept_raises_invalid_response(net: Net) -> None:
 
 
 @pytest.mark.parametrize(
-    "extra",
+    ("extra", "options"),
     [
-        "Sec-WebSocket-Protocol: not-offered",
-        "Sec-WebSocket-Extensions: permessage-deflate",
+        ("Sec-WebSocket-Protocol: not-offered", {}),
+        ("Sec-WebSocket-Extensions: permessage-deflate", {"compression": None}),
+        ("Sec-WebSocket-Extensions: x-other", {}),
+        ("Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits=16", {}),
+        ("Sec-WebSocket-Extensions: permessage-deflate; client_no_context_takeover", {}),
     ],
-    ids=["unoffered_subprotocol", "extension"],
+    ids=["unoffered_subprotocol", "unoffered_extension", "other", "bad_bits", "context"],
 )
-async def test_unrequested_negotiation_raises_invalid_response(net: Net, extra: str) -> None:
+async def test_unrequested_negotiation_raises_invalid_response(
+    net: Net, extra: str, options: dict[str, Any]
+) -> None:
+    # RFC 7692 §5.1: a client MUST fail the connection on an answer that breaks the rules.
     async def fake(reader: Reader, writer: Writer) -> None:
         await accept_upgrade(reader, writer, extra)
         await reader.read()
 
     server = await net.plain_server(fake)
     with pytest.raises(InvalidResponse):
-        await net.connect(server)
+        await net.connect(server, **options)
+
+
+async def test_client_offers_and_uses_compression(net: Net) -> None:
+    seen: list[Request] = []
+
+    def hook(request: Request) -> None:
+        seen.append(request)
+
+    server = await net.serve(process_request=hook)
+    client = await net.connect(server)
+    assert seen[0].headers.get("Sec-WebSocket-Extensions") == (
+        "permessage-deflate; client_max_window_bits; "
+        "server_no_context_takeover; client_no_context_takeover"
+    )
+    assert client.protocol.deflate is not None
+    await client.send("compressed " * 100)
+    assert await client.recv() == "compressed " * 100
 
 
 async def test_server_closing_before_the_response(net: Net) -> None:

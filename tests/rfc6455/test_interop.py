@@ -1,7 +1,9 @@
 """Interop over real loopback sockets with the `websockets` library, both directions.
 
 - the rfc6455 client against a ``websockets.asyncio.server`` server;
-- a ``websockets.asyncio.client`` client against an rfc6455 server.
+- a ``websockets.asyncio.client`` client against an rfc6455 server;
+- both with permessage-deflate (RFC 7692) negotiated, with and without
+  context takeover, for every window size zlib can compress with.
 """
 
 from __future__ import annotations
@@ -17,8 +19,12 @@ from websockets.asyncio.server import Server as WsServer
 from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
+from websockets.extensions.permessage_deflate import (
+    ClientPerMessageDeflateFactory,
+    ServerPerMessageDeflateFactory,
+)
 
-from rfc6455 import Connection, ConnectionClosedError
+from rfc6455 import Compression, Connection, ConnectionClosedError
 from tests.rfc6455.conftest import GUARD, HOST, Net
 
 pytestmark = pytest.mark.usefixtures("loop_errors")
@@ -274,7 +280,7 @@ async def test_server_shutdown_with_websockets_client(net: Net, ws_clients: Any)
 
 
 async def test_websockets_client_compression_offer_is_declined(net: Net, ws_clients: Any) -> None:
-    server = await net.serve(rfc_echo)
+    server = await net.serve(rfc_echo, compression=None)
     client = await ws_clients(server.port, compression="deflate")
     assert client.response is not None
     assert "Sec-WebSocket-Extensions" not in client.response.headers
@@ -323,3 +329,86 @@ async def test_websockets_client_sees_1011_from_a_failing_handler(
         async with asyncio.timeout(GUARD):
             await client.recv()
     assert client.close_code == 1011
+
+
+# permessage-deflate (RFC 7692) both ways: with and without context takeover,
+# window bits 9 to 15, messages from 0 B to 1 MiB, fragmented by either side.
+
+DEFLATE_SIZES = [0, 300, 65536, 2**20]
+WINDOW_BITS = list(range(9, 16))
+
+
+async def ws_fragmenting_echo(ws: ServerConnection) -> None:
+    """Echo each message as three fragments (websockets sends an iterable so)."""
+    async for message in ws:
+        third = len(message) // 3
+        await ws.send([message[:third], message[third : 2 * third], message[2 * third :]])
+
+
+def deflate_messages() -> list[str | bytes]:
+    return [message_of(kind, size) for size in DEFLATE_SIZES for kind in ("text", "binary")]
+
+
+@pytest.mark.parametrize("bits", WINDOW_BITS)
+@pytest.mark.parametrize("keep", [False, True], ids=["no_context", "context"])
+async def test_client_compresses_with_websockets_server(
+    net: Net, ws_servers: Any, bits: int, keep: bool
+) -> None:
+    factory = ServerPerMessageDeflateFactory(
+        server_no_context_takeover=not keep,
+        client_no_context_takeover=not keep,
+        server_max_window_bits=bits,
+        client_max_window_bits=bits,
+    )
+    # websockets also bounds what it reads before inflating: with 9 bits, 1 MiB of
+    # bytes(range(256)) compresses to a little more than 1 MiB.
+    server = await ws_servers(
+        ws_fragmenting_echo, compression=None, extensions=[factory], max_size=2**21
+    )
+    client = await net.connect(
+        port_of(server),
+        compression=Compression(context_takeover=keep, window_bits=bits, threshold=0),
+        max_frame_size=16384,
+    )
+    assert client.response is not None
+    answer = client.response.headers.get("Sec-WebSocket-Extensions") or ""
+    assert f"server_max_window_bits={bits}" in answer
+    assert ("server_no_context_takeover" in answer) is not keep
+    assert client.protocol.deflate is not None
+    for message in deflate_messages():
+        await client.send(message)
+        async with asyncio.timeout(GUARD):
+            assert await client.recv() == message
+
+
+@pytest.mark.parametrize("bits", WINDOW_BITS)
+@pytest.mark.parametrize("keep", [False, True], ids=["no_context", "context"])
+async def test_websockets_client_compresses_with_server(
+    net: Net, ws_clients: Any, bits: int, keep: bool
+) -> None:
+    accepted: asyncio.Queue[Connection] = asyncio.Queue()
+
+    async def handler(ws: Connection) -> None:
+        accepted.put_nowait(ws)
+        await rfc_echo(ws)
+
+    server = await net.serve(
+        handler,
+        compression=Compression(context_takeover=keep, window_bits=bits, threshold=0),
+        max_frame_size=16384,
+    )
+    factory = ClientPerMessageDeflateFactory(
+        server_no_context_takeover=not keep,
+        client_no_context_takeover=not keep,
+        server_max_window_bits=bits if bits < 15 else None,
+        client_max_window_bits=bits,
+    )
+    client = await ws_clients(server.port, compression=None, extensions=[factory], max_size=2**21)
+    assert client.response is not None
+    assert client.response.headers["Sec-WebSocket-Extensions"].startswith("permessage-deflate")
+    assert (await accepted.get()).protocol.deflate is not None
+    for message in deflate_messages():
+        third = len(message) // 3
+        await client.send([message[:third], message[third : 2 * third], message[2 * third :]])
+        async with asyncio.timeout(GUARD):
+            assert await client.recv() == message

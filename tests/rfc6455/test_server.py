@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import zlib
 from typing import Any
 
 import pytest
@@ -28,6 +29,7 @@ from tests.rfc6455.conftest import (
     HOST,
     KEY,
     Net,
+    client_frame,
     close_payload,
     info_lines,
     random_key,
@@ -323,6 +325,43 @@ async def test_subprotocol_through_connect(net: Net) -> None:
 
 async def test_unknown_extensions_are_not_accepted(net: Net) -> None:
     server = await net.serve()
+    raw = await net.raw(server)
+    offer = "x-unknown-extension, permessage-deflate; client_max_window_bits"
+    reply = await raw.handshake(upgrade_request(extra=[("Sec-WebSocket-Extensions", offer)]))
+    assert reply.headers["sec-websocket-extensions"] == (
+        "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+    )
+
+
+async def test_server_takes_the_first_offer_it_can_honour_and_compresses(net: Net) -> None:
+    server = await net.serve()
+    raw = await net.raw(server)
+    # zlib cannot compress with 8 bits: that offer is declined, the next one taken.
+    offer = (
+        "permessage-deflate; server_max_window_bits=8, permessage-deflate; server_max_window_bits=9"
+    )
+    reply = await raw.handshake(upgrade_request(extra=[("Sec-WebSocket-Extensions", offer)]))
+    assert reply.headers["sec-websocket-extensions"] == (
+        "permessage-deflate; server_no_context_takeover; client_no_context_takeover; "
+        "server_max_window_bits=9"
+    )
+    text = b"compressed on the wire " * 20
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+    payload = (compressor.compress(text) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    frame = bytearray(client_frame(0x1, payload))
+    frame[0] |= 0x40  # RFC 7692 §6.1: RSV1, a compressed message
+    await raw.send(bytes(frame))
+    # The echo comes back compressed (RSV1), with a window of at most 9 bits.
+    async with asyncio.timeout(GUARD):
+        first, second = await raw.reader.readexactly(2)
+        length = second if second < 126 else int.from_bytes(await raw.reader.readexactly(2))
+        echoed = await raw.reader.readexactly(length)
+    assert first == 0xC1
+    assert zlib.decompressobj(-9).decompress(echoed + b"\x00\x00\xff\xff") == text
+
+
+async def test_compression_off_accepts_no_extension(net: Net) -> None:
+    server = await net.serve(compression=None)
     raw = await net.raw(server)
     offer = "permessage-deflate; client_max_window_bits, x-unknown-extension"
     reply = await raw.handshake(upgrade_request(extra=[("Sec-WebSocket-Extensions", offer)]))

@@ -89,7 +89,10 @@ def test_the_served_page_connects_by_itself_and_asks_for_a_name(
     click(page, status(page))
     expect(page.get_by_test_id("details")).to_be_visible()
     expect(event_texts(page, "connecting")).to_have_text([f"Connecting to {sockets[0]}"])
-    expect(event_texts(page, "connected")).to_have_text([f"Connected to {sockets[0]}"])
+    # Chromium offers permessage-deflate and the server accepts it (its --compression on).
+    expect(event_texts(page, "connected")).to_have_text(
+        [f"Connected to {sockets[0]}, compressed (permessage-deflate)"]
+    )
     expect(messages(page)).to_have_count(0)
 
     # A reload keeps the identity, and the next connection carries the name.
