@@ -254,6 +254,29 @@ async def test_https_and_wss_chat(
     assert "Traceback" not in server.stderr
 
 
+async def test_wss_with_permessage_deflate(
+    tls_spawn: Callable[..., Any], ca: trustme.CA, files: tuple[Path, Path]
+) -> None:
+    """TLS and compression together: negotiated over wss, messages of every size round-trip
+    through TLS records and inflation, in one frame or fragmented."""
+    server, port = await tls_spawn(*files, "--echo", "on")
+    uri = f"wss://localhost:{port}/echo"
+    async with await rfc6455.connect(uri, ssl=client_context(ca), max_frame_size=4096) as ws:
+        assert ws.protocol.deflate is not None
+        for size in (0, 100, 300, 70_000, 1_000_000):
+            text = ("compress me " * (size // 12 + 1))[:size]
+            await ws.send(text)
+            async with asyncio.timeout(GUARD):
+                assert await ws.recv() == text
+            data = os.urandom(size)  # incompressible: sent as it is
+            await ws.send(data)
+            async with asyncio.timeout(GUARD):
+                assert await ws.recv() == data
+    server.process.send_signal(signal.SIGTERM)
+    assert await server.wait() == 0
+    assert "Traceback" not in server.stderr
+
+
 async def echo_loop(ws: rfc6455.Connection, counts: list[int], index: int) -> None:
     """Send and receive 1 KiB messages until cancelled, counting the round trips."""
     payload = "m" * 1024
