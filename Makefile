@@ -33,8 +33,18 @@ style:
 types:
 	$(PYTHON) -m mypy
 
+# The Autobahn|Testsuite (tests/conformance: about 10 minutes of its Python 2 fuzzing client,
+# nearly all of them permessage-deflate's 216 cases) runs beside the rest of the suite, which
+# takes as long: the two share the machine's cores instead of following each other.
 pytest:
-	$(PYTHON) -m pytest --cov --cov-branch --cov-report=term-missing:skip-covered
+	@mkdir -p $(AUTOBAHN)
+	$(PYTHON) -m pytest tests/conformance -p no:cacheprovider >$(AUTOBAHN)/conformance.log 2>&1 & \
+	conformance=$$!; \
+	$(PYTHON) -m pytest --cov --cov-branch --cov-report=term-missing:skip-covered \
+		--ignore=tests/conformance; suite=$$?; \
+	wait $$conformance; autobahn=$$?; \
+	echo "--- tests/conformance (Autobahn):"; cat $(AUTOBAHN)/conformance.log; \
+	test $$suite -eq 0 && test $$autobahn -eq 0
 
 conformance:
 	$(PYTHON) -m pytest tests/conformance -v
