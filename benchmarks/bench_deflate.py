@@ -65,6 +65,7 @@ from benchmarks.e2e import (
     proc_rss_bytes,
     python_path,
     raise_nofile,
+    read_head,
     taskset,
 )
 from rfc6455.deflate import (
@@ -541,16 +542,6 @@ def _handshake(port: int, offer: bool) -> socket.socket:
     return sock
 
 
-def _read_head(sock: socket.socket) -> bytes:
-    head = b""
-    while b"\r\n\r\n" not in head:
-        data = sock.recv(65536)
-        if not data:
-            raise RuntimeError("closed during the handshake")
-        head += data
-    return head
-
-
 def memory(connections: int, rounds: int) -> None:
     print(f"## memory: server RSS per idle /echo connection, {connections} connections\n")
     raise_nofile(connections + 100)
@@ -575,7 +566,7 @@ def memory(connections: int, rounds: int) -> None:
                     while len(sockets) < connections:
                         group = [_handshake(server.port, True) for _ in range(50)]
                         for sock in group:
-                            head = _read_head(sock)
+                            head = read_head(sock)
                             compressed = b"permessage-deflate" in head
                             assert compressed is (mode != "off"), head[:300]
                             sock.sendall(message if compressed else plain_message)

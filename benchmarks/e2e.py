@@ -556,6 +556,17 @@ def run_load(command: list[str], cores: Sequence[int], timeout: float) -> LoadRu
 # Idle connections, for the memory workload
 
 
+def read_head(sock: socket.socket) -> bytes:
+    """Read an HTTP response head (and whatever came after it) from a blocking socket."""
+    head = b""
+    while b"\r\n\r\n" not in head:
+        data = sock.recv(65536)
+        if not data:
+            raise RuntimeError("connection closed during the handshake")
+        head += data
+    return head
+
+
 def upgrade_request(port: int, path: str, extensions: str | None = None) -> bytes:
     key = base64.b64encode(os.urandom(16)).decode()
     offer = "" if extensions is None else f"Sec-WebSocket-Extensions: {extensions}\r\n"
@@ -587,12 +598,7 @@ def open_idle(
             for sock in group:
                 sock.sendall(upgrade_request(port, path, extensions))
             for sock in group:
-                head = b""
-                while b"\r\n\r\n" not in head:
-                    data = sock.recv(4096)
-                    if not data:
-                        raise RuntimeError("connection closed during the handshake")
-                    head += data
+                head = read_head(sock)
                 if not head.startswith(b"HTTP/1.1 101"):
                     raise RuntimeError(f"upgrade refused: {head.splitlines()[0]!r}")
     except BaseException:
