@@ -50,6 +50,8 @@ async def pipelined(redis: Any, commands: Sequence[tuple[object, ...]]) -> list[
     """
     from redis.exceptions import ResponseError
 
+    if not commands:
+        return []
     pool = redis.connection_pool
     connection = await pool.get_connection()
     try:

@@ -39,5 +39,6 @@ async def test_pipelined_replies_come_in_order_with_errors_in_place(
         assert replies[3:] == [b"\x00\xffbytes", 3, [b"1", b"2.5", b"three"]]
         # The connection went back to the pool in a state to serve the next command.
         assert await redis.get("k") == b"\x00\xffbytes"
+        assert await pipelined(redis, []) == []
     finally:
         await redis.aclose()
