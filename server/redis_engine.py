@@ -386,7 +386,7 @@ class RedisEngine:
     # Channels' meta and history.
 
     def keys_of(self, channel: str) -> ChannelKeys:
-        """A channel's key names (the busiest thousands kept made)."""
+        """A channel's key names, made once for up to 4,096 channels at a time."""
         keys = self._keys.get(channel)
         if keys is None:
             if len(self._keys) > 4096:
