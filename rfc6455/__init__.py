@@ -26,6 +26,7 @@ from .http11 import Headers, Request, Response
 from .limits import Limits
 from .prepared import PreparedMessage
 from .protocol import Ping, Pong, Protocol, Side, State
+from .version import __version__
 
 __all__ = [
     "Close",
@@ -56,6 +57,7 @@ __all__ = [
     "Side",
     "State",
     "WebSocketError",
+    "__version__",
     "broadcast",
     "connect",
     "serve",

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from rfc6455 import Limits
+from rfc6455 import Limits, __version__
 
 from .app import namespaces_of, run
 from .auth import authenticator
@@ -56,6 +56,7 @@ def _build_parser() -> argparse.ArgumentParser:
         description="WebSocket chat server (RFC 6455, pure Python). "
         "Every option can also be set by the environment variable named in its help.",
     )
+    parser.add_argument("--version", action="version", version=f"rfc6455-chat {__version__}")
     for option in OPTIONS:
         # No default: whether the flag was given decides if the variable is read.
         kwargs: dict[str, Any] = {"nargs": "?", "const": "true"} if option.switch else {}

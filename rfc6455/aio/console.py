@@ -59,6 +59,7 @@ from ..handshake import client_request, generate_key, parse_uri
 from ..http11 import Response
 from ..protocol import State
 from ..typing import Data
+from ..version import __version__
 from .client import connect
 from .connection import Connection
 
@@ -279,6 +280,7 @@ def console_parser(prog: str, description: str, epilog: str) -> argparse.Argumen
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"rfc6455-chat {__version__}")
     parser.add_argument("uri", metavar="URI", help="ws:// or wss:// URI, e.g. ws://localhost:5000/")
     parser.add_argument(
         "-H",

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 import threading
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 
+import rfc6455
 from rfc6455 import Limits
 from server import cli
 from server.cli import main, parse_args
@@ -225,6 +227,14 @@ def test_help_names_every_environment_variable(capsys: pytest.CaptureFixture[str
     for flag, env, *_ in OPTIONS:
         assert flag in out
         assert f"env {env}" in out
+
+
+def test_version_is_the_distributions(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"rfc6455-chat {rfc6455.__version__}\n"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", rfc6455.__version__)
 
 
 BAD: list[tuple[list[str], dict[str, str]]] = [

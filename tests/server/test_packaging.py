@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+import rfc6455
+
 REPO = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
 LISTENING = re.compile(r"listening: open http://127\.0\.0\.1:(\d+)/")
@@ -172,6 +174,22 @@ def test_installed_server_imports_from_the_venv(venv: Path, outside: Path) -> No
     root = venv.parent.parent.resolve()
     assert all(path.is_relative_to(root) for path in paths), paths
     assert paths[2] == paths[1].parent / "web_client"
+
+
+def test_wheel_metadata_has_the_version_and_its_license_as_pep_639_says(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as archive:
+        (name,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+        metadata = archive.read(name).decode()
+    assert f"\nVersion: {rfc6455.__version__}\n" in metadata
+    assert "\nLicense-Expression: MIT\n" in metadata
+    assert "\nLicense-File: LICENSE.txt\n" in metadata
+    assert "License ::" not in metadata  # no classifier beside the expression
+
+
+@pytest.mark.parametrize("script", ["rfc6455-chat", "rfc6455"])
+def test_console_scripts_print_the_version(venv: Path, outside: Path, script: str) -> None:
+    result = _run(venv.parent / script, "--version", cwd=outside, env=_isolated_env())
+    assert result.stdout == f"rfc6455-chat {rfc6455.__version__}\n"
 
 
 class _Server:
