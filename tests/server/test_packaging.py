@@ -282,3 +282,25 @@ def test_installed_server_serves_its_web_client(server: _Server) -> None:
         assert body == files[name], target
         assert int(headers["content-length"]) == len(body)
     assert server.stop() == 0, "".join(server.lines)
+
+
+def test_installed_console_chats_with_the_installed_server(
+    server: _Server, venv: Path, outside: Path
+) -> None:
+    port = server.port()
+    publish = {"type": "publish", "channel": "general", "message": "wheel", "clientMsgId": "w1"}
+    result = subprocess.run(
+        [venv.parent / "rfc6455", f"ws://{HOST}:{port}/", "--json", "--linger", "1"],
+        input=json.dumps(publish) + "\n",
+        cwd=outside,
+        env=_isolated_env(),
+        capture_output=True,
+        text=True,
+        timeout=STEP_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    received = [json.loads(line)["data"] for line in result.stdout.splitlines()]
+    assert received[1]["type"] == "welcome"
+    assert {"type": "ack", "seq": 1, "clientMsgId": "w1", "channel": "general"} in received
+    assert server.stop() == 0, "".join(server.lines)
