@@ -1520,6 +1520,9 @@
       state.withoutName = false;
       logEvent("refused", "The server refused the name: it is asked for again.");
       if (me.name !== null) nameRefused(me.name);
+    } else if (state.token === "" && me.name !== null && !state.nameInUrl) {
+      // Named while this socket was connecting: its URL did not carry the name.
+      if (send({ type: "hello", clientId: me.clientId, name: me.name })) state.helloName = me.name;
     }
     const general = state.channels.get(GENERAL);
     // welcome.epoch is general's; a resume learns it from the history instead,

@@ -233,6 +233,25 @@ def test_presence_follows_who_comes_and_goes(pages: Pages, chat_server: ChatServ
     expect(members(ann).get_by_test_id("member-name")).to_have_text(["Ann"])
 
 
+def test_a_name_chosen_while_connecting_reaches_the_server(
+    pages: Pages, chat_server: ChatServer
+) -> None:
+    bob = open_chat(pages, chat_server, "Bob")
+    ann = pages.new()
+    relay = Relay(ann)
+    relay.hold = True
+    ann.goto(chat_server.http_url)
+    # The page's first socket is open but not welcomed yet, its URL without a name.
+    expect(status(ann)).to_have_attribute("data-state", "open")
+    choose_name(ann, "Ann")
+    relay.release()
+    connected(ann)
+    assert "name=" not in relay.urls[0]
+    expect(members(ann).get_by_test_id("member-name")).to_have_text(["Ann", "Bob"])
+    send(ann, "named")
+    expect(others(bob).get_by_test_id("sender")).to_have_text(["Ann"])
+
+
 def _more_disconnects(server: ChatServer, than: int) -> None:
     assert server.log().count("server: disconnect") > than
 
