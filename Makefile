@@ -2,8 +2,7 @@
 # check: style, types, and pytest (unit, interop, end-to-end, Autobahn
 # conformance) with branch coverage of rfc6455/. .ci/run calls it.
 PYTHON ?= python3
-AUTOBAHN ?= $(CURDIR)/.autobahn
-SHARED ?= $(CURDIR)/../shared
+export AUTOBAHN ?= $(CURDIR)/.autobahn
 
 .PHONY: test deps style types pytest conformance bench clean
 
@@ -24,7 +23,7 @@ deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -e '.[test,bench,auth,redis,postgres]'
-	bash $(SHARED)/autobahn/install.sh $(AUTOBAHN) >/dev/null
+	$(PYTHON) -m tests.conformance.autobahn install $(AUTOBAHN) >/dev/null
 
 style:
 	$(PYTHON) -m ruff check .
