@@ -1,10 +1,11 @@
-"""The wheel: what it carries, and an installed server serving its web client.
+"""The sdist and the wheel: what they carry, and an installed server serving its web client.
 
-One wheel and one venv for the module (building and ``python -m venv`` take seconds), made
-offline: the build uses the setuptools of the interpreter running the tests
-(``--no-build-isolation``) and the install ``--no-index``. The build runs on a copy of the
-checkout's files (``git ls-files``: tracked, and untracked unless ignored), so that nothing an
-earlier build left in ``build/`` can slip into the wheel, and the checkout is left as it was.
+One build and one venv for the module (building and ``python -m venv`` take seconds), made
+offline: ``python -m build`` (the test extra's ``build``) makes the sdist, then the wheel from
+the sdist, with the setuptools of the interpreter running the tests (``--no-isolation``), and
+the install is ``--no-index``. The build runs on a copy of the checkout's files (``git
+ls-files``: tracked, and untracked unless ignored), so that nothing an earlier build left in
+``build/`` can slip in, and the checkout is left as it was.
 
 The installed server runs from a folder outside the checkout with no ``PYTHON*`` or ``CHAT_*``
 variable inherited, so everything it imports comes from the venv, which holds nothing else but
@@ -22,9 +23,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import threading
 import zipfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -37,6 +40,8 @@ LISTENING = re.compile(r"listening: open http://127\.0\.0\.1:(\d+)/")
 # Seconds for one build or install step, and for the server to start or to stop.
 STEP_TIMEOUT = 120.0
 SERVER_TIMEOUT = 15.0
+# The sdist's source trees: every file the checkout has in them, nothing else.
+_SDIST_TREES = ("rfc6455/", "server/", "web_client/")
 
 
 def _checkout_files() -> list[str]:
@@ -89,32 +94,51 @@ def _run(
     return result
 
 
+def _assert_version_and_pep_639_license(metadata: str) -> None:
+    """Core metadata (a wheel's METADATA, an sdist's PKG-INFO): our version, PEP 639's license."""
+    assert f"\nVersion: {rfc6455.__version__}\n" in metadata
+    assert "\nLicense-Expression: MIT\n" in metadata
+    assert "\nLicense-File: LICENSE.txt\n" in metadata
+    assert "License ::" not in metadata  # no classifier beside the expression
+
+
+@dataclass(frozen=True)
+class _Build:
+    """What ``python -m build`` made, and what it printed."""
+
+    sdist: Path
+    wheel: Path
+    output: str
+
+
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The wheel built from a copy of the checkout."""
+def build(tmp_path_factory: pytest.TempPathFactory) -> _Build:
+    """The sdist built from a copy of the checkout, and the wheel built from that sdist."""
     root = tmp_path_factory.mktemp("build")
     source = root / "source"
     for name in _checkout_files():
         (source / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, source / name)
     dist = root / "dist"
-    _run(
+    result = _run(
         sys.executable,
         "-m",
-        "pip",
-        "wheel",
-        ".",
-        "--no-deps",
-        "--no-build-isolation",
-        "--no-index",
-        "--disable-pip-version-check",
-        "-w",
+        "build",
+        "--no-isolation",
+        "--outdir",
         dist,
         cwd=source,
-        hint="(\"invalid command 'bdist_wheel'\": setuptools<70.1, see the test extra) ",
+        hint='("No module named build" or "invalid command \'bdist_wheel\'": see the test extra) ',
     )
-    (built,) = dist.glob("*.whl")
-    return built
+    (sdist,) = dist.glob("*.tar.gz")
+    (wheel,) = dist.glob("*.whl")
+    return _Build(sdist, wheel, result.stdout + result.stderr)
+
+
+@pytest.fixture(scope="module")
+def wheel(build: _Build) -> Path:
+    """The wheel built from the sdist."""
+    return build.wheel
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +166,31 @@ def outside(tmp_path: Path) -> Path:
     """A working directory outside the checkout, so that nothing is imported from it."""
     assert not tmp_path.resolve().is_relative_to(REPO)
     return tmp_path
+
+
+def test_build_makes_the_wheel_from_the_sdist_without_a_deprecation_warning(
+    build: _Build,
+) -> None:
+    assert "Building wheel from sdist" in build.output
+    assert not re.search(r"deprecat", build.output, re.IGNORECASE), build.output
+
+
+def test_sdist_carries_the_packages_the_web_client_and_pep_639_metadata(build: _Build) -> None:
+    with tarfile.open(build.sdist) as archive:
+        (top,) = {name.split("/")[0] for name in archive.getnames()}
+        names = {
+            member.name.removeprefix(f"{top}/")
+            for member in archive.getmembers()
+            if member.isfile()
+        }
+        metadata = archive.extractfile(f"{top}/PKG-INFO")
+        assert metadata is not None
+        pkg_info = metadata.read().decode()
+    sources = {name for name in _checkout_files() if name.startswith(_SDIST_TREES)}
+    assert {"web_client/index.html", "web_client/script.js", "web_client/style.css"} <= sources
+    assert {name for name in names if name.startswith(_SDIST_TREES)} == sources
+    assert {"pyproject.toml", "README.md", "LICENSE.txt", "PKG-INFO"} <= names
+    _assert_version_and_pep_639_license(pkg_info)
 
 
 def test_wheel_carries_the_web_client_and_no_tests(wheel: Path) -> None:
@@ -180,10 +229,7 @@ def test_wheel_metadata_has_the_version_and_its_license_as_pep_639_says(wheel: P
     with zipfile.ZipFile(wheel) as archive:
         (name,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
         metadata = archive.read(name).decode()
-    assert f"\nVersion: {rfc6455.__version__}\n" in metadata
-    assert "\nLicense-Expression: MIT\n" in metadata
-    assert "\nLicense-File: LICENSE.txt\n" in metadata
-    assert "License ::" not in metadata  # no classifier beside the expression
+    _assert_version_and_pep_639_license(metadata)
 
 
 @pytest.mark.parametrize("script", ["rfc6455-chat", "rfc6455"])
