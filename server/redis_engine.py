@@ -92,8 +92,8 @@ def connect_redis(url: str) -> Any:
     raises ``ImportError`` naming the extra."""
     try:
         from redis.asyncio import BlockingConnectionPool, Redis
+        from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
-        from redis.retry import Retry
     except ImportError:
         raise ImportError(_MISSING_REDIS) from None
     pool = BlockingConnectionPool.from_url(
