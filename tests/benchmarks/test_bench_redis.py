@@ -68,7 +68,10 @@ def test_smallest_run_measures_every_workload(tmp_path: Path) -> None:
             (measurement,) = rounds
             assert measurement["value"] > 0, (name, server)
             assert measurement["errors"] == 0, (name, server, measurement["raw"].get("errors"))
-            assert measurement["cpu_per_unit_us"] > 0, (name, server)
+            # CPU is read in clock ticks (10 ms): the latency workload's 50 messages to 3
+            # receivers may cost node B less than one, the other workloads many.
+            cpu = measurement["cpu_per_unit_us"]
+            assert cpu >= 0 if name == "latency" else cpu > 0, (name, server)
     for name in ("redis", "workers-1", "workers-2"):
         raw = results["publish"][name][0]["raw"]
         assert raw["acks"] > 0
