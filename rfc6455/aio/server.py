@@ -23,6 +23,7 @@ from ..http11 import Request, RequestParser, Response, body_length
 from ..limits import Limits
 from ..protocol import Side
 from .connection import Connection, _address, _peer, _receive_buffer
+from .throttle import ThrottledLog
 
 __all__ = ["ProcessRefusal", "ProcessRequest", "Server", "serve"]
 
@@ -45,9 +46,6 @@ _ACCEPT_PAUSE = 0.1
 # Connections taken per readiness of a listening socket, and the listen(2) backlog: asyncio's.
 _ACCEPT_BATCH = 100
 _BACKLOG = 100
-# Repeated warnings (accept failures, handshakes refused for being too many) are logged at
-# most once per this many seconds, with a count.
-_LOG_INTERVAL = 1.0
 # The methods answered on their head alone, whatever body follows: a GET's content "has no
 # generally defined semantics" (RFC 9110 §9.3.1), a WebSocket upgrade is a GET whose next
 # bytes are frames, and HEAD is a GET without the answer's body. The connection is closed
@@ -58,42 +56,6 @@ _HEAD_ONLY = ("GET", "HEAD")
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # Seconds a refused request's body is read and dropped after the answer, at most (below).
 _LINGER = 5.0
-
-
-class _Throttled:
-    """A warning that may happen thousands of times a second, logged once per interval.
-
-    The first is logged at once; the next ones are counted, and each interval that had
-    some ends with one line that gives their count: one line a second at most.
-    """
-
-    def __init__(self, message: str) -> None:
-        self._message = message
-        self._count = 0
-        self._detail: object = None
-        self._timer: asyncio.TimerHandle | None = None
-
-    def __call__(self, detail: object) -> None:
-        if self._timer is None:
-            logger.warning("%s: %s", self._message, detail)
-            self._timer = asyncio.get_running_loop().call_later(_LOG_INTERVAL, self._flush)
-        else:
-            self._count += 1
-            self._detail = detail
-
-    def _flush(self) -> None:
-        if not self._count:
-            self._timer = None  # a quiet interval: the next one is logged at once
-            return
-        count, self._count = self._count, 0
-        logger.warning(
-            "%s %d more times in %g s: %s", self._message, count, _LOG_INTERVAL, self._detail
-        )
-        self._timer = asyncio.get_running_loop().call_later(_LOG_INTERVAL, self._flush)
-
-    def cancel(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
 
 
 class Server:
@@ -129,7 +91,11 @@ class Server:
         self._handshakes: set[_Handshake] = set()
         self._handshaking: Counter[str] = Counter()
         self._listeners: list[_Listener] = []
-        self._refused_busy = _Throttled("refused handshakes: too many in progress")
+        # The lines that come in floods (a scanner, a reconnect storm): one a second at most.
+        self._refused_busy = ThrottledLog(logger, logging.WARNING)
+        self._tls_failed = ThrottledLog(logger, logging.INFO)
+        self._tls_timed_out = ThrottledLog(logger, logging.INFO)
+        self._request_timed_out = ThrottledLog(logger, logging.INFO)
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
@@ -167,7 +133,11 @@ class Server:
             here is not None and self._handshaking[key] >= here
         ):
             self._refused_busy(
-                f"{len(self._handshakes)} in all, {self._handshaking[key]} from {key}"
+                "refused handshakes: too many in progress: %d in all, %d from %s",
+                len(self._handshakes),
+                self._handshaking[key],
+                key,
+                extra={"event": "handshake_refused", "peer": key, "status": 503},
             )
             return False
         return True
@@ -196,7 +166,10 @@ class Server:
             # task.exception(), which raises CancelledError in the event loop.
             connection.abort()
         except Exception:
-            logger.exception("handler failed for %s", _peer(connection.remote_address))
+            peer = _peer(connection.remote_address)
+            logger.exception(
+                "handler failed for %s", peer, extra={"event": "handler_failed", "peer": peer}
+            )
             await connection.close(CloseCode.INTERNAL_ERROR)
         else:
             await connection.close()
@@ -222,7 +195,13 @@ class Server:
         for listener in self._listeners:
             listener.close()
         self._listeners = []
-        self._refused_busy.cancel()
+        for log in (
+            self._refused_busy,
+            self._tls_failed,
+            self._tls_timed_out,
+            self._request_timed_out,
+        ):
+            log.close()
         # A client that has not finished its handshake has nothing to lose.
         for handshake in list(self._handshakes):
             handshake.abort()
@@ -265,7 +244,7 @@ class _Listener:
         self._loop = asyncio.get_running_loop()
         self._pending: set[asyncio.Task[None]] = set()
         self._resume: asyncio.TimerHandle | None = None
-        self._out_of_resources = _Throttled("cannot accept connections, pausing")
+        self._out_of_resources = ThrottledLog(logger, logging.WARNING)
         sock.setblocking(False)
         self._loop.add_reader(sock.fileno(), self._accept)
 
@@ -279,7 +258,9 @@ class _Listener:
             except OSError as exc:
                 if exc.errno not in _OUT_OF_RESOURCES:
                     raise
-                self._out_of_resources(exc)
+                self._out_of_resources(
+                    "cannot accept connections, pausing: %s", exc, extra={"event": "accept_failed"}
+                )
                 self._loop.remove_reader(self.sock.fileno())
                 self._resume = self._loop.call_later(_ACCEPT_PAUSE, self._resume_accepting)
                 return
@@ -312,10 +293,20 @@ class _Listener:
             if isinstance(exc, ssl_module.SSLError):
                 # Not TLS (plaintext HTTP, say), or no protocol version or cipher in common.
                 reason = (exc.reason or str(exc)).lower().replace("_", " ")
-                logger.info("TLS handshake with %s failed: %s", _peer(peer), reason)
+                self.server._tls_failed(
+                    "TLS handshake with %s failed: %s",
+                    _peer(peer),
+                    reason,
+                    extra={"event": "tls_failed", "peer": _peer(peer)},
+                )
             elif isinstance(exc, ConnectionAbortedError):
                 # asyncio's sslproto aborts with it once ssl_handshake_timeout has passed.
-                logger.info("dropped %s: no TLS handshake within %s s", _peer(peer), timeout)
+                self.server._tls_timed_out(
+                    "dropped %s: no TLS handshake within %s s",
+                    _peer(peer),
+                    timeout,
+                    extra={"event": "tls_timeout", "peer": _peer(peer)},
+                )
             else:  # the peer left, or the server closes
                 logger.debug("could not start a handshake: %r", exc)
             handshake.abort()
@@ -331,7 +322,7 @@ class _Listener:
             self._resume.cancel()
         else:
             self._loop.remove_reader(self.sock.fileno())
-        self._out_of_resources.cancel()
+        self._out_of_resources.close()
         for task in self._pending:
             task.cancel()
         self.sock.close()
@@ -572,7 +563,13 @@ class _Handshake(asyncio.BufferedProtocol):
         self, exc: InvalidRequest, request: Request | None = None, *, linger: bool = False
     ) -> None:
         """Answer with the refusal, as ``process_refusal`` says if the head was parsed."""
-        logger.info("refused %s: %d %s", _peer(self._remote), exc.status, exc.reason)
+        logger.info(
+            "refused %s: %d %s",
+            _peer(self._remote),
+            exc.status,
+            exc.reason,
+            extra={"event": "request_refused", "peer": _peer(self._remote), "status": exc.status},
+        )
         hook = self._server.process_refusal
         refusal = reject(exc.status, exc.reason, exc.headers)
         try:
@@ -603,10 +600,11 @@ class _Handshake(asyncio.BufferedProtocol):
         transport.close()
 
     def _timed_out(self) -> None:
-        logger.info(
+        self._server._request_timed_out(
             "dropped %s: no complete request within %s s",
             _peer(self._remote),
             self._server.limits.open_timeout,
+            extra={"event": "request_timeout", "peer": _peer(self._remote)},
         )
         self.abort()
 
