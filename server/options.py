@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from .api import check_key
 from .auth import AUTH_MODES
 from .hosts import parse_hosts
+from .logs import LOG_FORMATS
 from .origin import parse_origins
 from .settings import COMPRESSION_MODES, ECHO_MODES, Settings
 
@@ -256,6 +257,15 @@ OPTIONS: tuple[Option, ...] = (
         _choice(LOG_LEVELS, upper=True),
         "`DEBUG`, `INFO`, `WARNING` or `ERROR`",
         metavar="{" + ",".join(LOG_LEVELS) + "}",
+    ),
+    Option(
+        "--log-format",
+        "CHAT_LOG_FORMAT",
+        "log_format",
+        _choice(LOG_FORMATS),
+        "`text` (readable lines) or `json` (one object a line: time, level, event, connection "
+        "id, user, channel, peer, close code and reason; docs/deploy.md, Logs)",
+        metavar="{" + ",".join(LOG_FORMATS) + "}",
     ),
     Option(
         "--retry-attempts",

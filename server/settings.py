@@ -51,6 +51,8 @@ class Settings:
     # Processes serving the port, under a supervisor (supervisor.py); 1: this process serves.
     workers: int = 1
     log_level: str = "INFO"
+    # "text" for a terminal or a plain file; "json" for a log pipeline (logs.py).
+    log_format: str = "text"
     retry: RetryPolicy = RetryPolicy()
     # 10,000 messages of a chat burst fit in a few MiB of memory.
     queue_capacity: int = 10_000

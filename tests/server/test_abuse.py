@@ -24,6 +24,7 @@ import pytest
 import rfc6455
 from rfc6455 import ConnectionClosed, Limits
 from rfc6455.frames import Opcode, serialize_frame
+from server.logs import JsonFormatter
 from tests.server.support import (
     GUARD,
     HOST,
@@ -637,6 +638,15 @@ async def test_the_server_logs_the_code_and_reason_of_the_closes_it_starts(
     assert "server closed 1011 'keepalive ping timeout'" in line_of(silent.id)
     assert "client closed 1009 'message over 100 bytes'" not in line_of(big.id)
     assert "server closed 1009 'message over 100 bytes'" in line_of(big.id)
+    # And in the JSON lines: the code the server sent, not 1006.
+    (silent_record,) = [
+        r
+        for r in caplog.records
+        if getattr(r, "event", "") == "disconnect" and getattr(r, "connection_id", "") == silent.id
+    ]
+    line = json.loads(JsonFormatter().format(silent_record))
+    assert (line["event"], line["initiator"], line["close_code"]) == ("disconnect", "server", 1011)
+    assert line["close_reason"] == "keepalive ping timeout"
     await silent.close()
 
 

@@ -28,6 +28,7 @@ from server import users
 from server.auth import JWT_LEEWAY, BasicAuthenticator
 from server.cli import parse_args
 from server.logins import MAX_CHECKS_PER_ADDRESS, RETRY_CHECKS, LoginGuard, LoginRefused
+from server.logs import JsonFormatter
 from server.users import PasswordHash, hash_password, load_users
 from tests.server.support import (
     GUARD,
@@ -222,6 +223,19 @@ async def test_a_connection_is_closed_with_1008_when_its_token_expires(
         if "disconnect " + left["connectionId"] in r.getMessage()
     ]
     assert "server closed 1008 'token expired'" in line
+    (expired,) = [
+        r
+        for r in caplog.records
+        if getattr(r, "connection_id", "") == left["connectionId"]
+        and getattr(r, "event", "") == "disconnect"
+    ]
+    fields = json.loads(JsonFormatter().format(expired))
+    assert (fields["initiator"], fields["close_code"], fields["close_reason"]) == (
+        "server",
+        1008,
+        "token expired",
+    )
+    assert fields["user"] == "eve"
     # The other one, whose token is valid for an hour, goes on.
     assert bob.state is rfc6455.State.OPEN
 
