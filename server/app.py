@@ -9,6 +9,7 @@ import signal
 import ssl
 
 import rfc6455
+from rfc6455.forwarded import TrustedProxies
 
 from .access import access_hook
 from .api import Api, ApiBackend
@@ -144,6 +145,9 @@ class App:
                 reuse_port=settings.reuse_port,
                 ssl=context,
                 compression=settings.deflate,
+                trusted_proxies=(
+                    TrustedProxies(settings.trusted_proxies) if settings.trusted_proxies else None
+                ),
             )
         except BaseException:
             # Cannot listen (port taken, unknown host): close the database and its thread again.
@@ -193,6 +197,8 @@ class App:
         if self.server is not None:
             await self.server.close(code, reason, timeout)
         self.access.close()
+        if self.api is not None:
+            self.api.close()
         self.chat.departures.close()
         await self.engine.stop(timeout)
         figures = self.engine.health()

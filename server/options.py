@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from rfc6455.forwarded import Network, parse_networks
+
 from .api import check_key
 from .auth import AUTH_MODES
 from .hosts import parse_hosts
@@ -167,6 +169,13 @@ def _listed(parse_list: Callable[[str], frozenset[str]]) -> Parse:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
     return parse
+
+
+def _networks(text: str) -> tuple[Network, ...]:
+    try:
+        return parse_networks(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 _seconds = _non_negative("a number of seconds")
@@ -537,6 +546,18 @@ OPTIONS: tuple[Option, ...] = (
         _listed(parse_origins),
         "comma-separated Origins (`https://host[:port]`, `null`, `*`) of browser pages "
         "allowed to open the chat besides the server's own (below)",
+        shown="none",
+    ),
+    Option(
+        "--trusted-proxies",
+        "CHAT_TRUSTED_PROXIES",
+        "trusted_proxies",
+        _networks,
+        "comma-separated networks of reverse proxies (`127.0.0.1/32,::1`, `10.0.0.0/8`): for "
+        "a connection from one, the client's address is read from `Forwarded` or "
+        "`X-Forwarded-For` and its scheme from `X-Forwarded-Proto`, for the per-IP limits, "
+        "the logs and the Origin check; from any other address they are ignored "
+        "(docs/deploy.md, Behind a proxy)",
         shown="none",
     ),
     Option(

@@ -17,6 +17,7 @@ from ..addresses import address_key
 from ..deflate import Compression, PerMessageDeflate, server_negotiate
 from ..exceptions import ConnectionClosed, InvalidRequest
 from ..extensions import parse_extensions
+from ..forwarded import TrustedProxies
 from ..frames import CloseCode
 from ..handshake import accept, is_upgrade, reject, select_subprotocol
 from ..http11 import Request, RequestParser, Response, body_length
@@ -54,6 +55,8 @@ _HEAD_ONLY = ("GET", "HEAD")
 # RFC 9110 §10.1.1: a client that sent "Expect: 100-continue" waits for this (or a final
 # answer) before it sends the body; curl waits a second, then sends it anyway.
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# The answer to a handshake over Limits.max_handshakes or max_handshakes_per_address.
+_BUSY = "too many handshakes in progress: retry later"
 # Seconds a refused request's body is read and dropped after the answer, at most (below).
 _LINGER = 5.0
 
@@ -74,8 +77,10 @@ class Server:
         process_refusal: ProcessRefusal | None = None,
         ssl: ssl_module.SSLContext | None = None,
         compression: Compression | None = None,
+        trusted_proxies: TrustedProxies | None = None,
     ) -> None:
         self.handler = handler
+        self.trusted_proxies = trusted_proxies
         self._ssl = ssl
         self.compression = compression
         self.limits = limits
@@ -125,22 +130,37 @@ class Server:
             raise ValueError("a server started without ssl cannot switch to TLS")
         self._ssl = context
 
-    def _admit(self, key: str) -> bool:
-        """Count a new TCP connection from address ``key`` in; False if it is one too many."""
+    def _admit(self, key: str, *, proxy: bool = False) -> bool:
+        """Count a new TCP connection from address ``key`` in; False if it is one too many.
+
+        A trusted ``proxy`` brings many clients' handshakes: its own address is not held to
+        ``max_handshakes_per_address``, its clients' are once their heads say who they are.
+        """
         limits = self.limits
         total, here = limits.max_handshakes, limits.max_handshakes_per_address
         if (total is not None and len(self._handshakes) >= total) or (
-            here is not None and self._handshaking[key] >= here
+            not proxy and here is not None and self._handshaking[key] >= here
         ):
-            self._refused_busy(
-                "refused handshakes: too many in progress: %d in all, %d from %s",
-                len(self._handshakes),
-                self._handshaking[key],
-                key,
-                extra={"event": "handshake_refused", "peer": key, "status": 503},
-            )
+            self._log_busy(key)
             return False
         return True
+
+    def _log_busy(self, key: str) -> None:
+        self._refused_busy(
+            "refused handshakes: too many in progress: %d in all, %d from %s",
+            len(self._handshakes),
+            self._handshaking[key],
+            key,
+            extra={"event": "handshake_refused", "peer": key, "status": 503},
+        )
+
+    def _count_handshake(self, key: str, step: int) -> None:
+        """One more (``step`` 1) or one fewer (-1) handshake in progress from ``key``."""
+        count = self._handshaking[key] + step
+        if count:
+            self._handshaking[key] = count
+        else:
+            del self._handshaking[key]
 
     def connections_on(self, path: str) -> int:
         """How many of ``connections`` were opened on ``path`` (e.g. for a cap per endpoint)."""
@@ -265,11 +285,14 @@ class _Listener:
                 self._resume = self._loop.call_later(_ACCEPT_PAUSE, self._resume_accepting)
                 return
             conn.setblocking(False)
-            key = address_key(str(address[0])) if address else ""
-            if not server._admit(key):
+            host = str(address[0]) if address else ""
+            key = address_key(host)
+            proxies = server.trusted_proxies
+            proxy = proxies is not None and proxies.trusts(host)
+            if not server._admit(key, proxy=proxy):
                 _refuse_at_once(conn)
                 continue
-            handshake = _Handshake(server, key)
+            handshake = _Handshake(server, key, proxy=proxy)
             peer = _address(address)
             task = self._loop.create_task(self._start(conn, peer, handshake))
             self._pending.add(task)
@@ -330,7 +353,7 @@ class _Listener:
 
 def _refuse_at_once(conn: socket.socket) -> None:
     """Answer 503 on a new socket and close it, without a transport (the reply fits at once)."""
-    reply = reject(503, "too many handshakes in progress: retry later", (("Retry-After", "1"),))
+    reply = reject(503, _BUSY, (("Retry-After", "1"),))
     # OSError: the peer is gone already, or its window is full: closing says enough.
     with contextlib.suppress(OSError):
         conn.send(reply.serialize())
@@ -389,9 +412,10 @@ class _Handshake(asyncio.BufferedProtocol):
     and the hook included.
     """
 
-    def __init__(self, server: Server, key: str) -> None:
+    def __init__(self, server: Server, key: str, *, proxy: bool = False) -> None:
         self._server = server
         self._key = key
+        self._proxy = proxy
         self._transport: asyncio.Transport | None = None
         self._parser: RequestParser | None = None
         self._remote: tuple[str, int] | None = None
@@ -402,7 +426,7 @@ class _Handshake(asyncio.BufferedProtocol):
         self._finished = False
         # Counted from the accept on, so that a burst of accepts cannot pass the limits.
         server._handshakes.add(self)
-        server._handshaking[key] += 1
+        server._count_handshake(key, 1)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -411,7 +435,8 @@ class _Handshake(asyncio.BufferedProtocol):
             transport.abort()
             return
         self._remote = _address(transport.get_extra_info("peername"))
-        self._parser = RequestParser(self._server.limits, self._remote)
+        scheme = None if transport.get_extra_info("sslcontext") is None else "https"
+        self._parser = RequestParser(self._server.limits, self._remote, scheme)
         timeout = self._server.limits.open_timeout
         if timeout is not None:
             loop = asyncio.get_running_loop()
@@ -433,10 +458,39 @@ class _Handshake(asyncio.BufferedProtocol):
             return
         if request is None:
             return
+        if self._proxy:
+            try:
+                request = self._forwarded(request)
+            except InvalidRequest as exc:
+                self._refuse(exc, request)
+                return
         if request.method in _HEAD_ONLY or is_upgrade(request):
             self._ask(request)
         else:
             self._read_body(request)
+
+    def _forwarded(self, request: Request) -> Request:
+        """The request of a trusted proxy, from its client (``forwarded.py``), counted as its.
+
+        Raises:
+            InvalidRequest: 503: the client has ``max_handshakes_per_address`` in progress.
+        """
+        server = self._server
+        assert server.trusted_proxies is not None
+        assert self._remote is not None
+        client = server.trusted_proxies.client(request.headers, self._remote, request.scheme)
+        key = address_key(client.address[0])
+        here = server.limits.max_handshakes_per_address
+        if key != self._key:
+            if here is not None and server._handshaking[key] >= here:
+                server._log_busy(key)
+                raise InvalidRequest(503, _BUSY, (("Retry-After", "1"),))
+            server._count_handshake(self._key, -1)
+            server._count_handshake(key, 1)
+            self._key = key
+        return dataclasses.replace(
+            request, remote_address=client.address, scheme=client.scheme, proxy_address=self._remote
+        )
 
     def _read_body(self, request: Request) -> None:
         """Read the body the head announces (RFC 9112 §6.3), then ask the hook."""
@@ -563,12 +617,13 @@ class _Handshake(asyncio.BufferedProtocol):
         self, exc: InvalidRequest, request: Request | None = None, *, linger: bool = False
     ) -> None:
         """Answer with the refusal, as ``process_refusal`` says if the head was parsed."""
+        peer = _peer(self._remote if request is None else request.remote_address)
         logger.info(
             "refused %s: %d %s",
-            _peer(self._remote),
+            peer,
             exc.status,
             exc.reason,
-            extra={"event": "request_refused", "peer": _peer(self._remote), "status": exc.status},
+            extra={"event": "request_refused", "peer": peer, "status": exc.status},
         )
         hook = self._server.process_refusal
         refusal = reject(exc.status, exc.reason, exc.headers)
@@ -634,9 +689,7 @@ class _Handshake(asyncio.BufferedProtocol):
             self._finished = True
             server = self._server
             server._handshakes.discard(self)
-            server._handshaking[self._key] -= 1
-            if not server._handshaking[self._key]:
-                del server._handshaking[self._key]
+            server._count_handshake(self._key, -1)
 
 
 def _drop(data: memoryview) -> None:
@@ -655,6 +708,7 @@ async def serve(
     ssl: ssl_module.SSLContext | None = None,
     reuse_port: bool = False,
     compression: Compression | None = Compression(),
+    trusted_proxies: TrustedProxies | None = None,
     **options: float | int | None,
 ) -> Server:
     """Start a WebSocket server on ``host``:``port`` and return it, already serving.
@@ -683,6 +737,10 @@ async def serve(
         compression: permessage-deflate (RFC 7692), accepted when a client
             offers it: by default without context takeover either way; None
             turns it off.
+        trusted_proxies: reverse proxies whose ``Forwarded`` / ``X-Forwarded-For`` and
+            ``X-Forwarded-Proto`` name the client (``rfc6455.forwarded``): a request
+            through one has the client's ``remote_address`` and ``scheme``, and counts
+            toward ``max_handshakes_per_address`` as the client's once its head is read.
 
     Raises:
         OSError: An address cannot be bound (taken, or not an address of this machine).
@@ -697,6 +755,7 @@ async def serve(
         process_refusal=process_refusal,
         ssl=ssl,
         compression=compression,
+        trusted_proxies=trusted_proxies,
     )
     loop = asyncio.get_running_loop()
     # getaddrinfo may ask a DNS server: not in the event loop.
