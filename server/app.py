@@ -154,7 +154,11 @@ class App:
             await self.engine.stop(0)
             raise
         port = self.server.port
-        logger.info("listening: %s", addresses_text(settings.host, port, tls=context is not None))
+        logger.info(
+            "listening: %s",
+            addresses_text(settings.host, port, tls=context is not None),
+            extra={"event": "listening"},
+        )
         return port
 
     def _tls_context(self) -> ssl.SSLContext | None:
@@ -206,6 +210,7 @@ class App:
             "stopped: %d messages persisted, %d dead-lettered",
             figures.get("persisted", figures.get("archived", 0)),
             figures.get("deadLettered", 0),
+            extra={"event": "stopped"},
         )
 
 
@@ -261,7 +266,7 @@ async def run(settings: Settings, link: SupervisorLink | None = None) -> int:
         if restarting:
             logger.info("restarting: closing clients with %d %r", *_RESTART)
         else:
-            logger.info("shutting down")
+            logger.info("shutting down", extra={"event": "shutting_down"})
     finally:
         for signum in signals:
             with contextlib.suppress(Exception):

@@ -75,3 +75,5 @@ def configure(level: str, log_format: str, *, worker: bool = False) -> None:
         name = "%(name)s[%(process)d]" if worker else "%(name)s"
         handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {name}: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler])
+    # A library's warning (warnings.warn) becomes a line of the same format, not a bare one.
+    logging.captureWarnings(True)

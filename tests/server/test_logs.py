@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
+import signal
 import sys
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+import rfc6455
 from rfc6455 import Limits
 from server.logs import JsonFormatter, configure
 from tests.server.support import wait_until
 from tests.server.test_slow_consumer import join_without_reading
+from tests.server.test_subprocess import REPO
+from tests.server.workers_service import WAIT, Supervisor, reserved_port
 
 
 def record(message: str, *args: object, **extra: object) -> logging.LogRecord:
@@ -73,6 +80,7 @@ def test_configure_json_writes_json_lines(capsys: pytest.CaptureFixture[str]) ->
         logging.getLogger("server.test").info("hello %s", "there", extra={"event": "hello"})
     finally:
         root.handlers, root.level = saved
+        logging.captureWarnings(False)
     line = json.loads(capsys.readouterr().err)
     assert (line["event"], line["message"]) == ("hello", "hello there")
 
@@ -117,3 +125,50 @@ async def test_a_slow_consumer_is_logged_with_the_1008_the_server_sent(
     assert line["peer"].startswith("127.0.0.1:")
     (shed,) = [formatted(r) for r in caplog.records if getattr(r, "event", "") == "slow_consumer"]
     assert (shed["close_code"], shed["peer"]) == (1008, line["peer"])
+
+
+async def test_the_workers_log_in_the_supervisors_format(
+    redis_url: str, tmp_path: Path, loop_errors: list[dict[str, Any]]
+) -> None:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
+    environ["PYTHONPATH"] = str(REPO)
+    with reserved_port() as port:
+        process = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "server", "--workers", "2", "--port", str(port)),
+            *("--engine", redis_url, "--db", str(tmp_path / "m.db"), "--log-format", "json"),
+            cwd=tmp_path,
+            env={**environ, "CHAT_LOG_FORMAT": "text"},  # the flag wins, in every process
+            stdin=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        supervisor = Supervisor(process, port)
+        try:
+
+            def lines() -> list[dict[str, Any]]:
+                return [json.loads(line) for line in supervisor.lines]
+
+            # The supervisor's, once every worker listens.
+            await wait_until(
+                lambda: any(
+                    line["event"] == "listening" and line["pid"] == process.pid for line in lines()
+                ),
+                WAIT,
+            )
+            client = await rfc6455.connect(f"ws://127.0.0.1:{port}/", ping_interval=None)
+            connection_id = json.loads(await client.recv())["connectionId"]
+            await client.close()
+            await wait_until(
+                lambda: any(line.get("connection_id") == connection_id for line in lines()), WAIT
+            )
+            supervisor.signal(signal.SIGTERM)
+            assert await supervisor.wait() == 0
+        finally:
+            await supervisor.kill()
+    every = lines()  # each line was JSON, the workers' too
+    (connect,) = [line for line in every if line["event"] == "connect"]
+    assert connect["connection_id"] == connection_id
+    assert connect["pid"] != process.pid  # a worker's line
+    workers = {line["pid"] for line in every if line["event"] == "stopped"}
+    assert len(workers) == 2
+    assert process.pid not in workers
+    assert process.pid in {line["pid"] for line in every if line["logger"] == "server.supervisor"}
