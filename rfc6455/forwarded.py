@@ -129,9 +129,7 @@ def _node(text: str, scheme: str | None = None) -> _Hop:
     name = match["name"]
     if name.lower() == "unknown" or _OBFUSCATED.fullmatch(name):
         return _Hop(name, port, None, scheme)
-    address = _address(name)
-    if address.version != 4:
-        raise ValueError(f"{text!r}: an IPv6 address with a port is in brackets")
+    address = _address(name)  # no colon in it: IPv4, or not an address (ValueError)
     return _Hop(str(address), port, address, scheme)
 
 

@@ -226,3 +226,19 @@ def test_any_header_gives_a_client_or_the_proxy(forwarded: str, forwarded_for: s
     assert isinstance(got.address[0], str)
     assert 0 <= got.address[1] <= 65535
     assert got.scheme in (None, "http", "https")
+
+
+tokens = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-._~!#$%&'*+^`|", min_size=1)
+values = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=12)
+
+
+@given(st.lists(st.dictionaries(tokens, values, min_size=1, max_size=3), max_size=4))
+def test_quoted_elements_parse_back(elements: list[dict[str, str]]) -> None:
+    def quoted(value: str) -> str:
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    text = ", ".join(
+        ";".join(f"{name}={quoted(value)}" for name, value in element.items())
+        for element in elements
+    )
+    assert parse_forwarded([text]) == elements

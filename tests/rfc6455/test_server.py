@@ -1091,6 +1091,21 @@ async def test_a_trusted_proxys_request_names_the_client(net: Net) -> None:
     assert (holder.requests[1].scheme, holder.requests[1].proxy_address) == (None, None)
 
 
+async def test_a_trusted_proxys_request_without_forwarding_headers_is_its_own(net: Net) -> None:
+    holder = Holder()
+    holder.release.set()
+    proxies = TrustedProxies(parse_networks("127.0.0.2/32"))
+    server = await net.serve(
+        process_request=holder, trusted_proxies=proxies, max_handshakes_per_address=1
+    )
+    await (await net.raw(server, "127.0.0.2")).handshake()
+    (request,) = holder.requests
+    assert request.remote_address == request.proxy_address
+    assert request.remote_address is not None
+    assert request.remote_address[0] == "127.0.0.2"
+    await wait_until(lambda: not server._handshaking)
+
+
 async def test_a_trusted_proxys_handshakes_count_per_client(net: Net) -> None:
     holder = Holder()
     proxies = TrustedProxies(parse_networks("127.0.0.2/32"))
