@@ -363,7 +363,19 @@ class Api:
         )
         # repr(): the names come from the request, and a log line must stay one line.
         whose = f"user {user!r}" if user is not None else f"connection {connection_id!r}"
-        logger.info("api: disconnected %d connection(s) of %s with %d", count, whose, code)
+        logger.info(
+            "api: disconnected %d connection(s) of %s with %d",
+            count,
+            whose,
+            code,
+            extra={
+                "event": "api_disconnect",
+                "user": user,
+                "connection_id": connection_id,
+                "close_code": code,
+                "close_reason": reason,
+            },
+        )
         return {"disconnected": count}
 
 

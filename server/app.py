@@ -181,11 +181,19 @@ class App:
         try:
             context = self._tls_context()
         except TLSFileError as exc:
-            logger.error("TLS reload failed, still serving the previous certificate: %s", exc)
+            logger.error(
+                "TLS reload failed, still serving the previous certificate: %s",
+                exc,
+                extra={"event": "tls_reload_failed"},
+            )
             return False
         assert context is not None
         self.server.set_ssl(context)
-        logger.info("TLS reloaded: new connections get %s", self.settings.tls_cert)
+        logger.info(
+            "TLS reloaded: new connections get %s",
+            self.settings.tls_cert,
+            extra={"event": "tls_reloaded"},
+        )
         return True
 
     async def stop(
