@@ -196,7 +196,11 @@ class Request:
     that announced none.
 
     ``remote_address`` is not on the wire: a server's ``RequestParser`` attaches
-    the peer's address, for logging and access checks. Nor is ``state``: a dict
+    the peer's address, for logging and access checks; behind a trusted proxy it is
+    the client's (``forwarded.py``), and ``proxy_address`` the proxy's. ``scheme``
+    is ``https`` over TLS, or what a trusted proxy says the client spoke (``http`` or
+    ``https``); None for plaintext without its word, which may come from a proxy that
+    ended TLS (for comparing an ``Origin`` with ``Host``). Nor is ``state``: a dict
     for the application, where a server's ``process_request`` hook can leave what
     it learned (an authenticated user, say) for the handler, which finds the same
     request at ``Connection.request``; it takes no part in comparisons.
@@ -208,6 +212,8 @@ class Request:
     version: str = "HTTP/1.1"
     remote_address: tuple[str, int] | None = None
     body: bytes = b""
+    scheme: str | None = None
+    proxy_address: tuple[str, int] | None = None
     state: dict[str, object] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -549,10 +555,14 @@ class RequestParser(_HeadParser[Request]):
     _start_line_name = "request line"
 
     def __init__(
-        self, limits: Limits = _DEFAULT_LIMITS, remote_address: tuple[str, int] | None = None
+        self,
+        limits: Limits = _DEFAULT_LIMITS,
+        remote_address: tuple[str, int] | None = None,
+        scheme: str | None = None,
     ) -> None:
         super().__init__(limits)
         self._remote_address = remote_address
+        self._scheme = scheme
 
     def _parse_start_line(self, line: bytes) -> None:
         # RFC 9112 §3: request-line = method SP request-target SP HTTP-version
@@ -569,7 +579,14 @@ class RequestParser(_HeadParser[Request]):
         self._target = target.decode()
 
     def _build(self, headers: Headers) -> Request:
-        request = Request(self._method, self._target, headers, self._version, self._remote_address)
+        request = Request(
+            self._method,
+            self._target,
+            headers,
+            self._version,
+            self._remote_address,
+            scheme=self._scheme,
+        )
         check_host(request)
         return request
 

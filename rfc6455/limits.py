@@ -67,7 +67,9 @@ class Limits:
     # handshake, in all and from one address (IPv6: its /64). More are answered
     # 503 at once. Each holds at most max_head_size bytes for open_timeout, so
     # 1,000 hold 16 MiB; a real handshake takes milliseconds, so 100 at once
-    # from one address is a reconnect storm behind a proxy, or a slowloris.
+    # from one address is a reconnect storm behind a proxy, or a slowloris. From a
+    # trusted proxy (serve's trusted_proxies), the address is its client's, once the
+    # request's head names it.
     max_handshakes: int | None = 1000
     max_handshakes_per_address: int | None = 100
 

@@ -24,7 +24,8 @@ conformance suites and benchmarks open hundreds of connections a second through 
 The counts are exact: ``Server.connections`` holds a connection from the step of its 101 on,
 and nothing is awaited between the last count and the upgrade (after a password check in a
 worker thread the limits are counted again). Every refusal gets one log line with the path,
-never the query (an ``access_token`` may be in it) nor a credential.
+never the query (an ``access_token`` may be in it) nor a credential; a flood of 429s or
+503s one line a second (``refusals.py``).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from .auth import (
 from .commands import CommandError, identity_from_query
 from .iplimits import ConnectRate
 from .origin import OriginPolicy
+from .refusals import Refusals
 from .settings import Settings
 from .web import CHAT_PATH, ECHO_PATH, Router
 
@@ -98,6 +100,7 @@ class Access:
         self.max_per_ip = max_per_ip
         self.connect_rate = connect_rate
         self.authenticator = authenticator
+        self._refusals = Refusals(logger)
 
     def __call__(self, request: Request) -> Response | Awaitable[Response | None] | None:
         """None lets the upgrade go on; a Response answers the request; an awaitable decides
@@ -107,33 +110,33 @@ class Access:
             return answer
         if answer is not None:
             assert isinstance(answer, Response)  # an upgrade's refusal is at once (421, 404)
-            return _refused(request, answer)
+            return self._refused(request, answer)
         if (full := self._full(request.path)) is not None:
-            return _refused(request, full)
+            return self._refused(request, full)
         if request.path != CHAT_PATH:
             return None
         if not self.origins.allows(request):
             origin = request.headers.get("Origin", "")
-            return _refused(request, reject(403, f"origin {origin} is not allowed"))
+            return self._refused(request, reject(403, f"origin {origin} is not allowed"))
         try:
             identity_from_query(request.query)
         except CommandError as exc:
-            return _refused(request, reject(400, str(exc)))
+            return self._refused(request, reject(400, str(exc)))
         key = address_key(request.remote_address[0]) if request.remote_address else ""
         request.state[_KEY] = key
         if self.connect_rate is not None and (wait := self.connect_rate.admit(key)):
             seconds = math.ceil(wait)
             headers = (("Retry-After", str(seconds)),)
             reason = f"too many new connections from {key}: retry in {seconds} s"
-            return _refused(request, reject(429, reason, headers))
+            return self._refused(request, reject(429, reason, headers))
         if (crowded := self._crowded(key)) is not None:
-            return _refused(request, crowded)
+            return self._refused(request, crowded)
         if self.authenticator is None:
             return None
         try:
             identity = self.authenticator(request)
         except Unauthorized as exc:
-            return _refused(request, exc.response())
+            return self._refused(request, exc.response())
         if isinstance(identity, Identity):
             remember(request, identity)
             return None
@@ -146,17 +149,23 @@ class Access:
         try:
             identity = await pending
         except Unauthorized as exc:
-            return _refused(request, exc.response())
+            return self._refused(request, exc.response())
         refusal = self._full(request.path) or self._crowded(key)
         if refusal is not None:
-            return _refused(request, refusal)
+            return self._refused(request, refusal)
         remember(request, identity)
         return None
 
     def close(self) -> None:
-        """Stop the password checks' worker threads (``--auth basic``); once the server is."""
+        """Stop the password checks' worker threads (``--auth basic``) and log the refusals
+        counted but not logged yet; once the server is."""
         if isinstance(self.authenticator, BasicAuthenticator):
             self.authenticator.close()
+        self._refusals.close()
+
+    def _refused(self, request: Request, response: Response) -> Response:
+        self._refusals(request, response.status, response.body.decode().strip())
+        return response
 
     def _full(self, path: str) -> Response | None:
         """503 if ``max_connections`` are open, or ``max_echo`` on /echo."""
@@ -189,15 +198,6 @@ class Access:
             return None
         headers = (("Retry-After", str(RETRY_PER_IP)),)
         return reject(429, f"{limit} connections are open from {key}", headers)
-
-
-def _refused(request: Request, response: Response) -> Response:
-    address = request.remote_address
-    peer = "unknown" if address is None else f"{address[0]}:{address[1]}"
-    # The path, not the target: the query may hold an access_token.
-    reason = response.body.decode().strip()
-    logger.info("refused %s %s: %d %s", peer, request.path, response.status, reason)
-    return response
 
 
 def access_hook(router: Router, server: Callable[[], Server | None], settings: Settings) -> Access:

@@ -47,6 +47,7 @@ from .messages import (
     is_unicode,
 )
 from .ratelimit import Clock, KeyedBuckets
+from .refusals import Refusals
 
 __all__ = [
     "API_PREFIX",
@@ -214,6 +215,7 @@ class Api:
         self.max_text_chars = max_text_chars
         self.max_text_bytes = max_text_bytes
         self._failures = KeyedBuckets(MAX_AUTH_FAILURES / 60, MAX_AUTH_FAILURES, clock)
+        self._refusals = Refusals(logger)
         self._endpoints: dict[str, tuple[str, _Handler]] = {
             "/api/publish": ("POST", self._publish),
             "/api/channels": ("GET", self._channels),
@@ -232,6 +234,10 @@ class Api:
         if isinstance(payload, dict):
             return _for(request, _json(200, payload))
         return self._later(request, payload)
+
+    def close(self) -> None:
+        """Log the refusals counted but not logged yet; once the server has stopped."""
+        self._refusals.close()
 
     def refusal(self, request: Request, exc: InvalidRequest) -> Response:
         """The HTTP layer's refusal of an ``/api/`` request (its body), in JSON."""
@@ -259,7 +265,7 @@ class Api:
         if bucket is not None and (wait := bucket.wait(1)):
             seconds = math.ceil(wait)
             message = f"too many failed authentications from {address}: retry in {seconds} s"
-            _log_refusal(request, 429, message)
+            self._refusals(request, 429, message)
             raise _refused(429, "rate_limited", message, [("Retry-After", str(seconds))])
         scheme, _, credentials = (request.headers.get("Authorization") or "").partition(" ")
         bearer = scheme.lower() == "bearer"  # RFC 9110 §11.1: the scheme is case-insensitive
@@ -273,7 +279,7 @@ class Api:
             # RFC 6750 §3.1: no error code when the request has no bearer token at all.
             message = "an API key is required: Authorization: Bearer <key>"
             challenge = bearer_challenge(realm=REALM)
-        _log_refusal(request, 401, message)
+        self._refusals(request, 401, message)
         raise _refused(401, "unauthorized", message, [("WWW-Authenticate", challenge)])
 
     def _endpoint(self, request: Request) -> _Handler:
@@ -357,7 +363,19 @@ class Api:
         )
         # repr(): the names come from the request, and a log line must stay one line.
         whose = f"user {user!r}" if user is not None else f"connection {connection_id!r}"
-        logger.info("api: disconnected %d connection(s) of %s with %d", count, whose, code)
+        logger.info(
+            "api: disconnected %d connection(s) of %s with %d",
+            count,
+            whose,
+            code,
+            extra={
+                "event": "api_disconnect",
+                "user": user,
+                "connection_id": connection_id,
+                "close_code": code,
+                "close_reason": reason,
+            },
+        )
         return {"disconnected": count}
 
 
@@ -448,9 +466,3 @@ def _for(request: Request, response: Response) -> Response:
     if request.method == "HEAD":
         return Response(response.status, response.reason, response.headers)
     return response
-
-
-def _log_refusal(request: Request, status: int, message: str) -> None:
-    address = request.remote_address
-    peer = "unknown" if address is None else f"{address[0]}:{address[1]}"
-    logger.info("refused %s %s: %d %s", peer, request.path, status, message)

@@ -9,6 +9,7 @@ import signal
 import ssl
 
 import rfc6455
+from rfc6455.forwarded import TrustedProxies
 
 from .access import access_hook
 from .api import Api, ApiBackend
@@ -144,13 +145,20 @@ class App:
                 reuse_port=settings.reuse_port,
                 ssl=context,
                 compression=settings.deflate,
+                trusted_proxies=(
+                    TrustedProxies(settings.trusted_proxies) if settings.trusted_proxies else None
+                ),
             )
         except BaseException:
             # Cannot listen (port taken, unknown host): close the database and its thread again.
             await self.engine.stop(0)
             raise
         port = self.server.port
-        logger.info("listening: %s", addresses_text(settings.host, port, tls=context is not None))
+        logger.info(
+            "listening: %s",
+            addresses_text(settings.host, port, tls=context is not None),
+            extra={"event": "listening"},
+        )
         return port
 
     def _tls_context(self) -> ssl.SSLContext | None:
@@ -173,11 +181,19 @@ class App:
         try:
             context = self._tls_context()
         except TLSFileError as exc:
-            logger.error("TLS reload failed, still serving the previous certificate: %s", exc)
+            logger.error(
+                "TLS reload failed, still serving the previous certificate: %s",
+                exc,
+                extra={"event": "tls_reload_failed"},
+            )
             return False
         assert context is not None
         self.server.set_ssl(context)
-        logger.info("TLS reloaded: new connections get %s", self.settings.tls_cert)
+        logger.info(
+            "TLS reloaded: new connections get %s",
+            self.settings.tls_cert,
+            extra={"event": "tls_reloaded"},
+        )
         return True
 
     async def stop(
@@ -193,6 +209,8 @@ class App:
         if self.server is not None:
             await self.server.close(code, reason, timeout)
         self.access.close()
+        if self.api is not None:
+            self.api.close()
         self.chat.departures.close()
         await self.engine.stop(timeout)
         figures = self.engine.health()
@@ -200,6 +218,7 @@ class App:
             "stopped: %d messages persisted, %d dead-lettered",
             figures.get("persisted", figures.get("archived", 0)),
             figures.get("deadLettered", 0),
+            extra={"event": "stopped"},
         )
 
 
@@ -255,7 +274,7 @@ async def run(settings: Settings, link: SupervisorLink | None = None) -> int:
         if restarting:
             logger.info("restarting: closing clients with %d %r", *_RESTART)
         else:
-            logger.info("shutting down")
+            logger.info("shutting down", extra={"event": "shutting_down"})
     finally:
         for signum in signals:
             with contextlib.suppress(Exception):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import logging
 import os
 import sqlite3
 import sys
@@ -24,6 +23,7 @@ from rfc6455 import Limits, __version__
 from .app import namespaces_of, run
 from .auth import authenticator
 from .engine import EngineUnavailable
+from .logs import configure
 from .namespaces import NamespaceError
 from .options import OPTIONS, Option, default_text
 from .persistence import DatabaseInUse
@@ -166,12 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if link is not None:
         settings = dataclasses.replace(settings, reuse_port=True)
     # The workers of one supervisor share its stderr: each line names its worker's pid.
-    name = "%(name)s" if link is None else "%(name)s[%(process)d]"
-    logging.basicConfig(
-        level=settings.log_level,
-        format=f"%(asctime)s %(levelname)s {name}: %(message)s",
-        stream=sys.stderr,
-    )
+    configure(settings.log_level, settings.log_format, worker=link is not None)
     if settings.workers > 1:
         return asyncio.run(supervise(settings, sys.argv[1:] if argv is None else argv))
     try:

@@ -204,7 +204,20 @@ class ChatHandler:
             # RFC 6455 §7.4.1 (IANA registry): 1013, a temporary condition.
             await connection.close(CloseCode.TRY_AGAIN_LATER, "chat unavailable: try again")
             return False
-        logger.info("connect %s from %s (%d open)", client.id, client.peer, len(self.manager))
+        logger.info(
+            "connect %s from %s (%d open)",
+            client.id,
+            client.peer,
+            len(self.manager),
+            extra={
+                "event": "connect",
+                "connection_id": client.id,
+                "user": client.user,
+                "channel": DEFAULT_CHANNEL if subscriber is not None else None,
+                "peer": client.peer,
+                "open": len(self.manager),
+            },
+        )
         send_now(connection, messages.connection_id(client.id))
         send_now(connection, messages.welcome(settings.welcome, epoch))
         if subscriber is None or recovery is None:
@@ -573,12 +586,23 @@ class ChatHandler:
         if not removed:
             return
         connection = client.connection
+        ending = _Ending.of(connection.protocol)
         logger.info(
             "disconnect %s from %s: %s (%d open)",
             client.id,
             client.peer,
-            _describe_close(connection.protocol),
+            ending,
             len(self.manager),
+            extra={
+                "event": "disconnect",
+                "connection_id": client.id,
+                "user": client.user,
+                "peer": client.peer,
+                "initiator": ending.initiator,
+                "close_code": ending.code,
+                "close_reason": ending.reason,
+                "open": len(self.manager),
+            },
         )
         # closeStatus only when the client sent a code: not for 1005 nor a drop (1006).
         close = connection.protocol.close_rcvd
@@ -604,18 +628,41 @@ def _id_of(text: str) -> str | None:
     return None
 
 
-def _describe_close(protocol: rfc6455.Protocol) -> str:
-    """How a connection ended, for the log: who closed, the code, the reason escaped.
+@dataclass(frozen=True, slots=True)
+class _Ending:
+    """How a connection ended, for the log: who closed it, with which code and reason.
 
-    A reason is the peer's text: ``repr`` escapes what could forge a log line (a newline).
+    When the server closed (a keepalive timeout, a slow consumer, an expired token...) the
+    code is the one it sent, whatever the client answered; a drop without a close frame is
+    1006 (RFC 6455 §7.1.5).
+
+    Attributes:
+        initiator: ``server``, ``client`` or ``lost``.
+        code: The close code of the side that closed.
+        reason: Its reason.
+        answer: The code the client answered the server's close with, if it did.
     """
-    rcvd, sent = protocol.close_rcvd, protocol.close_sent
-    if sent is not None and (rcvd is None or protocol.close_initiator is protocol.side):
-        answer = "" if rcvd is None else f", client answered {rcvd.code}"
-        return f"server closed {sent.code} {sent.reason!r}{answer}"
-    if rcvd is not None:
-        return f"client closed {rcvd.code} {rcvd.reason!r}"
-    return "connection lost (1006)"
+
+    initiator: str
+    code: int
+    reason: str
+    answer: int | None = None
+
+    @classmethod
+    def of(cls, protocol: rfc6455.Protocol) -> _Ending:
+        rcvd, sent = protocol.close_rcvd, protocol.close_sent
+        if sent is not None and (rcvd is None or protocol.close_initiator is protocol.side):
+            return cls("server", sent.code, sent.reason, None if rcvd is None else rcvd.code)
+        if rcvd is not None:
+            return cls("client", rcvd.code, rcvd.reason)
+        return cls("lost", CloseCode.ABNORMAL_CLOSURE, "")
+
+    def __str__(self) -> str:
+        # A reason is the peer's text: repr escapes what could forge a log line (a newline).
+        if self.initiator == "lost":
+            return f"connection lost ({self.code})"
+        answer = "" if self.answer is None else f", client answered {self.answer}"
+        return f"{self.initiator} closed {self.code} {self.reason!r}{answer}"
 
 
 async def echo(connection: rfc6455.Connection) -> None:

@@ -1,7 +1,9 @@
 """Per-address limits of the chat endpoint: connections open at once, and new ones a second.
 
-Both are off by default: every client behind one NAT, carrier-grade NAT or reverse proxy shares
-an address. Addresses are counted by ``rfc6455.addresses.address_key`` (IPv6 by its /64).
+Both are off by default: every client behind one NAT or carrier-grade NAT shares an address,
+and so does every client of a reverse proxy unless ``--trusted-proxies`` names it (then the
+address is the one the proxy forwards, ``rfc6455.forwarded``). Addresses are counted by
+``rfc6455.addresses.address_key`` (IPv6 by its /64).
 """
 
 from __future__ import annotations

@@ -16,9 +16,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from rfc6455.forwarded import Network, parse_networks
+
 from .api import check_key
 from .auth import AUTH_MODES
 from .hosts import parse_hosts
+from .logs import LOG_FORMATS
 from .origin import parse_origins
 from .settings import COMPRESSION_MODES, ECHO_MODES, Settings
 
@@ -168,6 +171,13 @@ def _listed(parse_list: Callable[[str], frozenset[str]]) -> Parse:
     return parse
 
 
+def _networks(text: str) -> tuple[Network, ...]:
+    try:
+        return parse_networks(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 _seconds = _non_negative("a number of seconds")
 _seconds_or_off = _non_negative("a number of seconds", zero_is_none=True)
 _rate = _non_negative("a number per second")
@@ -256,6 +266,15 @@ OPTIONS: tuple[Option, ...] = (
         _choice(LOG_LEVELS, upper=True),
         "`DEBUG`, `INFO`, `WARNING` or `ERROR`",
         metavar="{" + ",".join(LOG_LEVELS) + "}",
+    ),
+    Option(
+        "--log-format",
+        "CHAT_LOG_FORMAT",
+        "log_format",
+        _choice(LOG_FORMATS),
+        "`text` (readable lines) or `json` (one object a line: time, level, event, connection "
+        "id, user, channel, peer, close code and reason; docs/deploy.md, Logs)",
+        metavar="{" + ",".join(LOG_FORMATS) + "}",
     ),
     Option(
         "--retry-attempts",
@@ -527,6 +546,18 @@ OPTIONS: tuple[Option, ...] = (
         _listed(parse_origins),
         "comma-separated Origins (`https://host[:port]`, `null`, `*`) of browser pages "
         "allowed to open the chat besides the server's own (below)",
+        shown="none",
+    ),
+    Option(
+        "--trusted-proxies",
+        "CHAT_TRUSTED_PROXIES",
+        "trusted_proxies",
+        _networks,
+        "comma-separated networks of reverse proxies (`127.0.0.1/32,::1`, `10.0.0.0/8`): for "
+        "a connection from one, the client's address is read from `Forwarded` or "
+        "`X-Forwarded-For` and its scheme from `X-Forwarded-Proto`, for the per-IP limits, "
+        "the logs and the Origin check; from any other address they are ignored "
+        "(docs/deploy.md, Behind a proxy)",
         shown="none",
     ),
     Option(

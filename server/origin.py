@@ -6,7 +6,9 @@ the chat from a visitor's browser, with the visitor's network position (a server
 or an intranet) and the credentials the browser adds by itself (basic authentication). So a
 handshake is allowed when it has no ``Origin`` (not a browser: the console client, scripts),
 when its Origin names the host it was sent to (the page served by this server: the Origin's
-``host[:port]`` equals the ``Host`` header), or when the Origin is listed in
+``host[:port]`` equals the ``Host`` header, a default port or not, and its scheme is the one
+the client spoke when the server knows it: ``https`` over TLS, or what a trusted proxy says,
+``--trusted-proxies``), or when the Origin is listed in
 ``--allowed-origins``. ``null`` (a page opened as a file, a sandboxed frame) must be listed to be
 allowed, and ``*`` allows every Origin.
 """
@@ -22,6 +24,7 @@ __all__ = ["OriginPolicy", "parse_origins"]
 
 ANY = "*"
 NULL = "null"
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
 
 
 def parse_origins(text: str) -> frozenset[str]:
@@ -76,4 +79,16 @@ class OriginPolicy:
         # RFC 6454 §6.2: the serialization is scheme "://" host [ ":" port ]; its authority is
         # what the browser put in the Host header (RFC 9110 §7.2) for a page of this server.
         scheme, separator, authority = origin.partition("://")
-        return bool(separator and scheme and host) and authority == host
+        if not (separator and scheme and host):
+            return False
+        # A page of http://chat.example is not of the https:// site (RFC 6454 §5), but over
+        # plaintext without a trusted proxy's word the server cannot tell which it serves.
+        if request.scheme is not None and scheme != request.scheme:
+            return False
+        return _without_default_port(authority, scheme) == _without_default_port(host, scheme)
+
+
+def _without_default_port(authority: str, scheme: str) -> str:
+    """``host:443`` as ``host`` for https (RFC 9110 §4.2: the same origin), ``:80`` for http."""
+    port = _DEFAULT_PORTS.get(scheme)
+    return authority.removesuffix(f":{port}") if port else authority

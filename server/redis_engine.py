@@ -356,7 +356,12 @@ class RedisEngine:
                 missing.add(draft.channel)
                 again.append(draft)
             elif isinstance(result, Exception):
-                logger.warning("publish to %s failed: %s", draft.channel, result)
+                logger.warning(
+                    "publish to %s failed: %s",
+                    draft.channel,
+                    result,
+                    extra={"event": "publish_failed", "channel": draft.channel},
+                )
                 acks.append(Ack(draft, 0, "", stored=False, unavailable=True))
             else:
                 seq, epoch, duplicate = result
@@ -406,7 +411,12 @@ class RedisEngine:
             INIT, keys.meta, keys.stream, args=(str(uuid.uuid4()), floor, GROUP, _UNUSED_TTL)
         )
         if made:
-            logger.info("channel %s: a new epoch, after seq %d", keys.channel, floor)
+            logger.info(
+                "channel %s: a new epoch, after seq %d",
+                keys.channel,
+                floor,
+                extra={"event": "new_epoch", "channel": keys.channel},
+            )
 
     async def _read(
         self, channel: str, *, after: int | None = None, most: int = 0, latest: int = 0
@@ -639,7 +649,10 @@ class RedisEngine:
                     entries = await self._after(channel, watch.top, read, most, None)
                 if entries is None:
                     logger.warning(
-                        "channel %s: cannot go on from seq %d: starting again", channel, watch.top
+                        "channel %s: cannot go on from seq %d: starting again",
+                        channel,
+                        watch.top,
+                        extra={"event": "channel_reset", "channel": channel},
                     )
                     watch.epoch, watch.top = read.epoch, read.top
                     self._release_acks(watch, everything=True)
@@ -857,7 +870,11 @@ class RedisEngine:
         go on meanwhile, and what it missed is read from the streams."""
         if self._closed:
             return
-        logger.warning("redis: pub/sub connection lost (%s): reconnecting", error)
+        logger.warning(
+            "redis: pub/sub connection lost (%s): reconnecting",
+            error,
+            extra={"event": "redis_pubsub_lost"},
+        )
         self._losses += 1
         self._start_reconnecting(0.0)
 
@@ -865,7 +882,11 @@ class RedisEngine:
         if self._available:
             self._available = False
             self._outages += 1
-            logger.warning("redis: unreachable (%s): publishes are refused until it is back", error)
+            logger.warning(
+                "redis: unreachable (%s): publishes are refused until it is back",
+                error,
+                extra={"event": "redis_unreachable"},
+            )
 
     def _start_reconnecting(self, delay: float) -> None:
         if self._reconnecting is None:
@@ -918,7 +939,11 @@ class RedisEngine:
                 if self._losses != losses:  # one broke again meanwhile
                     delay = 0.0
                     continue
-                logger.info("redis: connected again (attempt %d)", attempt)
+                logger.info(
+                    "redis: connected again (attempt %d)",
+                    attempt,
+                    extra={"event": "redis_reconnected"},
+                )
                 self.presence.refresh_soon()
                 return
         finally:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rfc6455 import Compression, Limits
+from rfc6455.forwarded import Network
 
 from .messages import MAX_TEXT_BYTES, MAX_TEXT_CHARS
 from .retry import RetryPolicy
@@ -51,6 +52,8 @@ class Settings:
     # Processes serving the port, under a supervisor (supervisor.py); 1: this process serves.
     workers: int = 1
     log_level: str = "INFO"
+    # "text" for a terminal or a plain file; "json" for a log pipeline (logs.py).
+    log_format: str = "text"
     retry: RetryPolicy = RetryPolicy()
     # 10,000 messages of a chat burst fit in a few MiB of memory.
     queue_capacity: int = 10_000
@@ -99,6 +102,9 @@ class Settings:
     connect_burst_per_ip: int = 10
     # Browser pages of other sites allowed to open the chat (origin.py), besides the server's.
     allowed_origins: frozenset[str] = frozenset()
+    # Reverse proxies whose Forwarded / X-Forwarded-For name the client (rfc6455.forwarded):
+    # none, since from anyone else those headers are whatever the client wrote.
+    trusted_proxies: tuple[Network, ...] = ()
     # Host names the server may be reached as, besides IP addresses and localhost (hosts.py).
     allowed_hosts: frozenset[str] = frozenset()
     # The /echo endpoint (tests and benchmarks): "auto", "on" or "off" (404).

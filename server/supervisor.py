@@ -262,7 +262,7 @@ class Supervisor:
         worker = _Worker(slot, process, parent)
         self._alive.add(worker)
         worker.add_exit_callback(lambda: self._alive.discard(worker))
-        logger.info("%s started", worker)
+        logger.info("%s started", worker, extra={"event": "worker_started"})
         return worker
 
     async def _keep(self, slot: int) -> None:
@@ -270,7 +270,12 @@ class Supervisor:
         self._slots[slot] = worker = await self._start(slot)
         if not await worker.listening():
             status = await worker.wait()
-            logger.error("%s %s before it listened", worker, _ending(status))
+            logger.error(
+                "%s %s before it listened",
+                worker,
+                _ending(status),
+                extra={"event": "worker_failed"},
+            )
             self._status = status if status > 0 else 1
             self.stop()
             return
@@ -287,7 +292,13 @@ class Supervisor:
                 continue  # retired by a restart: the slot's worker is its replacement
             if loop.time() - worker.started >= self._backoff.reset_after:
                 delay = self._backoff.first
-            logger.warning("%s %s; starting it again in %g s", worker, _ending(status), delay)
+            logger.warning(
+                "%s %s; starting it again in %g s",
+                worker,
+                _ending(status),
+                delay,
+                extra={"event": "worker_exited"},
+            )
             await asyncio.sleep(delay)
             delay = min(2 * delay, self._backoff.most)
             async with self._locks[slot]:
@@ -360,6 +371,7 @@ async def supervise(settings: Settings, argv: Sequence[str]) -> int:
             "listening: %s, %d workers",
             addresses_text(settings.host, settings.port, tls=settings.tls_cert is not None),
             settings.workers,
+            extra={"event": "listening"},
         )
 
     supervisor = Supervisor(

@@ -388,7 +388,17 @@ class Connection(asyncio.BufferedProtocol):
     def fail(self, code: int, reason: str) -> None:
         """Fail the connection (RFC 6455 §7.1.7), e.g. on a keepalive timeout."""
         if self.protocol.state is _OPEN:
-            self.logger.info("failing connection: %d %s", code, reason)
+            self.logger.info(
+                "failing connection: %d %s",
+                code,
+                reason,
+                extra={
+                    "event": "connection_failed",
+                    "peer": _peer(self.remote_address),
+                    "close_code": code,
+                    "close_reason": reason,
+                },
+            )
         self.protocol.fail(code, reason)
         self._flush()
 
@@ -479,6 +489,12 @@ class Connection(asyncio.BufferedProtocol):
                     _peer(self.remote_address),
                     event.close_code,
                     event,
+                    extra={
+                        "event": "protocol_error",
+                        "peer": _peer(self.remote_address),
+                        "close_code": event.close_code,
+                        "close_reason": str(event),
+                    },
                 )
                 # Fail once the handler has taken the messages that came before
                 # the error (RFC 6455 §7.1.7), so that it can still answer them.
@@ -636,6 +652,12 @@ class Connection(asyncio.BufferedProtocol):
             "%s is a slow consumer: %d bytes not read, closing with 1008",
             _peer(self.remote_address),
             self._transport.get_write_buffer_size(),
+            extra={
+                "event": "slow_consumer",
+                "peer": _peer(self.remote_address),
+                "close_code": CloseCode.POLICY_VIOLATION,
+                "close_reason": "slow consumer",
+            },
         )
         # RFC 6455 §7.4.1: 1008, "a message that violates its policy".
         self.protocol.fail(CloseCode.POLICY_VIOLATION, "slow consumer")

@@ -17,12 +17,14 @@ from ..addresses import address_key
 from ..deflate import Compression, PerMessageDeflate, server_negotiate
 from ..exceptions import ConnectionClosed, InvalidRequest
 from ..extensions import parse_extensions
+from ..forwarded import TrustedProxies
 from ..frames import CloseCode
 from ..handshake import accept, is_upgrade, reject, select_subprotocol
 from ..http11 import Request, RequestParser, Response, body_length
 from ..limits import Limits
 from ..protocol import Side
 from .connection import Connection, _address, _peer, _receive_buffer
+from .throttle import ThrottledLog
 
 __all__ = ["ProcessRefusal", "ProcessRequest", "Server", "serve"]
 
@@ -45,9 +47,6 @@ _ACCEPT_PAUSE = 0.1
 # Connections taken per readiness of a listening socket, and the listen(2) backlog: asyncio's.
 _ACCEPT_BATCH = 100
 _BACKLOG = 100
-# Repeated warnings (accept failures, handshakes refused for being too many) are logged at
-# most once per this many seconds, with a count.
-_LOG_INTERVAL = 1.0
 # The methods answered on their head alone, whatever body follows: a GET's content "has no
 # generally defined semantics" (RFC 9110 §9.3.1), a WebSocket upgrade is a GET whose next
 # bytes are frames, and HEAD is a GET without the answer's body. The connection is closed
@@ -56,44 +55,10 @@ _HEAD_ONLY = ("GET", "HEAD")
 # RFC 9110 §10.1.1: a client that sent "Expect: 100-continue" waits for this (or a final
 # answer) before it sends the body; curl waits a second, then sends it anyway.
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# The answer to a handshake over Limits.max_handshakes or max_handshakes_per_address.
+_BUSY = "too many handshakes in progress: retry later"
 # Seconds a refused request's body is read and dropped after the answer, at most (below).
 _LINGER = 5.0
-
-
-class _Throttled:
-    """A warning that may happen thousands of times a second, logged once per interval.
-
-    The first is logged at once; the next ones are counted, and each interval that had
-    some ends with one line that gives their count: one line a second at most.
-    """
-
-    def __init__(self, message: str) -> None:
-        self._message = message
-        self._count = 0
-        self._detail: object = None
-        self._timer: asyncio.TimerHandle | None = None
-
-    def __call__(self, detail: object) -> None:
-        if self._timer is None:
-            logger.warning("%s: %s", self._message, detail)
-            self._timer = asyncio.get_running_loop().call_later(_LOG_INTERVAL, self._flush)
-        else:
-            self._count += 1
-            self._detail = detail
-
-    def _flush(self) -> None:
-        if not self._count:
-            self._timer = None  # a quiet interval: the next one is logged at once
-            return
-        count, self._count = self._count, 0
-        logger.warning(
-            "%s %d more times in %g s: %s", self._message, count, _LOG_INTERVAL, self._detail
-        )
-        self._timer = asyncio.get_running_loop().call_later(_LOG_INTERVAL, self._flush)
-
-    def cancel(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
 
 
 class Server:
@@ -112,8 +77,10 @@ class Server:
         process_refusal: ProcessRefusal | None = None,
         ssl: ssl_module.SSLContext | None = None,
         compression: Compression | None = None,
+        trusted_proxies: TrustedProxies | None = None,
     ) -> None:
         self.handler = handler
+        self.trusted_proxies = trusted_proxies
         self._ssl = ssl
         self.compression = compression
         self.limits = limits
@@ -129,7 +96,11 @@ class Server:
         self._handshakes: set[_Handshake] = set()
         self._handshaking: Counter[str] = Counter()
         self._listeners: list[_Listener] = []
-        self._refused_busy = _Throttled("refused handshakes: too many in progress")
+        # The lines that come in floods (a scanner, a reconnect storm): one a second at most.
+        self._refused_busy = ThrottledLog(logger, logging.WARNING)
+        self._tls_failed = ThrottledLog(logger, logging.INFO)
+        self._tls_timed_out = ThrottledLog(logger, logging.INFO)
+        self._request_timed_out = ThrottledLog(logger, logging.INFO)
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
@@ -159,18 +130,37 @@ class Server:
             raise ValueError("a server started without ssl cannot switch to TLS")
         self._ssl = context
 
-    def _admit(self, key: str) -> bool:
-        """Count a new TCP connection from address ``key`` in; False if it is one too many."""
+    def _admit(self, key: str, *, proxy: bool = False) -> bool:
+        """Count a new TCP connection from address ``key`` in; False if it is one too many.
+
+        A trusted ``proxy`` brings many clients' handshakes: its own address is not held to
+        ``max_handshakes_per_address``, its clients' are once their heads say who they are.
+        """
         limits = self.limits
         total, here = limits.max_handshakes, limits.max_handshakes_per_address
         if (total is not None and len(self._handshakes) >= total) or (
-            here is not None and self._handshaking[key] >= here
+            not proxy and here is not None and self._handshaking[key] >= here
         ):
-            self._refused_busy(
-                f"{len(self._handshakes)} in all, {self._handshaking[key]} from {key}"
-            )
+            self._log_busy(key)
             return False
         return True
+
+    def _log_busy(self, key: str) -> None:
+        self._refused_busy(
+            "refused handshakes: too many in progress: %d in all, %d from %s",
+            len(self._handshakes),
+            self._handshaking[key],
+            key,
+            extra={"event": "handshake_refused", "peer": key, "status": 503},
+        )
+
+    def _count_handshake(self, key: str, step: int) -> None:
+        """One more (``step`` 1) or one fewer (-1) handshake in progress from ``key``."""
+        count = self._handshaking[key] + step
+        if count:
+            self._handshaking[key] = count
+        else:
+            del self._handshaking[key]
 
     def connections_on(self, path: str) -> int:
         """How many of ``connections`` were opened on ``path`` (e.g. for a cap per endpoint)."""
@@ -196,7 +186,10 @@ class Server:
             # task.exception(), which raises CancelledError in the event loop.
             connection.abort()
         except Exception:
-            logger.exception("handler failed for %s", _peer(connection.remote_address))
+            peer = _peer(connection.remote_address)
+            logger.exception(
+                "handler failed for %s", peer, extra={"event": "handler_failed", "peer": peer}
+            )
             await connection.close(CloseCode.INTERNAL_ERROR)
         else:
             await connection.close()
@@ -222,7 +215,13 @@ class Server:
         for listener in self._listeners:
             listener.close()
         self._listeners = []
-        self._refused_busy.cancel()
+        for log in (
+            self._refused_busy,
+            self._tls_failed,
+            self._tls_timed_out,
+            self._request_timed_out,
+        ):
+            log.close()
         # A client that has not finished its handshake has nothing to lose.
         for handshake in list(self._handshakes):
             handshake.abort()
@@ -265,7 +264,7 @@ class _Listener:
         self._loop = asyncio.get_running_loop()
         self._pending: set[asyncio.Task[None]] = set()
         self._resume: asyncio.TimerHandle | None = None
-        self._out_of_resources = _Throttled("cannot accept connections, pausing")
+        self._out_of_resources = ThrottledLog(logger, logging.WARNING)
         sock.setblocking(False)
         self._loop.add_reader(sock.fileno(), self._accept)
 
@@ -279,16 +278,21 @@ class _Listener:
             except OSError as exc:
                 if exc.errno not in _OUT_OF_RESOURCES:
                     raise
-                self._out_of_resources(exc)
+                self._out_of_resources(
+                    "cannot accept connections, pausing: %s", exc, extra={"event": "accept_failed"}
+                )
                 self._loop.remove_reader(self.sock.fileno())
                 self._resume = self._loop.call_later(_ACCEPT_PAUSE, self._resume_accepting)
                 return
             conn.setblocking(False)
-            key = address_key(str(address[0])) if address else ""
-            if not server._admit(key):
+            host = str(address[0]) if address else ""
+            key = address_key(host)
+            proxies = server.trusted_proxies
+            proxy = proxies is not None and proxies.trusts(host)
+            if not server._admit(key, proxy=proxy):
                 _refuse_at_once(conn)
                 continue
-            handshake = _Handshake(server, key)
+            handshake = _Handshake(server, key, proxy=proxy)
             peer = _address(address)
             task = self._loop.create_task(self._start(conn, peer, handshake))
             self._pending.add(task)
@@ -312,10 +316,20 @@ class _Listener:
             if isinstance(exc, ssl_module.SSLError):
                 # Not TLS (plaintext HTTP, say), or no protocol version or cipher in common.
                 reason = (exc.reason or str(exc)).lower().replace("_", " ")
-                logger.info("TLS handshake with %s failed: %s", _peer(peer), reason)
+                self.server._tls_failed(
+                    "TLS handshake with %s failed: %s",
+                    _peer(peer),
+                    reason,
+                    extra={"event": "tls_failed", "peer": _peer(peer)},
+                )
             elif isinstance(exc, ConnectionAbortedError):
                 # asyncio's sslproto aborts with it once ssl_handshake_timeout has passed.
-                logger.info("dropped %s: no TLS handshake within %s s", _peer(peer), timeout)
+                self.server._tls_timed_out(
+                    "dropped %s: no TLS handshake within %s s",
+                    _peer(peer),
+                    timeout,
+                    extra={"event": "tls_timeout", "peer": _peer(peer)},
+                )
             else:  # the peer left, or the server closes
                 logger.debug("could not start a handshake: %r", exc)
             handshake.abort()
@@ -331,7 +345,7 @@ class _Listener:
             self._resume.cancel()
         else:
             self._loop.remove_reader(self.sock.fileno())
-        self._out_of_resources.cancel()
+        self._out_of_resources.close()
         for task in self._pending:
             task.cancel()
         self.sock.close()
@@ -339,7 +353,7 @@ class _Listener:
 
 def _refuse_at_once(conn: socket.socket) -> None:
     """Answer 503 on a new socket and close it, without a transport (the reply fits at once)."""
-    reply = reject(503, "too many handshakes in progress: retry later", (("Retry-After", "1"),))
+    reply = reject(503, _BUSY, (("Retry-After", "1"),))
     # OSError: the peer is gone already, or its window is full: closing says enough.
     with contextlib.suppress(OSError):
         conn.send(reply.serialize())
@@ -398,9 +412,10 @@ class _Handshake(asyncio.BufferedProtocol):
     and the hook included.
     """
 
-    def __init__(self, server: Server, key: str) -> None:
+    def __init__(self, server: Server, key: str, *, proxy: bool = False) -> None:
         self._server = server
         self._key = key
+        self._proxy = proxy
         self._transport: asyncio.Transport | None = None
         self._parser: RequestParser | None = None
         self._remote: tuple[str, int] | None = None
@@ -411,7 +426,7 @@ class _Handshake(asyncio.BufferedProtocol):
         self._finished = False
         # Counted from the accept on, so that a burst of accepts cannot pass the limits.
         server._handshakes.add(self)
-        server._handshaking[key] += 1
+        server._count_handshake(key, 1)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -420,7 +435,8 @@ class _Handshake(asyncio.BufferedProtocol):
             transport.abort()
             return
         self._remote = _address(transport.get_extra_info("peername"))
-        self._parser = RequestParser(self._server.limits, self._remote)
+        scheme = None if transport.get_extra_info("sslcontext") is None else "https"
+        self._parser = RequestParser(self._server.limits, self._remote, scheme)
         timeout = self._server.limits.open_timeout
         if timeout is not None:
             loop = asyncio.get_running_loop()
@@ -442,10 +458,39 @@ class _Handshake(asyncio.BufferedProtocol):
             return
         if request is None:
             return
+        if self._proxy:
+            try:
+                request = self._forwarded(request)
+            except InvalidRequest as exc:
+                self._refuse(exc, request)
+                return
         if request.method in _HEAD_ONLY or is_upgrade(request):
             self._ask(request)
         else:
             self._read_body(request)
+
+    def _forwarded(self, request: Request) -> Request:
+        """The request of a trusted proxy, from its client (``forwarded.py``), counted as its.
+
+        Raises:
+            InvalidRequest: 503: the client has ``max_handshakes_per_address`` in progress.
+        """
+        server = self._server
+        assert server.trusted_proxies is not None
+        assert self._remote is not None
+        client = server.trusted_proxies.client(request.headers, self._remote, request.scheme)
+        key = address_key(client.address[0])
+        here = server.limits.max_handshakes_per_address
+        if key != self._key:
+            if here is not None and server._handshaking[key] >= here:
+                server._log_busy(key)
+                raise InvalidRequest(503, _BUSY, (("Retry-After", "1"),))
+            server._count_handshake(self._key, -1)
+            server._count_handshake(key, 1)
+            self._key = key
+        return dataclasses.replace(
+            request, remote_address=client.address, scheme=client.scheme, proxy_address=self._remote
+        )
 
     def _read_body(self, request: Request) -> None:
         """Read the body the head announces (RFC 9112 §6.3), then ask the hook."""
@@ -572,7 +617,14 @@ class _Handshake(asyncio.BufferedProtocol):
         self, exc: InvalidRequest, request: Request | None = None, *, linger: bool = False
     ) -> None:
         """Answer with the refusal, as ``process_refusal`` says if the head was parsed."""
-        logger.info("refused %s: %d %s", _peer(self._remote), exc.status, exc.reason)
+        peer = _peer(self._remote if request is None else request.remote_address)
+        logger.info(
+            "refused %s: %d %s",
+            peer,
+            exc.status,
+            exc.reason,
+            extra={"event": "request_refused", "peer": peer, "status": exc.status},
+        )
         hook = self._server.process_refusal
         refusal = reject(exc.status, exc.reason, exc.headers)
         try:
@@ -603,10 +655,11 @@ class _Handshake(asyncio.BufferedProtocol):
         transport.close()
 
     def _timed_out(self) -> None:
-        logger.info(
+        self._server._request_timed_out(
             "dropped %s: no complete request within %s s",
             _peer(self._remote),
             self._server.limits.open_timeout,
+            extra={"event": "request_timeout", "peer": _peer(self._remote)},
         )
         self.abort()
 
@@ -636,9 +689,7 @@ class _Handshake(asyncio.BufferedProtocol):
             self._finished = True
             server = self._server
             server._handshakes.discard(self)
-            server._handshaking[self._key] -= 1
-            if not server._handshaking[self._key]:
-                del server._handshaking[self._key]
+            server._count_handshake(self._key, -1)
 
 
 def _drop(data: memoryview) -> None:
@@ -657,6 +708,7 @@ async def serve(
     ssl: ssl_module.SSLContext | None = None,
     reuse_port: bool = False,
     compression: Compression | None = Compression(),
+    trusted_proxies: TrustedProxies | None = None,
     **options: float | int | None,
 ) -> Server:
     """Start a WebSocket server on ``host``:``port`` and return it, already serving.
@@ -685,6 +737,10 @@ async def serve(
         compression: permessage-deflate (RFC 7692), accepted when a client
             offers it: by default without context takeover either way; None
             turns it off.
+        trusted_proxies: reverse proxies whose ``Forwarded`` / ``X-Forwarded-For`` and
+            ``X-Forwarded-Proto`` name the client (``rfc6455.forwarded``): a request
+            through one has the client's ``remote_address`` and ``scheme``, and counts
+            toward ``max_handshakes_per_address`` as the client's once its head is read.
 
     Raises:
         OSError: An address cannot be bound (taken, or not an address of this machine).
@@ -699,6 +755,7 @@ async def serve(
         process_refusal=process_refusal,
         ssl=ssl,
         compression=compression,
+        trusted_proxies=trusted_proxies,
     )
     loop = asyncio.get_running_loop()
     # getaddrinfo may ask a DNS server: not in the event loop.

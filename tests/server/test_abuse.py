@@ -24,6 +24,7 @@ import pytest
 import rfc6455
 from rfc6455 import ConnectionClosed, Limits
 from rfc6455.frames import Opcode, serialize_frame
+from server.logs import JsonFormatter
 from tests.server.support import (
     GUARD,
     HOST,
@@ -637,6 +638,15 @@ async def test_the_server_logs_the_code_and_reason_of_the_closes_it_starts(
     assert "server closed 1011 'keepalive ping timeout'" in line_of(silent.id)
     assert "client closed 1009 'message over 100 bytes'" not in line_of(big.id)
     assert "server closed 1009 'message over 100 bytes'" in line_of(big.id)
+    # And in the JSON lines: the code the server sent, not 1006.
+    (silent_record,) = [
+        r
+        for r in caplog.records
+        if getattr(r, "event", "") == "disconnect" and getattr(r, "connection_id", "") == silent.id
+    ]
+    line = json.loads(JsonFormatter().format(silent_record))
+    assert (line["event"], line["initiator"], line["close_code"]) == ("disconnect", "server", 1011)
+    assert line["close_reason"] == "keepalive ping timeout"
     await silent.close()
 
 
@@ -679,7 +689,9 @@ async def test_running_out_of_descriptors_is_logged_once_a_second(
 ) -> None:
     # asyncio logged "socket.accept() out of system resource" thousands of times a second
     # (133 MB of log in 57 s), and nothing said the limit was below --max-connections.
-    server = await spawn("--port", "0", "--db", str(tmp_path / "m.db"), nofile=64)
+    server = await spawn(
+        *("--port", "0", "--db", str(tmp_path / "m.db"), "--log-format", "json"), nofile=64
+    )
     port = await server.port()
     (warning,) = server.lines_with("--max-connections 10000 needs about")
     assert "may open 64 (ulimit -n, hard limit 64)" in warning
@@ -687,8 +699,13 @@ async def test_running_out_of_descriptors_is_logged_once_a_second(
     for _ in range(80):  # more than the descriptors left
         streams.append(await asyncio.open_connection(HOST, port))
     await asyncio.sleep(2.5)
-    pauses = server.lines_with("cannot accept connections, pausing")
+    pauses = [json.loads(line) for line in server.lines_with('"event": "accept_failed"')]
     assert 1 <= len(pauses) <= 4, pauses
+    # Accepting is tried again every 0.1 s: the lines after the first sum the failures up.
+    assert pauses[0]["message"].startswith("cannot accept connections, pausing: [Errno 24]")
+    assert "repeated" not in pauses[0]
+    assert all(pause["repeated"] >= 5 for pause in pauses[1:])
+    assert pauses[1]["message"].endswith("more like it in the last 1 s)")
     for _, writer in streams:
         writer.close()
     await asyncio.sleep(0.3)

@@ -178,6 +178,25 @@ def test_origin_policy() -> None:
     assert OriginPolicy({"*"}).allows(request(("Origin", "https://any.example")))
 
 
+def test_the_origin_has_the_scheme_the_client_spoke_when_it_is_known() -> None:
+    def request(origin: str, host: str, scheme: str | None) -> rfc6455.Request:
+        headers = rfc6455.Headers([("Host", host), ("Origin", origin)])
+        return rfc6455.Request("GET", "/", headers, scheme=scheme)
+
+    policy = OriginPolicy()
+    # Over TLS, or a trusted proxy's X-Forwarded-Proto: a plaintext page of the site is not it.
+    assert policy.allows(request("https://chat.example", "chat.example", "https"))
+    assert not policy.allows(request("http://chat.example", "chat.example", "https"))
+    assert not policy.allows(request("https://chat.example", "chat.example", "http"))
+    # The default port, in the Host header or not, is the same origin.
+    assert policy.allows(request("https://chat.example", "chat.example:443", "https"))
+    assert policy.allows(request("http://chat.example", "chat.example:80", "http"))
+    assert not policy.allows(request("https://chat.example", "chat.example:80", "https"))
+    # Plaintext without a proxy's word: either scheme, as a proxy may have ended TLS.
+    assert policy.allows(request("https://chat.example", "chat.example", None))
+    assert policy.allows(request("http://chat.example", "chat.example", None))
+
+
 @pytest.mark.parametrize(
     "text", ["https://a.example/path", "a.example", "https://", "http://a:99999", "https://u@a"]
 )

@@ -23,6 +23,7 @@ import pytest
 from rfc6455 import Limits
 from server import api
 from server.api import ApiError
+from server.logs import JsonFormatter
 from tests.server.support import GUARD, HOST, Chat, Json
 
 KEY = "k3y-0f-th3-t3st5_+/~.AAAA"
@@ -292,8 +293,15 @@ async def test_disconnect(
     answer = await client.post("/api/disconnect", body)
     assert answer.json() == {"disconnected": 2 if user == "ann" else 0}
     assert backend.calls == [("disconnect", None, user, connection_id, code, reason)]
-    (line,) = [r.getMessage() for r in caplog.records if r.name == "server.api"]
-    assert line.startswith("api: disconnected ")
+    (record,) = [r for r in caplog.records if r.name == "server.api"]
+    assert record.getMessage().startswith("api: disconnected ")
+    fields = json.loads(JsonFormatter().format(record))
+    assert (fields["event"], fields["user"], fields["connection_id"]) == (
+        "api_disconnect",
+        user,
+        connection_id,
+    )
+    assert (fields["close_code"], fields["close_reason"]) == (code, reason)
 
 
 # 400: what the API checks itself

@@ -28,6 +28,7 @@ from server import users
 from server.auth import JWT_LEEWAY, BasicAuthenticator
 from server.cli import parse_args
 from server.logins import MAX_CHECKS_PER_ADDRESS, RETRY_CHECKS, LoginGuard, LoginRefused
+from server.logs import JsonFormatter
 from server.users import PasswordHash, hash_password, load_users
 from tests.server.support import (
     GUARD,
@@ -222,6 +223,19 @@ async def test_a_connection_is_closed_with_1008_when_its_token_expires(
         if "disconnect " + left["connectionId"] in r.getMessage()
     ]
     assert "server closed 1008 'token expired'" in line
+    (expired,) = [
+        r
+        for r in caplog.records
+        if getattr(r, "connection_id", "") == left["connectionId"]
+        and getattr(r, "event", "") == "disconnect"
+    ]
+    fields = json.loads(JsonFormatter().format(expired))
+    assert (fields["initiator"], fields["close_code"], fields["close_reason"]) == (
+        "server",
+        1008,
+        "token expired",
+    )
+    assert fields["user"] == "eve"
     # The other one, whose token is valid for an hour, goes on.
     assert bob.state is rfc6455.State.OPEN
 
@@ -440,11 +454,17 @@ async def test_a_flood_of_wrong_passwords_is_answered_at_once_and_a_real_user_st
     await bob.close()
     await ann.close()
 
-    # One log line per refusal, with neither a password nor the credentials.
-    refused = [r.getMessage() for r in caplog.records if r.name == "server.access"]
-    assert len(refused) == 150
+    # One log line per 401, the 429s once a second with a count; never a password nor the
+    # credentials.
+    records = [r for r in caplog.records if r.name == "server.access"]
+    failed = [r for r in records if getattr(r, "status", None) == 401]
+    assert len(failed) == statuses[401]
+    flood = [r for r in records if getattr(r, "status", None) == 429]
+    assert 1 <= len(flood) <= 2 + math.ceil(elapsed)
+    # A summary stands for its `repeated` refusals: those of the last second may be pending.
+    assert sum(getattr(r, "repeated", 1) for r in flood) <= statuses[429]
     credentials = [basic("ann", f"{WRONG}{i}").split()[-1] for i in range(150)]
-    for line in refused:
+    for line in [r.getMessage() for r in records]:
         assert "\n" not in line
         assert WRONG not in line
         assert not any(text in line for text in credentials)

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -58,6 +59,19 @@ OPTIONS: list[tuple[str, str, str, Callable[[Settings], Any], Any]] = [
     ("--workers", "CHAT_WORKERS", "1", lambda s: s.workers, 1),
     ("--presence-ttl", "CHAT_PRESENCE_TTL", "2.5", lambda s: s.presence_ttl, 2.5),
     ("--log-level", "CHAT_LOG_LEVEL", "debug", lambda s: s.log_level, "DEBUG"),
+    ("--log-format", "CHAT_LOG_FORMAT", "JSON", lambda s: s.log_format, "json"),
+    ("--log-format", "CHAT_LOG_FORMAT", "text", lambda s: s.log_format, "text"),
+    (
+        "--trusted-proxies",
+        "CHAT_TRUSTED_PROXIES",
+        "127.0.0.1/32, 10.0.0.0/8,::1",
+        lambda s: s.trusted_proxies,
+        (
+            ipaddress.ip_network("127.0.0.1/32"),
+            ipaddress.ip_network("10.0.0.0/8"),
+            ipaddress.ip_network("::1/128"),
+        ),
+    ),
     ("--retry-attempts", "CHAT_RETRY_ATTEMPTS", "7", lambda s: s.retry.attempts, 7),
     ("--retry-delay", "CHAT_RETRY_DELAY", "0.25", lambda s: s.retry.base_delay, 0.25),
     ("--queue-capacity", "CHAT_QUEUE_CAPACITY", "123", lambda s: s.queue_capacity, 123),
@@ -266,6 +280,12 @@ BAD: list[tuple[list[str], dict[str, str]]] = [
     (["--open-timeout", "1e999"], {}),
     (["--log-level", "LOUD"], {}),
     ([], {"CHAT_LOG_LEVEL": "verbose"}),
+    (["--log-format", "logfmt"], {}),
+    ([], {"CHAT_LOG_FORMAT": ""}),
+    (["--trusted-proxies", "10.0.0.1/8"], {}),  # host bits set: a typo of 10.0.0.0/8
+    (["--trusted-proxies", "nginx"], {}),
+    (["--trusted-proxies", ","], {}),
+    ([], {"CHAT_TRUSTED_PROXIES": "2001:db8::/129"}),
     (["--db", "FILE/messages.db"], {}),
     (["--db", "FILE/sub/messages.db"], {}),
     ([], {"CHAT_DB": "FILE/messages.db"}),

@@ -2,8 +2,8 @@
 
 Each host is a supervisor of two workers (``workers_service.py``) on a port of its own, both on
 the session's Redis and on one PostgreSQL database of the test's own, with the page's options
-that mean something on loopback (``--allowed-hosts chat.example.com``,
-``--max-handshakes-per-ip 0``). nginx (Debian's) runs the page's configuration block, its
+that mean something on loopback (``--allowed-hosts chat.example.com``, ``--trusted-proxies``
+with nginx's address). nginx (Debian's) runs the page's configuration block, its
 addresses and files replaced by the test's (each replacement must match exactly once, so that
 the page and the test change together), inside a main configuration of the test's own (a
 folder of its own, in the foreground). Its certificate is made for ``chat.example.com`` by
@@ -37,6 +37,7 @@ from websockets.exceptions import InvalidStatus
 
 from tests.server.postgres_service import PostgresService
 from tests.server.support import wait_until
+from tests.server.test_subprocess import spawn  # noqa: F401  (the fixture)
 from tests.server.workers_service import (
     WAIT,
     Supervisor,
@@ -222,17 +223,24 @@ async def http(nginx: Nginx, path: str, host: str, *, secure: bool = True) -> tu
     return status, answer
 
 
-async def open_chat(nginx: Nginx, origin: str) -> ClientConnection:
-    """A chat client through nginx, as a page of ``origin`` opens it; past its greeting."""
+async def open_chat(
+    nginx: Nginx, origin: str, source: str = "127.0.0.1", headers: tuple[tuple[str, str], ...] = ()
+) -> ClientConnection:
+    """A chat client through nginx, as a page of ``origin`` opens it, from address ``source``.
+
+    ``headers``: more request headers (forged ones, say).
+    """
     ws = await websockets_connect(
         f"wss://{NAME}:{nginx.https}/?clientId={uuid.uuid4()}",
         host="127.0.0.1",
         port=nginx.https,
         ssl=nginx.tls(),
         origin=origin,  # type: ignore[arg-type]
+        additional_headers=headers,
         proxy=None,
         compression=None,
         open_timeout=WAIT,
+        local_addr=(source, 0),
     )
     return ws
 
@@ -262,7 +270,7 @@ async def test_the_documented_nginx_serves_two_hosts_over_tls(
     db = await create_database(postgres, f"deploy_{uuid.uuid4().hex}")
     # The unit's options, but --host and --workers: loopback, and two each.
     options: tuple[str, ...] = ("--engine", redis_url, "--db", db, "--allowed-hosts", NAME)
-    options += ("--max-handshakes-per-ip", "0")
+    options += ("--trusted-proxies", "127.0.0.1/32")
     with reserved_port() as port_a, reserved_port() as port_b:
         host_a: Supervisor = await supervise(*options, port=port_a)
         host_b: Supervisor = await supervise(*options, port=port_b)
@@ -330,3 +338,70 @@ async def archived_texts(db: str) -> set[str]:
     async with await psycopg.AsyncConnection.connect(db) as conn:
         cursor = await conn.execute("SELECT message FROM messages WHERE channel = 'general'")
         return {text for (text,) in await cursor.fetchall()}
+
+
+async def test_behind_the_documented_nginx_the_server_sees_each_client(
+    spawn: Callable[..., Any],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    # One server behind both of the page's upstreams, with per-client limits: each client
+    # comes from an address of its own on loopback (127.0.0.2, .3), nginx from 127.0.0.1.
+    server = await spawn(
+        *("--port", "0", "--db", str(tmp_path / "m.db"), "--allowed-hosts", NAME),
+        *("--trusted-proxies", "127.0.0.1/32", "--log-format", "json"),
+        *("--max-connections-per-ip", "2", "--max-handshakes-per-ip", "1"),
+    )
+    port = await server.port()
+    nginx = Nginx(tmp_path / "nginx", (port, port))
+    try:
+        await nginx.start()
+        await each_client_through(nginx, server, port)
+    finally:
+        await nginx.stop()
+
+
+async def each_client_through(nginx: Nginx, server: Any, port: int) -> None:
+    origin = f"https://{NAME}:{nginx.https}"
+    # Two chats from 127.0.0.2: its limit; a third is refused, as the client's, not nginx's.
+    first = [await open_chat(nginx, origin, "127.0.0.2") for _ in range(2)]
+    ids = [await greeted(ws) for ws in first]
+    with pytest.raises(InvalidStatus) as refused:
+        await open_chat(nginx, origin, "127.0.0.2")
+    assert refused.value.response.status_code == 429
+    # Another client is not counted with it, even with a forged X-Forwarded-For and
+    # Forwarded: nginx appends the address it sees, and drops Forwarded.
+    forged = (("X-Forwarded-For", "127.0.0.2"), ("Forwarded", "for=127.0.0.2"))
+    other = await open_chat(nginx, origin, "127.0.0.3", forged)
+    other_id = await greeted(other)
+    # A page of the plaintext site is not this one: the scheme came from X-Forwarded-Proto.
+    with pytest.raises(InvalidStatus) as refused:
+        await open_chat(nginx, f"http://{NAME}:{nginx.https}", "127.0.0.3")
+    assert refused.value.response.status_code == 403
+
+    def events(name: str) -> list[Json]:
+        lines = [json.loads(line) for line in server.lines if line.startswith("{")]
+        return [line for line in lines if line["event"] == name]
+
+    await wait_until(lambda: len(events("connect")) == 3, WAIT)
+    peers = {line["connection_id"]: line["peer"] for line in events("connect")}
+    assert peers == {ids[0]: "127.0.0.2:0", ids[1]: "127.0.0.2:0", other_id: "127.0.0.3:0"}
+    await wait_until(lambda: len(events("refused")) == 2, WAIT)
+    too_many, wrong_origin = events("refused")
+    assert (too_many["status"], too_many["peer"]) == (429, "127.0.0.2:0")
+    assert too_many["proxy"].startswith("127.0.0.1:")
+    assert (wrong_origin["status"], wrong_origin["peer"]) == (403, "127.0.0.3:0")
+
+    # Straight to the server, not through nginx: the forged headers are the client's words.
+    async with asyncio.timeout(WAIT):
+        direct = await websockets_connect(
+            f"ws://127.0.0.1:{port}/?clientId={uuid.uuid4()}",
+            additional_headers=(("X-Forwarded-For", "203.0.113.9"),),
+            proxy=None,
+            local_addr=("127.0.0.4", 0),
+        )
+    direct_id = (await recv(direct))["connectionId"]
+    await wait_until(lambda: len(events("connect")) == 4, WAIT)
+    assert events("connect")[-1]["connection_id"] == direct_id
+    assert events("connect")[-1]["peer"].startswith("127.0.0.4:")
+    for ws in [*first, other, direct]:
+        await ws.close()
