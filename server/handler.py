@@ -28,12 +28,13 @@ from rfc6455 import CloseCode
 from . import commands, messages
 from .auth import close_at_expiry, identity_of
 from .channels import DEFAULT_CHANNEL, direct_channel, direct_users
+from .chat_metrics import ChatMetrics
 from .commands import CommandError
 from .departures import Departures
 from .engine import Draft, Engine, EngineClosed, EngineUnavailable, Member
 from .history import Resume
 from .hub import Hub, Subscriber
-from .manager import ConnectionManager, send_now
+from .manager import ConnectionManager
 from .namespaces import Namespaces
 from .ratelimit import RateLimiter, TokenBucket, retry_after_ms
 from .settings import Settings
@@ -116,6 +117,7 @@ class ChatHandler:
         hub: The subscriptions here, and the fan-out.
         namespaces: The channels' options.
         settings: The server's settings.
+        metrics: Counts messages received, rate-limited ones, resumes.
     """
 
     def __init__(
@@ -125,8 +127,10 @@ class ChatHandler:
         hub: Hub,
         namespaces: Namespaces,
         settings: Settings,
+        metrics: ChatMetrics | None = None,
     ) -> None:
         self.manager = manager
+        self.metrics = metrics or ChatMetrics()
         self.engine = engine
         self.hub = hub
         self.namespaces = namespaces
@@ -205,12 +209,13 @@ class ChatHandler:
             await connection.close(CloseCode.TRY_AGAIN_LATER, "chat unavailable: try again")
             return False
         logger.info("connect %s from %s (%d open)", client.id, client.peer, len(self.manager))
-        send_now(connection, messages.connection_id(client.id))
-        send_now(connection, messages.welcome(settings.welcome, epoch))
+        self.manager.send_now(connection, messages.connection_id(client.id))
+        self.manager.send_now(connection, messages.welcome(settings.welcome, epoch))
         if subscriber is None or recovery is None:
             return True
+        self._count_resume(resume, recovery.recovered, len(recovery.messages))
         if resume is not None or count:
-            send_now(
+            self.manager.send_now(
                 connection,
                 messages.history(recovery.messages, recovery.epoch, recovery.recovered),
             )
@@ -237,12 +242,16 @@ class ChatHandler:
     async def _receive(self, client: _Client) -> None:
         connection, settings = client.connection, self.settings
         limited = settings.rate_limit > 0
+        received, received_bytes = self.metrics.messages_received, self.metrics.bytes_received
         async for text in connection:
+            received.value += 1
             if not isinstance(text, str):
+                received_bytes.value += len(text)
                 await connection.close(
                     CloseCode.UNSUPPORTED_DATA, "binary messages are not supported"
                 )
                 return
+            received_bytes.value += messages.utf8_size(text)
             if limited and client.limiter is None:
                 # Made at the first message: an idle client costs no buckets.
                 client.limiter = self._rate_limiter()
@@ -250,7 +259,10 @@ class ChatHandler:
             if limiter is not None and (wait := limiter.admit(text)):
                 # Refused before it gets a seq: neither stored nor broadcast. Its id is read
                 # only now, for the error: a client refused 3 times is disconnected.
-                send_now(connection, messages.rate_limited(retry_after_ms(wait), _id_of(text)))
+                self.metrics.rate_limited.value += 1
+                self.manager.send_now(
+                    connection, messages.rate_limited(retry_after_ms(wait), _id_of(text))
+                )
                 if limiter.strike():
                     # Fail rather than close: a flooder's further frames are discarded
                     # (RFC 6455 §7.1.7), not queued while it ignores the close frame.
@@ -269,7 +281,7 @@ class ChatHandler:
             except CommandError as exc:
                 if limiter is not None:
                     limiter.messages.take(1)
-                send_now(
+                self.manager.send_now(
                     connection,
                     messages.error(exc.code, str(exc), exc.client_msg_id, exc.channel),
                 )
@@ -289,7 +301,7 @@ class ChatHandler:
                         "not_subscribed", f"not subscribed to {channel}", None, channel
                     )
                 self._unsubscribe_now(client, channel)
-                send_now(client.connection, messages.unsubscribed(channel))
+                self.manager.send_now(client.connection, messages.unsubscribed(channel))
             case commands.Direct(to, text, client_msg_id):
                 await self._direct(client, to, text, client_msg_id)
             case commands.Hello(client_id, name):
@@ -300,7 +312,7 @@ class ChatHandler:
                     members = await self._presence(channel)
                 except EngineUnavailable:
                     raise _unavailable(channel) from None
-                send_now(client.connection, messages.presence(channel, *members))
+                self.manager.send_now(client.connection, messages.presence(channel, *members))
             case commands.Typing(channel):
                 self._check_subscribed(client, channel)
                 self._typed(client, channel)
@@ -440,8 +452,18 @@ class ChatHandler:
             )
         if client.subscriptions.get(channel) is not subscriber:
             return  # the connection is gone, or left the channel meanwhile
-        send_now(client.connection, payload)
+        self.manager.send_now(client.connection, payload)
+        self._count_resume(resume, recovery.recovered, len(recovery.messages))
         self.hub.release(subscriber, recovery.top)
+
+    def _count_resume(self, resume: Resume | None, recovered: bool, sent: int) -> None:
+        """Count a resume (a ``since`` and ``epoch`` given) and the messages it recovered."""
+        if resume is None:
+            return
+        metrics = self.metrics
+        (metrics.resumes_recovered if recovered else metrics.resumes_lost).value += 1
+        if recovered:
+            metrics.recovered_messages.value += sent
 
     def _reset(self, channel: str) -> None:
         """The engine lost the channel's thread (``Listener.reset``): every subscriber here
@@ -523,7 +545,7 @@ class ChatHandler:
         for channel in client.subscriptions:
             self.engine.join(channel, client.member, client.id)
         fields = dict(client.member.fields)
-        send_now(client.connection, messages.hello(fields))
+        self.manager.send_now(client.connection, messages.hello(fields))
 
     def _typed(self, client: _Client, channel: str) -> None:
         """Forward a typing signal, at most one per member and channel every 2 s."""
@@ -618,7 +640,15 @@ def _describe_close(protocol: rfc6455.Protocol) -> str:
     return "connection lost (1006)"
 
 
-async def echo(connection: rfc6455.Connection) -> None:
-    """Send every message back unchanged (for conformance tests and benchmarks)."""
+async def echo(connection: rfc6455.Connection, metrics: ChatMetrics | None = None) -> None:
+    """Send every message back unchanged (for conformance tests and benchmarks), counted."""
+    metrics = metrics or ChatMetrics()
+    received, received_bytes = metrics.messages_received, metrics.bytes_received
+    sent, sent_bytes = metrics.messages_sent, metrics.bytes_sent
     async for message in connection:
+        size = messages.utf8_size(message) if isinstance(message, str) else len(message)
+        received.value += 1
+        received_bytes.value += size
         await connection.send(message)
+        sent.value += 1
+        sent_bytes.value += size

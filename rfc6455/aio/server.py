@@ -130,6 +130,9 @@ class Server:
         self._handshaking: Counter[str] = Counter()
         self._listeners: list[_Listener] = []
         self._refused_busy = _Throttled("refused handshakes: too many in progress")
+        #: TCP connections answered 503 at once: ``Limits.max_handshakes`` (in all, or from
+        #: their address) were in their handshake already.
+        self.refused_busy = 0
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
@@ -166,6 +169,7 @@ class Server:
         if (total is not None and len(self._handshakes) >= total) or (
             here is not None and self._handshaking[key] >= here
         ):
+            self.refused_busy += 1
             self._refused_busy(
                 f"{len(self._handshakes)} in all, {self._handshaking[key]} from {key}"
             )
