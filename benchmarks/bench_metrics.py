@@ -87,7 +87,7 @@ def measure_scraped(
         done.set()
         scraper.join()
     received = re.search(
-        r"^chat_messages_received_total(?:\{[^}]*\})? (\S+)$", server.scrape(), re.M
+        r"^chat_transport_messages_received_total(?:\{[^}]*\})? (\S+)$", server.scrape(), re.M
     )
     if received is None or float(received.group(1)) <= 0:
         raise RuntimeError("the server with metrics counted no message")

@@ -19,7 +19,7 @@ from .metrics import Counter, CounterChild, Gauge, Histogram, HistogramChild, Re
 
 __all__ = ["REFUSALS", "ChatMetrics", "close_of"]
 
-#: The reasons ``chat_handshakes_refused_total`` counts, by what refused (``access.py``).
+#: The reasons ``chat_client_handshakes_refused_total`` counts, by what refused (``access.py``).
 REFUSALS = (
     "host",
     "not_found",
@@ -63,14 +63,14 @@ class ChatMetrics:
     def __init__(self, worker: int | None = None) -> None:
         self.registry = registry = Registry(() if worker is None else (("worker", str(worker)),))
         self._refused = Counter(
-            "chat_handshakes_refused",
+            "chat_client_handshakes_refused",
             "WebSocket handshakes refused, by reason",
             ("reason",),
             read=self._refused_busy,
         )
         self._busy: Callable[[], int] = lambda: 0
         accepted = Counter(
-            "chat_connections_accepted",
+            "chat_client_connections_accepted",
             "WebSocket connections accepted, by endpoint",
             ("endpoint",),
         )
@@ -78,26 +78,30 @@ class ChatMetrics:
         self.accepted_echo = accepted.labels("echo")
         self._refusals = {reason: self._refused.labels(reason) for reason in REFUSALS}
         self.messages_received = _counter(
-            registry, "chat_messages_received", "WebSocket messages received from clients"
+            registry, "chat_transport_messages_received", "WebSocket messages received from clients"
         )
         self.bytes_received = _counter(
-            registry, "chat_bytes_received", "Bytes of the messages received (payloads, UTF-8)"
+            registry,
+            "chat_transport_bytes_received",
+            "Bytes of the messages received (payloads, UTF-8)",
         )
         self.messages_sent = _counter(
             registry,
-            "chat_messages_sent",
+            "chat_transport_messages_sent",
             "WebSocket messages sent to clients (a broadcast: one each)",
         )
         self.bytes_sent = _counter(
-            registry, "chat_bytes_sent", "Bytes of the messages sent (payloads, uncompressed)"
+            registry,
+            "chat_transport_bytes_sent",
+            "Bytes of the messages sent (payloads, uncompressed)",
         )
         self._closes = Counter(
-            "chat_closes",
+            "chat_transport_closes",
             "WebSocket connections ended, by close code and by who closed",
             ("code", "by"),
         )
         slow = Counter(
-            "chat_slow_consumer_disconnects",
+            "chat_client_slow_consumer_disconnects",
             "Clients disconnected for not reading: 1008 over --max-send-buffer (send_buffer), "
             "1013 while their history was read (history)",
             ("reason",),
@@ -105,51 +109,55 @@ class ChatMetrics:
         self.slow_send_buffer = slow.labels("send_buffer")
         self.slow_history = slow.labels("history")
         self.rate_limited = _counter(
-            registry, "chat_rate_limited_messages", "Messages refused by a client's rate limit"
+            registry,
+            "chat_client_rate_limited_messages",
+            "Messages refused by a client's rate limit",
         )
         resumes = Counter(
-            "chat_resumes",
+            "chat_client_recover",
             "Resumes (since and epoch given), by whether all was recovered",
             ("recovered",),
         )
         self.resumes_recovered = resumes.labels("true")
         self.resumes_lost = resumes.labels("false")
         self.recovered_messages = _counter(
-            registry, "chat_recovered_messages", "Messages sent to resuming clients"
+            registry, "chat_client_recovered_publications", "Messages sent to resuming clients"
         )
         self.broadcast_duration = _histogram(
             registry,
-            "chat_broadcast_duration_seconds",
+            "chat_node_broadcast_duration_seconds",
             "Time to write one message to a channel's subscribers here",
         )
         self.ack_latency = _histogram(
             registry,
-            "chat_ack_latency_seconds",
+            "chat_client_ack_latency_seconds",
             "From a message's receipt to its ack (stored: committed, or in Redis)",
         )
         self.commit_duration = _histogram(
             registry,
-            "chat_persistence_commit_duration_seconds",
+            "chat_persist_commit_duration_seconds",
             "Time to commit one batch of messages to SQLite, retries included",
         )
         self.redis_publish_duration = _histogram(
             registry,
-            "chat_redis_publish_duration_seconds",
+            "chat_broker_publish_duration_seconds",
             "Redis engine: one pipeline of publish scripts, sent to replied",
         )
         self.redis_pubsub_lag = _histogram(
             registry,
-            "chat_redis_pubsub_lag_seconds",
+            "chat_node_pub_sub_lag_seconds",
             "Redis engine: from a publish script's reply to its message's arrival over "
             "pub/sub on the node that published it",
         )
         self.redis_gaps_filled = _counter(
             registry,
-            "chat_redis_gaps_filled",
+            "chat_broker_gaps_filled",
             "Redis engine: gaps in a channel's seqs read from its stream",
         )
         self.redis_reconnects = _counter(
-            registry, "chat_redis_reconnects", "Redis engine: reconnections to Redis that succeeded"
+            registry,
+            "chat_broker_reconnects",
+            "Redis engine: reconnections to Redis that succeeded",
         )
         for family in (accepted, self._refused, self._closes, slow, resumes):
             registry.add(family)
@@ -198,12 +206,22 @@ class ChatMetrics:
             return 0 if running is None else running.refused_busy
 
         self._busy = busy
-        add(Gauge("chat_connections", "WebSocket connections open (chat and echo)", connections))
-        add(Gauge("chat_clients", "Chat connections open", lambda: len(chat)))
-        add(Gauge("chat_channels", "Channels with subscribers here", lambda: len(channels())))
         add(
             Gauge(
-                "chat_subscriptions",
+                "chat_client_connections_inflight",
+                "WebSocket connections open (chat and echo)",
+                connections,
+            )
+        )
+        add(Gauge("chat_node_num_clients", "Chat connections open", lambda: len(chat)))
+        add(
+            Gauge(
+                "chat_node_num_channels", "Channels with subscribers here", lambda: len(channels())
+            )
+        )
+        add(
+            Gauge(
+                "chat_node_num_subscriptions",
                 "Subscriptions of the connections here, all channels",
                 lambda: sum(channels().values()),
             )
@@ -219,31 +237,31 @@ class ChatMetrics:
 # The engine's figures (``Engine.figures``), by key: name, kind, help.
 _ENGINE_FIGURES = (
     (
-        "chat_presence_members",
+        "chat_node_num_presence_members",
         "presence_members",
         "gauge",
         "Members of channels' presence, counted on the node where they are connected",
     ),
     (
-        "chat_persistence_queue_depth",
+        "chat_persist_queue_depth",
         "queue_depth",
         "gauge",
         "Messages waiting to be stored (local: the SQLite queue; Redis: the publish outbox)",
     ),
     (
-        "chat_persisted_messages",
+        "chat_persist_committed_messages",
         "persisted",
         "counter",
         "Messages committed to the database (the Redis engine: archived)",
     ),
     (
-        "chat_persistence_retries",
+        "chat_persist_retries",
         "retries",
         "counter",
         "Failed attempts to commit a batch, each retried or dead-lettered",
     ),
     (
-        "chat_dead_letters",
+        "chat_persist_dead_letters",
         "dead_letters",
         "counter",
         "Messages given up on and written to the dead-letter file",

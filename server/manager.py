@@ -24,7 +24,7 @@ class ConnectionManager:
     """Tracks open chat connections by their connection id, and by user; writes to one.
 
     Args:
-        metrics: Counts the messages written (``chat_messages_sent_total``).
+        metrics: Counts the messages written (``chat_transport_messages_sent_total``).
     """
 
     def __init__(self, metrics: ChatMetrics | None = None) -> None:

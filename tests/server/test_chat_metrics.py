@@ -79,7 +79,7 @@ async def test_a_port_of_its_own(start_chat: Callable[..., Any]) -> None:
     writer.close()
     head, _, body = response.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 ")
-    assert value(samples_of(body.decode()), "chat_connections") == 0
+    assert value(samples_of(body.decode()), "chat_client_connections_inflight") == 0
     reader, writer = await asyncio.open_connection(HOST, server.port)
     writer.write(f"GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
     async with asyncio.timeout(GUARD):
@@ -92,27 +92,33 @@ async def test_connections_messages_and_bytes(chat: Chat) -> None:
     alice = await chat.join()
     bob = await chat.join()
     during = await scrape(chat)
-    assert value(during, "chat_connections") == 2
-    assert value(during, "chat_clients") == 2
-    assert value(during, "chat_channels") == 1
-    assert value(during, "chat_subscriptions") == 2
-    assert value(during, "chat_presence_members") == 2
-    assert value(during, "chat_connections_accepted_total", endpoint="chat") == 2
+    assert value(during, "chat_client_connections_inflight") == 2
+    assert value(during, "chat_node_num_clients") == 2
+    assert value(during, "chat_node_num_channels") == 1
+    assert value(during, "chat_node_num_subscriptions") == 2
+    assert value(during, "chat_node_num_presence_members") == 2
+    assert value(during, "chat_client_connections_accepted_total", endpoint="chat") == 2
     text = "héllo"
     await alice.send(text)
     await bob.expect_broadcast(alice, text)
     await alice.wait_acks(1)
     after = await scrape(chat)
-    assert value(after, "chat_messages_received_total") == 1
-    assert value(after, "chat_bytes_received_total") == len(text.encode())
+    assert value(after, "chat_transport_messages_received_total") == 1
+    assert value(after, "chat_transport_bytes_received_total") == len(text.encode())
     # Each greeted twice (id, welcome), a history each, the broadcast to bob, alice's ack.
-    assert value(after, "chat_messages_sent_total") - value(before, "chat_messages_sent_total") >= 6
-    assert value(after, "chat_bytes_sent_total") > value(during, "chat_bytes_sent_total")
-    assert value(after, "chat_broadcast_duration_seconds_count") >= 1
-    assert value(after, "chat_persisted_messages_total") == 1
-    assert value(after, "chat_persistence_commit_duration_seconds_count") >= 1
-    assert value(after, "chat_ack_latency_seconds_count") == 1
-    assert value(after, "chat_ack_latency_seconds_bucket", le="+Inf") == 1
+    assert (
+        value(after, "chat_transport_messages_sent_total")
+        - value(before, "chat_transport_messages_sent_total")
+        >= 6
+    )
+    assert value(after, "chat_transport_bytes_sent_total") > value(
+        during, "chat_transport_bytes_sent_total"
+    )
+    assert value(after, "chat_node_broadcast_duration_seconds_count") >= 1
+    assert value(after, "chat_persist_committed_messages_total") == 1
+    assert value(after, "chat_persist_commit_duration_seconds_count") >= 1
+    assert value(after, "chat_client_ack_latency_seconds_count") == 1
+    assert value(after, "chat_client_ack_latency_seconds_bucket", le="+Inf") == 1
 
 
 async def test_closes_by_code(chat: Chat) -> None:
@@ -120,7 +126,7 @@ async def test_closes_by_code(chat: Chat) -> None:
     await client.connection.close(4321, "bye")
     await wait_until(lambda: len(chat.app.manager) == 0)
     samples = await scrape(chat)
-    assert value(samples, "chat_closes_total", code="4321", by="client") == 1
+    assert value(samples, "chat_transport_closes_total", code="4321", by="client") == 1
 
 
 async def test_refused_handshakes_by_reason(start_chat: Callable[..., Any]) -> None:
@@ -131,16 +137,16 @@ async def test_refused_handshakes_by_reason(start_chat: Callable[..., Any]) -> N
     await chat.join()
     assert (await chat.request(upgrade_head("/", f"{HOST}:{chat.port}"))).status == 503
     samples = await scrape(chat)
-    assert value(samples, "chat_handshakes_refused_total", reason="max_connections") == 1
-    assert value(samples, "chat_handshakes_refused_total", reason="bad_request") == 1
-    assert value(samples, "chat_handshakes_refused_total", reason="origin") == 0
+    assert value(samples, "chat_client_handshakes_refused_total", reason="max_connections") == 1
+    assert value(samples, "chat_client_handshakes_refused_total", reason="bad_request") == 1
+    assert value(samples, "chat_client_handshakes_refused_total", reason="origin") == 0
 
 
 async def test_refused_origin(chat: Chat) -> None:
     head = upgrade_head("/", f"{HOST}:{chat.port}", "Origin: https://evil.example")
     assert (await chat.request(head)).status == 403
     samples = await scrape(chat)
-    assert value(samples, "chat_handshakes_refused_total", reason="origin") == 1
+    assert value(samples, "chat_client_handshakes_refused_total", reason="origin") == 1
 
 
 async def test_rate_limited_messages(start_chat: Callable[..., Any]) -> None:
@@ -149,7 +155,7 @@ async def test_rate_limited_messages(start_chat: Callable[..., Any]) -> None:
     await client.send("one")
     await client.send("two")
     await client.expect("error", code="rate_limited")
-    assert value(await scrape(chat), "chat_rate_limited_messages_total") == 1
+    assert value(await scrape(chat), "chat_client_rate_limited_messages_total") == 1
 
 
 async def test_resumes_by_recovered(chat: Chat) -> None:
@@ -160,9 +166,9 @@ async def test_resumes_by_recovered(chat: Chat) -> None:
     await chat.join(f"since=0&epoch={epoch}")
     await chat.join("since=0&epoch=another-epoch")
     samples = await scrape(chat)
-    assert value(samples, "chat_resumes_total", recovered="true") == 1
-    assert value(samples, "chat_resumes_total", recovered="false") == 1
-    assert value(samples, "chat_recovered_messages_total") == 1
+    assert value(samples, "chat_client_recover_total", recovered="true") == 1
+    assert value(samples, "chat_client_recover_total", recovered="false") == 1
+    assert value(samples, "chat_client_recovered_publications_total") == 1
 
 
 async def test_dead_letters_and_retries(start_chat: Callable[..., Any]) -> None:
@@ -175,9 +181,9 @@ async def test_dead_letters_and_retries(start_chat: Callable[..., Any]) -> None:
         await client.send("lost")
         await wait_until(lambda: queue.dead_lettered == 1)
     samples = await scrape(chat)
-    assert value(samples, "chat_dead_letters_total") == 1
-    assert value(samples, "chat_persistence_retries_total") == 2
-    assert value(samples, "chat_persistence_queue_depth") == 0
+    assert value(samples, "chat_persist_dead_letters_total") == 1
+    assert value(samples, "chat_persist_retries_total") == 2
+    assert value(samples, "chat_persist_queue_depth") == 0
 
 
 async def test_slow_consumer(start_chat: Callable[..., Any]) -> None:
@@ -196,7 +202,9 @@ async def test_slow_consumer(start_chat: Callable[..., Any]) -> None:
             await sender.expect("ack")
         await wait_until(lambda: len(chat.app.manager) == 1)
         samples = await scrape(chat)
-        assert value(samples, "chat_slow_consumer_disconnects_total", reason="send_buffer") == 1
-        assert value(samples, "chat_closes_total", code="1008", by="server") == 1
+        assert (
+            value(samples, "chat_client_slow_consumer_disconnects_total", reason="send_buffer") == 1
+        )
+        assert value(samples, "chat_transport_closes_total", code="1008", by="server") == 1
     finally:
         slow.close()
