@@ -147,7 +147,7 @@ class ChatMetrics:
             registry,
             "chat_node_pub_sub_lag_seconds",
             "Redis engine: from a publish script's reply to its message's arrival over "
-            "pub/sub on the node that published it",
+            "pub/sub on the node that published it (0: it came before the reply)",
         )
         self.redis_gaps_filled = _counter(
             registry,

@@ -664,6 +664,8 @@ class RedisEngine:
                     self.listener.reset(channel)
                 else:
                     logger.debug("channel %s: %d read after a gap", channel, len(entries))
+                    if entries:  # a gap (or a reconnection's) held messages: filled
+                        self.metrics.redis_gaps_filled.value += 1
                     for seq, payload, connection_id in entries:
                         self._deliver(watch, seq, payload, connection_id)
             watch.ready.set()
@@ -702,8 +704,6 @@ class RedisEngine:
         except (RedisError, OSError, EngineUnavailable) as exc:
             # The reconnection recovers it.
             self._lost_pubsub(exc)
-        else:
-            self.metrics.redis_gaps_filled.value += 1
 
     def _acknowledge(self, acks: list[Ack]) -> None:
         """Send acks, each once this node has delivered its message (and those before it)
@@ -711,9 +711,12 @@ class RedisEngine:
         gets ahead of the broadcasts (as the local engine acks after its broadcast)."""
         now: list[Ack] = []
         replied = time.perf_counter()
+        lag = self.metrics.redis_pubsub_lag
         for ack in acks:
             watch = self._watches.get(ack.draft.channel)
             if watch is None or watch.top >= ack.seq:
+                if watch is not None:
+                    lag.observe(0.0)  # it came over pub/sub before the script's reply
                 now.append(ack)
             else:
                 watch.acks.append((ack, replied))

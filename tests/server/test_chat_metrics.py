@@ -6,7 +6,9 @@ Read with ``prometheus_client``'s parser, as Prometheus reads it.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,8 +16,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rfc6455 import Limits
 from server.retry import RetryPolicy
+from tests.server.redis_service import RedisServer
 from tests.server.support import GUARD, HOST, Chat, locked, upgrade_head, wait_until
 from tests.server.test_slow_consumer import join_without_reading
+from tests.server.workers_service import Supervisors, reserved_port
 
 TOKEN = "metrics-token-0123456789"
 AUTH = f"Authorization: Bearer {TOKEN}"
@@ -208,3 +212,99 @@ async def test_slow_consumer(start_chat: Callable[..., Any]) -> None:
         assert value(samples, "chat_transport_closes_total", code="1008", by="server") == 1
     finally:
         slow.close()
+
+
+# The Redis engine's metrics: two nodes (two Apps on one Redis, in this process).
+
+
+async def test_redis_publish_lag_and_a_gap_filled(
+    start_chat: Callable[..., Any], redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node_a = await start_chat(engine=redis_url, metrics_token=TOKEN)
+    node_b = await start_chat(engine=redis_url, metrics_token=TOKEN)
+    a, b = await node_a.join(), await node_b.join()
+    engine = node_b.app.engine
+    received = engine._received
+    dropped: list[bytes] = []
+
+    def lose_the_first(topic: str, data: bytes) -> None:
+        if not dropped and data[:1] == b"p":
+            dropped.append(data)  # as if pub/sub had lost it: B sees seq 2 after 0
+            return
+        received(topic, data)
+
+    monkeypatch.setattr(engine, "_received", lose_the_first)
+    for text in ("one", "two"):
+        await a.send(text)
+        await a.expect("ack")
+    await b.expect_broadcast(a, "one")
+    await b.expect_broadcast(a, "two")
+    on_a, on_b = await scrape(node_a), await scrape(node_b)
+    assert value(on_a, "chat_broker_publish_duration_seconds_count") == 2
+    assert value(on_a, "chat_node_pub_sub_lag_seconds_count") == 2
+    assert value(on_a, "chat_client_ack_latency_seconds_count") == 2
+    assert value(on_b, "chat_broker_gaps_filled_total") == 1
+    assert value(on_a, "chat_broker_gaps_filled_total") == 0
+    assert value(on_b, "chat_node_num_presence_members") == 1
+
+
+async def test_redis_reconnects(
+    start_chat: Callable[..., Any], redis_factory: Callable[..., RedisServer]
+) -> None:
+    redis = redis_factory()
+    chat: Chat = await start_chat(engine=redis.url, metrics_token=TOKEN)
+    await chat.join()
+    assert value(await scrape(chat), "chat_broker_reconnects_total") == 0
+    assert redis.command("CLIENT", "KILL", "TYPE", "pubsub").startswith(b":")
+    await wait_until(lambda: chat.app.metrics.redis_reconnects.value == 1)
+    assert value(await scrape(chat), "chat_broker_reconnects_total") == 1
+
+
+# --workers: each worker on a port of its own, with its number as a label.
+
+
+def two_free_ports() -> int:
+    """A port P of 127.0.0.1 such that P and P + 1 are free (at the time of asking)."""
+    for _ in range(100):
+        with socket.socket() as first:
+            first.bind((HOST, 0))
+            port: int = first.getsockname()[1]
+            with socket.socket() as second:
+                try:
+                    second.bind((HOST, port + 1))
+                except OSError:
+                    continue
+        return port
+    raise AssertionError("no two free ports in a row")
+
+
+async def http_get(port: int, path: str) -> tuple[bytes, bytes]:
+    reader, writer = await asyncio.open_connection(HOST, port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n\r\n".encode())
+    async with asyncio.timeout(GUARD):
+        response = await reader.read()
+    writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    return head, body
+
+
+async def test_each_worker_has_its_port_and_its_label(tmp_path: Path, redis_url: str) -> None:
+    supervisors = Supervisors(tmp_path)
+    metrics_port = two_free_ports()
+    try:
+        with reserved_port() as port:
+            await supervisors.start(
+                *("--engine", redis_url, "--db", str(tmp_path / "chat.db")),
+                *("--metrics-port", str(metrics_port)),
+                port=port,
+            )
+            for worker in (0, 1):
+                head, body = await http_get(metrics_port + worker, "/metrics")
+                assert head.startswith(b"HTTP/1.1 200 "), head
+                samples = samples_of(body.decode())
+                labels = {dict(key[1]).get("worker") for key in samples}
+                assert labels == {str(worker)}
+                inflight = ("chat_client_connections_inflight", (("worker", str(worker)),))
+                assert samples[inflight] == 0
+    finally:
+        await supervisors.close()
