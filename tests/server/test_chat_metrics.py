@@ -125,6 +125,22 @@ async def test_connections_messages_and_bytes(chat: Chat) -> None:
     assert value(after, "chat_client_ack_latency_seconds_bucket", le="+Inf") == 1
 
 
+async def test_echo_is_counted_when_it_ends(chat: Chat) -> None:
+    connection = await chat.connect("/echo")
+    for message in ("héllo", b"\x00\xff"):
+        await connection.send(message)
+        async with asyncio.timeout(GUARD):
+            assert await connection.recv() == message
+    await connection.close()
+    await wait_until(lambda: not chat.app.server or not chat.app.server.connections)
+    samples = await scrape(chat)
+    assert value(samples, "chat_client_connections_accepted_total", endpoint="echo") == 1
+    for way in ("received", "sent"):
+        assert value(samples, f"chat_transport_messages_{way}_total") == 2
+        assert value(samples, f"chat_transport_bytes_{way}_total") == len("héllo".encode()) + 2
+    assert value(samples, "chat_transport_closes_total", code="1000", by="client") == 1
+
+
 async def test_closes_by_code(chat: Chat) -> None:
     client = await chat.join()
     await client.connection.close(4321, "bye")
