@@ -41,6 +41,14 @@ class _Counts(Protocol):
     def __len__(self) -> int: ...
 
 
+def _code_label(code: int, by: str) -> str:
+    """A close code as a label: a client's codes of applications (RFC 6455 §7.4.2: 3000 to
+    4999) as ``3xxx`` and ``4xxx``, so that clients cannot make thousands of series."""
+    if by == "client" and 3000 <= code <= 4999:
+        return f"{code // 1000}xxx"
+    return str(code)
+
+
 def close_of(protocol: rfc6455.Protocol) -> tuple[int, str]:
     """How a connection ended: the close code, and who closed (``server``, ``client``, or
     ``lost`` for 1006, no close frame at all)."""
@@ -177,7 +185,7 @@ class ChatMetrics:
         """Count a connection that ended: its close code, a slow consumer's disconnect."""
         protocol = connection.protocol
         code, by = close_of(protocol)
-        self._closes.labels(str(code), by).value += 1
+        self._closes.labels(_code_label(code, by), by).value += 1
         sent = protocol.close_sent
         if (
             by == "server"

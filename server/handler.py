@@ -29,7 +29,7 @@ from rfc6455.typing import Data
 from . import commands, messages
 from .auth import close_at_expiry, identity_of
 from .channels import DEFAULT_CHANNEL, direct_channel, direct_users
-from .chat_metrics import ChatMetrics
+from .chat_metrics import ChatMetrics, close_of
 from .commands import CommandError
 from .departures import Departures
 from .engine import Draft, Engine, EngineClosed, EngineUnavailable, Member
@@ -633,10 +633,11 @@ def _describe_close(protocol: rfc6455.Protocol) -> str:
     A reason is the peer's text: ``repr`` escapes what could forge a log line (a newline).
     """
     rcvd, sent = protocol.close_rcvd, protocol.close_sent
-    if sent is not None and (rcvd is None or protocol.close_initiator is protocol.side):
+    _, by = close_of(protocol)
+    if by == "server" and sent is not None:
         answer = "" if rcvd is None else f", client answered {rcvd.code}"
         return f"server closed {sent.code} {sent.reason!r}{answer}"
-    if rcvd is not None:
+    if by == "client" and rcvd is not None:
         return f"client closed {rcvd.code} {rcvd.reason!r}"
     return "connection lost (1006)"
 

@@ -332,6 +332,8 @@ BAD: list[tuple[list[str], dict[str, str]]] = [
     ([], {"CHAT_WORKERS": "two"}),
     (["--workers", "2"], {}),  # the local engine
     (["--workers", "2", "--engine", "redis://127.0.0.1", "--port", "0"], {}),
+    # Worker 1 would have no metrics port.
+    (["--workers", "2", "--engine", "redis://127.0.0.1", "--metrics-port", "65535"], {}),
     (["--no-such-option"], {}),
     (["--port"], {}),
     (["positional"], {}),
