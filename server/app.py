@@ -146,9 +146,11 @@ class App:
             else:
                 metrics.accepted_chat.value += 1
                 await self.chat(connection)
-        finally:
-            # The handler has returned: the close is known unless it raised (then 1011 follows).
-            metrics.closed(connection)
+        except Exception:
+            metrics.failed()  # the server closes it with 1011 (rfc6455.serve)
+            raise
+        # The handler has returned once the connection closed, or closing it.
+        metrics.closed(connection)
 
     def _refusal(
         self, request: rfc6455.Request, exc: rfc6455.InvalidRequest

@@ -181,6 +181,10 @@ class ChatMetrics:
         for counter in (self.bytes_received, self.bytes_sent):
             counter.value += size
 
+    def failed(self) -> None:
+        """Count a connection whose handler raised: the server closes it with 1011."""
+        self._closes.labels(str(CloseCode.INTERNAL_ERROR), "server").value += 1
+
     def closed(self, connection: rfc6455.Connection) -> None:
         """Count a connection that ended: its close code, a slow consumer's disconnect."""
         protocol = connection.protocol

@@ -170,6 +170,21 @@ async def test_closes_by_code(chat: Chat) -> None:
     assert value(samples, "chat_transport_closes_total", code="4xxx", by="client") == 1
 
 
+async def test_a_handler_that_raises_counts_1011(
+    chat: Chat, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(connection: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(chat.app, "chat", broken)
+    connection = await chat.connect()
+    async with asyncio.timeout(GUARD):
+        await connection.wait_closed()
+    assert connection.close_code == 1011
+    samples = await scrape(chat)
+    assert value(samples, "chat_transport_closes_total", code="1011", by="server") == 1
+
+
 async def test_refused_handshakes_by_reason(start_chat: Callable[..., Any]) -> None:
     chat: Chat = await start_chat(metrics_token=TOKEN, max_connections=1)
     # A handshake without its key: the WebSocket server refuses it itself.
