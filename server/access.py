@@ -46,6 +46,7 @@ from .auth import (
     authenticator,
     remember,
 )
+from .chat_metrics import ChatMetrics
 from .commands import CommandError, identity_from_query
 from .iplimits import ConnectRate
 from .origin import OriginPolicy
@@ -78,6 +79,7 @@ class Access:
         max_per_ip: Chat connections open at once per address; None: no limit.
         connect_rate: New chat connections a second per address; None: no limit.
         authenticator: Checks credentials; None: anybody may chat.
+        metrics: Counts the refusals by reason (``chat_metrics.REFUSALS``).
     """
 
     def __init__(
@@ -91,8 +93,10 @@ class Access:
         max_per_ip: int | None = None,
         connect_rate: ConnectRate | None = None,
         authenticator: Authenticator | None = None,
+        metrics: ChatMetrics | None = None,
     ) -> None:
         self.router = router
+        self.metrics = metrics or ChatMetrics()
         self.server = server
         self.max_connections = max_connections
         self.max_echo = max_echo
@@ -110,33 +114,33 @@ class Access:
             return answer
         if answer is not None:
             assert isinstance(answer, Response)  # an upgrade's refusal is at once (421, 404)
-            return self._refused(request, answer)
+            return self._refused(request, answer, "host" if answer.status == 421 else "not_found")
         if (full := self._full(request.path)) is not None:
-            return self._refused(request, full)
+            return self._refused(request, *full)
         if request.path != CHAT_PATH:
             return None
         if not self.origins.allows(request):
             origin = request.headers.get("Origin", "")
-            return self._refused(request, reject(403, f"origin {origin} is not allowed"))
+            return self._refused(request, reject(403, f"origin {origin} is not allowed"), "origin")
         try:
             identity_from_query(request.query)
         except CommandError as exc:
-            return self._refused(request, reject(400, str(exc)))
+            return self._refused(request, reject(400, str(exc)), "bad_request")
         key = address_key(request.remote_address[0]) if request.remote_address else ""
         request.state[_KEY] = key
         if self.connect_rate is not None and (wait := self.connect_rate.admit(key)):
             seconds = math.ceil(wait)
             headers = (("Retry-After", str(seconds)),)
             reason = f"too many new connections from {key}: retry in {seconds} s"
-            return self._refused(request, reject(429, reason, headers))
+            return self._refused(request, reject(429, reason, headers), "connect_rate")
         if (crowded := self._crowded(key)) is not None:
-            return self._refused(request, crowded)
+            return self._refused(request, crowded, "per_ip")
         if self.authenticator is None:
             return None
         try:
             identity = self.authenticator(request)
         except Unauthorized as exc:
-            return self._refused(request, exc.response())
+            return self._unauthorized(request, exc)
         if isinstance(identity, Identity):
             remember(request, identity)
             return None
@@ -149,12 +153,18 @@ class Access:
         try:
             identity = await pending
         except Unauthorized as exc:
-            return self._refused(request, exc.response())
-        refusal = self._full(request.path) or self._crowded(key)
-        if refusal is not None:
-            return self._refused(request, refusal)
+            return self._unauthorized(request, exc)
+        if (full := self._full(request.path)) is not None:
+            return self._refused(request, *full)
+        if (crowded := self._crowded(key)) is not None:
+            return self._refused(request, crowded, "per_ip")
         remember(request, identity)
         return None
+
+    def _unauthorized(self, request: Request, exc: Unauthorized) -> Response:
+        """401 for credentials refused; 429 or 503 for password checks out of their limits."""
+        response = exc.response()
+        return self._refused(request, response, "auth" if response.status == 401 else "login_limit")
 
     def close(self) -> None:
         """Stop the password checks' worker threads (``--auth basic``) and log the refusals
@@ -163,22 +173,27 @@ class Access:
             self.authenticator.close()
         self._refusals.close()
 
-    def _refused(self, request: Request, response: Response) -> Response:
+    def _refused(self, request: Request, response: Response, reason: str) -> Response:
+        """Count a refusal by ``reason`` and log it (``server.refusals``: the path, never the
+        query, where an ``access_token`` may be, nor a credential)."""
+        self.metrics.refused(reason)
         self._refusals(request, response.status, response.body.decode().strip())
         return response
 
-    def _full(self, path: str) -> Response | None:
-        """503 if ``max_connections`` are open, or ``max_echo`` on /echo."""
+    def _full(self, path: str) -> tuple[Response, str] | None:
+        """503 if ``max_connections`` are open, or ``max_echo`` on /echo; with the reason."""
         server = self.server()
         if server is None:
             return None
         headers = (("Retry-After", str(RETRY_FULL)),)
         limit = self.max_connections
         if limit is not None and len(server.connections) >= limit:
-            return reject(503, f"the server is full ({limit} connections): retry later", headers)
+            full = reject(503, f"the server is full ({limit} connections): retry later", headers)
+            return full, "max_connections"
         limit = self.max_echo
         if path == ECHO_PATH and limit is not None and server.connections_on(path) >= limit:
-            return reject(503, f"/echo is full ({limit} connections): retry later", headers)
+            full = reject(503, f"/echo is full ({limit} connections): retry later", headers)
+            return full, "max_echo_connections"
         return None
 
     def _crowded(self, key: str) -> Response | None:
@@ -200,7 +215,12 @@ class Access:
         return reject(429, f"{limit} connections are open from {key}", headers)
 
 
-def access_hook(router: Router, server: Callable[[], Server | None], settings: Settings) -> Access:
+def access_hook(
+    router: Router,
+    server: Callable[[], Server | None],
+    settings: Settings,
+    metrics: ChatMetrics | None = None,
+) -> Access:
     """The hook ``settings`` ask for.
 
     Raises:
@@ -218,4 +238,5 @@ def access_hook(router: Router, server: Callable[[], Server | None], settings: S
         authenticator=authenticator(
             settings.auth, settings.jwt_secret, settings.users_file, settings.max_login_failures
         ),
+        metrics=metrics,
     )

@@ -10,11 +10,13 @@ import ssl
 
 import rfc6455
 from rfc6455.forwarded import TrustedProxies
+from rfc6455.handshake import is_upgrade
 
 from .access import access_hook
 from .api import Api, ApiBackend
 from .auth import CHAT_SUBPROTOCOL
 from .backend import ChatBackend
+from .chat_metrics import ChatMetrics
 from .descriptors import raise_descriptor_limit
 from .engine import Engine
 from .handler import ChatHandler, echo
@@ -22,6 +24,7 @@ from .hosts import HostPolicy
 from .hub import Hub
 from .local_engine import LocalEngine
 from .manager import ConnectionManager
+from .metrics_page import MetricsPage, serve_metrics
 from .namespaces import Namespace, Namespaces
 from .persistence import PersistenceQueue
 from .settings import Settings
@@ -63,13 +66,15 @@ def namespaces_of(settings: Settings) -> Namespaces:
     return Namespaces.load(settings.channels_file, defaults)
 
 
-def engine_of(settings: Settings, namespaces: Namespaces) -> Engine:
+def engine_of(
+    settings: Settings, namespaces: Namespaces, metrics: ChatMetrics | None = None
+) -> Engine:
     """The engine ``--engine`` names: this process's, or Redis's (imported only then)."""
     if settings.engine == "local":
-        return LocalEngine(settings, namespaces)
+        return LocalEngine(settings, namespaces, metrics)
     from .redis_engine import RedisEngine
 
-    return RedisEngine(settings, namespaces)
+    return RedisEngine(settings, namespaces, metrics=metrics)
 
 
 class App:
@@ -87,11 +92,13 @@ class App:
     def __init__(self, settings: Settings, api_backend: ApiBackend | None = None) -> None:
         self.settings = settings
         self.namespaces = namespaces = namespaces_of(settings)
-        self.manager = ConnectionManager()
-        self.engine: Engine = engine_of(settings, namespaces)
-        self.hub = Hub(self.manager, namespaces, settings.limits.max_send_buffer or 2**20)
+        # Counted whether or not they are served: a count costs a `+= 1` (chat_metrics.py).
+        self.metrics = metrics = ChatMetrics(settings.worker)
+        self.manager = ConnectionManager(metrics)
+        self.engine: Engine = engine_of(settings, namespaces, metrics)
+        self.hub = Hub(self.manager, namespaces, settings.limits.max_send_buffer or 2**20, metrics)
         self.engine.listener = self.hub
-        self.chat = ChatHandler(self.manager, self.engine, self.hub, namespaces, settings)
+        self.chat = ChatHandler(self.manager, self.engine, self.hub, namespaces, settings, metrics)
         if api_backend is None:
             api_backend = ChatBackend(self.engine, self.hub, self.manager, settings.history_bytes)
         paths = frozenset({CHAT_PATH, ECHO_PATH} if settings.echo_enabled else {CHAT_PATH})
@@ -105,11 +112,20 @@ class App:
             if settings.api_key is not None
             else None
         )
+        self.metrics_page = MetricsPage(metrics.registry, settings.metrics_token)
         self.router = Router(
-            settings.web_root, self.health, paths, HostPolicy(settings.allowed_hosts), self.api
+            settings.web_root,
+            self.health,
+            paths,
+            HostPolicy(settings.allowed_hosts),
+            self.api,
+            # On the chat's port only with a token: the figures are not for everyone.
+            self.metrics_page if settings.metrics_token is not None else None,
         )
         self.server: rfc6455.Server | None = None
-        self.access = access_hook(self.router, lambda: self.server, settings)
+        self.metrics_server: rfc6455.Server | None = None
+        self.access = access_hook(self.router, lambda: self.server, settings, metrics)
+        metrics.watch(lambda: self.server, self.manager, self.hub.counts, self.engine.figures)
 
     @property
     def queue(self) -> PersistenceQueue:
@@ -123,10 +139,27 @@ class App:
 
     async def _dispatch(self, connection: rfc6455.Connection) -> None:
         assert connection.request is not None
-        if connection.request.path == ECHO_PATH:
-            await echo(connection)
-        else:
-            await self.chat(connection)
+        metrics = self.metrics
+        try:
+            if connection.request.path == ECHO_PATH:
+                metrics.accepted_echo.value += 1
+                await echo(connection, metrics)
+            else:
+                metrics.accepted_chat.value += 1
+                await self.chat(connection)
+        except Exception:
+            metrics.failed()  # the server closes it with 1011 (rfc6455.serve)
+            raise
+        # The handler has returned once the connection closed, or closing it.
+        metrics.closed(connection)
+
+    def _refusal(
+        self, request: rfc6455.Request, exc: rfc6455.InvalidRequest
+    ) -> rfc6455.Response | None:
+        """Count a handshake the WebSocket server refused itself, then let the Router answer."""
+        if is_upgrade(request):
+            self.metrics.refused("bad_request")
+        return self.router.refusal(request, exc)
 
     async def start(self) -> int:
         """Open the database, load the latest messages and start listening; returns the port."""
@@ -139,7 +172,7 @@ class App:
                 settings.host,
                 settings.port,
                 process_request=self.access,
-                process_refusal=self.router.refusal,
+                process_refusal=self._refusal,
                 subprotocols=(CHAT_SUBPROTOCOL,),
                 limits=settings.limits,
                 reuse_port=settings.reuse_port,
@@ -149,8 +182,16 @@ class App:
                     TrustedProxies(settings.trusted_proxies) if settings.trusted_proxies else None
                 ),
             )
+            if settings.metrics_port is not None:
+                self.metrics_server = await serve_metrics(
+                    self.metrics_page,
+                    settings.metrics_host,
+                    settings.metrics_port + (settings.worker or 0) if settings.metrics_port else 0,
+                )
         except BaseException:
             # Cannot listen (port taken, unknown host): close the database and its thread again.
+            if self.server is not None:
+                await self.server.close()
             await self.engine.stop(0)
             raise
         port = self.server.port
@@ -208,6 +249,8 @@ class App:
         timeout = self.settings.shutdown_timeout
         if self.server is not None:
             await self.server.close(code, reason, timeout)
+        if self.metrics_server is not None:
+            await self.metrics_server.close()
         self.access.close()
         if self.api is not None:
             self.api.close()

@@ -164,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{_PROG}: error: {exc}", file=sys.stderr)
         return 2
     if link is not None:
-        settings = dataclasses.replace(settings, reuse_port=True)
+        settings = dataclasses.replace(settings, reuse_port=True, worker=link.slot)
     # The workers of one supervisor share its stderr: each line names its worker's pid.
     configure(settings.log_level, settings.log_format, worker=link is not None)
     if settings.workers > 1:

@@ -16,6 +16,7 @@ history already covers (``Recovery.top``), so either engine gives no gap and no 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -72,6 +73,7 @@ class Draft:
         client_id: The anonymous sender's stable id (``hello``), if any.
         name: The anonymous sender's display name, if any.
         reply: Resolved with the ``Ack`` instead of an ack sent to the connection (the API).
+        received: When it was received (``time.perf_counter``), for the ack's latency.
     """
 
     channel: str
@@ -82,6 +84,7 @@ class Draft:
     client_id: str | None = None
     name: str | None = None
     reply: asyncio.Future[Ack] | None = field(default=None, compare=False)
+    received: float = field(default_factory=time.perf_counter, compare=False)
 
     @property
     def sender(self) -> str | None:
@@ -310,6 +313,10 @@ class Engine(Protocol):
 
     def health(self) -> dict[str, object]:
         """Figures for ``/healthz``."""
+
+    def figures(self) -> dict[str, float]:
+        """Counts for ``/metrics``, read when it is scraped (``chat_metrics``): any of
+        ``presence_members``, ``queue_depth``, ``persisted``, ``retries``, ``dead_letters``."""
 
 
 class NoListener:

@@ -24,16 +24,18 @@ from dataclasses import dataclass, field
 
 import rfc6455
 from rfc6455 import CloseCode
+from rfc6455.typing import Data
 
 from . import commands, messages
 from .auth import close_at_expiry, identity_of
 from .channels import DEFAULT_CHANNEL, direct_channel, direct_users
+from .chat_metrics import ChatMetrics, close_of
 from .commands import CommandError
 from .departures import Departures
 from .engine import Draft, Engine, EngineClosed, EngineUnavailable, Member
 from .history import Resume
 from .hub import Hub, Subscriber
-from .manager import ConnectionManager, send_now
+from .manager import ConnectionManager
 from .namespaces import Namespaces
 from .ratelimit import RateLimiter, TokenBucket, retry_after_ms
 from .settings import Settings
@@ -116,6 +118,7 @@ class ChatHandler:
         hub: The subscriptions here, and the fan-out.
         namespaces: The channels' options.
         settings: The server's settings.
+        metrics: Counts messages received, rate-limited ones, resumes.
     """
 
     def __init__(
@@ -125,8 +128,10 @@ class ChatHandler:
         hub: Hub,
         namespaces: Namespaces,
         settings: Settings,
+        metrics: ChatMetrics | None = None,
     ) -> None:
         self.manager = manager
+        self.metrics = metrics or ChatMetrics()
         self.engine = engine
         self.hub = hub
         self.namespaces = namespaces
@@ -218,12 +223,13 @@ class ChatHandler:
                 "open": len(self.manager),
             },
         )
-        send_now(connection, messages.connection_id(client.id))
-        send_now(connection, messages.welcome(settings.welcome, epoch))
+        self.manager.send_now(connection, messages.connection_id(client.id))
+        self.manager.send_now(connection, messages.welcome(settings.welcome, epoch))
         if subscriber is None or recovery is None:
             return True
+        self._count_resume(resume, recovery.recovered, len(recovery.messages))
         if resume is not None or count:
-            send_now(
+            self.manager.send_now(
                 connection,
                 messages.history(recovery.messages, recovery.epoch, recovery.recovered),
             )
@@ -250,12 +256,16 @@ class ChatHandler:
     async def _receive(self, client: _Client) -> None:
         connection, settings = client.connection, self.settings
         limited = settings.rate_limit > 0
+        received, received_bytes = self.metrics.messages_received, self.metrics.bytes_received
         async for text in connection:
+            received.value += 1
             if not isinstance(text, str):
+                received_bytes.value += len(text)
                 await connection.close(
                     CloseCode.UNSUPPORTED_DATA, "binary messages are not supported"
                 )
                 return
+            received_bytes.value += messages.utf8_size(text)
             if limited and client.limiter is None:
                 # Made at the first message: an idle client costs no buckets.
                 client.limiter = self._rate_limiter()
@@ -263,7 +273,10 @@ class ChatHandler:
             if limiter is not None and (wait := limiter.admit(text)):
                 # Refused before it gets a seq: neither stored nor broadcast. Its id is read
                 # only now, for the error: a client refused 3 times is disconnected.
-                send_now(connection, messages.rate_limited(retry_after_ms(wait), _id_of(text)))
+                self.metrics.rate_limited.value += 1
+                self.manager.send_now(
+                    connection, messages.rate_limited(retry_after_ms(wait), _id_of(text))
+                )
                 if limiter.strike():
                     # Fail rather than close: a flooder's further frames are discarded
                     # (RFC 6455 §7.1.7), not queued while it ignores the close frame.
@@ -282,7 +295,7 @@ class ChatHandler:
             except CommandError as exc:
                 if limiter is not None:
                     limiter.messages.take(1)
-                send_now(
+                self.manager.send_now(
                     connection,
                     messages.error(exc.code, str(exc), exc.client_msg_id, exc.channel),
                 )
@@ -302,7 +315,7 @@ class ChatHandler:
                         "not_subscribed", f"not subscribed to {channel}", None, channel
                     )
                 self._unsubscribe_now(client, channel)
-                send_now(client.connection, messages.unsubscribed(channel))
+                self.manager.send_now(client.connection, messages.unsubscribed(channel))
             case commands.Direct(to, text, client_msg_id):
                 await self._direct(client, to, text, client_msg_id)
             case commands.Hello(client_id, name):
@@ -313,7 +326,7 @@ class ChatHandler:
                     members = await self._presence(channel)
                 except EngineUnavailable:
                     raise _unavailable(channel) from None
-                send_now(client.connection, messages.presence(channel, *members))
+                self.manager.send_now(client.connection, messages.presence(channel, *members))
             case commands.Typing(channel):
                 self._check_subscribed(client, channel)
                 self._typed(client, channel)
@@ -453,8 +466,18 @@ class ChatHandler:
             )
         if client.subscriptions.get(channel) is not subscriber:
             return  # the connection is gone, or left the channel meanwhile
-        send_now(client.connection, payload)
+        self.manager.send_now(client.connection, payload)
+        self._count_resume(resume, recovery.recovered, len(recovery.messages))
         self.hub.release(subscriber, recovery.top)
+
+    def _count_resume(self, resume: Resume | None, recovered: bool, sent: int) -> None:
+        """Count a resume (a ``since`` and ``epoch`` given) and the messages it recovered."""
+        if resume is None:
+            return
+        metrics = self.metrics
+        (metrics.resumes_recovered if recovered else metrics.resumes_lost).value += 1
+        if recovered:
+            metrics.recovered_messages.value += sent
 
     def _reset(self, channel: str) -> None:
         """The engine lost the channel's thread (``Listener.reset``): every subscriber here
@@ -536,7 +559,7 @@ class ChatHandler:
         for channel in client.subscriptions:
             self.engine.join(channel, client.member, client.id)
         fields = dict(client.member.fields)
-        send_now(client.connection, messages.hello(fields))
+        self.manager.send_now(client.connection, messages.hello(fields))
 
     def _typed(self, client: _Client, channel: str) -> None:
         """Forward a typing signal, at most one per member and channel every 2 s."""
@@ -650,12 +673,13 @@ class _Ending:
 
     @classmethod
     def of(cls, protocol: rfc6455.Protocol) -> _Ending:
+        code, by = close_of(protocol)
         rcvd, sent = protocol.close_rcvd, protocol.close_sent
-        if sent is not None and (rcvd is None or protocol.close_initiator is protocol.side):
-            return cls("server", sent.code, sent.reason, None if rcvd is None else rcvd.code)
-        if rcvd is not None:
-            return cls("client", rcvd.code, rcvd.reason)
-        return cls("lost", CloseCode.ABNORMAL_CLOSURE, "")
+        if by == "server" and sent is not None:
+            return cls(by, code, sent.reason, None if rcvd is None else rcvd.code)
+        if by == "client" and rcvd is not None:
+            return cls(by, code, rcvd.reason)
+        return cls("lost", code, "")
 
     def __str__(self) -> str:
         # A reason is the peer's text: repr escapes what could forge a log line (a newline).
@@ -665,7 +689,24 @@ class _Ending:
         return f"{self.initiator} closed {self.code} {self.reason!r}{answer}"
 
 
-async def echo(connection: rfc6455.Connection) -> None:
-    """Send every message back unchanged (for conformance tests and benchmarks)."""
-    async for message in connection:
-        await connection.send(message)
+async def echo(connection: rfc6455.Connection, metrics: ChatMetrics | None = None) -> None:
+    """Send every message back unchanged (for conformance tests and benchmarks).
+
+    Its messages and bytes are counted (each way) when the connection ends: a count in a
+    local variable costs a third of one in a shared counter, on the path the echo benchmarks
+    measure.
+    """
+    count = size = 0
+    try:
+        async for message in connection:
+            await connection.send(message)
+            count += 1
+            # Bytes and ASCII text: their length; other text: its UTF-8's.
+            size += len(message) if message.isascii() else len(_as_bytes(message))
+    finally:
+        if metrics is not None:
+            metrics.echoed(count, size)
+
+
+def _as_bytes(message: Data) -> bytes:
+    return message.encode() if isinstance(message, str) else message

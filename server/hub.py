@@ -11,12 +11,14 @@ is dropped, so it gets no gap and no duplicate whatever the engine."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 
 import rfc6455
 from rfc6455.frames import CloseCode
 
 from . import messages
+from .chat_metrics import ChatMetrics
 from .engine import Ack, Member, Publication
 from .manager import ConnectionManager, text_frame
 from .namespaces import Namespaces
@@ -51,14 +53,22 @@ class Hub:
         manager: The open connections (for acks, which go to one connection).
         namespaces: Whether a channel announces its members.
         max_held: The most bytes held for one subscriber while its history is read.
+        metrics: Counts what is sent, how long a fan-out takes, acks' latency.
     """
 
     def __init__(
-        self, manager: ConnectionManager, namespaces: Namespaces, max_held: int = 2**20
+        self,
+        manager: ConnectionManager,
+        namespaces: Namespaces,
+        max_held: int = 2**20,
+        metrics: ChatMetrics | None = None,
     ) -> None:
         self.manager = manager
         self.namespaces = namespaces
         self.max_held = max_held
+        self.metrics = metrics = metrics or ChatMetrics()
+        self._sent, self._sent_bytes = metrics.messages_sent, metrics.bytes_sent
+        self._duration = metrics.broadcast_duration
         self._channels: dict[str, dict[str, Subscriber]] = {}
         #: Told which channel to start again (``reset``), and which user to subscribe to a
         #: direct message's channel (``invited``): the chat handler sets them.
@@ -87,6 +97,8 @@ class Hub:
         for seq, message in held:
             if seq is None or seq > top:
                 subscriber.connection.send_prepared(message)
+                self._sent.value += 1
+                self._sent_bytes.value += message.size
 
     def hold(self, subscriber: Subscriber) -> None:
         """Hold a released subscriber's messages again, until its next ``release``."""
@@ -132,8 +144,11 @@ class Hub:
     def acked(self, acks: Sequence[Ack]) -> None:
         """Tell each sender that its message is stored (or could not be)."""
         send = self.manager.send
+        latency, now = self.metrics.ack_latency, time.perf_counter()
         for ack in acks:
             draft = ack.draft
+            if ack.stored:
+                latency.observe(now - draft.received)
             if draft.reply is not None:
                 if not draft.reply.done():
                     draft.reply.set_result(ack)
@@ -189,7 +204,8 @@ class Hub:
         subscribers = self._channels.get(channel)
         if subscribers is None:
             return 0
-        sent = 0
+        started = time.perf_counter()
+        sent = written = 0
         for connection_id, subscriber in subscribers.items():
             if connection_id == exclude:
                 continue
@@ -203,6 +219,7 @@ class Hub:
                     subscriber.connection.fail(
                         CloseCode.TRY_AGAIN_LATER, "history too slow: resume again"
                     )
+                    self.metrics.slow_history.value += 1
                     continue
                 sent += 1
                 continue
@@ -210,5 +227,9 @@ class Hub:
                 subscriber.connection.send_prepared(message)
             except rfc6455.ConnectionClosed:
                 continue
-            sent += 1
-        return sent
+            written += 1
+        # Counted once per fan-out, not per subscriber (held messages count when released).
+        self._sent.value += written
+        self._sent_bytes.value += written * message.size
+        self._duration.observe(time.perf_counter() - started)
+        return sent + written

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from .channels import DEFAULT_CHANNEL
+from .chat_metrics import ChatMetrics
 from .engine import (
     Ack,
     Draft,
@@ -66,9 +67,12 @@ class LocalEngine:
     Args:
         settings: The server's settings.
         namespaces: The channels' options (history, retention).
+        metrics: Where commits' durations are observed.
     """
 
-    def __init__(self, settings: Settings, namespaces: Namespaces) -> None:
+    def __init__(
+        self, settings: Settings, namespaces: Namespaces, metrics: ChatMetrics | None = None
+    ) -> None:
         self.settings = settings
         self.namespaces = namespaces
         self.listener: Listener = NoListener()
@@ -79,6 +83,7 @@ class LocalEngine:
             policy=settings.retry,
             retention=self._retention,
             prune_interval=settings.prune_interval,
+            commit_duration=None if metrics is None else metrics.commit_duration,
         )
         self._rings: dict[str, History] = {}
         # Every ring's bytes count against one budget: a client subscribed to 128 channels
@@ -123,6 +128,17 @@ class LocalEngine:
             "persisted": queue.persisted,
             "deadLettered": queue.dead_lettered,
             "historyBytes": self._budget.used,
+        }
+
+    def figures(self) -> dict[str, float]:
+        """The queue's counts and the members here, for ``/metrics``."""
+        queue = self.queue
+        return {
+            "presence_members": sum(map(len, self._presence.values())),
+            "queue_depth": queue.depth,
+            "persisted": queue.persisted,
+            "retries": queue.failed_attempts,
+            "dead_letters": queue.dead_lettered,
         }
 
     # Publishing.

@@ -6,7 +6,9 @@ import logging
 
 import rfc6455
 
-__all__ = ["ConnectionManager", "send_now", "text_frame"]
+from .chat_metrics import ChatMetrics
+
+__all__ = ["ConnectionManager", "text_frame"]
 
 logger = logging.getLogger("server.manager")
 
@@ -18,21 +20,18 @@ def text_frame(payload: str | bytes) -> rfc6455.PreparedMessage:
     return rfc6455.PreparedMessage(payload, text=True)
 
 
-def send_now(connection: rfc6455.Connection, payload: str | bytes) -> None:
-    """Write a text message (``bytes``: already UTF-8) at once, in this event-loop step.
-
-    Raises:
-        rfc6455.ConnectionClosed: If the connection is closing.
-    """
-    connection.send_prepared(text_frame(payload))
-
-
 class ConnectionManager:
-    """Tracks open chat connections by their connection id, and by user."""
+    """Tracks open chat connections by their connection id, and by user; writes to one.
 
-    def __init__(self) -> None:
+    Args:
+        metrics: Counts the messages written (``chat_transport_messages_sent_total``).
+    """
+
+    def __init__(self, metrics: ChatMetrics | None = None) -> None:
         self._connections: dict[str, rfc6455.Connection] = {}
         self._users: dict[str, set[str]] = {}
+        metrics = metrics or ChatMetrics()
+        self._sent, self._sent_bytes = metrics.messages_sent, metrics.bytes_sent
 
     def __len__(self) -> int:
         return len(self._connections)
@@ -69,7 +68,18 @@ class ConnectionManager:
         if connection is None:
             return False
         try:
-            connection.send_prepared(text_frame(payload))
+            self.send_now(connection, payload)
         except rfc6455.ConnectionClosed:
             return False
         return True
+
+    def send_now(self, connection: rfc6455.Connection, payload: str | bytes) -> None:
+        """Write a text message (``bytes``: already UTF-8) at once, in this event-loop step.
+
+        Raises:
+            rfc6455.ConnectionClosed: If the connection is closing.
+        """
+        message = text_frame(payload)
+        connection.send_prepared(message)
+        self._sent.value += 1
+        self._sent_bytes.value += message.size

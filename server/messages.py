@@ -39,6 +39,7 @@ __all__ = [
     "unsubscribed",
     "user_left",
     "users_left",
+    "utf8_size",
     "welcome",
 ]
 
@@ -87,6 +88,12 @@ class InvalidMessage(ValueError):
 
 def _reject_constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON")
+
+
+def utf8_size(text: str) -> int:
+    """The bytes of a frame's text in UTF-8 (RFC 6455 §5.6), encoded only if not ASCII
+    (``str.isascii`` is O(1))."""
+    return len(text) if text.isascii() else len(text.encode())
 
 
 def is_unicode(text: str) -> bool:

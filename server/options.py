@@ -634,6 +634,32 @@ OPTIONS: tuple[Option, ...] = (
         "user",
         shown="",
     ),
+    Option(
+        "--metrics-token",
+        "CHAT_METRICS_TOKEN",
+        "metrics_token",
+        _api_key,
+        "serve `GET /metrics` (Prometheus, `docs/metrics.md`) on `--port` to requests with "
+        "`Authorization: Bearer TOKEN` (at least 16 characters, as `--api-key`); with "
+        "`--metrics-port`, asked for there too",
+        shown="",
+    ),
+    Option(
+        "--metrics-host",
+        "CHAT_METRICS_HOST",
+        "metrics_host",
+        _required_text("a host"),
+        "address of the `--metrics-port` listener",
+    ),
+    Option(
+        "--metrics-port",
+        "CHAT_METRICS_PORT",
+        "metrics_port",
+        _whole(0, 65535),
+        "serve `GET /metrics` on a listener of its own (nothing else there; `0` picks a free "
+        "port, logged); with `--workers N`, worker K (0 to N-1) listens on this port + K",
+        shown="off",
+    ),
 )
 
 

@@ -60,6 +60,7 @@ import json
 import logging
 import os
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -68,6 +69,7 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
+from .metrics import HistogramChild
 from .retry import RetryPolicy, retry
 from .sequence import DEFAULT_BLOCK, SequenceAllocator
 from .store import DEFAULT_CHANNEL, ChannelRow, MessageRecord, Meta, RecentId, Rows, Store
@@ -278,6 +280,7 @@ class PersistenceQueue:
         retention_days: Delete messages older than this; 0 keeps them forever.
         prune_interval: Seconds between two retention passes.
         retention: A channel's (messages, days) if not the two above; None: those for all.
+        commit_duration: Observes how long each batch took to commit, retries included.
 
     Raises:
         ValueError: If ``capacity`` or ``batch_size`` is less than 1.
@@ -297,6 +300,7 @@ class PersistenceQueue:
         retention_days: float = 0,
         prune_interval: float = 60.0,
         retention: Callable[[str], tuple[int, float]] | None = None,
+        commit_duration: HistogramChild | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, not {capacity}")
@@ -315,6 +319,7 @@ class PersistenceQueue:
         self.prune_interval = prune_interval
         self.retention = retention or (lambda channel: (retention_messages, retention_days))
         self._prunes = bool(retention_messages or retention_days or retention)
+        self._commit_duration = commit_duration
         # Called in the event loop after each batch, with its records in seq order.
         self.on_committed: Callable[[Sequence[MessageRecord]], object] = _ignore
         self.on_dead_lettered: Callable[[Sequence[MessageRecord]], object] = _ignore
@@ -769,6 +774,7 @@ class PersistenceQueue:
         worker, store, sequence = self._worker, self._store, self._allocator()
         assert worker is not None
         assert store is not None
+        started = time.perf_counter()
         try:
             await retry(
                 partial(worker.call, partial(_insert, store, batch, extras)),
@@ -799,6 +805,8 @@ class PersistenceQueue:
                 sequence.reserved_through(extras.reserve)
                 self._ready.set()
             if batch:
+                if self._commit_duration is not None:
+                    self._commit_duration.observe(time.perf_counter() - started)
                 self._notify(self.on_committed, batch)
 
     async def _dead_letter(self, batch: list[MessageRecord], reason: str) -> None:

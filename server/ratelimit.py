@@ -13,6 +13,8 @@ import math
 import time
 from collections.abc import Callable
 
+from .messages import utf8_size
+
 __all__ = [
     "STRIKES",
     "STRIKE_WINDOW",
@@ -171,8 +173,7 @@ class RateLimiter:
             if not wait:
                 self.messages.take(1)
             return wait
-        # str.isascii() is O(1): only non-ASCII text is encoded to be measured.
-        cost = len(text) if text.isascii() else len(text.encode())
+        cost = utf8_size(text)
         wait = max(wait, size.wait(cost))
         if not wait:
             self.messages.take(1)

@@ -32,6 +32,7 @@ import asyncio
 import json
 import logging
 import math
+import time
 import uuid
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from typing import Any
 
 from . import messages
 from .archive import Archive, open_archive
+from .chat_metrics import ChatMetrics
 from .engine import (
     Ack,
     Draft,
@@ -134,8 +136,9 @@ class _Watch:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     waiters: list[tuple[int, asyncio.Future[None]]] = field(default_factory=list)
-    # Acks of this node's messages, held until they are delivered here (seq order).
-    acks: list[Ack] = field(default_factory=list)
+    # Acks of this node's messages, held until they are delivered here (seq order), each
+    # with when its script replied (``time.perf_counter``): their pub/sub lag.
+    acks: list[tuple[Ack, float]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +159,7 @@ class RedisEngine:
         namespaces: The channels' options (history).
         redis: A client (``connect_redis``); by default one for ``settings.engine``.
         archive: The database; by default ``open_archive(settings.db)``.
+        metrics: Where publishes' round trips, pub/sub lag, gaps and reconnections count.
     """
 
     def __init__(
@@ -165,8 +169,10 @@ class RedisEngine:
         *,
         redis: Any = None,
         archive: Archive | None = None,
+        metrics: ChatMetrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics or ChatMetrics()
         self.namespaces = namespaces
         self.listener: Listener = NoListener()
         self.node = uuid.uuid4().hex
@@ -254,6 +260,16 @@ class RedisEngine:
             **self.archiver.health(),
         }
 
+    def figures(self) -> dict[str, float]:
+        """The outbox, the archive's counts and the members here, for ``/metrics``."""
+        archiver = self.archiver
+        return {
+            "presence_members": self.presence.local_members(),
+            "queue_depth": len(self._outbox),
+            "persisted": archiver.archived,
+            "dead_letters": archiver.dead_lettered,
+        }
+
     # Publishing.
 
     def ready(self) -> bool:
@@ -339,6 +355,7 @@ class RedisEngine:
                     keys.topic,
                 )
             )
+        sent = time.perf_counter()
         try:
             results = await pipelined(self.redis, commands)
         except (RedisError, OSError) as exc:
@@ -346,6 +363,7 @@ class RedisEngine:
             for draft in batch:
                 self._unavailable(draft)
             return []
+        self.metrics.redis_publish_duration.observe(time.perf_counter() - sent)
         acks: list[Ack] = []
         again: list[Draft] = []
         missing: set[str] = set()
@@ -659,6 +677,8 @@ class RedisEngine:
                     self.listener.reset(channel)
                 else:
                     logger.debug("channel %s: %d read after a gap", channel, len(entries))
+                    if entries:  # a gap (or a reconnection's) held messages: filled
+                        self.metrics.redis_gaps_filled.value += 1
                     for seq, payload, connection_id in entries:
                         self._deliver(watch, seq, payload, connection_id)
             watch.ready.set()
@@ -703,12 +723,16 @@ class RedisEngine:
         to the channel's subscribers here: a sender that counts its own seqs as seen never
         gets ahead of the broadcasts (as the local engine acks after its broadcast)."""
         now: list[Ack] = []
+        replied = time.perf_counter()
+        lag = self.metrics.redis_pubsub_lag
         for ack in acks:
             watch = self._watches.get(ack.draft.channel)
             if watch is None or watch.top >= ack.seq:
+                if watch is not None:
+                    lag.observe(0.0)  # it came over pub/sub before the script's reply
                 now.append(ack)
             else:
-                watch.acks.append(ack)
+                watch.acks.append((ack, replied))
         if now:
             self.listener.acked(now)
 
@@ -716,11 +740,15 @@ class RedisEngine:
         """Send the held acks of messages delivered now (all of them if ``everything``)."""
         acks = watch.acks
         count = 0
-        while count < len(acks) and (everything or acks[count].seq <= watch.top):
+        while count < len(acks) and (everything or acks[count][0].seq <= watch.top):
             count += 1
         if count:
             due, watch.acks = acks[:count], acks[count:]
-            self.listener.acked(due)
+            if not everything:
+                lag, now = self.metrics.redis_pubsub_lag, time.perf_counter()
+                for _, replied in due:
+                    lag.observe(now - replied)
+            self.listener.acked([ack for ack, _ in due])
 
     def _deliver(self, watch: _Watch, seq: int, payload: bytes, connection_id: str) -> None:
         watch.top = seq
@@ -944,6 +972,7 @@ class RedisEngine:
                     attempt,
                     extra={"event": "redis_reconnected"},
                 )
+                self.metrics.redis_reconnects.value += 1
                 self.presence.refresh_soon()
                 return
         finally:

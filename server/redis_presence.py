@@ -78,6 +78,10 @@ class Presence:
         await self.background.drain(timeout)
         self.background.cancel()
 
+    def local_members(self) -> int:
+        """The members of every channel connected here (one per channel they are in)."""
+        return sum(map(len, self._local.values()))
+
     def refresh_soon(self) -> None:
         """Write every entry again now (Redis is back: it may have lost them)."""
         self._refresh.set()

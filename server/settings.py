@@ -134,6 +134,15 @@ class Settings:
     history_memory: int = 16 * 2**20
     # Seconds between two retention passes: old messages outlive their limit by at most this.
     prune_interval: float = 60.0
+    # GET /metrics (metrics_page.py), off unless one is given: on the chat's port to requests
+    # with this Bearer token (a secret: never shown), or on a listener of its own, loopback
+    # by default since the figures are the operator's; worker K of --workers adds K to the port.
+    metrics_token: str | None = field(default=None, repr=False)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
+    # This process's number among --workers (0 to N-1), set by ``cli`` in a worker: the
+    # ``worker`` label of its metrics; None: a single process.
+    worker: int | None = None
     # SO_REUSEPORT on the listening sockets: set by ``cli`` in a worker of ``--workers``, so
     # that the workers share the port; a standalone server's port is its own.
     reuse_port: bool = False

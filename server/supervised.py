@@ -5,7 +5,8 @@ file descriptor the environment variable ``SUPERVISOR_FD`` names. The worker sen
 on it once it listens: the supervisor waits for that byte, it never polls. The supervisor
 sends nothing back, so the only thing the worker ever reads there is the end of file that
 comes when the supervisor's process ends, however it ends (``kill -9`` included): the worker
-then stops gracefully rather than hold the port unsupervised.
+then stops gracefully rather than hold the port unsupervised. ``SUPERVISOR_SLOT`` names the
+worker's slot (0 to N-1): the ``worker`` label of its metrics, and its metrics port's offset.
 
 ``RESTART_SIGNAL`` asks a server to stop as SIGTERM does, but to close its clients with 1012
 "service restart" (RFC 6455 §7.4.1, the IANA registry's code), which tells them to connect
@@ -22,9 +23,10 @@ import signal
 import socket
 from collections.abc import Callable, MutableMapping
 
-__all__ = ["RESTART_SIGNAL", "SUPERVISOR_FD", "SupervisorLink"]
+__all__ = ["RESTART_SIGNAL", "SUPERVISOR_FD", "SUPERVISOR_SLOT", "SupervisorLink"]
 
 SUPERVISOR_FD = "SERVER_SUPERVISOR_FD"
+SUPERVISOR_SLOT = "SERVER_SUPERVISOR_SLOT"
 RESTART_SIGNAL = signal.SIGUSR1
 
 
@@ -33,10 +35,12 @@ class SupervisorLink:
 
     Args:
         sock: That end.
+        slot: The worker's slot among the supervisor's (0 to N-1).
     """
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, slot: int = 0) -> None:
         self._sock = sock
+        self.slot = slot
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
@@ -49,13 +53,16 @@ class SupervisorLink:
             ValueError: The variable does not name a socket's file descriptor.
         """
         text = environ.pop(SUPERVISOR_FD, None)
+        slot = environ.pop(SUPERVISOR_SLOT, "0")
         if text is None:
             return None
+        if not slot.isdigit():
+            raise ValueError(f"{SUPERVISOR_SLOT}={slot!r} is not a slot number")
         try:
             sock = socket.socket(fileno=int(text))
         except (ValueError, OSError):
             raise ValueError(f"{SUPERVISOR_FD}={text!r} is not a socket's descriptor") from None
-        return cls(sock)
+        return cls(sock, int(slot))
 
     def ready(self) -> None:
         """Tell the supervisor that this worker listens."""

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 from .app import addresses_text
 from .settings import Settings
-from .supervised import RESTART_SIGNAL, SUPERVISOR_FD
+from .supervised import RESTART_SIGNAL, SUPERVISOR_FD, SUPERVISOR_SLOT
 
 __all__ = ["Backoff", "Supervisor", "check_workers", "supervise", "worker_command"]
 
@@ -98,6 +98,12 @@ def check_workers(settings: Settings) -> None:
         raise ValueError(
             f"--workers {workers} needs a --port other than 0: each worker would get a port of "
             "its own"
+        )
+    metrics_port = settings.metrics_port
+    if metrics_port and metrics_port + workers - 1 > 65535:
+        raise ValueError(
+            f"--workers {workers}: worker {workers - 1} would listen for metrics on "
+            f"{metrics_port + workers - 1}, beyond 65535"
         )
 
 
@@ -250,7 +256,7 @@ class Supervisor:
             process = await asyncio.create_subprocess_exec(
                 *self._command,
                 stdin=asyncio.subprocess.DEVNULL,
-                env={**os.environ, SUPERVISOR_FD: str(child.fileno())},
+                env={**os.environ, SUPERVISOR_FD: str(child.fileno()), SUPERVISOR_SLOT: str(slot)},
                 pass_fds=(child.fileno(),),
                 process_group=0,
             )

@@ -19,6 +19,7 @@ from rfc6455.handshake import is_upgrade, reject
 
 from .api import API_PREFIX, Api
 from .hosts import HostPolicy, host_name
+from .metrics_page import METRICS_PATH, MetricsPage
 
 __all__ = ["CHAT_PATH", "ECHO_PATH", "Router"]
 
@@ -46,6 +47,7 @@ class Router:
         websocket_paths: the paths that accept a WebSocket upgrade.
         hosts: the host names requests may name (``hosts.py``); others get 421.
         api: answers the requests under ``/api/``; None: there is no API.
+        metrics: answers ``/metrics`` (``--metrics-token``); None: it is not served here.
     """
 
     def __init__(
@@ -55,12 +57,14 @@ class Router:
         websocket_paths: frozenset[str] = frozenset({CHAT_PATH, ECHO_PATH}),
         hosts: HostPolicy | None = None,
         api: Api | None = None,
+        metrics: MetricsPage | None = None,
     ) -> None:
         self.web_root = web_root.resolve()
         self.health = health
         self.websocket_paths = websocket_paths
         self.hosts = hosts or HostPolicy()
         self.api = api
+        self.metrics = metrics
 
     def __call__(self, request: Request) -> Response | Awaitable[Response] | None:
         """None lets a WebSocket upgrade go on; any other request gets its answer, an API
@@ -75,6 +79,8 @@ class Router:
             return reject(404, f"no WebSocket endpoint at {request.path}")
         if self.api is not None and request.path.startswith(API_PREFIX):
             return self.api(request)
+        if self.metrics is not None and request.path == METRICS_PATH:
+            return self.metrics(request)
         if request.method not in ("GET", "HEAD"):
             return reject(405, "only GET and HEAD are served", (("Allow", "GET, HEAD"),))
         if request.path == "/healthz":

@@ -51,7 +51,10 @@ from ..prepared import PreparedMessage
 from ..protocol import Pong, Protocol, Side, State
 from ..typing import BytesLike, Data
 
-__all__ = ["Connection"]
+__all__ = ["SLOW_CONSUMER", "Connection"]
+
+#: The reason of the 1008 close frame a slow consumer gets (its count is an application's metric).
+SLOW_CONSUMER = "slow consumer"
 
 # Close codes that end a connection normally (RFC 6455 §7.4.1); 1005 is the
 # peer's close frame without a code.
@@ -660,7 +663,7 @@ class Connection(asyncio.BufferedProtocol):
             },
         )
         # RFC 6455 §7.4.1: 1008, "a message that violates its policy".
-        self.protocol.fail(CloseCode.POLICY_VIOLATION, "slow consumer")
+        self.protocol.fail(CloseCode.POLICY_VIOLATION, SLOW_CONSUMER)
         # The peer's close frame and EOF must be read, and a peer that never reads
         # gets the grace, not close_timeout, before its buffer is freed.
         self._resume_reading()

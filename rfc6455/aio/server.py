@@ -101,6 +101,9 @@ class Server:
         self._tls_failed = ThrottledLog(logger, logging.INFO)
         self._tls_timed_out = ThrottledLog(logger, logging.INFO)
         self._request_timed_out = ThrottledLog(logger, logging.INFO)
+        #: TCP connections answered 503 at once: ``Limits.max_handshakes`` (in all, or from
+        #: their address) were in their handshake already.
+        self.refused_busy = 0
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
@@ -141,11 +144,13 @@ class Server:
         if (total is not None and len(self._handshakes) >= total) or (
             not proxy and here is not None and self._handshaking[key] >= here
         ):
-            self._log_busy(key)
+            self._refuse_busy(key)
             return False
         return True
 
-    def _log_busy(self, key: str) -> None:
+    def _refuse_busy(self, key: str) -> None:
+        """Count and log a handshake refused with 503 as one too many in progress."""
+        self.refused_busy += 1
         self._refused_busy(
             "refused handshakes: too many in progress: %d in all, %d from %s",
             len(self._handshakes),
@@ -483,7 +488,7 @@ class _Handshake(asyncio.BufferedProtocol):
         here = server.limits.max_handshakes_per_address
         if key != self._key:
             if here is not None and server._handshaking[key] >= here:
-                server._log_busy(key)
+                server._refuse_busy(key)
                 raise InvalidRequest(503, _BUSY, (("Retry-After", "1"),))
             server._count_handshake(self._key, -1)
             server._count_handshake(key, 1)

@@ -157,6 +157,16 @@ OPTIONS: list[tuple[str, str, str, Callable[[Settings], Any], Any]] = [
         "0123456789abcdef",
     ),
     ("--api-key", "CHAT_API_KEY", "A-._~+/z09Zaaaa==", lambda s: s.api_key, "A-._~+/z09Zaaaa=="),
+    (
+        "--metrics-token",
+        "CHAT_METRICS_TOKEN",
+        "0123456789abcdef",
+        lambda s: s.metrics_token,
+        "0123456789abcdef",
+    ),
+    ("--metrics-host", "CHAT_METRICS_HOST", "::1", lambda s: s.metrics_host, "::1"),
+    ("--metrics-port", "CHAT_METRICS_PORT", "9100", lambda s: s.metrics_port, 9100),
+    ("--metrics-port", "CHAT_METRICS_PORT", "0", lambda s: s.metrics_port, 0),
 ]
 
 
@@ -324,6 +334,12 @@ BAD: list[tuple[list[str], dict[str, str]]] = [
     (["--max-login-failures", "-1"], {}),
     ([], {"CHAT_MAX_LOGIN_FAILURES": "ten"}),
     (["--api-key", "0123456789abcde"], {}),
+    (["--metrics-token", "short"], {}),
+    (["--metrics-token", "0123456789 abcdef"], {}),
+    (["--metrics-port", "65536"], {}),
+    (["--metrics-port", "nine"], {}),
+    (["--metrics-host", " "], {}),
+    ([], {"CHAT_METRICS_PORT": "-1"}),
     ([], {"CHAT_API_KEY": ""}),
     ([], {"CHAT_API_KEY": "0123456789 abcdef"}),
     (["--api-key", "0123456789abcdéf"], {}),
@@ -336,6 +352,8 @@ BAD: list[tuple[list[str], dict[str, str]]] = [
     ([], {"CHAT_WORKERS": "two"}),
     (["--workers", "2"], {}),  # the local engine
     (["--workers", "2", "--engine", "redis://127.0.0.1", "--port", "0"], {}),
+    # Worker 1 would have no metrics port.
+    (["--workers", "2", "--engine", "redis://127.0.0.1", "--metrics-port", "65535"], {}),
     (["--no-such-option"], {}),
     (["--port"], {}),
     (["positional"], {}),
