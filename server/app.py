@@ -16,6 +16,7 @@ from .auth import CHAT_SUBPROTOCOL
 from .backend import ChatBackend
 from .descriptors import raise_descriptor_limit
 from .engine import Engine
+from .event_loop import running_loop
 from .handler import ChatHandler, echo
 from .hosts import HostPolicy
 from .hub import Hub
@@ -150,6 +151,7 @@ class App:
             await self.engine.stop(0)
             raise
         port = self.server.port
+        logger.info("event loop: %s", running_loop())
         logger.info("listening: %s", addresses_text(settings.host, port, tls=context is not None))
         return port
 

@@ -8,7 +8,6 @@ option cannot check alone.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import logging
 import os
@@ -21,9 +20,11 @@ from typing import Any, NoReturn
 
 from rfc6455 import Limits, __version__
 
+from . import event_loop
 from .app import namespaces_of, run
 from .auth import authenticator
 from .engine import EngineUnavailable
+from .event_loop import LoopUnavailable
 from .namespaces import NamespaceError
 from .options import OPTIONS, Option, default_text
 from .persistence import DatabaseInUse
@@ -145,6 +146,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         check_workers(settings)
     except ValueError as exc:
         parser.error(str(exc))
+    try:
+        event_loop.choose(settings.loop)
+    except LoopUnavailable as exc:
+        parser.error(str(exc))
     return settings
 
 
@@ -173,9 +178,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     if settings.workers > 1:
-        return asyncio.run(supervise(settings, sys.argv[1:] if argv is None else argv))
+        return event_loop.run(
+            settings.loop, supervise(settings, sys.argv[1:] if argv is None else argv)
+        )
     try:
-        return asyncio.run(run(settings, link))
+        return event_loop.run(settings.loop, run(settings, link))
     except OSError as exc:
         # The port is taken, or the host is not an address of this machine.
         print(f"{_PROG}: error: cannot listen: {exc.strerror or exc}", file=sys.stderr)

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from .api import check_key
 from .auth import AUTH_MODES
+from .event_loop import FAST_EXTRA, LOOP_MODES
 from .hosts import parse_hosts
 from .origin import parse_origins
 from .settings import COMPRESSION_MODES, ECHO_MODES, Settings
@@ -256,6 +257,15 @@ OPTIONS: tuple[Option, ...] = (
         _choice(LOG_LEVELS, upper=True),
         "`DEBUG`, `INFO`, `WARNING` or `ERROR`",
         metavar="{" + ",".join(LOG_LEVELS) + "}",
+    ),
+    Option(
+        "--loop",
+        "CHAT_LOOP",
+        "loop",
+        _choice(LOOP_MODES),
+        f"the event loop: `uvloop` (`{FAST_EXTRA}`), `asyncio`, or `auto`: uvloop when it is "
+        "installed, else asyncio; the start-up log says which",
+        metavar="{" + ",".join(LOOP_MODES) + "}",
     ),
     Option(
         "--retry-attempts",

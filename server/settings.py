@@ -51,6 +51,8 @@ class Settings:
     # Processes serving the port, under a supervisor (supervisor.py); 1: this process serves.
     workers: int = 1
     log_level: str = "INFO"
+    # The event loop (event_loop.py): uvloop when it is installed, else asyncio's.
+    loop: str = "auto"
     retry: RetryPolicy = RetryPolicy()
     # 10,000 messages of a chat burst fit in a few MiB of memory.
     queue_capacity: int = 10_000
