@@ -178,8 +178,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     if settings.workers > 1:
+        # The supervisor carries no traffic, and uvloop cannot start a worker in a process
+        # group of its own (no process_group in its subprocess_exec); the workers, started
+        # with these arguments and this environment, run on the loop chosen.
         return event_loop.run(
-            settings.loop, supervise(settings, sys.argv[1:] if argv is None else argv)
+            "asyncio", supervise(settings, sys.argv[1:] if argv is None else argv)
         )
     try:
         return event_loop.run(settings.loop, run(settings, link))

@@ -5,7 +5,8 @@ server's code and the ``rfc6455`` package do not change, they run on whichever l
 (``rfc6455`` never imports uvloop). It is imported only when chosen: ``auto`` takes it when it
 is installed, ``asyncio`` never looks for it, ``uvloop`` insists on it. The workers of
 ``--workers N`` are started with the supervisor's arguments and environment, so they choose
-as it did, and each logs its own loop with its ``listening`` line.
+alike, and each logs its loop with its ``listening`` line; the supervisor itself, which
+carries no traffic, runs on asyncio's.
 """
 
 from __future__ import annotations
