@@ -10,7 +10,9 @@ disturbed by other processes is taken again once.
 The servers: the project (``python -m server``) and the peers of ``benchmarks/peers/``, each
 ``@asyncio`` and ``@uvloop`` (``CHAT_LOOP``, which the peers read as the project does), and
 ``node-ws``: ``benchmarks/node/ws_peer.js``, Node's ``ws`` (``npm ci`` in ``benchmarks/node``
-installs it; the run is skipped for it when node or ws is missing).
+installs it; the run is skipped for it when node or ws is missing). ``--before CHECKOUT`` adds
+the project's server of another checkout as ``before@LOOP``, to measure a change against the
+peers in the same rounds.
 
 Workloads: ``echo-32B-k1``, ``echo-32B-k16`` and ``broadcast-1000`` (e2e's: 50 connections
 with 1 or 16 messages of 32 B in flight each; 64 B from one sender to 1,000 receivers as
@@ -40,11 +42,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import e2e
+from benchmarks.bench_channels import Config, ProjectServer
 
 LOOPS = ("asyncio", "uvloop")
 NODE = "node-ws"
 NODE_DIR = e2e.ROOT / "benchmarks" / "node"
 UVLOOP = f"{e2e.PROJECT}@uvloop"
+# The project's server from another checkout (--before), on each loop.
+BEFORE = "before"
 
 WORKLOADS = [e2e.echo(32, 1), e2e.echo(32, 16), e2e.broadcast(1000)]
 MORE = [e2e.echo(e2e.KiB, 1), e2e.broadcast(100)]
@@ -63,20 +68,28 @@ def node_ready() -> bool:
     return shutil.which("node") is not None and (NODE_DIR / "node_modules" / "ws").is_dir()
 
 
-def server_names(libraries: Sequence[str], node: bool) -> list[str]:
-    """``library@loop`` for every library and loop, then ``node-ws`` if ``node``."""
-    return [f"{library}@{loop}" for loop in LOOPS for library in libraries] + [NODE] * node
+def server_names(
+    libraries: Sequence[str], node: bool, loops: Sequence[str] = LOOPS, before: bool = False
+) -> list[str]:
+    """``library@loop`` for every library (and ``before``) and loop, then ``node-ws``."""
+    libraries = [*libraries, BEFORE] if before else list(libraries)
+    return [f"{library}@{loop}" for loop in loops for library in libraries] + [NODE] * node
 
 
 def measure_once(
     name: str, workload: e2e.Workload, config: e2e.Config, tag: str
 ) -> e2e.Measurement:
-    """e2e.measure_once for ``library@loop`` and ``node-ws``."""
+    """e2e.measure_once for ``library@loop``, ``before@loop`` and ``node-ws``."""
     workdir = config.workdir / tag
+    library, _, loop = name.partition("@")
+    server: e2e.Server
     if name == NODE:
-        server: e2e.Server = NodeServer(NODE, config.server_cores, workdir)
+        server = NodeServer(NODE, config.server_cores, workdir)
+    elif library == BEFORE:
+        assert isinstance(config, Config)
+        server = ProjectServer(e2e.PROJECT, config.server_cores, workdir, config.before)
+        server.loop = loop
     else:
-        library, _, loop = name.partition("@")
         server = e2e.Server(library, config.server_cores, workdir, loop=loop)
     return e2e.measure_on(server, workload, config)
 
@@ -178,6 +191,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         help=f"comma-separated, from {', '.join(e2e.SERVERS)} (default: all)",
     )
     parser.add_argument("--no-node", action="store_true", help="leave out node-ws")
+    parser.add_argument(
+        "--loops", default=",".join(LOOPS), help="comma-separated, from asyncio, uvloop"
+    )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        metavar="CHECKOUT",
+        help="also the project's server from this checkout, as before@LOOP",
+    )
     parser.add_argument("--duration", type=float, default=3.0, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per run")
     parser.add_argument("--markdown", action="store_true", help="Markdown tables on stdout")
@@ -190,7 +212,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     node = not args.no_node and node_ready()
     if not args.no_node and not node:
         e2e.log(f"node-ws left out: no node, or no ws in {NODE_DIR} (npm ci there)")
-    servers = server_names(libraries, node)
+    loops = [s.strip() for s in args.loops.split(",") if s.strip()]
+    if not loops or set(loops) - set(LOOPS):
+        raise SystemExit("--loops: from asyncio, uvloop")
+    servers = server_names(libraries, node, loops, before=args.before is not None)
     workloads = e2e.select(WORKLOADS + MORE, args.only) if args.only else WORKLOADS
     server_cores, load_cores = e2e.cpus()
     os.sched_setaffinity(0, load_cores)
@@ -199,13 +224,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     load_start = os.getloadavg()[0]
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-loop-") as tmp:
-        config = e2e.Config(
+        config = Config(
             e2e.Timings(duration=args.duration, warmup=args.warmup),
             server_cores,
             load_cores,
             "benchmarks.load",
             False,
             Path(tmp),
+            before=args.before,
         )
         results = e2e.run_all(workloads, servers, args.rounds, config, measure_once)
     header = e2e.machine(config, load_start, os.getloadavg()[0], time.monotonic() - started)
