@@ -619,6 +619,12 @@ def _describe_close(protocol: rfc6455.Protocol) -> str:
 
 
 async def echo(connection: rfc6455.Connection) -> None:
-    """Send every message back unchanged (for conformance tests and benchmarks)."""
-    async for message in connection:
-        await connection.send(message)
+    """Send every message back unchanged (for conformance tests and benchmarks).
+
+    ``recv()`` rather than ``async for``: the iterator's ``__anext__`` is one more coroutine
+    per message, a tenth of the Python this endpoint runs for a small one.
+    """
+    recv, send = connection.recv, connection.send
+    with contextlib.suppress(rfc6455.ConnectionClosedOK):
+        while True:
+            await send(await recv())
