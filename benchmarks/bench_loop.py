@@ -202,6 +202,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--duration", type=float, default=3.0, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per run")
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=1,
+        help="times to repeat a measurement disturbed by other processes (default 1)",
+    )
     parser.add_argument("--markdown", action="store_true", help="Markdown tables on stdout")
     parser.add_argument("--save", type=Path, help="write every round's numbers here as JSON")
     args = parser.parse_args(argv)
@@ -231,6 +237,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "benchmarks.load",
             False,
             Path(tmp),
+            retries=args.retries,
             before=args.before,
         )
         results = e2e.run_all(workloads, servers, args.rounds, config, measure_once)
