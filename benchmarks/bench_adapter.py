@@ -9,7 +9,7 @@ server's router followed by a closing handshake. System calls, the event
 loop's polling and asyncio's transports are left out: they cost the same for
 every server, and ``e2e.py`` measures everything together.
 
-    python benchmarks/bench_adapter.py
+    python benchmarks/bench_adapter.py [--loop uvloop]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from rfc6455.aio.connection import _receive_buffer
 from rfc6455.aio.server import Server, _Handshake
 from rfc6455.frames import Opcode, serialize_frame
 from rfc6455.protocol import Side
+from server import event_loop
 from server.handler import echo
 from server.settings import WEB_ROOT
 from server.web import Router
@@ -169,8 +170,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--handshakes", type=int, default=5_000)
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     args = parser.parse_args()
-    asyncio.run(run(args.rounds, args.messages, args.handshakes))
+    event_loop.run(args.loop, run(args.rounds, args.messages, args.handshakes))
 
 
 if __name__ == "__main__":

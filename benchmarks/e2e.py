@@ -380,12 +380,23 @@ class CpuSampler:
 
 
 class Server:
-    """One server process, pinned to ``cores``, on a free port; logs go to ``workdir``."""
+    """One server process, pinned to ``cores``, on a free port; logs go to ``workdir``.
 
-    def __init__(self, name: str, cores: Sequence[int], workdir: Path) -> None:
+    ``loop``: the event loop it runs on, as ``CHAT_LOOP`` (the project's ``--loop``, which
+    the peers read too; benchmarks/bench_loop.py): asyncio's unless told otherwise, so that
+    the project does not run on uvloop where the peers do not just because it is installed.
+    """
+
+    # What runs ``command()``.
+    interpreter = sys.executable
+
+    def __init__(
+        self, name: str, cores: Sequence[int], workdir: Path, loop: str = "asyncio"
+    ) -> None:
         self.name = name
         self.cores = cores
         self.workdir = workdir
+        self.loop = loop
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / f"{name}.log"
@@ -416,10 +427,11 @@ class Server:
     def start(self, timeout: float = 20.0) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
         env["PYTHONPATH"] = python_path()
+        env["CHAT_LOOP"] = self.loop
         with open(self.log_path, "ab") as log_file:
             # taskset execs the command: the pid is the server's own.
             self.process = subprocess.Popen(
-                [*taskset(self.cores), sys.executable, *self.command()],
+                [*taskset(self.cores), self.interpreter, *self.command()],
                 cwd=ROOT,
                 env=env,
                 stdin=subprocess.DEVNULL,

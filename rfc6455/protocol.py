@@ -435,11 +435,16 @@ class Protocol:
             )
 
     def _send_frame(self, opcode: int, data: BytesLike, *, fin: bool) -> None:
-        if not self._mask and len(data) > _COPY_LIMIT:
-            self._output.append(frame_header(opcode, len(data), fin=fin))
+        if self._mask:
+            self._output.append(serialize_frame(opcode, data, fin=fin, mask=True))
+            return
+        # RFC 6455 §5.1: a server never masks, so the payload goes as it is after its header.
+        header = frame_header(opcode, len(data), fin=fin)
+        if len(data) > _COPY_LIMIT:
+            self._output.append(header)
             self._output.append(data if isinstance(data, bytes) else bytes(data))
         else:
-            self._output.append(serialize_frame(opcode, data, fin=fin, mask=self._mask))
+            self._output.append(header + data)
 
     def send_encoded(self, frame: bytes) -> None:
         """Send a frame encoded with :func:`frames.serialize_frame` ahead of time.

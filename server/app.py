@@ -19,6 +19,7 @@ from .backend import ChatBackend
 from .chat_metrics import ChatMetrics
 from .descriptors import raise_descriptor_limit
 from .engine import Engine
+from .event_loop import running_loop
 from .handler import ChatHandler, echo
 from .hosts import HostPolicy
 from .hub import Hub
@@ -195,6 +196,7 @@ class App:
             await self.engine.stop(0)
             raise
         port = self.server.port
+        logger.info("event loop: %s", running_loop(), extra={"event": "event_loop"})
         logger.info(
             "listening: %s",
             addresses_text(settings.host, port, tls=context is not None),

@@ -8,7 +8,6 @@ option cannot check alone.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import os
 import sqlite3
@@ -20,9 +19,11 @@ from typing import Any, NoReturn
 
 from rfc6455 import Limits, __version__
 
+from . import event_loop
 from .app import namespaces_of, run
 from .auth import authenticator
 from .engine import EngineUnavailable
+from .event_loop import LoopUnavailable
 from .logs import configure
 from .namespaces import NamespaceError
 from .options import OPTIONS, Option, default_text
@@ -145,6 +146,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         check_workers(settings)
     except ValueError as exc:
         parser.error(str(exc))
+    try:
+        event_loop.choose(settings.loop)
+    except LoopUnavailable as exc:
+        parser.error(str(exc))
     return settings
 
 
@@ -168,9 +173,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The workers of one supervisor share its stderr: each line names its worker's pid.
     configure(settings.log_level, settings.log_format, worker=link is not None)
     if settings.workers > 1:
-        return asyncio.run(supervise(settings, sys.argv[1:] if argv is None else argv))
+        # The supervisor carries no traffic, and uvloop cannot start a worker in a process
+        # group of its own (no process_group in its subprocess_exec); the workers, started
+        # with these arguments and this environment, run on the loop chosen.
+        return event_loop.run(
+            "asyncio", supervise(settings, sys.argv[1:] if argv is None else argv)
+        )
     try:
-        return asyncio.run(run(settings, link))
+        return event_loop.run(settings.loop, run(settings, link))
     except OSError as exc:
         # The port is taken, or the host is not an address of this machine.
         print(f"{_PROG}: error: cannot listen: {exc.strerror or exc}", file=sys.stderr)

@@ -20,6 +20,7 @@ from rfc6455.forwarded import Network, parse_networks
 
 from .api import check_key
 from .auth import AUTH_MODES
+from .event_loop import FAST_EXTRA, LOOP_MODES
 from .hosts import parse_hosts
 from .logs import LOG_FORMATS
 from .origin import parse_origins
@@ -275,6 +276,15 @@ OPTIONS: tuple[Option, ...] = (
         "`text` (readable lines) or `json` (one object a line: time, level, event, connection "
         "id, user, channel, peer, close code and reason; docs/deploy.md, Logs)",
         metavar="{" + ",".join(LOG_FORMATS) + "}",
+    ),
+    Option(
+        "--loop",
+        "CHAT_LOOP",
+        "loop",
+        _choice(LOOP_MODES),
+        f"the event loop: `uvloop` (`{FAST_EXTRA}`), `asyncio`, or `auto`: uvloop when it is "
+        "installed, else asyncio; the start-up log says which",
+        metavar="{" + ",".join(LOOP_MODES) + "}",
     ),
     Option(
         "--retry-attempts",

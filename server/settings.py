@@ -54,6 +54,8 @@ class Settings:
     log_level: str = "INFO"
     # "text" for a terminal or a plain file; "json" for a log pipeline (logs.py).
     log_format: str = "text"
+    # The event loop (event_loop.py): uvloop when it is installed, else asyncio's.
+    loop: str = "auto"
     retry: RetryPolicy = RetryPolicy()
     # 10,000 messages of a chat burst fit in a few MiB of memory.
     queue_capacity: int = 10_000

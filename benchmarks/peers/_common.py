@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import resource
 import signal
 from collections.abc import Awaitable, Callable
+
+from server import event_loop
 
 __all__ = ["ECHO_PATH", "MAX_SIZE", "parse_args", "raise_nofile", "ready", "run"]
 
@@ -31,6 +34,13 @@ def parse_args(description: str) -> argparse.Namespace:
         choices=("off", "on"),
         default="off",
         help="permessage-deflate at the library's defaults (benchmarks/bench_deflate.py)",
+    )
+    parser.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default=os.environ.get("CHAT_LOOP", "asyncio"),
+        help="the event loop, as the project's --loop; default: CHAT_LOOP, else asyncio "
+        "(benchmarks/e2e.py sets it for every server)",
     )
     return parser.parse_args()
 
@@ -58,4 +68,4 @@ def run(main: Callable[[argparse.Namespace, asyncio.Event], Awaitable[None]], do
             loop.add_signal_handler(signum, stop.set)
         await main(args, stop)
 
-    asyncio.run(wrapper())
+    event_loop.run(args.loop, wrapper())

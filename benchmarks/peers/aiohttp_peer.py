@@ -67,9 +67,7 @@ async def main(args: argparse.Namespace, stop: asyncio.Event) -> None:
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port)
     await site.start()
-    server = site._server
-    assert isinstance(server, asyncio.Server)
-    _common.ready(server.sockets[0].getsockname()[1])
+    _common.ready(runner.addresses[0][1])
     try:
         await stop.wait()
     finally:

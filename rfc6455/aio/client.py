@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import ssl as ssl_module
 from collections.abc import Iterable, Mapping, Sequence
+from typing import cast
 
 from ..deflate import Compression, client_accept, client_offer
 from ..exceptions import InvalidResponse
@@ -129,7 +130,9 @@ class _Handshake(asyncio.BufferedProtocol):
         self._body_size = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # A stream's transport, though not a subclass of asyncio.Transport on every loop
+        # (uvloop's are not): no isinstance check.
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
         transport.write(self._request.serialize())
 

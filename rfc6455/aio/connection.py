@@ -247,10 +247,12 @@ class Connection(asyncio.BufferedProtocol):
         """
         messages = self._messages
         while self._taken == len(messages):
-            self._fail_if_pending()
+            # Both tests inlined: a handler waits here for every message it is sent.
+            if self._pending_failure is not None:
+                self._fail_if_pending()
             # Nothing can follow the peer's close frame (RFC 6455 §5.5.1): no
             # need to wait for TCP to close as well.
-            if self._close_known():
+            if self.protocol.close_rcvd is not None or self._done:
                 raise self._closed_exception()
             if self._recv_waiter is not None:
                 raise InvalidState("recv() is already running in another coroutine")

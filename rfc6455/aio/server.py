@@ -12,6 +12,7 @@ import ssl as ssl_module
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
+from typing import cast
 
 from ..addresses import address_key
 from ..deflate import Compression, PerMessageDeflate, server_negotiate
@@ -434,7 +435,9 @@ class _Handshake(asyncio.BufferedProtocol):
         server._count_handshake(key, 1)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # A stream's transport, though not a subclass of asyncio.Transport on every loop
+        # (uvloop's are not): no isinstance check.
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
         if self._finished:  # Server.close() came first
             transport.abort()

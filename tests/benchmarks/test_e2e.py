@@ -16,18 +16,31 @@ from pathlib import Path
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
-from benchmarks import e2e
+from benchmarks import bench_loop, e2e
 
 PEERS = Path(e2e.PEERS)
 
 
-@pytest.fixture(params=["websockets", "aiohttp", "wsproto"])
+@pytest.fixture(
+    params=[
+        *(f"{name}@{loop}" for loop in ("asyncio", "uvloop") for name in e2e.PEER_NAMES),
+        bench_loop.NODE,
+    ]
+)
 def peer(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A running peer server; yields its base URL, and checks that SIGTERM ends it with 0."""
-    name = request.param
-    pytest.importorskip(name)
+    """A running peer server (``NAME@LOOP``, or Node's ws); yields its base URL, and checks
+    that SIGTERM ends it with 0."""
+    if request.param == bench_loop.NODE:
+        if not bench_loop.node_ready():
+            pytest.skip("no node, or no ws in benchmarks/node (npm ci there)")
+        command = ["node", str(bench_loop.NODE_DIR / "ws_peer.js")]
+    else:
+        name, _, loop = request.param.partition("@")
+        pytest.importorskip(name)
+        pytest.importorskip(loop)
+        command = [sys.executable, str(PEERS / f"{name}_peer.py"), "--loop", loop]
     process = subprocess.Popen(
-        [sys.executable, str(PEERS / f"{name}_peer.py"), "--port", "0"],
+        [*command, "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -49,6 +49,9 @@ def echo_server(tmp_path: Path) -> Iterator[EchoServer]:
                     "--port=0",
                     f"--db={tmp_path / f'messages{len(processes)}.db'}",
                     f"--max-message-size={MAX_SIZE}",
+                    # The standard library's loop, which a server installed without extras
+                    # runs on (the tests installed uvloop, which auto would take).
+                    "--loop=asyncio",
                     *options,
                 ],
                 cwd=ROOT,

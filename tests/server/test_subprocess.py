@@ -346,6 +346,96 @@ async def test_configured_by_environment_variables(
     ]
 
 
+def uvloop_version() -> str:
+    uvloop = pytest.importorskip("uvloop")
+    return str(uvloop.__version__)
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [(["--loop", "uvloop"], {}), ([], {"CHAT_LOOP": "uvloop"}), ([], {})],
+    ids=["flag", "variable", "auto"],
+)
+async def test_on_uvloop_it_chats_echoes_and_stops_cleanly(
+    spawn: Callable[..., Any], tmp_path: Path, args: list[str], env: dict[str, str]
+) -> None:
+    version = uvloop_version()
+    server = await spawn("--port", "0", "--db", str(tmp_path / "m.db"), *args, **env)
+    base = f"ws://127.0.0.1:{await server.port()}"
+    assert len(server.lines_with(f"server: event loop: uvloop {version}\n")) == 1
+    async with (
+        websockets_connect(base + "/") as a,
+        websockets_connect(base + "/") as b,
+        websockets_connect(base + "/echo") as echo,
+    ):
+        a_id = await greeted_by_websockets(a)
+        await greeted_by_websockets(b)
+        await a.send("on uvloop")
+        check_broadcast(await recv_websockets(b), a_id, "on uvloop")
+        await echo.send(b"\x00" * 70_000)
+        assert await echo.recv() == b"\x00" * 70_000
+        server.process.send_signal(signal.SIGTERM)
+        assert await server.wait() == 0, server.stderr
+    assert "Traceback" not in server.stderr
+    assert server.lines_with("stopped: 1 messages persisted, 0 dead-lettered")
+
+
+def uvloop_blocker(tmp_path: Path) -> dict[str, str]:
+    """The environment of a child in which ``import uvloop`` fails, as without the extra."""
+    folder = tmp_path / "no-uvloop"
+    folder.mkdir()
+    (folder / "uvloop.py").write_text('raise ImportError("no module named uvloop")\n')
+    return {"PYTHONPATH": f"{folder}{os.pathsep}{REPO}"}
+
+
+async def test_loop_asyncio_is_logged(spawn: Callable[..., Any], tmp_path: Path) -> None:
+    server = await spawn(
+        "--port",
+        "0",
+        "--db",
+        str(tmp_path / "m.db"),
+        "--loop",
+        "asyncio",
+        **uvloop_blocker(tmp_path),
+    )
+    url = f"ws://127.0.0.1:{await server.port()}/echo"
+    assert len(server.lines_with("server: event loop: asyncio\n")) == 1
+    async with websockets_connect(url) as echo:
+        await echo.send("on asyncio")
+        assert await echo.recv() == "on asyncio"
+    server.process.send_signal(signal.SIGTERM)
+    assert await server.wait() == 0, server.stderr
+
+
+async def test_auto_without_uvloop_runs_on_asyncio(
+    spawn: Callable[..., Any], tmp_path: Path
+) -> None:
+    server = await spawn("--port", "0", "--db", str(tmp_path / "m.db"), **uvloop_blocker(tmp_path))
+    await server.port()
+    assert len(server.lines_with("server: event loop: asyncio\n")) == 1
+    server.process.send_signal(signal.SIGTERM)
+    assert await server.wait() == 0, server.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [(["--loop", "uvloop"], {}), ([], {"CHAT_LOOP": "uvloop"})],
+    ids=["flag", "variable"],
+)
+async def test_uvloop_without_it_exits_2_naming_the_extra(
+    spawn: Callable[..., Any], tmp_path: Path, args: list[str], env: dict[str, str]
+) -> None:
+    server = await spawn(
+        "--port", "0", "--db", str(tmp_path / "m.db"), *args, **env, **uvloop_blocker(tmp_path)
+    )
+    assert await server.wait() == 2
+    assert server.stdout == b""
+    assert server.lines == [
+        "python -m server: error: --loop uvloop: uvloop is not installed "
+        "(pip install 'rfc6455-chat[fast]')\n"
+    ]
+
+
 def taken_port() -> socket.socket:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

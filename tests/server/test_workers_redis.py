@@ -519,6 +519,27 @@ async def test_a_crashed_nodes_member_is_announced_left_and_the_others_deliver_o
     assert (await b.expect("broadcast", channel=channel))["message"] == "still here?"
 
 
+async def test_the_workers_run_on_the_loop_chosen_and_the_supervisor_on_asyncio(
+    supervise: Callable[..., Any], redis_url: str, tmp_path: Path
+) -> None:
+    """uvloop cannot start a process in a group of its own: the supervisor stays on asyncio."""
+    uvloop = pytest.importorskip("uvloop")
+    with reserved_port() as port:
+        db = str(tmp_path / "chat.db")
+        supervisor = await supervise(
+            "--engine", redis_url, "--db", db, "--loop", "uvloop", port=port
+        )
+        # Each worker's line, before it listens; none of the supervisor's.
+        assert supervisor.logged(f": event loop: uvloop {uvloop.__version__}\n") == 2
+        assert supervisor.logged(": event loop:") == 2
+        url = f"ws://127.0.0.1:{port}/echo"
+        async with await rfc6455.connect(url, ping_interval=None) as echo:
+            await echo.send("on a worker's uvloop")
+            assert await echo.recv() == "on a worker's uvloop"
+        supervisor.signal(signal.SIGTERM)
+        assert await supervisor.wait() == 0, "".join(supervisor.lines)
+
+
 @pytest.mark.parametrize("unreachable", ["redis", "postgresql"])
 async def test_workers_that_cannot_reach_redis_or_the_database_exit_2_with_one_line(
     redis_url: str, tmp_path: Path, unreachable: str
