@@ -14,11 +14,11 @@ import struct
 
 from .typing import BytesLike
 
-__all__ = ["apply_mask", "unmask_payload"]
+__all__ = ["SHIFT", "SPREAD", "apply_mask", "unmask_payload", "unpack_key"]
 
 # A module global is faster to call than the int.from_bytes attribute.
 _from_bytes = int.from_bytes
-_unpack_key = struct.Struct("!I").unpack_from
+unpack_key = struct.Struct("!I").unpack_from
 
 # _XOR_TABLES[k][b] == b ^ k: 64 KiB, built in well under a millisecond with one integer XOR
 # per table (k * 0x0101...01 repeats octet k 256 times).
@@ -31,10 +31,12 @@ _XOR_TABLES = [(_IDENTITY ^ k * _REPEAT_OCTET).to_bytes(256) for k in range(256)
 _TRANSLATE_MIN = 512
 
 # The key k, read as a big-endian 32-bit integer, repeated over n octets is
-# k * _SPREAD[n] >> _SHIFT[n]: _SPREAD[n] has a set bit every 32 (ceil(n / 4) of them) and the
+# k * SPREAD[n] >> SHIFT[n]: SPREAD[n] has a set bit every 32 (ceil(n / 4) of them) and the
 # shift drops the octets past n. One multiplication instead of building a repeated key.
-_SPREAD = [((1 << (32 * ((n + 3) >> 2))) - 1) // 0xFFFFFFFF for n in range(_TRANSLATE_MIN)]
-_SHIFT = [(-n % 4) * 8 for n in range(_TRANSLATE_MIN)]
+# Public with unpack_key (the key at an offset, as that integer): the parser's short path
+# unmasks a small frame with them inline, a function call less per frame.
+SPREAD = [((1 << (32 * ((n + 3) >> 2))) - 1) // 0xFFFFFFFF for n in range(_TRANSLATE_MIN)]
+SHIFT = [(-n % 4) * 8 for n in range(_TRANSLATE_MIN)]
 
 
 def apply_mask(data: BytesLike, mask: bytes) -> bytes:
@@ -50,7 +52,7 @@ def apply_mask(data: BytesLike, mask: bytes) -> bytes:
     n = len(data)
     if n < _TRANSLATE_MIN:
         # Big-endian, so the key's first octet lines up with the payload's first octet.
-        return (_from_bytes(data) ^ _from_bytes(mask) * _SPREAD[n] >> _SHIFT[n]).to_bytes(n)
+        return (_from_bytes(data) ^ _from_bytes(mask) * SPREAD[n] >> SHIFT[n]).to_bytes(n)
     out = bytearray(data)
     _translate(out, _from_bytes(mask))
     return bytes(out)
@@ -64,9 +66,9 @@ def unmask_payload(buffer: BytesLike, start: int, stop: int) -> bytes | bytearra
     unmasked in place, since text is decoded from it as well; binary data needs ``bytes()``.
     """
     n = stop - start
-    key: int = _unpack_key(buffer, start - 4)[0]
+    key: int = unpack_key(buffer, start - 4)[0]
     if n < _TRANSLATE_MIN:
-        return (_from_bytes(buffer[start:stop]) ^ key * _SPREAD[n] >> _SHIFT[n]).to_bytes(n)
+        return (_from_bytes(buffer[start:stop]) ^ key * SPREAD[n] >> SHIFT[n]).to_bytes(n)
     out = buffer[start:stop]
     if type(out) is not bytearray:
         out = bytearray(out)

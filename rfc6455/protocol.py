@@ -37,7 +37,7 @@ from .frames import (
     parse_header,
     serialize_frame,
 )
-from .masking import apply_mask, unmask_payload
+from .masking import SHIFT, SPREAD, apply_mask, unmask_payload, unpack_key
 from .prepared import PreparedMessage
 from .typing import BytesLike
 
@@ -53,6 +53,7 @@ _COPY_LIMIT = 16384
 _SMALL_PART = 1024
 
 _Utf8Decoder = codecs.getincrementaldecoder("utf-8")
+_from_bytes = int.from_bytes
 
 # Enum members bound to module globals: `Opcode.TEXT` is an attribute lookup on
 # the enum class, about 60 ns each time, which the per-frame loop cannot afford.
@@ -78,6 +79,10 @@ class State(IntEnum):
 
 # Checked on every send and flush: see the opcode aliases above.
 _OPEN = State.OPEN
+
+# A server's frame header for a whole text or binary message of n < 126 bytes (§5.2).
+_SHORT_TEXT_HEADERS = tuple(frame_header(_TEXT, n) for n in range(126))
+_SHORT_BINARY_HEADERS = tuple(frame_header(_BINARY, n) for n in range(126))
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +137,11 @@ class Protocol:
         # RFC 6455 §5.1: clients mask, servers don't, and each side checks the other.
         self._mask = side is Side.CLIENT
         self._expect_mask = side is Side.SERVER
+        # The largest message sent by the short path: one unmasked frame with a prebuilt
+        # header (§5.2), neither fragmented nor compressed (under the threshold); -1: none.
+        self._short_send = -1 if self._mask else min(125, max_frame_size or 125)
+        if deflate is not None:
+            self._short_send = min(self._short_send, deflate.threshold - 1)
         self._buffer = bytearray()
         self._events: list[Event] = []
         self._output: list[bytes] = []
@@ -191,10 +201,39 @@ class Protocol:
         append = self._events.append
         deflate = self.deflate
         rsv = self._rsv
+        # The short path's frames: FIN, no RSV bit, masked as this side expects (§5.1),
+        # and a length under 126 (one byte, §5.2) within max_size.
+        key_size = 4 if masked else 0
+        mask_bit = 0x80 if masked else 0
+        small = 125 if self.max_size is None else min(125, self.max_size)
         while pos < end and not self._discarding:
             if self._frame_remaining:
                 pos = self._consume_payload(buffer, pos)
                 continue
+            first = buffer[pos]
+            if (first == 0x81 or first == 0x82) and not self._message_opcode and pos + 1 < end:
+                # The short path: a whole small text or binary message in one frame, the
+                # most frequent frame by far, with every test that parse_header makes on it.
+                length = buffer[pos + 1] ^ mask_bit
+                start = pos + 2 + key_size
+                stop = start + length
+                if length <= small and stop <= end:
+                    if masked:
+                        payload = (
+                            _from_bytes(buffer[start:stop])
+                            ^ unpack_key(buffer, pos + 2)[0] * SPREAD[length] >> SHIFT[length]
+                        ).to_bytes(length)
+                    else:
+                        payload = bytes(buffer[start:stop])
+                    pos = stop
+                    if first == 0x81:
+                        try:
+                            append(payload.decode())
+                        except UnicodeDecodeError as exc:
+                            raise InvalidPayloadData("invalid UTF-8 in text message") from exc
+                    else:
+                        append(payload)
+                    continue
             max_size = self.max_size
             if max_size is not None:
                 if deflate is not None and (self._inflation is not None or buffer[pos] & 0x40):
@@ -403,11 +442,18 @@ class Protocol:
 
     def send_text(self, data: str | BytesLike) -> None:
         """Send a text message; ``bytes`` must already be UTF-8 (RFC 6455 §5.6)."""
-        self._send_message(_TEXT, data.encode() if isinstance(data, str) else data)
+        payload = data.encode() if isinstance(data, str) else data
+        if len(payload) <= self._short_send and self.state is _OPEN:
+            self._output.append(_SHORT_TEXT_HEADERS[len(payload)] + payload)
+        else:
+            self._send_message(_TEXT, payload)
 
     def send_binary(self, data: BytesLike) -> None:
         """Send a binary message (RFC 6455 §5.6)."""
-        self._send_message(_BINARY, data)
+        if len(data) <= self._short_send and self.state is _OPEN:
+            self._output.append(_SHORT_BINARY_HEADERS[len(data)] + data)
+        else:
+            self._send_message(_BINARY, data)
 
     def _send_message(self, opcode: int, data: BytesLike) -> None:
         if self.state is not _OPEN:

@@ -1701,3 +1701,75 @@ def test_surrogate_lead_is_detected_with_the_next_byte(side: Side) -> None:
     proto.receive_data(incoming(side, Opcode.TEXT, b"\xed\xa0", fin=False))
     proto.receive_data(incoming(side, Opcode.CONT, b"\x80", fin=False))
     error(proto.events_received(), InvalidPayloadData)
+
+
+# The short paths: a whole text or binary message under 126 bytes is parsed inline and sent
+# with a prebuilt header. Each test they skip must still be made, at their boundaries.
+
+
+@pytest.mark.parametrize("size", [0, 1, 124, 125, 126, 127])
+@pytest.mark.parametrize("opcode", [Opcode.TEXT, Opcode.BINARY])
+def test_short_frames_round_trip_at_the_length_boundaries(
+    side: Side, opcode: Opcode, size: int
+) -> None:
+    sender, receiver = Protocol(other(side)), Protocol(side)
+    payload = b"a" * size
+    if opcode is Opcode.TEXT:
+        sender.send_text(payload.decode())
+    else:
+        sender.send_binary(payload)
+    (frame,) = sender.data_to_send()
+    receiver.receive_data(frame)
+    expected: Event = payload.decode() if opcode is Opcode.TEXT else payload
+    assert receiver.events_received() == [expected]
+
+
+@pytest.mark.parametrize("size", [10, 11])
+def test_a_short_frame_over_max_size_is_refused(size: int) -> None:
+    receiver = Protocol(Side.SERVER, max_size=10)
+    receiver.receive_data(serialize_frame(Opcode.TEXT, b"a" * size, mask=True))
+    events = receiver.events_received()
+    if size <= 10:
+        assert events == ["a" * size]
+    else:
+        assert len(events) == 1
+        assert isinstance(events[0], PayloadTooBig)
+
+
+def test_a_short_frame_with_the_wrong_masking_is_refused(side: Side) -> None:
+    receiver = Protocol(side)
+    receiver.receive_data(serialize_frame(Opcode.TEXT, b"hi", mask=side is Side.CLIENT))
+    (event,) = receiver.events_received()
+    assert isinstance(event, ProtocolError)
+    assert str(event) == "incorrect masking"
+
+
+def test_a_short_text_frame_with_invalid_utf8_is_refused(side: Side) -> None:
+    receiver = Protocol(side)
+    receiver.receive_data(serialize_frame(Opcode.TEXT, b"\xff", mask=side is Side.SERVER))
+    (event,) = receiver.events_received()
+    assert isinstance(event, InvalidPayloadData)
+
+
+def test_short_frames_follow_one_another_in_one_read() -> None:
+    receiver = Protocol(Side.SERVER)
+    frames = b"".join(serialize_frame(Opcode.TEXT, b"%d" % i, mask=True) for i in range(50))
+    receiver.receive_data(frames[:-1])
+    receiver.receive_data(frames[-1:])
+    assert receiver.events_received() == [str(i) for i in range(50)]
+
+
+def test_a_short_message_is_still_fragmented_under_max_frame_size() -> None:
+    sender = Protocol(Side.SERVER, max_frame_size=4)
+    sender.send_text("abcdefghij")
+    frames = [parse_frame(data, 0, mask=False) for data in sender.data_to_send()]
+    assert [parsed[0].fin for parsed in frames if parsed is not None] == [False, False, True]
+
+
+def test_a_short_message_is_not_sent_after_a_close() -> None:
+    sender = Protocol(Side.SERVER)
+    sender.send_close()
+    with pytest.raises(InvalidState):
+        sender.send_text("late")
+    with pytest.raises(InvalidState):
+        sender.send_binary(b"late")
