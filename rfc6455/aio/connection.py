@@ -585,7 +585,8 @@ class Connection(asyncio.BufferedProtocol):
                 transport.write(output[0])
             else:
                 self._write(output[0])
-        if self._close_timer is None and self.protocol.close_expected():
+        # close_expected() inline (state is not OPEN): this runs at every flush.
+        if self._close_timer is None and self.protocol.state is not _OPEN:
             # The peer's close frame and EOF must be read even if the queue is full.
             self._resume_reading()
             timeout = self.limits.close_timeout
